@@ -1,0 +1,37 @@
+"""Media I/O: the only package that touches PyAV (probe, one-pass decode, mp4/wav encode) and the mel front end."""
+
+from avsync_ray.media.audio import DEFAULT_MEL, TARGET_SAMPLE_RATE, MelConfig, resample, to_mono, waveform_to_mel
+from avsync_ray.media.errors import MediaError, MediaErrorReason
+from avsync_ray.media.io import (
+    AudioInfo,
+    DecodedAV,
+    MediaInfo,
+    VideoInfo,
+    decode,
+    encode_mp4,
+    encode_wav,
+    load_audio,
+    load_image,
+    probe,
+)
+
+__all__ = [
+    "DEFAULT_MEL",
+    "TARGET_SAMPLE_RATE",
+    "AudioInfo",
+    "DecodedAV",
+    "MediaError",
+    "MediaErrorReason",
+    "MediaInfo",
+    "MelConfig",
+    "VideoInfo",
+    "decode",
+    "encode_mp4",
+    "encode_wav",
+    "load_audio",
+    "load_image",
+    "probe",
+    "resample",
+    "to_mono",
+    "waveform_to_mel",
+]

@@ -1,0 +1,32 @@
+"""The one exception every media failure becomes, with a machine-readable reason."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class MediaErrorReason(str, Enum):
+    NOT_FOUND = "not_found"
+    ZERO_BYTES = "zero_bytes"
+    CORRUPT = "corrupt"
+    TRUNCATED = "truncated"
+    NO_VIDEO_STREAM = "no_video_stream"
+    NO_AUDIO_STREAM = "no_audio_stream"
+    OUT_OF_RANGE = "out_of_range"
+
+
+class MediaError(Exception):
+    """A media file that cannot be read as asked.
+
+    ``reason`` is stable (ledgers and skip records group by it); ``detail`` is for people.
+    """
+
+    def __init__(self, uri: str, reason: MediaErrorReason, detail: str = ""):
+        self.uri = str(uri)
+        self.reason = MediaErrorReason(reason)
+        self.detail = detail
+        message = f"{self.uri}: {self.reason.value}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+    def __reduce__(self):  # picklable across Ray workers
+        return (type(self), (self.uri, self.reason, self.detail))

@@ -1,0 +1,486 @@
+"""Probe, decode and encode audio-video files. The only module of the project that touches PyAV.
+
+``decode`` makes one pass over the container, demuxing video and audio together: it samples frames on a
+regular time grid, converts to RGB (and scales) only the frames it returns, and returns the audio as
+16 kHz mono float32. Any fsspec URI works (local paths are opened directly).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator, Literal
+
+import av
+import fsspec
+import numpy as np
+import soundfile
+
+from avsync_ray.media.audio import TARGET_SAMPLE_RATE, resample, to_mono
+from avsync_ray.media.errors import MediaError, MediaErrorReason
+
+FrameSelection = Literal["nearest", "next"]
+# Frames whose timestamps differ by less than this are the same instant (guards float round-off of k/fps).
+_TIME_EPS = 1e-6
+_SAMPLE_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    codec: str
+    width: int
+    height: int
+    fps: float
+    duration: float | None
+    num_frames: int | None
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    codec: str
+    sample_rate: int
+    channels: int
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    uri: str
+    format_name: str
+    size_bytes: int
+    duration: float | None
+    video: VideoInfo | None
+    audio: AudioInfo | None
+    # Timestamps in this package count from here (MPEG-PS and some WebM files start at t > 0).
+    start_time: float = 0.0
+
+
+@dataclass
+class DecodedAV:
+    """Frames and audio of ``[start, end)`` from one decode.
+
+    ``frames[k]`` is the frame shown at ``frame_times[k] = start + k / fps`` (``fps=None`` keeps every
+    source frame and ``frame_times`` are their timestamps); ``source_frame_times[k]`` is that frame's own
+    timestamp. ``audio[i]`` is the sample at ``audio_start + i / sample_rate``.
+    """
+
+    info: MediaInfo
+    start: float
+    end: float
+    fps: float | None
+    frames: np.ndarray | None
+    frame_times: np.ndarray | None
+    source_frame_times: np.ndarray | None
+    audio: np.ndarray | None
+    sample_rate: int
+    audio_start: float
+    num_decoded_frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+# --------------------------------------------------------------------------------------------- opening
+
+
+def _open_source(uri: str):
+    """Return something ``av.open`` accepts plus the file size, raising the typed error for missing/empty files."""
+    fs, path = fsspec.core.url_to_fs(str(uri))
+    try:
+        size = fs.size(path)
+    except FileNotFoundError:
+        raise MediaError(uri, MediaErrorReason.NOT_FOUND) from None
+    if size is None:
+        raise MediaError(uri, MediaErrorReason.NOT_FOUND, "size unknown")
+    if size == 0:
+        raise MediaError(uri, MediaErrorReason.ZERO_BYTES)
+    local = getattr(fs, "protocol", None) in ("file", ("file", "local"), "local")
+    return (path if local else fs.open(path, "rb")), int(size)
+
+
+def _open_container(uri: str):
+    source, size = _open_source(uri)
+    try:
+        return av.open(source, mode="r", metadata_errors="ignore"), size
+    except av.FFmpegError as exc:
+        # An mp4 cut before its index (moov written last) is the common form of a truncated download.
+        reason = MediaErrorReason.TRUNCATED if "moov atom not found" in str(exc) else MediaErrorReason.CORRUPT
+        raise MediaError(uri, reason, f"cannot open container: {exc}") from None
+
+
+def _seconds(value, time_base) -> float | None:
+    if value is None or time_base is None:
+        return None
+    return float(value * time_base)
+
+
+def _info(uri: str, container, size: int) -> MediaInfo:
+    video = audio = None
+    duration = container.duration / av.time_base if container.duration is not None else None
+    if container.streams.video:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        video = VideoInfo(
+            codec=stream.codec_context.name,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            fps=float(rate) if rate else 0.0,
+            duration=_seconds(stream.duration, stream.time_base) or duration,
+            num_frames=stream.frames or None,
+        )
+    if container.streams.audio:
+        stream = container.streams.audio[0]
+        audio = AudioInfo(
+            codec=stream.codec_context.name,
+            sample_rate=stream.codec_context.sample_rate,
+            channels=stream.codec_context.channels,
+            duration=_seconds(stream.duration, stream.time_base) or duration,
+        )
+    start_time = container.start_time / av.time_base if container.start_time is not None else 0.0
+    return MediaInfo(str(uri), container.format.name, size, duration, video, audio, start_time)
+
+
+def probe(uri: str) -> MediaInfo:
+    """Streams, duration, frame rate and sizes of a media file, without decoding."""
+    container, size = _open_container(uri)
+    with container:
+        return _info(uri, container, size)
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+def _audio_frame_to_float(frame: av.AudioFrame) -> np.ndarray:
+    """(channels, samples) float32 in [-1, 1] for any sample format, planar or packed."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if not frame.format.is_planar:
+        data = data.reshape(-1, channels).T
+    name = frame.format.name.rstrip("p")
+    if name in _SAMPLE_SCALE:
+        return (data / _SAMPLE_SCALE[name]).astype(np.float32)
+    if name == "u8":
+        return ((data.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    return data.astype(np.float32)
+
+
+def _output_size(size, width: int, height: int) -> tuple[int, int] | None:
+    """``size`` as (width, height): None keeps the source size, an int sets the short side, (h, w) is exact."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        scale = size / min(width, height)
+        return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+    out_h, out_w = size
+    return int(out_w), int(out_h)
+
+
+class _FrameSampler:
+    """Picks, for each grid time start + k/fps, the source frame to show, without converting the others."""
+
+    def __init__(self, start: float, end: float | None, fps: float | None, selection: FrameSelection, convert):
+        self.start, self.end, self.fps, self.selection, self.convert = start, end, fps, selection, convert
+        self.frames: list[np.ndarray] = []
+        self.grid_times: list[float] = []
+        self.source_times: list[float] = []
+        self.previous: tuple[float, av.VideoFrame] | None = None
+        self.last_converted: tuple[float, np.ndarray] | None = None
+        self.decoded = 0
+
+    def _target(self) -> float | None:
+        if self.fps is None:
+            return None
+        t = self.start + len(self.frames) / self.fps
+        return t if self.end is None or t < self.end - _TIME_EPS else None
+
+    def _take(self, target: float, time: float, frame: av.VideoFrame) -> None:
+        if self.last_converted is None or self.last_converted[0] != time:
+            self.last_converted = (time, self.convert(frame))
+        self.frames.append(self.last_converted[1])
+        self.grid_times.append(target)
+        self.source_times.append(time)
+
+    @property
+    def done(self) -> bool:
+        if self.fps is None:
+            return False
+        return self._target() is None
+
+    def push(self, time: float, frame: av.VideoFrame) -> None:
+        self.decoded += 1
+        if self.fps is None:  # every source frame of [start, end)
+            if time >= self.start - _TIME_EPS and (self.end is None or time < self.end - _TIME_EPS):
+                self._take(time, time, frame)
+            return
+        while (target := self._target()) is not None:
+            if self.selection == "next":
+                if time < target - _TIME_EPS:
+                    break
+                self._take(target, time, frame)
+                continue
+            if time < target - _TIME_EPS:  # a later frame may still be nearer
+                break
+            previous = self.previous
+            if previous is not None and abs(target - previous[0]) <= abs(time - target):
+                self._take(target, *previous)
+            else:
+                self._take(target, time, frame)
+        self.previous = (time, frame)
+
+    def finish(self, frame_duration: float) -> None:
+        """End of stream: the last frame covers targets up to its display end."""
+        if self.fps is None or self.previous is None:
+            return
+        last_time, last_frame = self.previous
+        while (target := self._target()) is not None and target < last_time + frame_duration - _TIME_EPS:
+            if self.selection == "next" and target > last_time + _TIME_EPS:
+                break
+            self._take(target, last_time, last_frame)
+
+
+def _check_complete(uri: str, stream: str, reached: float, declared: float | None) -> None:
+    """A stream read to its end must reach (about) the duration the container declares."""
+    if declared and reached < declared - max(0.5, 0.05 * declared):
+        raise MediaError(uri, MediaErrorReason.TRUNCATED, f"{stream} stream ends at {reached:.3f} s of a declared {declared:.3f} s")
+
+
+def _iter_frames(uri: str, container, streams) -> Iterator[av.VideoFrame | av.AudioFrame]:
+    try:
+        for packet in container.demux(*streams):
+            for frame in packet.decode():
+                yield frame
+    except av.FFmpegError as exc:
+        raise MediaError(uri, MediaErrorReason.CORRUPT, f"decode failed: {exc}") from None
+
+
+def decode(
+    uri: str,
+    *,
+    fps: float | None = None,
+    size: int | tuple[int, int] | None = None,
+    start: float = 0.0,
+    end: float | None = None,
+    video: bool = True,
+    audio: bool = True,
+    frame_selection: FrameSelection = "nearest",
+    sample_rate: int = TARGET_SAMPLE_RATE,
+    interpolation: str = "AREA",
+) -> DecodedAV:
+    """Decode ``[start, end)`` of a file in one pass: RGB uint8 frames and mono float32 audio.
+
+    Args:
+        fps: sample frames at ``start + k / fps``; ``None`` returns every source frame.
+        size: ``None`` (source size), an int (short side) or ``(height, width)``.
+        end: ``None`` reads to the end of the streams. A window that the file does not cover is an error.
+        frame_selection: ``"nearest"`` takes the frame whose timestamp is nearest each grid time (the sync
+            classifier's rule); ``"next"`` takes the first frame at or after it (the official AVSyncD loader).
+        sample_rate: audio is resampled (band-limited sinc) to this rate after a proper channel mean.
+
+    Raises:
+        MediaError: missing, empty, corrupt or truncated files, a missing requested stream, or a window
+            outside the media.
+    """
+    if end is not None and end <= start:
+        raise ValueError(f"end ({end}) must be after start ({start})")
+    if not (video or audio):
+        raise ValueError("nothing to decode: both video and audio are False")
+    container, size_bytes = _open_container(uri)
+    with container:
+        info = _info(uri, container, size_bytes)
+        streams = []
+        if video:
+            if not container.streams.video:
+                raise MediaError(uri, MediaErrorReason.NO_VIDEO_STREAM)
+            video_stream = container.streams.video[0]
+            video_stream.thread_type = "AUTO"
+            streams.append(video_stream)
+        if audio:
+            if not container.streams.audio:
+                raise MediaError(uri, MediaErrorReason.NO_AUDIO_STREAM)
+            streams.append(container.streams.audio[0])
+        if info.duration is not None and start >= info.duration:
+            raise MediaError(uri, MediaErrorReason.OUT_OF_RANGE, f"start {start:.3f} s is past the end ({info.duration:.3f} s)")
+        if start > 0:
+            container.seek(int((info.start_time + max(0.0, start - 1.0)) * av.time_base), backward=True)
+
+        out_size = _output_size(size, info.video.width, info.video.height) if video else None
+
+        def to_rgb(frame: av.VideoFrame) -> np.ndarray:
+            if out_size is None:
+                return frame.to_ndarray(format="rgb24")
+            return frame.reformat(width=out_size[0], height=out_size[1], format="rgb24", interpolation=interpolation).to_ndarray()
+
+        sampler = _FrameSampler(start, end, fps, frame_selection, to_rgb)
+        audio_chunks: list[np.ndarray] = []
+        audio_t0: float | None = None
+        audio_rate = info.audio.sample_rate if audio else 0
+        video_done, audio_done = not video, not audio
+        for frame in _iter_frames(uri, container, streams):
+            if frame.time is None:
+                continue
+            time = frame.time - info.start_time
+            if isinstance(frame, av.VideoFrame):
+                if video_done:
+                    continue
+                sampler.push(time, frame)
+                past_end = end is not None and time >= end + (1.0 / fps if fps else 0.0)
+                video_done = sampler.done or past_end
+            elif not audio_done:
+                if time + frame.samples / frame.sample_rate <= start:
+                    continue
+                if end is not None and time >= end:
+                    audio_done = True
+                    continue
+                if audio_t0 is None:
+                    audio_t0 = time
+                audio_chunks.append(_audio_frame_to_float(frame))
+            if video_done and audio_done:
+                break
+        rate = info.video.fps if video and info.video.fps else 25.0
+        sampler.finish(1.0 / rate)
+
+    covered_end = end if end is not None else math.inf
+    frames = frame_times = source_times = None
+    if video:
+        if not sampler.frames:
+            raise MediaError(uri, MediaErrorReason.TRUNCATED if info.duration else MediaErrorReason.CORRUPT, f"no video frame in [{start:.3f}, {end}) s")
+        if fps is not None and end is not None and not sampler.done:
+            stream_end = sampler.previous[0] + 1.0 / rate
+            declared = info.video.duration or info.duration or stream_end
+            reason = MediaErrorReason.OUT_OF_RANGE if end > declared + 1.0 / rate else MediaErrorReason.TRUNCATED
+            raise MediaError(
+                uri,
+                reason,
+                f"window [{start:.3f}, {end:.3f}) s needs frames until {end:.3f} s; decoding stopped at "
+                f"{stream_end:.3f} s of a declared {declared:.3f} s",
+            )
+        if end is None:
+            _check_complete(uri, "video", sampler.previous[0] + 1.0 / rate, info.video.duration or info.duration)
+        frames = np.stack(sampler.frames)
+        frame_times = np.asarray(sampler.grid_times, dtype=np.float64)
+        source_times = np.asarray(sampler.source_times, dtype=np.float64)
+        if end is None:
+            covered_end = source_times[-1] + 1.0 / rate if fps is None else frame_times[-1] + 1.0 / fps
+
+    waveform = None
+    audio_start = start
+    if audio:
+        if not audio_chunks:
+            raise MediaError(uri, MediaErrorReason.TRUNCATED, f"no audio in [{start:.3f}, {end}) s")
+        native = np.concatenate(audio_chunks, axis=1)
+        first = max(0, round((start - audio_t0) * audio_rate))
+        audio_start = audio_t0 + first / audio_rate
+        last = native.shape[1] if covered_end == math.inf else min(native.shape[1], first + round((covered_end - audio_start) * audio_rate))
+        mono = to_mono(native[:, first:last])
+        waveform = resample(mono, audio_rate, sample_rate).numpy().astype(np.float32, copy=False)
+        if covered_end == math.inf:
+            covered_end = audio_start + len(waveform) / sample_rate
+            _check_complete(uri, "audio", covered_end, info.audio.duration or info.duration)
+        elif end is not None and audio_start + len(waveform) / sample_rate < end - 2.0 / sample_rate - 0.05:
+            raise MediaError(
+                uri,
+                MediaErrorReason.OUT_OF_RANGE,
+                f"window [{start:.3f}, {end:.3f}) s needs audio until {end:.3f} s; the audio stream ends at "
+                f"{audio_start + len(waveform) / sample_rate:.3f} s",
+            )
+
+    return DecodedAV(
+        info=info,
+        start=start,
+        end=float(covered_end),
+        fps=fps,
+        frames=frames,
+        frame_times=frame_times,
+        source_frame_times=source_times,
+        audio=waveform,
+        sample_rate=sample_rate,
+        audio_start=float(audio_start),
+        num_decoded_frames=sampler.decoded,
+    )
+
+
+def load_audio(uri: str, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
+    """The whole audio track of any file PyAV reads (audio-only or video), as mono float32 at ``sample_rate``."""
+    return decode(uri, video=False, audio=True, sample_rate=sample_rate).audio
+
+
+def load_image(uri: str) -> np.ndarray:
+    """An image file (or the first frame of a video) as RGB uint8 (H, W, 3)."""
+    return decode(uri, audio=False, end=None, fps=None).frames[0]
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+
+def _write(data: bytes, path: str | None) -> bytes:
+    if path is not None:
+        with fsspec.open(str(path), "wb") as handle:
+            handle.write(data)
+    return data
+
+
+def encode_mp4(
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int = TARGET_SAMPLE_RATE,
+    path: str | None = None,
+    *,
+    crf: int = 18,
+    audio_bitrate: int = 128_000,
+) -> bytes:
+    """H.264 (yuv420p) video with AAC mono audio muxed in; returns the bytes and writes them to ``path`` if given.
+
+    Args:
+        frames: RGB uint8, shape (T, H, W, 3), even H and W.
+        audio: mono float32 samples in [-1, 1] at ``sample_rate``, or None for a silent video.
+
+    The encoder runs single-threaded so the same input always gives the same bytes.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"H.264 yuv420p needs even height and width, got {frames.shape[1]}x{frames.shape[2]}")
+    with tempfile.TemporaryDirectory(prefix="avsync-mp4-") as tmp:
+        local = os.path.join(tmp, "out.mp4")
+        _mux_mp4(local, frames, fps, audio, sample_rate, crf, audio_bitrate)
+        with open(local, "rb") as handle:
+            return _write(handle.read(), path)
+
+
+def _mux_mp4(local: str, frames, fps, audio, sample_rate, crf, audio_bitrate) -> None:
+    height, width = frames.shape[1:3]
+    # faststart (a second pass over a real file) puts the index first: the mp4 streams over HTTP and a
+    # cut copy still opens.
+    with av.open(local, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        video_stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        video_stream.width, video_stream.height, video_stream.pix_fmt = width, height, "yuv420p"
+        video_stream.options = {"crf": str(crf), "threads": "1"}
+        audio_stream = None
+        if audio is not None:
+            audio_stream = container.add_stream("aac", rate=int(sample_rate), layout="mono")
+            audio_stream.bit_rate = audio_bitrate
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = index
+            container.mux(video_stream.encode(frame))
+        container.mux(video_stream.encode(None))
+        if audio_stream is not None:
+            samples = np.clip(np.asarray(audio, dtype=np.float32).reshape(1, -1), -1.0, 1.0)
+            frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+            frame.sample_rate, frame.pts = int(sample_rate), 0
+            container.mux(audio_stream.encode(frame))
+            container.mux(audio_stream.encode(None))
+
+
+def encode_wav(audio: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE, path: str | None = None) -> bytes:
+    """Mono 16-bit PCM WAV bytes (written to ``path`` if given)."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), int(sample_rate), subtype="PCM_16", format="WAV")
+    return _write(buffer.getvalue(), path)

@@ -1,0 +1,5 @@
+"""Inference pipelines (diffusers ``DiffusionPipeline`` subclasses)."""
+
+from avsync_ray.pipelines.pipeline_avsyncd import AVSyncDPipeline, AVSyncDPipelineOutput
+
+__all__ = ["AVSyncDPipeline", "AVSyncDPipelineOutput"]
