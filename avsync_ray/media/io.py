@@ -18,6 +18,7 @@ from typing import Iterator, Literal
 import av
 import fsspec
 import numpy as np
+import PIL.Image
 import soundfile
 
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE, resample, to_mono
@@ -88,8 +89,8 @@ class DecodedAV:
 # --------------------------------------------------------------------------------------------- opening
 
 
-def _open_source(uri: str):
-    """Return something ``av.open`` accepts plus the file size, raising the typed error for missing/empty files."""
+def _check_source(uri: str):
+    """(filesystem, path, size) of ``uri``, raising the typed error for missing and empty files."""
     fs, path = fsspec.core.url_to_fs(str(uri))
     try:
         size = fs.size(path)
@@ -99,14 +100,14 @@ def _open_source(uri: str):
         raise MediaError(uri, MediaErrorReason.NOT_FOUND, "size unknown")
     if size == 0:
         raise MediaError(uri, MediaErrorReason.ZERO_BYTES)
-    local = getattr(fs, "protocol", None) in ("file", ("file", "local"), "local")
-    return (path if local else fs.open(path, "rb")), int(size)
+    return fs, path, int(size)
 
 
 def _open_container(uri: str):
-    source, size = _open_source(uri)
-    try:
-        return av.open(source, mode="r", metadata_errors="ignore"), size
+    fs, path, size = _check_source(uri)
+    local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol)
+    try:  # local files are read by FFmpeg directly; remote ones through fsspec's seekable file object
+        return av.open(path if local else fs.open(path, "rb"), mode="r", metadata_errors="ignore"), size
     except av.FFmpegError as exc:
         # An mp4 cut before its index (moov written last) is the common form of a truncated download.
         reason = MediaErrorReason.TRUNCATED if "moov atom not found" in str(exc) else MediaErrorReason.CORRUPT
@@ -213,6 +214,7 @@ class _FrameSampler:
 
     def push(self, time: float, frame: av.VideoFrame) -> None:
         self.decoded += 1
+        previous, self.previous = self.previous, (time, frame)
         if self.fps is None:  # every source frame of [start, end)
             if time >= self.start - _TIME_EPS and (self.end is None or time < self.end - _TIME_EPS):
                 self._take(time, time, frame)
@@ -225,12 +227,10 @@ class _FrameSampler:
                 continue
             if time < target - _TIME_EPS:  # a later frame may still be nearer
                 break
-            previous = self.previous
             if previous is not None and abs(target - previous[0]) <= abs(time - target):
                 self._take(target, *previous)
             else:
                 self._take(target, time, frame)
-        self.previous = (time, frame)
 
     def finish(self, frame_duration: float) -> None:
         """End of stream: the last frame covers targets up to its display end."""
@@ -249,13 +249,20 @@ def _check_complete(uri: str, stream: str, reached: float, declared: float | Non
         raise MediaError(uri, MediaErrorReason.TRUNCATED, f"{stream} stream ends at {reached:.3f} s of a declared {declared:.3f} s")
 
 
-def _iter_frames(uri: str, container, streams) -> Iterator[av.VideoFrame | av.AudioFrame]:
-    try:
-        for packet in container.demux(*streams):
-            for frame in packet.decode():
-                yield frame
-    except av.FFmpegError as exc:
-        raise MediaError(uri, MediaErrorReason.CORRUPT, f"decode failed: {exc}") from None
+class _Demuxer:
+    """Decoded frames of the chosen streams in file order. A decode error ends the iteration and is kept:
+    whether the file is truncated or corrupt depends on how much was read, which the caller checks."""
+
+    def __init__(self, container, streams):
+        self.container, self.streams = container, streams
+        self.error: str | None = None
+
+    def __iter__(self) -> Iterator[av.VideoFrame | av.AudioFrame]:
+        try:
+            for packet in self.container.demux(*self.streams):
+                yield from packet.decode()
+        except av.FFmpegError as exc:
+            self.error = str(exc)
 
 
 def decode(
@@ -320,7 +327,8 @@ def decode(
         audio_t0: float | None = None
         audio_rate = info.audio.sample_rate if audio else 0
         video_done, audio_done = not video, not audio
-        for frame in _iter_frames(uri, container, streams):
+        demuxer = _Demuxer(container, streams)
+        for frame in demuxer:
             if frame.time is None:
                 continue
             time = frame.time - info.start_time
@@ -344,11 +352,13 @@ def decode(
         rate = info.video.fps if video and info.video.fps else 25.0
         sampler.finish(1.0 / rate)
 
+    if demuxer.error and not (sampler.decoded or audio_chunks):
+        raise MediaError(uri, MediaErrorReason.CORRUPT, f"decode failed: {demuxer.error}")
     covered_end = end if end is not None else math.inf
     frames = frame_times = source_times = None
     if video:
         if not sampler.frames:
-            raise MediaError(uri, MediaErrorReason.TRUNCATED if info.duration else MediaErrorReason.CORRUPT, f"no video frame in [{start:.3f}, {end}) s")
+            raise MediaError(uri, MediaErrorReason.TRUNCATED, f"no video frame in [{start:.3f}, {end}) s")
         if fps is not None and end is not None and not sampler.done:
             stream_end = sampler.previous[0] + 1.0 / rate
             declared = info.video.duration or info.duration or stream_end
@@ -410,8 +420,13 @@ def load_audio(uri: str, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
 
 
 def load_image(uri: str) -> np.ndarray:
-    """An image file (or the first frame of a video) as RGB uint8 (H, W, 3)."""
-    return decode(uri, audio=False, end=None, fps=None).frames[0]
+    """An image file (any format Pillow reads), or else the first frame of a video, as RGB uint8 (H, W, 3)."""
+    _check_source(uri)
+    try:
+        with fsspec.open(str(uri), "rb") as handle:
+            return np.asarray(PIL.Image.open(handle).convert("RGB"))
+    except PIL.UnidentifiedImageError:
+        return decode(uri, audio=False, fps=None, end=None).frames[0]
 
 
 # --------------------------------------------------------------------------------------------- encoding

@@ -88,7 +88,7 @@ class AVSyncDPipeline(DiffusionPipeline):
         unet: AVSyncDUNet3DModel,
         audio_encoder: ImageBindAudioEncoder,
         scheduler: SchedulerMixin | None = None,
-        torch_dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
     ) -> "AVSyncDPipeline":
         """Assemble a pipeline from a local SD1.5 diffusers folder (``vae/``, ``text_encoder/``, ``tokenizer/``,
         ``scheduler/``) plus an AVSyncD UNet and audio encoder. Nothing is downloaded."""
@@ -96,7 +96,7 @@ class AVSyncDPipeline(DiffusionPipeline):
         for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
             if not (sd15_dir / sub).is_dir():
                 raise FileNotFoundError(f"{sd15_dir} is not a Stable Diffusion 1.5 diffusers folder: {sub}/ is missing")
-        kwargs = dict(local_files_only=True, torch_dtype=torch_dtype)
+        kwargs = dict(local_files_only=True, dtype=dtype)
         return cls(
             vae=AutoencoderKL.from_pretrained(sd15_dir / "vae", **kwargs),
             text_encoder=CLIPTextModel.from_pretrained(sd15_dir / "text_encoder", **kwargs),
@@ -209,6 +209,7 @@ class AVSyncDPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         decode_chunk_size: int = 16,
+        official_inplace_step: bool = False,
     ) -> AVSyncDPipelineOutput | tuple:
         r"""Generate ``num_frames`` frames that animate ``image`` in sync with ``audio``.
 
@@ -225,6 +226,11 @@ class AVSyncDPipeline(DiffusionPipeline):
             output_type: "np", "pt", "pil" or "latent".
             callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict``; may replace
                 ``latents`` (the full video latents, frame 0 included).
+            official_inplace_step: step frames 1.. in place inside the video latents, as the official loop
+                does. PNDM keeps a reference to the sample of its first step and re-reads it in the second
+                (warm-up) step; writing in place overwrites it, so the official warm-up step starts from the
+                wrong sample. Off (the correct PNDM) by default; on only to reproduce the official outputs and
+                published numbers exactly. Other schedulers are unaffected.
 
         Returns:
             :class:`AVSyncDPipelineOutput`, or ``(frames, audio)`` when ``return_dict`` is False.
@@ -318,7 +324,12 @@ class AVSyncDPipeline(DiffusionPipeline):
                     audio_attention_mask=mask_condition,
                 ).sample
                 noise_pred = self._combine_guidance(noise_pred.chunk(num_branches))
-                noisy = self.scheduler.step(noise_pred[:, :, 1:], t, noisy, **extra_step_kwargs).prev_sample
+                if official_inplace_step:
+                    video = torch.cat([first, noisy], dim=2) if i == 0 else video
+                    video[:, :, 1:] = self.scheduler.step(noise_pred[:, :, 1:], t, video[:, :, 1:], **extra_step_kwargs).prev_sample
+                    noisy = video[:, :, 1:]
+                else:
+                    noisy = self.scheduler.step(noise_pred[:, :, 1:], t, noisy, **extra_step_kwargs).prev_sample
 
                 if callback_on_step_end is not None:
                     tensors = {"latents": torch.cat([first, noisy], dim=2), "prompt_embeds": prompt_embeds, "audio_embeds": audio_embeds}

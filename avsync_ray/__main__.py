@@ -1,0 +1,3 @@
+from avsync_ray.cli import app
+
+app(prog_name="avsync")

@@ -1,0 +1,132 @@
+"""``avsync``: one thin command per library entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from avsync_ray.config import ConfigError, DemoConfig, GenerateConfig, dump_config, load_config, preset_names, read_preset
+
+app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Inspect the typed configs and their packaged presets.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML file (any fsspec URI) over the preset.")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Dotted override, e.g. --set num_inference_steps=25 (repeatable).")]
+
+
+def _echo_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _load(schema, preset: str, path: str | None, overrides: list[str] | None):
+    try:
+        return load_config(schema, preset, path, overrides or [])
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option(help="AVSyncD pipeline folder (init-model / convert-official output).")],
+    out: Annotated[str, typer.Option(help="Output .mp4 (any fsspec URI).")],
+    category: Annotated[str, typer.Option(help="Class prompt, e.g. 'lions roaring'.")],
+    image: Annotated[Optional[str], typer.Option(help="First frame (image file).")] = None,
+    audio: Annotated[Optional[str], typer.Option(help="Audio: a sound file or a video with an audio track.")] = None,
+    video: Annotated[Optional[str], typer.Option(help="Video whose centred clip gives the image and/or audio.")] = None,
+    audio_guidance: Annotated[Optional[float], typer.Option(help="Audio guidance scale (default 4.0).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Inference steps (default 50).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (default 123).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+):
+    """Animate an image with audio: writes an mp4 (12 frames at 6 fps with the 2-s conditioning audio)."""
+    from avsync_ray.generate import run_generate
+
+    overrides = list(set_ or [])
+    for key, value in (("audio_guidance_scale", audio_guidance), ("num_inference_steps", steps), ("seed", seed)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = _load(GenerateConfig, "generate", config, overrides)
+    _echo_json(run_generate(model, out, category, cfg, image=image, audio=audio, video=video))
+
+
+@app.command("init-model")
+def init_model(
+    out_dir: Annotated[str, typer.Argument(help="Folder to write the pipeline to.")],
+    preset: Annotated[str, typer.Option(help="Model preset; 'tiny' is random-init and needs no download.")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
+):
+    """Write a runnable AVSyncD pipeline folder from a preset."""
+    from avsync_ray.models.presets import save_tiny_pipeline
+
+    if preset != "tiny":
+        raise typer.BadParameter("only the 'tiny' preset is built from scratch; use convert-official for real weights")
+    _echo_json({"model": str(save_tiny_pipeline(out_dir, seed)), "preset": preset, "seed": seed})
+
+
+@app.command("convert-official")
+def convert_official(
+    sd15: Annotated[str, typer.Option(help="Stable Diffusion 1.5 diffusers folder (vae/, text_encoder/, tokenizer/, scheduler/).")],
+    unet: Annotated[str, typer.Option(help="Official AVSyncD UNet folder (checkpoint-N/modules/unet).")],
+    imagebind: Annotated[str, typer.Option(help="Path to imagebind_huge.pth.")],
+    out: Annotated[str, typer.Option(help="Output pipeline folder (safetensors).")],
+):
+    """Assemble an official AVSyncD checkpoint, SD1.5 and ImageBind into one pipeline folder."""
+    from avsync_ray.models.presets import official_pipeline
+
+    official_pipeline(sd15, unet, imagebind).save_pretrained(out)
+    _echo_json({"model": out})
+
+
+@app.command()
+def probe(uri: Annotated[str, typer.Argument(help="Media file (any fsspec URI).")]):
+    """Print the streams, duration, frame rate and sizes of a media file."""
+    from avsync_ray.media import MediaError
+    from avsync_ray.media import probe as probe_media
+
+    try:
+        _echo_json(dataclasses.asdict(probe_media(uri)))
+    except MediaError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(config: ConfigOption = None, set_: SetOption = None):
+    """The main job end to end on an embedded default (tiny models, synthetic input, this machine)."""
+    from avsync_ray.demo import run_demo
+
+    summary = run_demo(_load(DemoConfig, "demo", config, set_))
+    _echo_json(summary)
+
+
+@config_app.command("show")
+def config_show(
+    preset: Annotated[str, typer.Argument(help="Preset name.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+):
+    """Print a preset resolved and validated (with any file and overrides applied)."""
+    schemas = {"generate": GenerateConfig, "demo": DemoConfig}
+    if preset not in schemas:
+        typer.echo(f"unknown preset {preset!r}; available: {preset_names()}", err=True)
+        raise typer.Exit(2)
+    typer.echo(dump_config(_load(schemas[preset], preset, config, set_)), nl=False)
+
+
+@config_app.command("list")
+def config_list():
+    """List the packaged presets."""
+    for name in preset_names():
+        typer.echo(f"{name}: {sorted(read_preset(name))}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

@@ -1,0 +1,117 @@
+"""One-off generation: load inputs as the official demo does, run the pipeline, write an mp4 with the audio."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avsync_ray.config import GenerateConfig, save_config
+from avsync_ray.media import decode, encode_mp4, load_audio, load_image, probe
+from avsync_ray.media.audio import DEFAULT_MEL
+from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Conditioning:
+    image: np.ndarray  # (H, W, 3) uint8 at the output size
+    audio: np.ndarray  # 16 kHz mono float32, the clip the model hears
+    source: dict
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_pipeline(model_dir: str | Path, device: str = "auto", dtype: str = "float32"):
+    """An :class:`AVSyncDPipeline` folder (``avsync init-model`` or ``avsync convert-official`` output)."""
+    from avsync_ray.pipelines import AVSyncDPipeline
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not an AVSyncD pipeline folder (no model_index.json)")
+    pipe = AVSyncDPipeline.from_pretrained(model_dir, dtype=_DTYPES[dtype], local_files_only=True)
+    return pipe.to(resolve_device(device))
+
+
+def load_conditioning(
+    config: GenerateConfig, image: str | None = None, audio: str | None = None, video: str | None = None
+) -> Conditioning:
+    """The first frame and audio clip, following the official demo: ``image`` and ``audio`` files win;
+    otherwise both come from the centred ``num_frames / fps``-second clip of ``video``."""
+    if image and audio and video:
+        raise ValueError("give at most two of image, audio and video")
+    if not ((image or video) and (audio or video)):
+        raise ValueError("need an image (or a video) and an audio track (or a video)")
+    size = (config.height, config.width)
+    clip_seconds = config.num_frames / config.fps
+    source: dict = {"image": image, "audio": audio, "video": video}
+    clip = None
+    if video and not (image and audio):
+        info = probe(video)
+        durations = [d for d in (info.video and info.video.duration, info.audio and info.audio.duration) if d]
+        av_duration = min(durations) if durations else info.duration
+        start = max(0.0, (av_duration - clip_seconds) / 2)
+        clip = decode(
+            video, fps=config.fps, start=start, end=start + clip_seconds, video=not image, audio=not audio, frame_selection="next"
+        )
+        source["clip_start_s"] = start
+    first_frame = load_image(image) if image else clip.frames[0]
+    waveform = load_audio(audio) if audio else clip.audio
+    frame = to_uint8_frames(center_crop_resize(first_frame, size))[0]
+    return Conditioning(image=frame, audio=np.asarray(waveform, dtype=np.float32), source=source)
+
+
+def generate(pipe, conditioning: Conditioning, prompt: str, config: GenerateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Run the pipeline once; returns uint8 frames (T, H, W, 3) and the 16 kHz conditioning clip."""
+    generator = torch.Generator(device=pipe.device).manual_seed(config.seed)
+    out = pipe(
+        image=conditioning.image,
+        audio=conditioning.audio,
+        audio_sample_rate=DEFAULT_MEL.sample_rate,
+        prompt=prompt,
+        num_frames=config.num_frames,
+        height=config.height,
+        width=config.width,
+        num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale,
+        audio_guidance_scale=config.audio_guidance_scale,
+        generator=generator,
+        output_type="np",
+        official_inplace_step=config.official_inplace_step,
+    )
+    return to_uint8_frames(out.frames[0]), out.audio[0]
+
+
+def run_generate(
+    model: str | Path,
+    out: str | Path,
+    prompt: str,
+    config: GenerateConfig,
+    image: str | None = None,
+    audio: str | None = None,
+    video: str | None = None,
+) -> dict:
+    """Load, generate, write ``out`` (mp4: frames at ``config.fps`` + the conditioning audio as AAC) and the
+    resolved config beside it (``<out>.config.yaml``). Returns a summary."""
+    pipe = load_pipeline(model, config.device, config.dtype)
+    conditioning = load_conditioning(config, image=image, audio=audio, video=video)
+    frames, clip = generate(pipe, conditioning, prompt, config)
+    encode_mp4(frames, config.fps, clip, DEFAULT_MEL.sample_rate, str(out))
+    snapshot = save_config(config, f"{out}.config.yaml")
+    return {
+        "output": str(out),
+        "config": snapshot,
+        "frames": int(frames.shape[0]),
+        "fps": config.fps,
+        "size": [int(frames.shape[1]), int(frames.shape[2])],
+        "audio_seconds": round(len(clip) / DEFAULT_MEL.sample_rate, 3),
+        "prompt": prompt,
+        "inputs": conditioning.source,
+    }

@@ -1,0 +1,74 @@
+"""The `avsync` CLI end to end on the tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+from typer.testing import CliRunner
+
+from avsync_ray.cli import app
+from avsync_ray.media import encode_mp4, encode_wav
+from avsync_ray.synth import bouncing_ball
+
+runner = CliRunner()
+
+
+def _json(output: str) -> dict:
+    return json.loads(output[output.index("{") :])
+
+
+def test_generate_writes_twelve_frames_at_six_fps_with_two_seconds_of_audio(tiny_model_dir, tmp_path):
+    clip = bouncing_ball(duration=3.0, fps=24, size=(96, 128), seed=1)
+    video = tmp_path / "input.mp4"
+    encode_mp4(clip.frames, clip.fps, clip.audio, clip.sample_rate, str(video))
+    out = tmp_path / "out.mp4"
+    result = runner.invoke(
+        app,
+        ["generate", "--model", str(tiny_model_dir), "--video", str(video), "--category", "ball bouncing",
+         "--out", str(out), "--steps", "3", "--seed", "7", "--set", "height=64", "--set", "width=64"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = _json(result.output)
+    assert summary["frames"] == 12 and summary["size"] == [64, 64]
+    with av.open(str(out)) as container:
+        video_stream, audio_stream = container.streams.video[0], container.streams.audio[0]
+        assert video_stream.frames == 12 and float(video_stream.average_rate) == 6.0
+        assert (video_stream.codec_context.width, video_stream.codec_context.height) == (64, 64)
+        assert float(audio_stream.duration * audio_stream.time_base) == 2.0
+    snapshot = (tmp_path / "out.mp4.config.yaml").read_text()
+    assert "seed: 7" in snapshot and "num_inference_steps: 3" in snapshot
+
+
+def test_generate_from_separate_image_and_audio_files(tiny_model_dir, tmp_path):
+    import PIL.Image
+
+    PIL.Image.fromarray(np.full((50, 80, 3), 120, dtype=np.uint8)).save(tmp_path / "first.png")
+    (tmp_path / "sound.wav").write_bytes(encode_wav(np.zeros(48_000, dtype=np.float32), 16_000))
+    result = runner.invoke(
+        app,
+        ["generate", "--model", str(tiny_model_dir), "--image", str(tmp_path / "first.png"), "--audio",
+         str(tmp_path / "sound.wav"), "--category", "silence", "--out", str(tmp_path / "o.mp4"), "--steps", "2",
+         "--set", "height=32", "--set", "width=48"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert _json(result.output)["size"] == [32, 48]
+
+
+def test_bad_override_is_a_readable_error(tiny_model_dir, tmp_path):
+    result = runner.invoke(
+        app, ["generate", "--model", str(tiny_model_dir), "--video", "x.mp4", "--category", "c", "--out", "o.mp4", "--set", "stepz=3"]
+    )
+    assert result.exit_code == 2 and "stepz" in result.output
+
+
+def test_config_show_and_probe(tmp_path):
+    shown = runner.invoke(app, ["config", "show", "generate", "--set", "seed=3"])
+    assert shown.exit_code == 0 and "seed: 3" in shown.output
+    path = tmp_path / "a.wav"
+    path.write_bytes(encode_wav(np.zeros(16_000, dtype=np.float32)))
+    probed = runner.invoke(app, ["probe", str(path)])
+    assert probed.exit_code == 0 and _json(probed.output)["audio"]["sample_rate"] == 16_000
+    missing = runner.invoke(app, ["probe", str(tmp_path / "nope.mp4")])
+    assert missing.exit_code == 1 and "not_found" in missing.output

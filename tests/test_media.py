@@ -1,0 +1,207 @@
+"""Media I/O: probe and one-pass decode of real files, frame/sample exactness, typed errors, mp4/wav encode."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import fsspec
+import numpy as np
+import pytest
+import soundfile
+
+from avsync_ray.media import MediaError, MediaErrorReason, decode, encode_mp4, encode_wav, load_audio, load_image, probe
+
+# From ../shared/media/SOURCES.md (probed with PyAV 18.1): container duration, audio rate/channels, video.
+REAL_MEDIA = {
+    "av_speech_grid/bbaf2n.mpg": dict(duration=2.98, rate=44100, channels=2, video=("mpeg1video", 25.0, 360, 288)),
+    "av_speech_grid/swiz3n.mpg": dict(duration=2.98, rate=44100, channels=2, video=("mpeg1video", 25.0, 360, 288)),
+    "av_animation/big_buck_bunny_0_30.webm": dict(duration=30.003, rate=44100, channels=2, video=("vp8", 24.0, 1280, 720)),
+    "video_scene_cuts/pyscenedetect_testvideo.mp4": dict(duration=24.023, rate=None, channels=None, video=("h264", 29.97, 1280, 720)),
+    "video_scene_cuts/tears_of_steel_clip01.mp4": dict(duration=10.0, rate=None, channels=None, video=("h264", 24.0, 640, 360)),
+    "video_scene_cuts/cityCC0.mpg": dict(duration=7.6, rate=None, channels=None, video=("mpeg2video", 25.0, 720, 405)),
+    "audio_speech/jfk.flac": dict(duration=11.0, rate=44100, channels=2, video=None),
+    "audio_speech/librispeech_198-209-0000.ogg": dict(duration=13.91, rate=22050, channels=1, video=None),
+    "audio_sfx/sonicpi_drum_snare_hard.flac": dict(duration=0.445, rate=44100, channels=1, video=None),
+    "audio_sfx/freedesktop_camera-shutter.oga": dict(duration=0.872, rate=96000, channels=2, video=None),
+    "audio_sfx/glacier-bay-humpback.ogg": dict(duration=64.809, rate=22050, channels=1, video=None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_MEDIA))
+def test_probe_and_decode_real_media(media_dir, name):
+    expected = REAL_MEDIA[name]
+    uri = str(media_dir / name)
+    info = probe(uri)
+    assert info.duration == pytest.approx(expected["duration"], abs=0.01)
+    if expected["video"]:
+        codec, fps, width, height = expected["video"]
+        assert (info.video.codec, info.video.width, info.video.height) == (codec, width, height)
+        assert info.video.fps == pytest.approx(fps, rel=1e-3)
+    else:
+        assert info.video is None
+    if expected["rate"]:
+        assert (info.audio.sample_rate, info.audio.channels) == (expected["rate"], expected["channels"])
+    else:
+        assert info.audio is None
+
+    has_video, has_audio = bool(expected["video"]), bool(expected["rate"])
+    clip = decode(uri, fps=6 if has_video else None, size=64 if has_video else None, video=has_video, audio=has_audio)
+    if has_video:
+        assert clip.frames.dtype == np.uint8 and clip.frames.shape[1:] in {(64, 113, 3), (64, 114, 3), (64, 80, 3)}
+        np.testing.assert_allclose(clip.frame_times, np.arange(len(clip.frames)) / 6)
+        assert len(clip.frames) == int(np.ceil(expected["duration"] * 6 - 1e-6))
+    if has_audio:
+        assert clip.audio.dtype == np.float32 and clip.sample_rate == 16_000
+        assert len(clip.audio) / 16_000 == pytest.approx(expected["duration"], abs=0.02)
+        peak = np.abs(clip.audio).max()  # resampling may overshoot full scale a little (Gibbs)
+        assert 0.01 < peak < 1.5
+
+
+def test_decode_window_from_real_grid_clip(media_dir):
+    uri = str(media_dir / "av_speech_grid" / "id2_vcd_swwp2s.mpg")
+    clip = decode(uri, fps=6, start=0.5, end=2.5)
+    assert clip.frames.shape == (12, 288, 360, 3)
+    np.testing.assert_allclose(clip.frame_times, 0.5 + np.arange(12) / 6)
+    # 25 fps source: the nearest frame to each grid time is at most half a frame period away.
+    assert np.abs(clip.source_frame_times - clip.frame_times).max() <= 0.02 + 1e-9
+    assert len(clip.audio) == pytest.approx(32_000, abs=2) and clip.audio_start == pytest.approx(0.5, abs=1 / 44100)
+
+
+def test_stereo_becomes_the_channel_mean(tmp_path):
+    """Opposite-phase channels must cancel; the official `view` reshape would interleave them instead."""
+    rate, t = 16_000, np.arange(16_000) / 16_000
+    left = 0.5 * np.sin(2 * np.pi * 440 * t)
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, np.stack([left, -left], axis=1), rate, subtype="FLOAT")
+    assert np.abs(load_audio(str(path))).max() < 1e-6
+    soundfile.write(path, np.stack([left, left], axis=1), rate, subtype="FLOAT")
+    np.testing.assert_allclose(load_audio(str(path)), left, atol=1e-6)
+
+
+def _indexed_video(path, fps=24, seconds=2, audio=True):
+    """Frame k is a flat grey of value 5k, so decoded frames reveal which source frame they are."""
+    frames = np.stack([np.full((32, 32, 3), 5 * k, dtype=np.uint8) for k in range(int(fps * seconds))])
+    sound = (0.1 * np.sin(2 * np.pi * 220 * np.arange(16_000 * seconds) / 16_000)).astype(np.float32) if audio else None
+    encode_mp4(frames, fps, sound, 16_000, str(path), crf=0)
+    return frames
+
+
+def _frame_ids(frames: np.ndarray) -> list[int]:
+    return [int(round(f.mean() / 5)) for f in frames]
+
+
+def test_frame_sampling_is_exact_to_the_frame(tmp_path):
+    path = tmp_path / "indexed.mp4"
+    _indexed_video(path, fps=24)
+    clip = decode(str(path), fps=6, start=0.5, end=1.5)
+    assert _frame_ids(clip.frames) == [12, 16, 20, 24, 28, 32]
+    assert clip.num_decoded_frames <= 48
+    every = decode(str(path), fps=None, start=0.5, end=1.0, audio=False)
+    assert _frame_ids(every.frames) == list(range(12, 24))
+    # 25 fps grid on a 24 fps source: "next" takes the first frame at or after each time, "nearest" the closest.
+    nearest = decode(str(path), fps=25, start=0.0, end=0.2, audio=False, frame_selection="nearest")
+    following = decode(str(path), fps=25, start=0.0, end=0.2, audio=False, frame_selection="next")
+    assert _frame_ids(nearest.frames) == [0, 1, 2, 3, 4]
+    assert _frame_ids(following.frames) == [0, 1, 2, 3, 4]
+    assert _frame_ids(decode(str(path), fps=24 / 1.5, end=0.5, audio=False, frame_selection="next").frames) == [0, 2, 3, 5, 6, 8, 9, 11]
+
+
+def test_audio_window_is_exact_to_the_sample(tmp_path):
+    rate = 16_000
+    ramp = (np.arange(3 * rate) / (3 * rate)).astype(np.float32) * 0.9
+    path = tmp_path / "ramp.wav"
+    soundfile.write(path, ramp, rate, subtype="FLOAT")
+    clip = decode(str(path), video=False, start=1.25, end=2.25)
+    np.testing.assert_allclose(clip.audio, ramp[int(1.25 * rate) : int(2.25 * rate)], atol=1e-6)
+
+
+def test_any_fsspec_uri(tmp_path):
+    path = tmp_path / "clip.mp4"
+    _indexed_video(path)
+    memory_uri = "memory://avsync-test/clip.mp4"
+    with fsspec.open(memory_uri, "wb") as handle:
+        handle.write(path.read_bytes())
+    local = decode(f"file://{path}", fps=6)
+    remote = decode(memory_uri, fps=6)
+    assert np.array_equal(local.frames, remote.frames) and np.array_equal(local.audio, remote.audio)
+    assert probe(memory_uri).video.num_frames == 48
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", MediaErrorReason.ZERO_BYTES), (b"\x00\x01not a video at all" * 64, MediaErrorReason.CORRUPT)],
+)
+def test_bad_files_raise_the_typed_error(tmp_path, content, reason):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(MediaError) as error:
+        decode(str(path), fps=6)
+    assert error.value.reason == reason and str(path) in str(error.value)
+
+
+def test_missing_streams_truncation_and_windows(tmp_path):
+    silent = tmp_path / "silent.mp4"
+    _indexed_video(silent, audio=False)
+    with pytest.raises(MediaError) as error:
+        decode(str(silent), fps=6)
+    assert error.value.reason == MediaErrorReason.NO_AUDIO_STREAM
+    sound = tmp_path / "sound.wav"
+    sound.write_bytes(encode_wav(np.zeros(16_000, dtype=np.float32)))
+    with pytest.raises(MediaError) as error:
+        decode(str(sound), fps=6)
+    assert error.value.reason == MediaErrorReason.NO_VIDEO_STREAM
+    with pytest.raises(MediaError) as error:
+        decode(str(tmp_path / "absent.mp4"))
+    assert error.value.reason == MediaErrorReason.NOT_FOUND
+
+    full = tmp_path / "full.mp4"
+    _indexed_video(full)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(MediaError) as error:
+        decode(str(truncated), fps=6)
+    assert error.value.reason == MediaErrorReason.TRUNCATED
+    with pytest.raises(MediaError) as error:
+        decode(str(full), fps=6, start=1.0, end=3.0)
+    assert error.value.reason == MediaErrorReason.OUT_OF_RANGE
+
+
+def test_media_error_survives_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(MediaError("x.mp4", MediaErrorReason.TRUNCATED, "cut")))
+    assert (error.uri, error.reason, error.detail) == ("x.mp4", MediaErrorReason.TRUNCATED, "cut")
+
+
+def test_encode_mp4_muxes_h264_and_aac_and_is_deterministic(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (12, 64, 96, 3), dtype=np.uint8)
+    audio = (0.3 * np.sin(2 * np.pi * 330 * np.arange(32_000) / 16_000)).astype(np.float32)
+    data = encode_mp4(frames, 6, audio, 16_000, str(tmp_path / "out.mp4"))
+    assert data == encode_mp4(frames, 6, audio, 16_000) == (tmp_path / "out.mp4").read_bytes()
+    with av.open(io.BytesIO(data)) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, sound.codec_context.name) == ("h264", "aac")
+        assert video.frames == 12 and float(video.average_rate) == 6.0
+        assert sound.codec_context.sample_rate == 16_000 and sound.codec_context.channels == 1
+    clip = decode(str(tmp_path / "out.mp4"), fps=6)
+    assert clip.frames.shape == (12, 64, 96, 3) and len(clip.audio) == pytest.approx(32_000, abs=1100)
+    with pytest.raises(ValueError, match="even"):
+        encode_mp4(frames[:, :63], 6)
+
+
+def test_encode_wav_round_trip():
+    audio = np.linspace(-0.5, 0.5, 16_000, dtype=np.float32)
+    data, rate = soundfile.read(io.BytesIO(encode_wav(audio)), dtype="float32")
+    assert rate == 16_000 and np.abs(data - audio).max() < 1 / 2**14
+
+
+def test_load_image_reads_pictures_and_videos(tmp_path):
+    import PIL.Image
+
+    picture = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    PIL.Image.fromarray(picture).save(tmp_path / "p.png")
+    assert np.array_equal(load_image(str(tmp_path / "p.png")), picture)
+    _indexed_video(tmp_path / "v.mp4")
+    assert load_image(str(tmp_path / "v.mp4")).shape == (32, 32, 3)
