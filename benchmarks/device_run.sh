@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (its image has torch; the rest travels as wheels in .whl/):
+# GPU tests, then the full-size generation benchmark. Results land in $OUT.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -o addopts="" 2>&1 | tail -15
+python3 benchmarks/bench_generate.py --preset full --repeats 3 --out "${OUT:-/tmp}/bench_generate_full.json" 2>&1 | grep -v WARNING

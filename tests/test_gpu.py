@@ -1,0 +1,52 @@
+"""GPU checks (opt-in: ``pytest -m gpu``): the same numbers on CUDA as on the CPU, and the full-size model in bf16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avsync_ray.models.unet_avsyncd import AVSyncDUNet3DModel
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def test_tiny_pipeline_on_cuda_matches_cpu(tiny_components):
+    from avsync_ray.pipelines import AVSyncDPipeline
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    latents = torch.randn(1, 4, 12, 4, 4, generator=torch.Generator().manual_seed(0))
+    audio = np.random.default_rng(0).standard_normal(32_000).astype(np.float32) * 0.1
+    embeds = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        pipe = AVSyncDPipeline(**tiny_components).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        outputs[device] = pipe(audio=audio, latents=latents, prompt_embeds=embeds, num_inference_steps=10, output_type="latent").frames.cpu()
+    assert relative_error(outputs["cuda"], outputs["cpu"]) < 1e-4
+
+
+def test_full_size_unet_bf16_tracks_fp32():
+    torch.manual_seed(0)
+    model = AVSyncDUNet3DModel().cuda().eval()
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 12, 32, 32, generator=generator).cuda()
+    text = torch.randn(1, 77, 768, generator=generator).cuda()
+    audio = torch.randn(1, 229, 768, generator=generator).cuda()
+    from avsync_ray.models.audio_encoder import segment_token_masks
+
+    masks = segment_token_masks(12, 19, 12).unsqueeze(0).cuda()
+    with torch.no_grad():
+        reference = model(sample, 500, text, audio, audio_attention_mask=masks).sample
+        model.to(torch.bfloat16)
+        low = model(sample.bfloat16(), 500, text.bfloat16(), audio.bfloat16(), audio_attention_mask=masks).sample
+    assert torch.isfinite(low).all() and low.shape == (1, 4, 12, 32, 32)
+    assert relative_error(low.float(), reference) < 5e-2
