@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -105,6 +106,43 @@ def demo(config: ConfigOption = None, set_: SetOption = None):
 
     summary = run_demo(_load(DemoConfig, "demo", config, set_))
     _echo_json(summary)
+
+
+class MetricName(str, Enum):
+    score = "score"
+    psync = "psync"
+    relsync = "relsync"
+    alignsync = "alignsync"
+
+
+@app.command()
+def metric(
+    name: Annotated[MetricName, typer.Argument(help="score: raw sync logit; psync: P_sync a2v/v2a; relsync; alignsync.")],
+    classifier: Annotated[str, typer.Option(help="SyncClassifier folder, or the official classifier's modules/ folder.")],
+    audio: Annotated[str, typer.Option(help="Audio: a sound file or a video (any format PyAV reads, any rate).")],
+    video: Annotated[str, typer.Option(help="Video to evaluate.")],
+    ref_video: Annotated[Optional[str], typer.Option(help="Reference video (relsync, alignsync).")] = None,
+    ref_audio: Annotated[Optional[str], typer.Option(help="Reference audio (relsync).")] = None,
+    imagebind: Annotated[Optional[str], typer.Option(help="imagebind_huge.pth (alignsync).")] = None,
+    imagebind_preset: Annotated[str, typer.Option(help="ImageBind size matching --imagebind.")] = "imagebind-huge",
+    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+):
+    """Synchronisation metrics of one pair, as JSON (values are fractions; `percent` is x100)."""
+    from avsync_ray.evaluation.pair_metrics import load_imagebind, load_sync_classifier, pair_metric
+    from avsync_ray.media import MediaError
+
+    if name is MetricName.relsync and (ref_video is None) == (ref_audio is None):
+        raise typer.BadParameter("relsync needs exactly one of --ref-video and --ref-audio")
+    if name is MetricName.alignsync and not (ref_video and imagebind):
+        raise typer.BadParameter("alignsync needs --ref-video and --imagebind")
+    model = load_sync_classifier(classifier, device)
+    embedder = load_imagebind(imagebind, imagebind_preset, device) if name is MetricName.alignsync else None
+    try:
+        result = pair_metric(name.value, model, audio, video, ref_audio=ref_audio, ref_video=ref_video, imagebind=embedder)
+    except (MediaError, ValueError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    _echo_json({"audio": audio, "video": video, **result})
 
 
 @config_app.command("show")

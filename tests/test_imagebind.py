@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from avsync_ray.models.audio_encoder import ImageBindAudioEncoder, segment_time_columns, segment_token_masks
-from avsync_ray.models.imagebind import IMAGEBIND_PRESETS, ImageBind, tokenize
+from avsync_ray.models.imagebind import ImageBind, tokenize
 
 
 def test_full_size_audio_encoder_state_dict_equals_official_manifest(manifests_dir):
@@ -32,36 +32,8 @@ def test_segment_masks_follow_the_official_rule():
     assert segment_token_masks(12, 19, 4).sum(dim=1).tolist() == [1 + 12 * 5] * 4
 
 
-def _tiny_imagebind_checkpoint(path, seed=0):
-    """A file in imagebind_huge.pth's format (modality_{preprocessors,trunks,heads,postprocessors}.<m>.*),
-    built by the `imagebind` package's own ImageBindModel at the tiny sizes."""
-    from imagebind.models.imagebind_model import ImageBindModel
-
-    c = IMAGEBIND_PRESETS["imagebind-tiny"]
-    torch.manual_seed(seed)
-    official = ImageBindModel(
-        out_embed_dim=c.out_embed_dim, vision_embed_dim=c.vision_embed_dim, vision_num_blocks=c.vision_num_blocks,
-        vision_num_heads=c.vision_num_heads, text_embed_dim=c.text_embed_dim, text_num_blocks=c.text_num_blocks,
-        text_num_heads=c.text_num_heads, audio_embed_dim=c.audio_embed_dim, audio_num_blocks=c.audio_num_blocks,
-        audio_num_heads=c.audio_num_heads, audio_drop_path=c.audio_drop_path, depth_embed_dim=16, depth_num_blocks=1,
-        depth_num_heads=2, thermal_embed_dim=16, thermal_num_blocks=1, thermal_num_heads=2, imu_embed_dim=16,
-        imu_num_blocks=1, imu_num_heads=2,
-    ).eval()  # fmt: skip
-    with torch.no_grad():  # move every weight away from its init so a wrong mapping cannot pass
-        for parameter in official.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    torch.save(official.state_dict(), path)
-    return official
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("imagebind") / "imagebind_tiny.pth"
-    return path, _tiny_imagebind_checkpoint(path)
-
-
-def test_adapter_matches_the_imagebind_package(tiny_checkpoint):
-    path, official = tiny_checkpoint
+def test_adapter_matches_the_imagebind_package(tiny_imagebind_checkpoint):
+    path, official = tiny_imagebind_checkpoint
     adapter = ImageBind.from_checkpoint(path, preset="imagebind-tiny")
     generator = torch.Generator().manual_seed(0)
     mel = torch.randn(2, 1, 128, 204, generator=generator)
@@ -75,8 +47,8 @@ def test_adapter_matches_the_imagebind_package(tiny_checkpoint):
     torch.testing.assert_close(adapter.embed_text(texts), normalize(expected["text"], dim=-1))
 
 
-def test_adapter_builds_only_requested_branches_and_stays_in_eval(tiny_checkpoint):
-    path, _ = tiny_checkpoint
+def test_adapter_builds_only_requested_branches_and_stays_in_eval(tiny_imagebind_checkpoint):
+    path, _ = tiny_imagebind_checkpoint
     audio_only = ImageBind.from_checkpoint(path, preset="imagebind-tiny", modalities=("audio",))
     assert set(audio_only.modality_trunks) == {"audio"}
     assert not audio_only.train().training and not any(p.requires_grad for p in audio_only.parameters())
@@ -89,8 +61,8 @@ def test_missing_checkpoint_names_the_config_field(tmp_path):
         ImageBind.from_checkpoint(tmp_path / "imagebind_huge.pth")
 
 
-def test_audio_encoder_from_imagebind_checkpoint(tiny_checkpoint):
-    path, official = tiny_checkpoint
+def test_audio_encoder_from_imagebind_checkpoint(tiny_imagebind_checkpoint):
+    path, official = tiny_imagebind_checkpoint
     encoder = ImageBindAudioEncoder.from_imagebind_checkpoint(path, pretrained_model_name="imagebind-tiny")
     for name, value in official.state_dict().items():
         for part in ("preprocessor", "trunk", "head", "postprocessor"):

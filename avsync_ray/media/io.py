@@ -27,6 +27,8 @@ from avsync_ray.media.errors import MediaError, MediaErrorReason
 FrameSelection = Literal["nearest", "next"]
 # Frames whose timestamps differ by less than this are the same instant (guards float round-off of k/fps).
 _TIME_EPS = 1e-6
+# Seek this far before the start (to a keyframe at or before it); nearer starts are read from the beginning.
+_SEEK_PREROLL = 1.0
 _SAMPLE_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
 
 
@@ -292,6 +294,32 @@ def decode(
         MediaError: missing, empty, corrupt or truncated files, a missing requested stream, or a window
             outside the media.
     """
+    kwargs = dict(fps=fps, size=size, start=start, end=end, video=video, audio=audio,
+                  frame_selection=frame_selection, sample_rate=sample_rate, interpolation=interpolation)  # fmt: skip
+    try:
+        return _decode(uri, seek=start > _SEEK_PREROLL, **kwargs)
+    except _SeekOvershoot:  # imprecise seeking (e.g. MPEG program streams): read from the beginning instead
+        return _decode(uri, seek=False, **kwargs)
+
+
+class _SeekOvershoot(Exception):
+    """A seek landed after the requested start, or decoding broke right after it."""
+
+
+def _decode(
+    uri: str,
+    *,
+    seek: bool,
+    fps: float | None,
+    size,
+    start: float,
+    end: float | None,
+    video: bool,
+    audio: bool,
+    frame_selection: FrameSelection,
+    sample_rate: int,
+    interpolation: str,
+) -> DecodedAV:
     if end is not None and end <= start:
         raise ValueError(f"end ({end}) must be after start ({start})")
     if not (video or audio):
@@ -312,8 +340,8 @@ def decode(
             streams.append(container.streams.audio[0])
         if info.duration is not None and start >= info.duration:
             raise MediaError(uri, MediaErrorReason.OUT_OF_RANGE, f"start {start:.3f} s is past the end ({info.duration:.3f} s)")
-        if start > 0:
-            container.seek(int((info.start_time + max(0.0, start - 1.0)) * av.time_base), backward=True)
+        if seek:
+            container.seek(int((info.start_time + start - _SEEK_PREROLL) * av.time_base), backward=True)
 
         out_size = _output_size(size, info.video.width, info.video.height) if video else None
 
@@ -332,7 +360,10 @@ def decode(
             if frame.time is None:
                 continue
             time = frame.time - info.start_time
-            if isinstance(frame, av.VideoFrame):
+            is_video = isinstance(frame, av.VideoFrame)
+            if seek and time > start + _TIME_EPS and not (sampler.decoded if is_video else audio_chunks):
+                raise _SeekOvershoot
+            if is_video:
                 if video_done:
                     continue
                 sampler.push(time, frame)
@@ -352,6 +383,8 @@ def decode(
         rate = info.video.fps if video and info.video.fps else 25.0
         sampler.finish(1.0 / rate)
 
+    if demuxer.error and seek:
+        raise _SeekOvershoot
     if demuxer.error and not (sampler.decoded or audio_chunks):
         raise MediaError(uri, MediaErrorReason.CORRUPT, f"decode failed: {demuxer.error}")
     covered_end = end if end is not None else math.inf

@@ -1,0 +1,120 @@
+"""Sync metrics of one (audio, video) pair, from files: what ``avsync metric`` runs.
+
+Inputs are read as the official metric script reads them: the first 2 s of audio and the first 12 frames at
+6 fps (each frame the first at or after k/6 s), any format PyAV reads, any sample rate. P_sync instead takes
+three clips 0.25 s apart from the middle of the video, as curation does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from avsync_ray.evaluation import sync_metrics
+from avsync_ray.evaluation.imagebind_scores import image_audio_similarity
+from avsync_ray.media import decode, load_audio
+from avsync_ray.media.clips import PSYNC_CLIPS, audio_clips, decode_clips
+from avsync_ray.models.imagebind import AUDIO, VISION, ImageBind
+from avsync_ray.models.sync_classifier import SyncClassifier
+
+Metric = Literal["score", "psync", "relsync", "alignsync"]
+
+
+def load_sync_classifier(path: str | Path, device: str = "cpu") -> SyncClassifier:
+    """Our saved classifier folder, or the official ``modules/`` folder with its three sub-folders."""
+    path = Path(path)
+    if (path / "head").is_dir() and (path / "audio_encoder").is_dir():
+        model = SyncClassifier.from_official(path)
+    elif (path / "config.json").is_file():
+        model = SyncClassifier.from_pretrained(path)
+    else:
+        raise FileNotFoundError(f"{path} is neither a SyncClassifier folder nor an official classifier modules folder")
+    return model.to(device).eval().requires_grad_(False)
+
+
+@dataclass
+class Pair:
+    audio: np.ndarray  # 16 kHz mono
+    frames: np.ndarray  # (T, H, W, 3) uint8
+
+
+def load_pair_audio(uri: str, seconds: float = 2.0) -> np.ndarray:
+    """The first ``seconds`` of the audio track (shorter audio is kept whole; the mel pads it)."""
+    return load_audio(uri)[: int(seconds * 16_000)]
+
+
+def load_pair_frames(uri: str, num_frames: int = 12, fps: float = 6.0) -> np.ndarray:
+    return decode(uri, fps=fps, start=0.0, end=num_frames / fps, audio=False, frame_selection="next").frames
+
+
+@torch.no_grad()
+def _score(classifier: SyncClassifier, audio: np.ndarray, frames: np.ndarray) -> torch.Tensor:
+    inputs = classifier.preprocess(audio=audio, video=frames)
+    device = classifier.device
+    return classifier(inputs["audio"][None].to(device), inputs["video"][None].to(device)).cpu()[0]
+
+
+def pair_metric(
+    metric: Metric,
+    classifier: SyncClassifier,
+    audio: str,
+    video: str,
+    ref_audio: str | None = None,
+    ref_video: str | None = None,
+    imagebind: ImageBind | None = None,
+) -> dict:
+    """One metric of one pair. Values are fractions (``percent`` = x100, as the paper reports)."""
+    if metric == "psync":
+        return _psync(classifier, audio, video)
+    pair = Pair(load_pair_audio(audio), load_pair_frames(video))
+    score = _score(classifier, pair.audio, pair.frames)
+    if metric == "score":
+        return {"metric": "score", "value": float(score)}
+    if (ref_audio is None) == (ref_video is None) and metric == "relsync":
+        raise ValueError("relsync needs exactly one of ref_audio and ref_video")
+    if metric == "alignsync" and (ref_video is None or imagebind is None):
+        raise ValueError("alignsync needs ref_video and an ImageBind model")
+    ref_frames = load_pair_frames(ref_video) if ref_video else None
+    reference = _score(classifier, load_pair_audio(ref_audio), pair.frames) if ref_audio else _score(classifier, pair.audio, ref_frames)
+    result = {"score": float(score), "reference_score": float(reference)}
+    if metric == "relsync":
+        value = sync_metrics.relsync(score, reference)
+    elif metric == "alignsync":
+        mel = classifier.preprocess_audio(pair.audio)
+        ia_generated = image_audio_similarity(imagebind, pair.frames, mel)
+        ia_reference = image_audio_similarity(imagebind, ref_frames[:1], mel)
+        value = sync_metrics.alignsync(score[None], reference[None], ia_generated[None], ia_reference)[0]
+        result.update(relsync=float(sync_metrics.relsync(score, reference)), ia_generated=ia_generated.tolist(), ia_reference_first_frame=float(ia_reference[0]))
+    else:
+        raise ValueError(f"unknown metric {metric!r}")
+    return {"metric": metric, "value": float(value), "percent": sync_metrics.as_percent(value), **result}
+
+
+@torch.no_grad()
+def _psync(classifier: SyncClassifier, audio: str, video: str) -> dict:
+    """Three clips 0.25 s apart from the middle of ``video``; audio from ``audio`` at the same times."""
+    clips = decode_clips(video, PSYNC_CLIPS)
+    if audio != video:
+        other = decode(audio, video=False)
+        clips.audio = audio_clips(other.audio, other.audio_start, clips.starts, PSYNC_CLIPS)
+    mel = classifier.preprocess_audio(torch.from_numpy(clips.audio))
+    frames = classifier.preprocess_video(clips.frames)
+    device = classifier.device
+    scores = classifier.score_matrix(mel[None].to(device), frames[None].to(device)).cpu()
+    a2v, v2a = sync_metrics.sync_probabilities(scores)
+    return {
+        "metric": "psync",
+        "a2v": float(a2v[0]),
+        "v2a": float(v2a[0]),
+        "percent": {"a2v": sync_metrics.as_percent(a2v[0]), "v2a": sync_metrics.as_percent(v2a[0])},
+        "clip_starts_s": clips.starts.round(4).tolist(),
+        "scores": scores[0].tolist(),
+    }
+
+
+def load_imagebind(path: str | Path, preset: str = "imagebind-huge", device: str = "cpu") -> ImageBind:
+    return ImageBind.from_checkpoint(path, preset=preset, modalities=(AUDIO, VISION)).to(device)
