@@ -57,7 +57,7 @@ def main() -> None:
     video = torch.randn(args.videos, args.clips, 3, 12, args.image_size, args.image_size, generator=generator).to(args.device, dtype)
 
     matrix_s = timed(lambda: model.score_matrix(audio, video), args.device, args.repeats)
-    pairs = [(p, (p * 7 + 3) % args.clips) for p in range(args.naive_pairs)]
+    pairs = [(i % args.clips, (i * 7 + 3) % args.clips) for i in range(args.naive_pairs)]
 
     def naive():
         for p, q in pairs:

@@ -50,3 +50,18 @@ def test_full_size_unet_bf16_tracks_fp32():
         low = model(sample.bfloat16(), 500, text.bfloat16(), audio.bfloat16(), audio_attention_mask=masks).sample
     assert torch.isfinite(low).all() and low.shape == (1, 4, 12, 32, 32)
     assert relative_error(low.float(), reference) < 5e-2
+
+
+def test_sync_classifier_on_cuda_matches_cpu():
+    from avsync_ray.models.sync_classifier import SyncClassifier
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    model = SyncClassifier().eval()
+    generator = torch.Generator().manual_seed(0)
+    audio = torch.randn(2, 3, 1, 128, 204, generator=generator)
+    video = torch.randn(2, 3, 3, 12, 224, 224, generator=generator)
+    with torch.no_grad():
+        cpu = model.score_matrix(audio, video)
+        gpu = model.cuda().score_matrix(audio.cuda(), video.cuda()).cpu()
+    assert relative_error(gpu, cpu) < 1e-4

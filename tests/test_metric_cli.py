@@ -75,3 +75,17 @@ def test_official_classifier_folder_and_bad_arguments(media_dir, classifier_dir,
     broken.write_bytes(b"")
     failed = runner.invoke(app, ["metric", "score", "--classifier", str(classifier_dir), "--audio", str(broken), "--video", str(video)])
     assert failed.exit_code == 1 and "zero_bytes" in failed.output
+
+
+def test_pair_scores_squash_frames_like_the_official_metric_script(media_dir, classifier_dir):
+    from avsync_ray.evaluation.pair_metrics import load_pair_audio, load_pair_frames, pair_metric
+
+    video = str(media_dir / "av_speech_grid" / "bbaf2n.mpg")  # 360x288: squash and crop differ
+    classifier = load_sync_classifier(classifier_dir)
+    frames, audio = load_pair_frames(video), load_pair_audio(video)
+    assert frames.shape == (12, 288, 360, 3) and len(audio) == 32_000
+    with torch.no_grad():
+        squashed = classifier(classifier.preprocess_audio(audio)[None], classifier.preprocess_video(frames, "squash")[None])
+        cropped = classifier(classifier.preprocess_audio(audio)[None], classifier.preprocess_video(frames, "crop")[None])
+    assert pair_metric("score", classifier, video, video)["value"] == pytest.approx(float(squashed), abs=1e-6)
+    assert float(squashed) != pytest.approx(float(cropped), abs=1e-7)

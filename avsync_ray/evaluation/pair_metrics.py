@@ -1,8 +1,11 @@
 """Sync metrics of one (audio, video) pair, from files: what ``avsync metric`` runs.
 
 Inputs are read as the official metric script reads them: the first 2 s of audio and the first 12 frames at
-6 fps (each frame the first at or after k/6 s), any format PyAV reads, any sample rate. P_sync instead takes
-three clips 0.25 s apart from the middle of the video, as curation does.
+6 fps (each frame the first at or after k/6 s), any format PyAV reads, any sample rate; frames are squashed to
+the classifier's square size, as that script does. One known difference: for an mp4, the official script keeps
+whole AAC frames starting within [0, 2] s and then takes the centre 2 s, so its window can start up to half an
+audio frame (about 10-30 ms) later than the exact [0, 2) s used here. P_sync takes three clips 0.25 s apart
+from the middle of the video, with the classifier's own (training) preprocessing, as curation does.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def load_pair_frames(uri: str, num_frames: int = 12, fps: float = 6.0) -> np.nda
 
 @torch.no_grad()
 def _score(classifier: SyncClassifier, audio: np.ndarray, frames: np.ndarray) -> torch.Tensor:
-    inputs = classifier.preprocess(audio=audio, video=frames)
+    inputs = classifier.preprocess(audio=audio, video=frames, resize_mode="squash")
     device = classifier.device
     return classifier(inputs["audio"][None].to(device), inputs["video"][None].to(device)).cpu()[0]
 

@@ -189,20 +189,21 @@ class SyncClassifier(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------------------------------ inputs
 
-    def preprocess_video(self, frames) -> torch.Tensor:
+    def preprocess_video(self, frames, resize_mode: Literal["crop", "squash"] | None = None) -> torch.Tensor:
         """RGB frames -> the classifier's video input, as float (..., 3, T, S, S).
 
         ``frames``: uint8 (T, H, W, 3) or (K, T, H, W, 3), or float in [0, 1] (T, 3, H, W). ``resize_mode``
-        ``crop`` resizes the shorter side to ``image_size`` and centre-crops (the official training and
-        evaluation data); ``squash`` resizes to a square (the official metric script). Bicubic with
-        antialiasing, then ImageBind/CLIP mean and std."""
+        (default: the config's) ``crop`` resizes the shorter side to ``image_size`` and centre-crops (the
+        official training and evaluation data); ``squash`` resizes to a square (the official metric script).
+        Bicubic with antialiasing, then ImageBind/CLIP mean and std."""
+        resize_mode = resize_mode or self.config.resize_mode
         frames = frames if isinstance(frames, torch.Tensor) else np.asarray(frames)
         batched = frames.ndim == 5
         out = []
         for clip in frames if batched else frames[None]:
             images = clip if isinstance(clip, torch.Tensor) and clip.is_floating_point() else to_float_frames(clip)
             size = self.config.image_size
-            target = [size] if self.config.resize_mode == "crop" else [size, size]
+            target = [size] if resize_mode == "crop" else [size, size]
             images = TF.resize(images, target, interpolation=InterpolationMode.BICUBIC, antialias=True)
             images = TF.normalize(TF.center_crop(images, [size, size]), IMAGE_MEAN, IMAGE_STD)
             out.append(images.transpose(0, 1))  # (3, T, S, S)
@@ -214,13 +215,13 @@ class SyncClassifier(ModelMixin, ConfigMixin):
         """Waveform(s) -> normalised mel (1, 128, 204), or (K, 1, 128, 204) for a (K, samples) batch."""
         return waveform_to_mel(waveform, sample_rate)
 
-    def preprocess(self, audio=None, video=None, sample_rate: int = DEFAULT_MEL.sample_rate) -> dict[str, torch.Tensor]:
+    def preprocess(self, audio=None, video=None, sample_rate: int = DEFAULT_MEL.sample_rate, resize_mode=None) -> dict[str, torch.Tensor]:
         """Both inputs the way every caller must feed them (training, curation, evaluation, metrics)."""
         inputs = {}
         if audio is not None:
             inputs["audio"] = self.preprocess_audio(audio, sample_rate)
         if video is not None:
-            inputs["video"] = self.preprocess_video(video)
+            inputs["video"] = self.preprocess_video(video, resize_mode)
         return inputs
 
     # ------------------------------------------------------------------------------------------ scoring
