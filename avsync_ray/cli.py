@@ -78,11 +78,12 @@ def convert_official(
     unet: Annotated[str, typer.Option(help="Official AVSyncD UNet folder (checkpoint-N/modules/unet).")],
     imagebind: Annotated[str, typer.Option(help="Path to imagebind_huge.pth.")],
     out: Annotated[str, typer.Option(help="Output pipeline folder (safetensors).")],
+    imagebind_preset: Annotated[str, typer.Option(help="ImageBind size matching --imagebind.")] = "imagebind-huge",
 ):
     """Assemble an official AVSyncD checkpoint, SD1.5 and ImageBind into one pipeline folder."""
     from avsync_ray.models.presets import official_pipeline
 
-    official_pipeline(sd15, unet, imagebind).save_pretrained(out)
+    official_pipeline(sd15, unet, imagebind, imagebind_preset).save_pretrained(out)
     _echo_json({"model": out})
 
 

@@ -81,3 +81,40 @@ def tiny_imagebind_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("imagebind") / "imagebind_tiny.pth"
     torch.save(official.state_dict(), path)
     return path, official
+
+
+OFFICIAL_UNET_EXTRA_CONFIG = {
+    # What the official AudioUNet3DConditionModel writes besides the SD1.5 fields (its __init__ signature).
+    "only_cross_attention": False, "encoder_hid_dim": None, "dual_cross_attention": False,
+    "use_linear_projection": False, "class_embed_type": None, "addition_embed_type": None, "num_class_embeds": None,
+    "upcast_attention": False, "resnet_time_scale_shift": "default", "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0, "time_embedding_type": "positional", "time_embedding_dim": None,
+    "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None, "conv_in_kernel": 3,
+    "conv_out_kernel": 3, "projection_class_embeddings_input_dim": None, "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None, "cross_attention_norm": None, "addition_embed_type_num_heads": 64,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def write_official_unet():
+    """Write a UNet as the official code saves it: ``config.json`` with ``_class_name``
+    AudioUNet3DConditionModel, the official block names (with their optional "UNetRes" alias) and options."""
+    import json
+
+    from safetensors.torch import save_file
+
+    def write(unet, path, weights: str = "safetensors"):
+        config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+        config.update(OFFICIAL_UNET_EXTRA_CONFIG)
+        config.update(_class_name="AudioUNet3DConditionModel", _diffusers_version="0.29.2")
+        config["down_block_types"] = ["UNetRes" + name for name in config["down_block_types"]]
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps(config))
+        state = {k: v.contiguous() for k, v in unet.state_dict().items()}
+        if weights == "safetensors":
+            save_file(state, path / "diffusion_pytorch_model.safetensors")
+        else:
+            torch.save(state, path / "diffusion_pytorch_model.bin")
+        return path
+
+    return write

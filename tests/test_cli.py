@@ -6,6 +6,7 @@ import json
 
 import av
 import numpy as np
+import torch
 from typer.testing import CliRunner
 
 from avsync_ray.cli import app
@@ -72,3 +73,30 @@ def test_config_show_and_probe(tmp_path):
     assert probed.exit_code == 0 and _json(probed.output)["audio"]["sample_rate"] == 16_000
     missing = runner.invoke(app, ["probe", str(tmp_path / "nope.mp4")])
     assert missing.exit_code == 1 and "not_found" in missing.output
+
+
+def test_convert_official_assembles_a_pipeline_that_generates(tiny_components, tiny_imagebind_checkpoint, write_official_unet, tmp_path):
+    """SD1.5 folder + official UNet folder + imagebind .pth -> one pipeline folder -> `avsync generate`."""
+    sd15 = tmp_path / "stable-diffusion-v1-5"
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        tiny_components[name].save_pretrained(sd15 / name)
+    unet_dir = write_official_unet(tiny_components["unet"], tmp_path / "checkpoint-37000" / "modules" / "unet", weights="bin")
+    imagebind_path, _ = tiny_imagebind_checkpoint
+    converted = runner.invoke(
+        app,
+        ["convert-official", "--sd15", str(sd15), "--unet", str(unet_dir), "--imagebind", str(imagebind_path),
+         "--imagebind-preset", "imagebind-tiny", "--out", str(tmp_path / "model")],
+    )  # fmt: skip
+    assert converted.exit_code == 0, converted.output
+    from avsync_ray.pipelines import AVSyncDPipeline
+
+    pipe = AVSyncDPipeline.from_pretrained(tmp_path / "model", local_files_only=True)
+    assert all(torch.equal(v, tiny_components["unet"].state_dict()[k]) for k, v in pipe.unet.state_dict().items())
+    clip = bouncing_ball(duration=2.5, fps=12, size=(64, 64), seed=2)
+    encode_mp4(clip.frames, clip.fps, clip.audio, clip.sample_rate, str(tmp_path / "in.mp4"))
+    generated = runner.invoke(
+        app,
+        ["generate", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "in.mp4"), "--category", "ball",
+         "--out", str(tmp_path / "out.mp4"), "--steps", "2", "--set", "height=32", "--set", "width=32"],
+    )  # fmt: skip
+    assert generated.exit_code == 0, generated.output

@@ -205,3 +205,16 @@ def test_load_image_reads_pictures_and_videos(tmp_path):
     assert np.array_equal(load_image(str(tmp_path / "p.png")), picture)
     _indexed_video(tmp_path / "v.mp4")
     assert load_image(str(tmp_path / "v.mp4")).shape == (32, 32, 3)
+
+
+def test_every_shared_media_file_decodes(media_dir):
+    """Every audio/video file shipped in ../shared/media decodes in one pass, to its probed duration."""
+    files = sorted(p for p in media_dir.rglob("*") if p.suffix in {".mpg", ".mp4", ".webm", ".flac", ".ogg", ".oga"})
+    assert len(files) >= 30
+    for path in files:
+        info = probe(str(path))
+        clip = decode(str(path), fps=6 if info.video else None, size=32 if info.video else None, video=bool(info.video), audio=bool(info.audio))
+        if info.audio:
+            assert len(clip.audio) / 16_000 == pytest.approx(info.audio.duration, abs=0.03), path.name
+        if info.video:
+            assert len(clip.frames) == pytest.approx(info.video.duration * 6, abs=1.01), path.name

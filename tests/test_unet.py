@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import save_file
 
 from avsync_ray.models.audio_encoder import segment_token_masks
 from avsync_ray.models.unet_avsyncd import AVSyncDUNet3DModel
@@ -192,35 +191,9 @@ def test_save_load_round_trip(unet3d, tmp_path):
         torch.testing.assert_close(loaded(**batch).sample, model.eval()(**batch).sample, atol=0, rtol=0)
 
 
-OFFICIAL_EXTRA_CONFIG = {
-    # What the official AudioUNet3DConditionModel writes besides the SD1.5 fields (its __init__ signature).
-    "only_cross_attention": False, "encoder_hid_dim": None, "dual_cross_attention": False,
-    "use_linear_projection": False, "class_embed_type": None, "addition_embed_type": None, "num_class_embeds": None,
-    "upcast_attention": False, "resnet_time_scale_shift": "default", "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0, "time_embedding_type": "positional", "time_embedding_dim": None,
-    "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None, "conv_in_kernel": 3,
-    "conv_out_kernel": 3, "projection_class_embeddings_input_dim": None, "class_embeddings_concat": False,
-    "mid_block_only_cross_attention": None, "cross_attention_norm": None, "addition_embed_type_num_heads": 64,
-}  # fmt: skip
-
-
-def _official_folder(unet3d, path, weights: str):
-    config = {k: v for k, v in unet3d.config.items() if not k.startswith("_")}
-    config.update(OFFICIAL_EXTRA_CONFIG)
-    config.update(_class_name="AudioUNet3DConditionModel", _diffusers_version="0.29.2")
-    config["down_block_types"] = ["UNetRes" + name for name in config["down_block_types"]]  # official alias prefix
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps(config))
-    state = {k: v.contiguous() for k, v in unet3d.state_dict().items()}
-    if weights == "safetensors":
-        save_file(state, path / "diffusion_pytorch_model.safetensors")
-    else:
-        torch.save(state, path / "diffusion_pytorch_model.bin")
-
-
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
-def test_official_folder_loads_as_it_is(unet3d, tmp_path, weights):
-    _official_folder(unet3d, tmp_path / "unet", weights)
+def test_official_folder_loads_as_it_is(unet3d, tmp_path, weights, write_official_unet):
+    write_official_unet(unet3d, tmp_path / "unet", weights)
     loaded, info = AVSyncDUNet3DModel.from_pretrained(tmp_path / "unet", output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
     batch = inputs()
@@ -228,8 +201,8 @@ def test_official_folder_loads_as_it_is(unet3d, tmp_path, weights):
         torch.testing.assert_close(loaded(**batch).sample, unet3d(**batch).sample, atol=0, rtol=0)
 
 
-def test_official_config_with_unsupported_option_is_an_error(unet3d, tmp_path):
-    _official_folder(unet3d, tmp_path / "unet", "safetensors")
+def test_official_config_with_unsupported_option_is_an_error(unet3d, tmp_path, write_official_unet):
+    write_official_unet(unet3d, tmp_path / "unet")
     config = json.loads((tmp_path / "unet" / "config.json").read_text())
     config["class_embed_type"] = "timestep"
     (tmp_path / "unet" / "config.json").write_text(json.dumps(config))

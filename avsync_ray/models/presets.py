@@ -112,11 +112,14 @@ def save_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def official_pipeline(sd15_dir: str | Path, unet_dir: str | Path, imagebind_checkpoint: str | Path, dtype=None):
+def official_pipeline(
+    sd15_dir: str | Path, unet_dir: str | Path, imagebind_checkpoint: str | Path, imagebind_preset: str = "imagebind-huge", dtype=None
+):
     """The ``full`` preset: SD1.5 VAE/text encoder/tokenizer/PNDM from a diffusers folder, an official AVSyncD UNet
     folder (loaded as it is) and ImageBind-huge's audio branch from ``imagebind_huge.pth``."""
     from avsync_ray.pipelines import AVSyncDPipeline
 
     unet = AVSyncDUNet3DModel.from_pretrained(unet_dir, dtype=dtype)
-    audio_encoder = ImageBindAudioEncoder.from_imagebind_checkpoint(imagebind_checkpoint).to(unet.dtype)
+    audio_encoder = ImageBindAudioEncoder.from_imagebind_checkpoint(imagebind_checkpoint, pretrained_model_name=imagebind_preset)
+    audio_encoder = audio_encoder.to(unet.dtype)
     return AVSyncDPipeline.from_stable_diffusion(sd15_dir, unet=unet, audio_encoder=audio_encoder, dtype=dtype)
