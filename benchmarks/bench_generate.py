@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -23,6 +21,7 @@ from avsync_ray.models.audio_encoder import ImageBindAudioEncoder
 from avsync_ray.models.presets import SD15_SCHEDULER_CONFIG, tiny_components
 from avsync_ray.models.unet_avsyncd import AVSyncDUNet3DModel
 from avsync_ray.pipelines import AVSyncDPipeline
+from timing import median_seconds
 
 
 def full_components(dtype: torch.dtype, device: str) -> dict:
@@ -41,24 +40,6 @@ def full_components(dtype: torch.dtype, device: str) -> dict:
         scheduler=PNDMScheduler(**SD15_SCHEDULER_CONFIG),
     )
     return {k: v.to(device=device, dtype=dtype) if isinstance(v, torch.nn.Module) else v for k, v in components.items()}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device: str, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()

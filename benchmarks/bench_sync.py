@@ -12,29 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 from avsync_ray.models.sync_classifier import SyncClassifier
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 @torch.no_grad()
@@ -56,14 +38,14 @@ def main() -> None:
     audio = torch.randn(args.videos, args.clips, 1, 128, 204, generator=generator).to(args.device, dtype)
     video = torch.randn(args.videos, args.clips, 3, 12, args.image_size, args.image_size, generator=generator).to(args.device, dtype)
 
-    matrix_s = timed(lambda: model.score_matrix(audio, video), args.device, args.repeats)
+    matrix_s = median_seconds(lambda: model.score_matrix(audio, video), args.device, args.repeats)
     pairs = [(i % args.clips, (i * 7 + 3) % args.clips) for i in range(args.naive_pairs)]
 
     def naive():
         for p, q in pairs:
             model(audio[:, p], video[:, q])
 
-    naive_s = timed(naive, args.device, args.repeats)
+    naive_s = median_seconds(naive, args.device, args.repeats)
     total_pairs = args.videos * args.clips**2
     matrix_rate = total_pairs / matrix_s
     naive_rate = args.videos * len(pairs) / naive_s
