@@ -6,7 +6,6 @@ import dataclasses
 import json
 import sys
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -88,6 +87,49 @@ def convert_official(
 
 
 @app.command()
+def synth(
+    out: Annotated[str, typer.Argument(help="Output folder: <category>/<id>.mp4 + .json ground truth, manifest.csv.")],
+    videos: Annotated[int, typer.Option(help="Number of videos (cycling through the categories).")] = 14,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives byte-identical files.")] = 0,
+    categories: Annotated[Optional[list[str]], typer.Option(help="Categories to draw from (repeatable); default all.")] = None,
+    duration: Annotated[float, typer.Option(help="Seconds per video.")] = 6.0,
+):
+    """Write a synthetic audio-video corpus with ground truth (sync, shifted, ambient, silent, static, sharp, cuts)."""
+    from avsync_ray.synth import synthesize_corpus
+
+    truth = synthesize_corpus(out, num_videos=videos, seed=seed, categories=categories, duration=duration)
+    counts = {}
+    for item in truth:
+        counts[item["category"]] = counts.get(item["category"], 0) + 1
+    _echo_json({"output": out, "videos": len(truth), "categories": counts, "manifest": f"{out}/manifest.csv"})
+
+
+@app.command()
+def curate(
+    input: Annotated[str, typer.Argument(help="Folder, glob or URI list (any fsspec storage), or a CSV/Parquet manifest (uri, label).")],
+    output: Annotated[str, typer.Argument(help="Output folder (any fsspec URI): shards, index, score table, ledger, report.")],
+    rethreshold: Annotated[bool, typer.Option(help="Re-apply thresholds to the stored scores (no model runs).")] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+):
+    """Curate raw audio-video into filtered WebDataset shards, on Ray Data (resumes where it stopped)."""
+    from avsync_ray.config import CurateConfig
+    from avsync_ray.curation.pipeline import CurationError, run_curation
+
+    cfg = _load(CurateConfig, "curate", config, [f"input={input}", f"output={output}", *(set_ or [])])
+    try:
+        summary = run_curation(cfg, rethreshold=rethreshold)
+    except CurationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"curated {summary['videos']} videos ({summary['done']} with clips, {summary['zero_survivors']} without, "
+        f"{summary['failed']} failed): {summary['windows']} windows -> {summary['kept_windows']} kept -> "
+        f"{summary['clips']} clips in {summary['shards']} shards at {output} ({summary['seconds']} s)"
+    )
+
+
+@app.command()
 def probe(uri: Annotated[str, typer.Argument(help="Media file (any fsspec URI).")]):
     """Print the streams, duration, frame rate and sizes of a media file."""
     from avsync_ray.media import MediaError
@@ -153,11 +195,26 @@ def config_show(
     set_: SetOption = None,
 ):
     """Print a preset resolved and validated (with any file and overrides applied)."""
-    schemas = {"generate": GenerateConfig, "demo": DemoConfig}
+    from avsync_ray.config import CurateConfig
+
+    schemas = {"generate": GenerateConfig, "demo": DemoConfig, "curate": CurateConfig}
     if preset not in schemas:
         typer.echo(f"unknown preset {preset!r}; available: {preset_names()}", err=True)
         raise typer.Exit(2)
     typer.echo(dump_config(_load(schemas[preset], preset, config, set_)), nl=False)
+
+
+@config_app.command("fields")
+def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo or curate.")]):
+    """Every field of a config tree (dotted name, type, default, meaning) as a Markdown table."""
+    from avsync_ray.config import CurateConfig, describe_fields
+
+    schemas = {"generate": GenerateConfig, "demo": DemoConfig, "curate": CurateConfig}
+    if schema not in schemas:
+        raise typer.BadParameter(f"choose one of {sorted(schemas)}")
+    typer.echo("| field | type | default | meaning |\n|---|---|---|---|")
+    for name, kind, default, description in describe_fields(schemas[schema]):
+        typer.echo(f"| `{name}` | {kind} | `{default}` | {description} |")
 
 
 @config_app.command("list")

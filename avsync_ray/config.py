@@ -7,12 +7,13 @@ are errors (``extra="forbid"``), and the resolved config is written next to ever
 from __future__ import annotations
 
 import importlib.resources
+import json
 from pathlib import Path
 from typing import Any, Literal, Sequence, TypeVar
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -50,12 +51,153 @@ class GenerateConfig(StrictModel):
         return value
 
 
+class RangeRule(StrictModel):
+    """Keep a window when ``min <= score <= max`` (either bound may be None)."""
+
+    enabled: bool = Field(True, description="apply this rule")
+    min: float | None = Field(None, description="lowest score kept (None: no lower bound)")
+    max: float | None = Field(None, description="highest score kept (None: no upper bound)")
+
+
+class ShotsConfig(StrictModel):
+    detector: Literal["content", "adaptive", "threshold"] = Field("content", description="PySceneDetect detector")
+    threshold: float | None = Field(None, description="detector threshold; None = PySceneDetect's default for the detector")
+    min_scene_len_s: float = Field(0.5, ge=0, description="shortest shot PySceneDetect reports")
+
+
+class WindowsConfig(StrictModel):
+    length_s: float = Field(3.0, gt=0, description="window length: every score is per window")
+    stride_s: float = Field(0.5, gt=0, description="step between window starts, inside each shot")
+
+
+class ImageBindStageConfig(StrictModel):
+    """ImageBind image-audio (IA) and image-text (IT) alignment: min over 3 frames/audios of a window."""
+
+    enabled: bool = Field(True, description="compute IA and IT (off: their columns stay empty and the rules are skipped)")
+    checkpoint: str | None = Field(None, description="path to imagebind_huge.pth (required when enabled)")
+    preset: str = Field("imagebind-huge", description="ImageBind size matching the checkpoint")
+    ia: RangeRule = Field(RangeRule(min=0.15), description="image-audio cosine rule")
+    it: RangeRule = Field(RangeRule(min=0.22), description="image-text (label) cosine rule")
+
+
+class SemanticStageConfig(StrictModel):
+    """Semantic frame difference: max L2 between consecutive normalised frame embeddings (10 frames)."""
+
+    enabled: bool = Field(True, description="compute the semantic difference")
+    model: Literal["clip", "imagebind"] = Field("clip", description="clip: a CLIP vision folder; imagebind: its vision branch")
+    checkpoint: str | None = Field(None, description="CLIP vision folder (transformers) or imagebind_huge.pth")
+    preset: str = Field("imagebind-huge", description="ImageBind size when model=imagebind")
+    rule: RangeRule = Field(RangeRule(min=0.17, max=0.55), description="semantic difference rule")
+
+
+class SyncStageConfig(StrictModel):
+    """P_sync from the sync classifier: 3 clips 0.25 s apart from the window's middle, both directions."""
+
+    enabled: bool = Field(True, description="compute P_sync (e.g. off before a classifier is trained)")
+    classifier: str | None = Field(None, description="SyncClassifier folder or the official modules/ folder")
+    a2v: RangeRule = Field(RangeRule(min=0.341), description="audio-to-video P_sync rule")
+    v2a: RangeRule = Field(RangeRule(min=0.341), description="video-to-audio P_sync rule")
+
+
+class ActorConfig(StrictModel):
+    """Placement of a model stage's Ray Data actor pool."""
+
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions share a GPU)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor; leave CPUs for the decode tasks on small machines")
+    concurrency: int = Field(1, ge=1, description="actors in the pool (one model copy each)")
+    device: str = Field("auto", description="'auto': cuda when the actor has a GPU")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model precision")
+
+
+class FiltersConfig(StrictModel):
+    pixel_diff: RangeRule = Field(RangeRule(min=0.01, max=0.15), description="raw pixel difference rule (10 frames, in [0, 1])")
+    audio_peak: RangeRule = Field(RangeRule(min=0.03), description="max |waveform| rule")
+    semantic: SemanticStageConfig = Field(SemanticStageConfig(), description="semantic frame difference stage")
+    imagebind: ImageBindStageConfig = Field(ImageBindStageConfig(), description="ImageBind IA/IT stage")
+    sync: SyncStageConfig = Field(SyncStageConfig(), description="P_sync stage")
+
+
+class ShardsConfig(StrictModel):
+    split: str = Field("train", pattern=r"^[A-Za-z0-9-]+$", description="shard name prefix: <split>-000000.tar")
+    target_size_mb: float = Field(512.0, gt=0, description="a shard is closed once it reaches this size")
+    max_samples: int = Field(5000, ge=1, description="most clips in one shard")
+    short_side: int = Field(256, ge=16, description="clip frames are scaled down so their shorter side is this")
+    crf: int = Field(18, ge=0, le=51, description="x264 quality of the clip mp4s (lower is better)")
+    x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = Field(
+        "faster", description="x264 speed/size trade-off of the clip mp4s"
+    )
+    max_clip_s: float | None = Field(None, gt=0, description="split merged clips longer than this")
+
+    @field_validator("short_side")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even (H.264 yuv420p)")
+        return value
+
+
+class TrackingConfig(StrictModel):
+    enabled: bool = Field(True, description="log an MLflow run")
+    uri: str = Field("sqlite:///mlruns.db", description="any MLflow tracking URI")
+    experiment: str = Field("avsync/curation", description="MLflow experiment")
+    run_name: str | None = Field(None, description="MLflow run name (None: MLflow picks one)")
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="None starts (or reuses) a local Ray; 'auto' joins a cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by this command")
+    progress_bars: bool = Field(True, description="Ray Data progress bars")
+
+
+class CurateDebugConfig(StrictModel):
+    """Fault injection for tests."""
+
+    crash_driver_after: int | None = Field(None, ge=0, description="kill the driver once this many videos are recorded")
+    kill_worker_once_on: str | None = Field(None, description="source id whose first preparation kills its worker")
+
+
+class CurateConfig(StrictModel):
+    """``avsync curate``: raw audio-video -> filtered WebDataset shards (paper §5.2 recipe and thresholds)."""
+
+    input: str | list[str] = Field(..., description="folder, glob, list of URIs, or a CSV/Parquet manifest (uri, label[, id])")
+    output: str = Field(..., description="output folder, any fsspec URI")
+    video_extensions: list[str] = Field(
+        [".mp4", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".m4v"], description="files a folder input contributes"
+    )
+    max_duration_s: float | None = Field(
+        120.0, gt=0, description="longer videos are recorded as failed ('too_long'): a video's frames are held in memory"
+    )
+    shots: ShotsConfig = Field(ShotsConfig(), description="shot detection")
+    windows: WindowsConfig = Field(WindowsConfig(), description="windows inside shots")
+    filters: FiltersConfig = Field(FiltersConfig(), description="scores and their rules")
+    imagebind_actor: ActorConfig = Field(ActorConfig(), description="actor pool of the semantic/ImageBind stage")
+    sync_actor: ActorConfig = Field(ActorConfig(), description="actor pool of the P_sync stage")
+    shards: ShardsConfig = Field(ShardsConfig(), description="clip encoding and WebDataset shards")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow")
+    ray: RayConfig = Field(RayConfig(), description="Ray")
+    debug: CurateDebugConfig = Field(CurateDebugConfig(), description="fault injection (tests)")
+
+    @model_validator(mode="after")
+    def _models_have_weights(self):
+        stages = self.filters
+        if stages.imagebind.enabled and not stages.imagebind.checkpoint:
+            raise ValueError("filters.imagebind.enabled needs filters.imagebind.checkpoint (or set it to false)")
+        if stages.semantic.enabled and not stages.semantic.checkpoint:
+            raise ValueError("filters.semantic.enabled needs filters.semantic.checkpoint (or set it to false)")
+        if stages.sync.enabled and not stages.sync.classifier:
+            raise ValueError("filters.sync.enabled needs filters.sync.classifier (or set it to false)")
+        return self
+
+
 class DemoConfig(StrictModel):
     """``avsync demo``: the embedded end-to-end run on a fresh machine."""
 
     output_dir: str = "demo_out"
     model_preset: Literal["tiny"] = "tiny"
     seed: int = 0
+    corpus_videos: int = Field(14, ge=1, description="synthetic videos to curate")
+    tracking_uri: str = "sqlite:///mlruns.db"
+    ray_num_cpus: int | None = Field(2, ge=1, description="CPUs of the local Ray the demo starts")
     generate: GenerateConfig = GenerateConfig()
 
 
@@ -122,3 +264,19 @@ def save_config(config: BaseModel, path: str | Path) -> str:
     with fsspec.open(str(path), "w") as handle:
         handle.write(dump_config(config))
     return str(path)
+
+
+def describe_fields(schema: type[BaseModel], defaults: BaseModel | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, description) of every leaf field of a config tree, for docs. Nested
+    defaults come from the parent's default instance (e.g. ``filters.pixel_diff.min`` is 0.01, not None)."""
+    rows = []
+    for name, field in schema.model_fields.items():
+        dotted = f"{prefix}{name}"
+        default = getattr(defaults, name) if defaults is not None else field.default
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows += describe_fields(field.annotation, default, f"{dotted}.")
+            continue
+        shown = "(required)" if field.is_required() and defaults is None else json.dumps(default)
+        kind = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
+        rows.append((dotted, kind, shown, field.description or ""))
+    return rows

@@ -118,3 +118,75 @@ def write_official_unet():
         return path
 
     return write
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
+
+
+# S3 tests talk to a local moto server; the variables are set before Ray starts so its workers inherit them.
+MOTO_PORT = _free_port()
+os.environ.update(
+    AWS_ENDPOINT_URL=f"http://127.0.0.1:{MOTO_PORT}",
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (starting one costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=1024 * 2**20,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 API on loopback (moto), with a bucket; yields the bucket URI."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=MOTO_PORT)
+    server.start()
+    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="avsync-test")
+    yield "s3://avsync-test"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_vision_dir(tmp_path_factory):
+    """A random-init CLIP vision tower with projection, saved as a transformers folder."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    model = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32, projection_dim=16)
+    )
+    path = tmp_path_factory.mktemp("clip_vision")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory):
+    from avsync_ray.models.sync_classifier import SyncClassifier
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sync_classifier")
+    SyncClassifier(image_size=64).save_pretrained(path)
+    return path

@@ -51,3 +51,13 @@ def test_resolved_snapshot_round_trips(tmp_path):
     config = load_config(DemoConfig, "demo", overrides=["generate.seed=42"])
     path = save_config(config, tmp_path / "config.yaml")
     assert load_config(DemoConfig, path=path) == config
+
+
+def test_readme_documents_every_curation_field():
+    from pathlib import Path
+
+    from avsync_ray.config import CurateConfig, describe_fields
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name, *_ in describe_fields(CurateConfig) if f"`{name}`" not in readme]
+    assert not missing, f"README.md does not document: {missing} (regenerate with `avsync config fields curate`)"

@@ -480,6 +480,7 @@ def encode_mp4(
     path: str | None = None,
     *,
     crf: int = 18,
+    preset: str = "medium",
     audio_bitrate: int = 128_000,
 ) -> bytes:
     """H.264 (yuv420p) video with AAC mono audio muxed in; returns the bytes and writes them to ``path`` if given.
@@ -487,6 +488,7 @@ def encode_mp4(
     Args:
         frames: RGB uint8, shape (T, H, W, 3), even H and W.
         audio: mono float32 samples in [-1, 1] at ``sample_rate``, or None for a silent video.
+        crf, preset: x264 quality (lower is better) and speed/size trade-off ("ultrafast" ... "veryslow").
 
     The encoder runs single-threaded so the same input always gives the same bytes.
     """
@@ -497,19 +499,19 @@ def encode_mp4(
         raise ValueError(f"H.264 yuv420p needs even height and width, got {frames.shape[1]}x{frames.shape[2]}")
     with tempfile.TemporaryDirectory(prefix="avsync-mp4-") as tmp:
         local = os.path.join(tmp, "out.mp4")
-        _mux_mp4(local, frames, fps, audio, sample_rate, crf, audio_bitrate)
+        _mux_mp4(local, frames, fps, audio, sample_rate, crf, preset, audio_bitrate)
         with open(local, "rb") as handle:
             return _write(handle.read(), path)
 
 
-def _mux_mp4(local: str, frames, fps, audio, sample_rate, crf, audio_bitrate) -> None:
+def _mux_mp4(local: str, frames, fps, audio, sample_rate, crf, preset, audio_bitrate) -> None:
     height, width = frames.shape[1:3]
     # faststart (a second pass over a real file) puts the index first: the mp4 streams over HTTP and a
     # cut copy still opens.
     with av.open(local, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         video_stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         video_stream.width, video_stream.height, video_stream.pix_fmt = width, height, "yuv420p"
-        video_stream.options = {"crf": str(crf), "threads": "1"}
+        video_stream.options = {"crf": str(crf), "preset": preset, "threads": "1"}
         audio_stream = None
         if audio is not None:
             audio_stream = container.add_stream("aac", rate=int(sample_rate), layout="mono")

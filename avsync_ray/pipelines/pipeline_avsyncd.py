@@ -313,6 +313,8 @@ class AVSyncDPipeline(DiffusionPipeline):
         self._num_timesteps = len(timesteps)
         extra_step_kwargs = self._extra_step_kwargs(generator, eta)
         noisy = noise
+        # The official loop writes each step into one video tensor (see ``official_inplace_step``).
+        video = torch.cat([first, noisy], dim=2) if official_inplace_step else None
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([first, self.scheduler.scale_model_input(noisy, t)], dim=2)
@@ -325,7 +327,6 @@ class AVSyncDPipeline(DiffusionPipeline):
                 ).sample
                 noise_pred = self._combine_guidance(noise_pred.chunk(num_branches))
                 if official_inplace_step:
-                    video = torch.cat([first, noisy], dim=2) if i == 0 else video
                     video[:, :, 1:] = self.scheduler.step(noise_pred[:, :, 1:], t, video[:, :, 1:], **extra_step_kwargs).prev_sample
                     noisy = video[:, :, 1:]
                 else:
@@ -336,6 +337,7 @@ class AVSyncDPipeline(DiffusionPipeline):
                     returned = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
                     if "latents" in returned:
                         first, noisy = returned["latents"][:, :, :1], returned["latents"][:, :, 1:]
+                        video = torch.cat([first, noisy], dim=2) if official_inplace_step else None
                 progress_bar.update()
 
         # 7. Decode

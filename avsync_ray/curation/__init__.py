@@ -1,0 +1,1 @@
+"""Curation: raw audio-video corpora -> filtered WebDataset shards (pure logic, scorers, the Ray Data graph)."""

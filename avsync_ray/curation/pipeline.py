@@ -1,0 +1,208 @@
+"""``avsync curate`` on Ray Data: the only curation module that imports Ray.
+
+    sources -> prepare (CPU task: shots, one decode, windows, cheap scores)
+            -> embedding scorer (actor pool: semantic difference, ImageBind IA/IT)
+            -> sync scorer (actor pool: P_sync)
+            -> finalize (CPU task: thresholds, merge, encode clips; bundle + scores + ledger per video)
+    then: score table, ledger table, shards (Ray tasks), index, stats, report, MLflow run.
+
+Each video is one block, so retries, progress and resume are per video. A video with a ledger entry is done
+(clips staged, zero survivors, or failed with a reason) and is skipped by a rerun; the shards are then rebuilt
+from the staged bundles in a fixed order, so an interrupted and an uninterrupted run end with the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray
+from ray.util.annotations import RayDeprecationWarning
+
+from avsync_ray.config import CurateConfig, RayConfig, dump_config, save_config
+from avsync_ray.curation import report as report_module
+from avsync_ray.curation.scorers import EmbeddingScorer, SyncScorer
+from avsync_ray.curation.shards import plan_bundles, shard_stats, write_index, write_shard
+from avsync_ray.curation.sources import list_sources
+from avsync_ray.curation.stages import WORK, curation_id, finalize_video, prepare_video, record_video, rematerialize_video, scoring_id
+from avsync_ray.storage import filesystem, join_uri, list_files, write_bytes_atomic, write_json_atomic
+from avsync_ray.tracking import log_curation_run
+
+logger = logging.getLogger(__name__)
+# A task killed by a crash (a worker process dying) is retried this many times before the video is recorded
+# as failed with reason 'worker_crashed'.
+TASK_RETRIES = 3
+
+
+def _map_task(ds: ray.data.Dataset, fn, config: CurateConfig) -> ray.data.Dataset:
+    """A per-video CPU task with bounded retries. Ray Data retries crashed tasks forever by default, so a video
+    that always kills its worker would hang the run. Ray 2.60 deprecates ``max_retries`` as a remote arg
+    without a named replacement yet; the warning is silenced here on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RayDeprecationWarning)
+        return ds.map(fn, fn_kwargs={"config": config}, num_cpus=1, max_retries=TASK_RETRIES)
+
+
+class CurationError(RuntimeError):
+    """The output folder cannot continue this run (e.g. it holds scores made with other settings)."""
+
+
+def init_ray(config: RayConfig) -> None:
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FSSPEC_", "GOOGLE_"))}
+    kwargs = dict(address=config.address, runtime_env={"env_vars": env} if env else None, include_dashboard=False)
+    if config.address is None and config.num_cpus:
+        kwargs["num_cpus"] = config.num_cpus
+    ray.init(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _ledger_entries(output: str) -> dict[str, dict]:
+    """Every recorded video (read concurrently: object stores serve many small files in parallel)."""
+    import json
+
+    uris = list_files(join_uri(output, WORK, "ledger"), ".json")
+    if not uris:
+        return {}
+    fs, _ = filesystem(uris[0])
+    paths = [filesystem(uri)[1] for uri in uris]
+    contents = fs.cat(paths)
+    entries = [json.loads(contents[p]) for p in paths]
+    return {entry["source_id"]: entry for entry in entries}
+
+
+def _check_resumable(entries: dict[str, dict], config: CurateConfig) -> None:
+    expected = scoring_id(config)
+    other = {e["scoring_id"] for e in entries.values()} - {expected}
+    if other:
+        raise CurationError(
+            f"{config.output} holds videos scored with other settings (shots, windows or models; ids {sorted(other)}, "
+            f"this run {expected}). Use another output folder, or --rethreshold to change only thresholds."
+        )
+
+
+def _map_videos(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
+    """The scoring graph on a dataset of sources (one video per block)."""
+    ds = _map_task(ds, prepare_video, config)
+    stages = config.filters
+    if stages.semantic.enabled or stages.imagebind.enabled:
+        actor = config.imagebind_actor
+        ds = ds.map(
+            EmbeddingScorer,
+            fn_constructor_kwargs={"semantic": stages.semantic, "imagebind": stages.imagebind, "actor": actor},
+            concurrency=actor.concurrency, num_gpus=actor.num_gpus, num_cpus=actor.num_cpus,
+        )  # fmt: skip
+    if stages.sync.enabled:
+        actor = config.sync_actor
+        ds = ds.map(
+            SyncScorer, fn_constructor_kwargs={"sync": stages.sync, "actor": actor},
+            concurrency=actor.concurrency, num_gpus=actor.num_gpus, num_cpus=actor.num_cpus,
+        )  # fmt: skip
+    return _map_task(ds, finalize_video, config)
+
+
+def _drain(ds: ray.data.Dataset, total: int, config: CurateConfig) -> str:
+    """Run the graph; the driver only counts finished videos (their state is already on storage)."""
+    finished = 0
+    for _ in ds.iter_rows():
+        finished += 1
+        if config.debug.crash_driver_after is not None and finished >= config.debug.crash_driver_after:
+            logger.error("debug.crash_driver_after=%d reached: killing the driver", finished)
+            os._exit(137)
+    logger.info("recorded %d of %d videos", finished, total)
+    try:
+        return ds.stats()
+    except Exception:  # noqa: BLE001 - stats are a report nicety
+        return ""
+
+
+def _record_crashed(sources: list[dict], entries: dict[str, dict], config: CurateConfig) -> None:
+    """Videos whose tasks failed every retry (their worker kept dying) get a ledger entry, never silence."""
+    for source in sources:
+        if source["source_id"] not in entries:
+            counts = {"windows": 0, "kept": 0, "clips": 0, "decoded_frames": 0}
+            record_video(source, config, "failed", "worker_crashed", f"its task failed {TASK_RETRIES + 1} times", counts)
+
+
+def _score(config: CurateConfig, sources: list[dict]) -> str:
+    entries = _ledger_entries(config.output)
+    _check_resumable(entries, config)
+    pending = [s for s in sources if s["source_id"] not in entries]
+    logger.info("%d videos, %d already recorded, %d to curate", len(sources), len(sources) - len(pending), len(pending))
+    if not pending:
+        return ""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = config.ray.progress_bars
+    context.max_errored_blocks = len(pending)  # a video that keeps crashing its worker is recorded, not fatal
+    ds = _map_videos(ray.data.from_items(pending, override_num_blocks=len(pending)), config)
+    stats = _drain(ds, len(pending), config)
+    _record_crashed(pending, _ledger_entries(config.output), config)
+    return stats
+
+
+def _rethreshold(config: CurateConfig, sources: list[dict]) -> str:
+    entries = _ledger_entries(config.output)
+    _check_resumable(entries, config)
+    scored = [e for e in entries.values() if e["status"] in ("done", "zero_survivors") and e["windows"] > 0]
+    if not scored:
+        raise CurationError(f"{config.output} has no scored videos to re-threshold")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = config.ray.progress_bars
+    ds = ray.data.from_items(scored, override_num_blocks=len(scored))
+    ds = _map_task(ds, rematerialize_video, config)
+    return _drain(ds, len(scored), config)
+
+
+def _score_table(output: str) -> pa.Table:
+    fs, path = filesystem(join_uri(output, WORK, "scores"))
+    if not fs.exists(path):
+        return pa.table({})
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+    return table.sort_by([("source_id", "ascending"), ("start", "ascending")])
+
+
+def _write_parquet(uri: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(uri, buffer.getvalue())
+
+
+def _assemble(config: CurateConfig, entries: dict[str, dict]) -> tuple[dict, dict]:
+    """Shards from the staged bundles (one Ray task per shard), then the index (the commit) and stats."""
+    bundles = list_files(join_uri(config.output, WORK, "clips"), ".tar")
+    fs = filesystem(bundles[0])[0] if bundles else None
+    sized = [(uri, fs.size(filesystem(uri)[1]), entries[uri.rsplit("/", 1)[-1][: -len(".tar")]]["clips"]) for uri in bundles]
+    plan = plan_bundles(sized, config.shards.target_size_mb * 2**20, config.shards.max_samples)
+    writer = ray.remote(num_cpus=1)(write_shard)
+    shardlist = ray.get([writer.remote(config.output, config.shards.split, number, uris) for number, uris in enumerate(plan)])
+    index = write_index(config.output, config.shards.split, shardlist, {"curation_id": curation_id(config)})
+    return index, shard_stats(config.output, index)
+
+
+def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
+    """Curate ``config.input`` into shards at ``config.output``; returns the run summary."""
+    started = time.perf_counter()
+    init_ray(config.ray)
+    sources = [asdict(s) for s in list_sources(config.input, config.video_extensions)]
+    if not sources:
+        raise CurationError(f"no input videos found at {config.input} (extensions {config.video_extensions})")
+    save_config(config, join_uri(config.output, "curate.config.yaml"))
+    ray_stats = _rethreshold(config, sources) if rethreshold else _score(config, sources)
+    entries = _ledger_entries(config.output)
+    scores = _score_table(config.output)
+    _write_parquet(join_uri(config.output, "scores.parquet"), scores)
+    _write_parquet(join_uri(config.output, "ledger.parquet"), pa.Table.from_pylist(sorted(entries.values(), key=lambda e: e["source_id"])))
+    index, stats = _assemble(config, entries)
+    write_json_atomic(join_uri(config.output, f"{config.shards.split}.stats.json"), stats)
+    report = report_module.build_report(config, scores, list(entries.values()), index, stats, ray_stats)
+    summary = report_module.summarize(report, time.perf_counter() - started)
+    summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config)) if config.tracking.enabled else None
+    write_json_atomic(join_uri(config.output, "report", "summary.json"), summary)
+    return summary

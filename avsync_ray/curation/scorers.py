@@ -1,0 +1,152 @@
+"""Model scores of a video's windows, each shared input embedded once per video.
+
+Overlapping windows (0.5-s stride) sample many of the same frames and clips, so every scorer first collects
+the distinct frame times / clip starts of all windows, embeds each once, then pools per window. The classes
+are Ray Data callable classes (the model loads once per actor) but hold no Ray code; their ``score`` methods
+work on plain arrays and are what the tests call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from avsync_ray.config import ActorConfig, ImageBindStageConfig, SemanticStageConfig, SyncStageConfig
+from avsync_ray.curation.windows import (
+    CLIP_SECONDS,
+    clip_frame_times,
+    ia_audio_starts,
+    ia_frame_times,
+    pixel_times,
+    psync_clip_starts,
+    semantic_difference,
+)
+from avsync_ray.evaluation.imagebind_scores import preprocess_images
+from avsync_ray.evaluation.sync_metrics import sync_probabilities
+from avsync_ray.media.audio import DEFAULT_MEL, waveform_to_mel
+from avsync_ray.media.clips import nearest_frames
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def actor_device(config: ActorConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def guarded(row: dict, stage: str, compute) -> dict:
+    """Add a stage's scores to a prepared row; an error marks this video failed instead of stopping the run."""
+    if row["status"] != "ok":
+        return row
+    try:
+        row.update(compute())
+    except Exception as exc:  # noqa: BLE001 - recorded in the ledger with its reason
+        row.update(status="failed", reason=f"{stage}_scoring_error", detail=repr(exc)[:500])
+    return row
+
+
+class _Lookup:
+    """Distinct values (rounded to the microsecond) and the index of each query among them."""
+
+    def __init__(self, values: np.ndarray):
+        rounded = np.round(np.asarray(values, dtype=np.float64), 6)
+        self.unique, self.inverse = np.unique(rounded.ravel(), return_inverse=True)
+        self.inverse = self.inverse.reshape(rounded.shape)
+
+
+def _audio_clips(audio: np.ndarray, audio_start: float, starts: np.ndarray, sample_rate: int = DEFAULT_MEL.sample_rate) -> np.ndarray:
+    length = int(round(CLIP_SECONDS * sample_rate))
+    first = np.round((starts - audio_start) * sample_rate).astype(np.int64).clip(0, max(0, len(audio) - length))
+    return np.stack([np.pad(audio[s : s + length], (0, max(0, s + length - len(audio)))) for s in first])
+
+
+class EmbeddingScorer:
+    """Semantic frame difference (CLIP or ImageBind vision) and ImageBind IA / IT, per window."""
+
+    def __init__(self, semantic: SemanticStageConfig, imagebind: ImageBindStageConfig, actor: ActorConfig):
+        from avsync_ray.models.imagebind import AUDIO, TEXT, VISION, ImageBind
+
+        self.device, self.dtype = actor_device(actor), _DTYPES[actor.dtype]
+        self.semantic_enabled, self.alignment_enabled = semantic.enabled, imagebind.enabled
+        self.imagebind = None
+        if imagebind.enabled or (semantic.enabled and semantic.model == "imagebind"):
+            checkpoint = imagebind.checkpoint if imagebind.enabled else semantic.checkpoint
+            preset = imagebind.preset if imagebind.enabled else semantic.preset
+            modalities = (VISION, AUDIO, TEXT) if imagebind.enabled else (VISION,)
+            self.imagebind = ImageBind.from_checkpoint(checkpoint, preset=preset, modalities=modalities).to(self.device)
+        self.clip = None
+        if semantic.enabled and semantic.model == "clip":
+            from transformers import CLIPVisionModelWithProjection
+
+            self.clip = CLIPVisionModelWithProjection.from_pretrained(semantic.checkpoint, local_files_only=True).to(self.device).eval()
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _embed_frames(self, frames: np.ndarray, model: str) -> torch.Tensor:
+        images = preprocess_images(frames).to(self.device)
+        if model == "clip":
+            return self.clip(pixel_values=images).image_embeds.float()
+        return self.imagebind.embed_images(images).float()
+
+    @torch.no_grad()
+    def _text(self, text: str) -> torch.Tensor:
+        if text not in self._text_cache:
+            self._text_cache[text] = self.imagebind.embed_text([text])[0].float()
+        return self._text_cache[text]
+
+    def score(self, frames, frame_times, audio, audio_start, window_start, label: str) -> dict[str, np.ndarray]:
+        count = len(window_start)
+        out = {name: np.full(count, np.nan) for name in ("semantic_diff", "ia", "it")}
+        if count == 0:
+            return out
+        if self.semantic_enabled:
+            lookup = _Lookup(np.stack([pixel_times(s) for s in window_start]))
+            indices = nearest_frames(frame_times, lookup.unique)
+            embeddings = self._embed_frames(frames[indices], "clip" if self.clip is not None else "imagebind").cpu().numpy()
+            out["semantic_diff"] = np.array([semantic_difference(embeddings[row]) for row in lookup.inverse])
+        if self.alignment_enabled:
+            frame_lookup = _Lookup(np.stack([ia_frame_times(s) for s in window_start]))
+            images = self._embed_frames(frames[nearest_frames(frame_times, frame_lookup.unique)], "imagebind")
+            audio_lookup = _Lookup(np.stack([ia_audio_starts(s) for s in window_start]))
+            mels = waveform_to_mel(torch.from_numpy(_audio_clips(audio, audio_start, audio_lookup.unique)))
+            sounds = self.imagebind.embed_audio(mels.to(self.device)).float()
+            ia = (images[frame_lookup.inverse] * sounds[audio_lookup.inverse]).sum(-1)  # (windows, 3) cosines
+            it = images[frame_lookup.inverse] @ self._text(label.replace("_", " "))
+            out["ia"], out["it"] = ia.min(dim=1).values.cpu().numpy(), it.min(dim=1).values.cpu().numpy()
+        return out
+
+    def __call__(self, row: dict) -> dict:
+        return guarded(row, "embedding", lambda: self.score(
+            row["frames"], row["frame_times"], row["audio"], row["audio_start"], row["window_start"], row["label"]
+        ))  # fmt: skip
+
+
+class SyncScorer:
+    """P_sync a2v and v2a per window: 3 clips 0.25 s apart from the window's middle (paper §2.1)."""
+
+    def __init__(self, sync: SyncStageConfig, actor: ActorConfig):
+        from avsync_ray.evaluation.pair_metrics import load_sync_classifier
+
+        self.device = actor_device(actor)
+        self.classifier = load_sync_classifier(sync.classifier, str(self.device)).to(_DTYPES[actor.dtype])
+
+    @torch.no_grad()
+    def score(self, frames, frame_times, audio, audio_start, window_start) -> dict[str, np.ndarray]:
+        count = len(window_start)
+        if count == 0:
+            return {"psync_a2v": np.full(0, np.nan), "psync_v2a": np.full(0, np.nan)}
+        lookup = _Lookup(np.stack([psync_clip_starts(s) for s in window_start]))
+        clip_frames = frames[nearest_frames(frame_times, np.concatenate([clip_frame_times(s) for s in lookup.unique]))]
+        video = self.classifier.preprocess_video(clip_frames.reshape(len(lookup.unique), -1, *frames.shape[1:]))
+        mels = waveform_to_mel(torch.from_numpy(_audio_clips(audio, audio_start, lookup.unique)))
+        audio_embeds = self.classifier.encode_audio(mels.to(self.device))
+        video_embeds = self.classifier.encode_video(video.to(self.device))
+        a = audio_embeds[lookup.inverse]  # (windows, 3, 512)
+        v = video_embeds[lookup.inverse]
+        scores = self.classifier.score_embeddings(a[:, :, None].expand(-1, -1, 3, -1), v[:, None].expand(-1, 3, -1, -1))
+        a2v, v2a = sync_probabilities(scores.float().cpu())
+        return {"psync_a2v": a2v.numpy().astype(np.float64), "psync_v2a": v2a.numpy().astype(np.float64)}
+
+    def __call__(self, row: dict) -> dict:
+        return guarded(row, "sync", lambda: self.score(row["frames"], row["frame_times"], row["audio"], row["audio_start"], row["window_start"]))

@@ -1,0 +1,310 @@
+"""The per-video steps of curation (no Ray here; the pipeline maps them over a Ray Dataset).
+
+``prepare_video``: decode the file once (every frame, scaled down, and the audio); shots, windows and the
+cheap scores all come from that decode.
+``finalize_video``: thresholds, merging, clip encoding, and the video's durable state: its clip bundle, score
+rows and ledger entry, written in that order so the ledger entry marks a fully recorded video.
+``rematerialize_video``: the same from stored scores with new thresholds (no model runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from avsync_ray.config import CurateConfig
+from avsync_ray.curation.shards import SCHEMA_VERSION, read_tar, tar_bytes
+from avsync_ray.curation.shots import detect_shots
+from avsync_ray.curation.windows import (
+    SCORE_RULES,
+    Window,
+    audio_peak,
+    clip_key,
+    decide,
+    merge_windows,
+    pixel_difference,
+    pixel_times,
+    rules,
+    windows_in_shots,
+)
+from avsync_ray.media import MediaError, MediaErrorReason, decode, encode_mp4, encode_wav, probe
+from avsync_ray.media.audio import TARGET_SAMPLE_RATE
+from avsync_ray.media.clips import nearest_frames
+from avsync_ray.storage import exists, join_uri, local_copy, read_json, remove, write_bytes_atomic, write_json_atomic
+
+WORK = "_work"
+MODEL_SCORES = ("semantic_diff", "ia", "it", "psync_a2v", "psync_v2a")
+
+
+def work_uri(output: str, kind: str, source_id: str) -> str:
+    extension = {"ledger": "json", "scores": "parquet", "clips": "tar"}[kind]
+    return join_uri(output, WORK, kind, f"{source_id}.{extension}")
+
+
+def scoring_id(config: CurateConfig) -> str:
+    """What determines the scores (not the thresholds): resuming needs it unchanged."""
+    data = config.model_dump(mode="json")
+    stages = data["filters"]
+    scoring = {
+        "shots": data["shots"],
+        "windows": data["windows"],
+        "short_side": data["shards"]["short_side"],
+        "models": {name: {k: v for k, v in stages[name].items() if k in ("enabled", "checkpoint", "classifier", "model", "preset")} for name in ("semantic", "imagebind", "sync")},
+    }
+    return hashlib.sha256(json.dumps(scoring, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def curation_id(config: CurateConfig) -> str:
+    """Scoring settings plus thresholds and clip encoding: stamped into every shard sample."""
+    data = config.model_dump(mode="json")
+    return hashlib.sha256(json.dumps([scoring_id(config), data["filters"], data["shards"]], sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+def _empty_row(source: dict) -> dict:
+    return {
+        **source,
+        "status": "ok",
+        "reason": "",
+        "detail": "",
+        "fps": 0.0,
+        "decoded_frames": 0,
+        "frames": np.zeros((0, 2, 2, 3), dtype=np.uint8),
+        "frame_times": np.zeros(0),
+        "audio": np.zeros(0, dtype=np.float32),
+        "audio_start": 0.0,
+        "shots": np.zeros((0, 2)),
+        "window_shot": np.zeros(0, dtype=np.int64),
+        "window_start": np.zeros(0),
+        "window_end": np.zeros(0),
+        "pixel_diff": np.zeros(0),
+        "audio_peak": np.zeros(0),
+        **{name: np.zeros(0) for name in MODEL_SCORES},
+    }
+
+
+def _fault_injection(config: CurateConfig, source_id: str) -> None:
+    """Kill this worker process the first time it prepares ``debug.kill_worker_once_on`` (tests Ray's retry)."""
+    if config.debug.kill_worker_once_on != source_id:
+        return
+    marker = join_uri(config.output, WORK, f"killed-{source_id}")
+    if not exists(marker):
+        write_bytes_atomic(marker, b"")
+        os._exit(1)
+
+
+def _decode_size(info, config: CurateConfig) -> int | None:
+    """Frames are scaled down to the shard's short side, never up."""
+    return config.shards.short_side if min(info.video.width, info.video.height) > config.shards.short_side else None
+
+
+def prepare_video(source: dict, config: CurateConfig) -> dict:
+    """Shots, windows, one decode and the cheap scores of one source video; failures become a reason."""
+    row = _empty_row(source)
+    try:
+        _fault_injection(config, source["source_id"])
+        with local_copy(source["uri"]) as path:
+            info = probe(path)
+            if info.video is None:
+                raise MediaError(source["uri"], MediaErrorReason.NO_VIDEO_STREAM)
+            if info.audio is None:
+                raise MediaError(source["uri"], MediaErrorReason.NO_AUDIO_STREAM)
+            durations = [d for d in (info.video.duration, info.audio.duration, info.duration) if d]
+            if not durations:
+                raise MediaError(source["uri"], MediaErrorReason.CORRUPT, "no duration")
+            duration = min(durations)
+            if config.max_duration_s and duration > config.max_duration_s:
+                row.update(status="failed", reason="too_long", detail=f"{duration:.1f} s > max_duration_s={config.max_duration_s}")
+                return row
+            if duration < config.windows.length_s:
+                row.update(fps=float(info.video.fps))
+                return row  # no window fits: nothing to decode
+            decoded = decode(path, fps=None, size=_decode_size(info, config))
+    except MediaError as error:
+        row.update(status="failed", reason=error.reason.value, detail=error.detail)
+        return row
+    except Exception as error:  # noqa: BLE001 - e.g. a shot detector crash: recorded, the run goes on
+        row.update(status="failed", reason="prepare_error", detail=repr(error)[:500])
+        return row
+    fps = float(info.video.fps or 25.0)
+    shots = detect_shots(decoded.frames, decoded.source_frame_times, fps, duration, config.shots)
+    windows = windows_in_shots(shots, config.windows.length_s, config.windows.stride_s)
+    row.update(fps=fps, shots=np.asarray(shots, dtype=np.float64).reshape(-1, 2), decoded_frames=decoded.num_decoded_frames)
+    if not windows:
+        return row
+    starts = np.array([w.start for w in windows])
+    frame_index = nearest_frames(decoded.source_frame_times, np.stack([pixel_times(s, config.windows.length_s) for s in starts]).ravel())
+    samples_per_window = int(round(config.windows.length_s * TARGET_SAMPLE_RATE))
+    first = np.round((starts - decoded.audio_start) * TARGET_SAMPLE_RATE).astype(np.int64).clip(0)
+    row.update(
+        frames=decoded.frames,
+        frame_times=decoded.source_frame_times,
+        audio=decoded.audio,
+        audio_start=decoded.audio_start,
+        window_shot=np.array([w.shot for w in windows], dtype=np.int64),
+        window_start=starts,
+        window_end=np.array([w.end for w in windows]),
+        pixel_diff=np.array([pixel_difference(decoded.frames[idx]) for idx in frame_index.reshape(len(windows), -1)]),
+        audio_peak=np.array([audio_peak(decoded.audio[f : f + samples_per_window]) for f in first]),
+        **{name: np.full(len(windows), np.nan) for name in MODEL_SCORES},
+    )
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ finalize
+
+
+def _windows_table(row: dict, keep: np.ndarray, reasons: list[str], clips: list[tuple], config: CurateConfig) -> pa.Table:
+    """One row per window: every score, keep flag, reason, and the clip it went into."""
+    skipped = ",".join(name for name, rule in rules(config).items() if not rule.enabled)
+    clip_of = []
+    for shot, start, end in zip(row["window_shot"], row["window_start"], row["window_end"]):
+        inside = [clip_key(row["source_id"], c[1], c[2]) for c in clips if c[0] == shot and c[1] <= start + 1e-9 and end <= c[2] + 1e-9]
+        clip_of.append(inside[0] if inside else "")
+    count = len(row["window_start"])
+    return pa.table(
+        {
+            "source_id": [row["source_id"]] * count,
+            "uri": [row["uri"]] * count,
+            "label": [row["label"]] * count,
+            "shot": np.asarray(row["window_shot"], dtype=np.int64),
+            "start": np.asarray(row["window_start"], dtype=np.float64),
+            "end": np.asarray(row["window_end"], dtype=np.float64),
+            **{name: np.asarray(row[name], dtype=np.float64) for name in SCORE_RULES},
+            "keep": np.asarray(keep, dtype=bool),
+            "reason": reasons,
+            "skipped_rules": [skipped] * count,
+            "clip": clip_of if keep.any() else [""] * count,
+        }
+    )
+
+
+def _sample_json(source: dict, clip: tuple, windows: pa.Table, fps: float, frames: int, size: tuple[int, int], config: CurateConfig) -> bytes:
+    shot, start, end = clip
+    inside = [r for r in windows.to_pylist() if r["shot"] == shot and start - 1e-9 <= r["start"] and r["end"] <= end + 1e-9]
+    scores = {name: [r[name] for r in inside] for name in SCORE_RULES}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "key": clip_key(source["source_id"], start, end),
+        "source": {"uri": source["uri"], "source_id": source["source_id"]},
+        "label": source["label"],
+        "span": {"start": start, "end": end, "shot": int(shot)},
+        "fps": fps,
+        "num_frames": frames,
+        "size": list(size),
+        "sample_rate": TARGET_SAMPLE_RATE,
+        "windows": [{"start": r["start"], "end": r["end"], **{n: _finite(r[n]) for n in SCORE_RULES}} for r in inside],
+        "scores": {n: None if np.isnan(v).any() else {"min": min(v), "mean": float(np.mean(v))} for n, v in scores.items()},
+        "thresholds": {name: rule.model_dump() for name, rule in rules(config).items()},
+        "curation_id": curation_id(config),
+    }
+    return json.dumps(meta, sort_keys=True, allow_nan=False).encode()
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a score a disabled stage did not compute is null."""
+    return None if np.isnan(value) else float(value)
+
+
+def _encode_clip(frames: np.ndarray, frame_times: np.ndarray, audio: np.ndarray, audio_start: float, fps: float, start: float, end: float, config: CurateConfig):
+    chosen = frames[(frame_times >= start - 1e-6) & (frame_times < end - 1e-6)]
+    first = int(round((start - audio_start) * TARGET_SAMPLE_RATE))
+    sound = audio[max(first, 0) : first + int(round((end - start) * TARGET_SAMPLE_RATE))]
+    mp4 = encode_mp4(chosen, fps, sound, TARGET_SAMPLE_RATE, crf=config.shards.crf, preset=config.shards.x264_preset)
+    return chosen, mp4, encode_wav(sound, TARGET_SAMPLE_RATE)
+
+
+def record_video(source: dict, config: CurateConfig, status: str, reason: str, detail: str, counts: dict) -> dict:
+    entry = {"source_id": source["source_id"], "uri": source["uri"], "label": source["label"], "status": status,
+             "reason": reason, "detail": detail, "scoring_id": scoring_id(config), **counts}  # fmt: skip
+    write_json_atomic(work_uri(config.output, "ledger", source["source_id"]), entry)
+    return entry
+
+
+def _write_state(source: dict, config: CurateConfig, samples: list[dict], table: pa.Table) -> None:
+    clips_uri = work_uri(config.output, "clips", source["source_id"])
+    if samples:
+        write_bytes_atomic(clips_uri, tar_bytes(samples))
+    else:
+        remove(clips_uri)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(work_uri(config.output, "scores", source["source_id"]), buffer.getvalue())
+
+
+def finalize_video(row: dict, config: CurateConfig) -> dict:
+    """Apply thresholds, merge, encode clips from the frames in hand, and record the video (ledger last)."""
+    source = {k: row[k] for k in ("uri", "source_id", "label")}
+    decoded = {"decoded_frames": int(row["decoded_frames"])}
+    if row["status"] != "ok":
+        return record_video(source, config, "failed", row["reason"], row["detail"], {"windows": 0, "kept": 0, "clips": 0, **decoded})
+    try:
+        scores = {name: np.asarray(row[name], dtype=np.float64) for name in SCORE_RULES}
+        keep, reasons = decide(scores, config)
+        windows = [Window(int(s), float(a), float(b)) for s, a, b in zip(row["window_shot"], row["window_start"], row["window_end"])]
+        clips = merge_windows(windows, keep, config.shards.max_clip_s)
+        table = _windows_table(row, keep, reasons, clips, config)
+        samples = []
+        for clip in clips:
+            frames, mp4, wav = _encode_clip(row["frames"], row["frame_times"], row["audio"], row["audio_start"], row["fps"], clip[1], clip[2], config)
+            meta = _sample_json(source, clip, table, row["fps"], len(frames), frames.shape[1:3], config)
+            samples.append({"__key__": clip_key(source["source_id"], clip[1], clip[2]), "json": meta, "mp4": mp4, "wav": wav})
+        _write_state(source, config, samples, table)
+    except Exception as error:  # noqa: BLE001 - recorded, the run goes on
+        return record_video(source, config, "failed", "finalize_error", repr(error)[:500], {"windows": len(row["window_start"]), "kept": 0, "clips": 0, **decoded})
+    status, reason = ("done", "") if samples else ("zero_survivors", "no_window" if not windows else "all_windows_rejected")
+    return record_video(source, config, status, reason, "", {"windows": len(windows), "kept": int(keep.sum()), "clips": len(samples), **decoded})
+
+
+# ------------------------------------------------------------------------------------------------ rethreshold
+
+
+def rematerialize_video(entry: dict, config: CurateConfig) -> dict:
+    """Re-apply ``config``'s thresholds to a video's stored scores. Clips that existed before keep their encoded
+    media (only their JSON changes); new clip spans are decoded and encoded again."""
+    source = {k: entry[k] for k in ("uri", "source_id", "label")}
+    with fsspec.open(work_uri(config.output, "scores", source["source_id"]), "rb") as handle:
+        columns = pq.read_table(handle).to_pydict()
+    scores = {name: np.asarray(columns[name], dtype=np.float64) for name in SCORE_RULES}
+    keep, reasons = decide(scores, config)
+    windows = [Window(int(s), float(a), float(b)) for s, a, b in zip(columns["shot"], columns["start"], columns["end"])]
+    clips = merge_windows(windows, keep, config.shards.max_clip_s)
+    row = {**source, "window_shot": np.asarray(columns["shot"]), "window_start": np.asarray(columns["start"]),
+           "window_end": np.asarray(columns["end"]), **scores}  # fmt: skip
+    new_table = _windows_table(row, keep, reasons, clips, config)
+    clips_uri = work_uri(config.output, "clips", source["source_id"])
+    old = {s["__key__"]: s for s in read_tar(clips_uri)} if exists(clips_uri) else {}
+    decoded = None
+    samples = []
+    for clip in clips:
+        key = clip_key(source["source_id"], clip[1], clip[2])
+        if key in old:
+            meta = json.loads(old[key]["json"])
+            mp4, wav, fps, frames, size = old[key]["mp4"], old[key]["wav"], meta["fps"], meta["num_frames"], tuple(meta["size"])
+        else:
+            if decoded is None:
+                with local_copy(source["uri"]) as path:
+                    info = probe(path)
+                    decoded = decode(path, fps=None, size=_decode_size(info, config))
+                    fps = float(info.video.fps)
+            chosen, mp4, wav = _encode_clip(decoded.frames, decoded.source_frame_times, decoded.audio, decoded.audio_start, fps, clip[1], clip[2], config)
+            frames, size = len(chosen), chosen.shape[1:3]
+        samples.append({"__key__": key, "json": _sample_json(source, clip, new_table, fps, frames, size, config), "mp4": mp4, "wav": wav})
+    _write_state(source, config, samples, new_table)
+    status, reason = ("done", "") if samples else ("zero_survivors", "all_windows_rejected" if windows else "no_window")
+    counts = {"windows": len(windows), "kept": int(keep.sum()), "clips": len(samples), "decoded_frames": entry.get("decoded_frames", 0)}
+    return record_video(source, config, status, reason, "", counts)
+
+
+def read_ledger(output: str, source_id: str) -> dict | None:
+    uri = work_uri(output, "ledger", source_id)
+    return read_json(uri) if exists(uri) else None

@@ -1,0 +1,78 @@
+"""Small fsspec helpers: any local path or URI (s3://, gs://, memory://) works the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import uuid
+
+import fsspec
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def filesystem(uri: str):
+    """(filesystem, path) of a URI."""
+    return fsspec.core.url_to_fs(uri)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write to a temporary name beside ``uri`` then move it into place, so readers never see a partial file
+    (a rename on local disks; copy-then-delete on object stores, where the object appears whole anyway)."""
+    fs, path = filesystem(uri)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(temporary, "wb") as handle:
+        handle.write(data)
+    fs.mv(temporary, path)
+
+
+def write_json_atomic(uri: str, data) -> None:
+    write_bytes_atomic(uri, json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def read_json(uri: str):
+    with fsspec.open(uri, "r") as handle:
+        return json.load(handle)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """Full URIs of the files directly in folder ``uri`` ending with ``suffix`` (sorted; [] if absent)."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return []
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    return sorted(f"{prefix}{p}" for p in fs.ls(path, detail=False) if p.endswith(suffix))
+
+
+@contextlib.contextmanager
+def local_copy(uri: str):
+    """A local path for ``uri``: the file itself when local, else a temporary download (read once, used by
+    every reader of the file, e.g. the shot detector and the decoder)."""
+    fs, path = filesystem(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        yield path
+        return
+    suffix = "." + path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
+    with tempfile.TemporaryDirectory(prefix="avsync-src-") as folder:
+        local = f"{folder}/source{suffix}"
+        fs.get(path, local)
+        yield local
+
+
+def remove(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path)
