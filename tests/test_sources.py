@@ -1,0 +1,53 @@
+"""Curation inputs: folders, globs, URI lists and manifests, with stable ids and labels."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from avsync_ray.curation.sources import list_sources, source_id_for
+
+EXTENSIONS = [".mp4", ".mpg"]
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    for relative in ("dog_barking/a.mp4", "dog_barking/b.mp4", "lions roaring/a.mp4", "notes.txt", "nested/deep/c.mpg"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x")
+    return tmp_path
+
+
+def test_folder_is_searched_recursively_with_parent_labels(tree):
+    sources = list_sources(str(tree), EXTENSIONS)
+    assert [s.uri for s in sources] == sorted(s.uri for s in sources) and len(sources) == 4
+    assert {s.label for s in sources} == {"dog_barking", "lions roaring", "deep"}
+    ids = [s.source_id for s in sources]
+    assert len(set(ids)) == 4 and not any("." in i or "_" in i for i in ids)
+    assert list_sources(str(tree), EXTENSIONS) == sources  # stable
+
+
+def test_glob_and_uri_list(tree):
+    assert [s.label for s in list_sources(str(tree / "dog_barking" / "*.mp4"), EXTENSIONS)] == ["dog_barking"] * 2
+    both = list_sources([str(tree / "dog_barking" / "a.mp4"), f"file://{tree / 'nested' / 'deep' / 'c.mpg'}"], EXTENSIONS)
+    assert len(both) == 2
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_manifests_give_labels_and_ids(tree, kind):
+    rows = [{"uri": "dog_barking/a.mp4", "label": "dog barking", "id": "clip-1"}, {"uri": str(tree / "lions roaring" / "a.mp4"), "label": "lions", "id": None}]
+    path = tree / f"manifest.{kind}"
+    if kind == "csv":
+        path.write_text("uri,label,id\n" + "\n".join(f"{r['uri']},{r['label']},{r['id'] or ''}" for r in rows) + "\n")
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    sources = {s.label: s for s in list_sources(str(path), EXTENSIONS)}
+    assert sources["dog barking"].uri == str(tree / "dog_barking" / "a.mp4") and sources["dog barking"].source_id == "clip-1"
+    assert sources["lions"].source_id == source_id_for(str(tree / "lions roaring" / "a.mp4"))
+
+
+def test_manifest_without_uri_column_is_an_error(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label\na.mp4,x\n")
+    with pytest.raises(ValueError, match="'uri' column"):
+        list_sources(str(tmp_path / "m.csv"), EXTENSIONS)
