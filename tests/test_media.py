@@ -128,6 +128,22 @@ def test_any_fsspec_uri(tmp_path):
     assert probe(memory_uri).video.num_frames == 48
 
 
+def test_bytes_in_memory_decode_like_the_file(tmp_path):
+    """WebDataset members arrive as bytes: they decode exactly like the file, and fail with the same reasons."""
+    path = tmp_path / "clip.mp4"
+    _indexed_video(path)
+    data = path.read_bytes()
+    from_file, from_bytes = decode(str(path), fps=6, start=0.5), decode(data, fps=6, start=0.5)
+    assert np.array_equal(from_file.frames, from_bytes.frames) and np.array_equal(from_file.audio, from_bytes.audio)
+    assert probe(data).video.num_frames == 48 and probe(data).uri == f"<{len(data)} bytes in memory>"
+    with pytest.raises(MediaError) as empty:
+        decode(b"")
+    assert empty.value.reason is MediaErrorReason.ZERO_BYTES
+    with pytest.raises(MediaError) as garbage:
+        decode(b"\x00\x01not a video at all" * 64)
+    assert garbage.value.reason is MediaErrorReason.CORRUPT
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [(b"", MediaErrorReason.ZERO_BYTES), (b"\x00\x01not a video at all" * 64, MediaErrorReason.CORRUPT)],

@@ -126,7 +126,7 @@ def sample_clips(decoded: DecodedAV, starts: np.ndarray, spec: MultiClipSpec) ->
 
 
 def decode_clips(
-    uri: str,
+    uri: str | bytes,
     spec: MultiClipSpec,
     window: tuple[float, float] | None = None,
     rng: np.random.Generator | None = None,

@@ -15,14 +15,19 @@ class MediaErrorReason(str, Enum):
     OUT_OF_RANGE = "out_of_range"
 
 
+def source_name(source: str | bytes) -> str:
+    """How messages name a source: its URI, or its size when it is the file's bytes in memory."""
+    return f"<{len(source)} bytes in memory>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+
+
 class MediaError(Exception):
     """A media file that cannot be read as asked.
 
     ``reason`` is stable (ledgers and skip records group by it); ``detail`` is for people.
     """
 
-    def __init__(self, uri: str, reason: MediaErrorReason, detail: str = ""):
-        self.uri = str(uri)
+    def __init__(self, uri: str | bytes, reason: MediaErrorReason, detail: str = ""):
+        self.uri = source_name(uri)
         self.reason = MediaErrorReason(reason)
         self.detail = detail
         message = f"{self.uri}: {self.reason.value}"

@@ -2,7 +2,8 @@
 
 ``decode`` makes one pass over the container, demuxing video and audio together: it samples frames on a
 regular time grid, converts to RGB (and scales) only the frames it returns, and returns the audio as
-16 kHz mono float32. Any fsspec URI works (local paths are opened directly).
+16 kHz mono float32. A source is any fsspec URI (local paths are opened directly) or the file's bytes (e.g. a
+WebDataset member), read from memory.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import PIL.Image
 import soundfile
 
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE, resample, to_mono
-from avsync_ray.media.errors import MediaError, MediaErrorReason
+from avsync_ray.media.errors import MediaError, MediaErrorReason, source_name
 
+Source = str | bytes
 FrameSelection = Literal["nearest", "next"]
 # Frames whose timestamps differ by less than this are the same instant (guards float round-off of k/fps).
 _TIME_EPS = 1e-6
@@ -91,8 +93,12 @@ class DecodedAV:
 # --------------------------------------------------------------------------------------------- opening
 
 
-def _check_source(uri: str):
+def _check_source(uri: Source):
     """(filesystem, path, size) of ``uri``, raising the typed error for missing and empty files."""
+    if isinstance(uri, bytes):
+        if not uri:
+            raise MediaError(uri, MediaErrorReason.ZERO_BYTES)
+        return None, None, len(uri)
     fs, path = fsspec.core.url_to_fs(str(uri))
     try:
         size = fs.size(path)
@@ -105,11 +111,15 @@ def _check_source(uri: str):
     return fs, path, int(size)
 
 
-def _open_container(uri: str):
+def _open_container(uri: Source):
     fs, path, size = _check_source(uri)
-    local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol)
-    try:  # local files are read by FFmpeg directly; remote ones through fsspec's seekable file object
-        return av.open(path if local else fs.open(path, "rb"), mode="r", metadata_errors="ignore"), size
+    if fs is None:
+        file = io.BytesIO(uri)
+    else:  # local files are read by FFmpeg directly; remote ones through fsspec's seekable file object
+        local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol)
+        file = path if local else fs.open(path, "rb")
+    try:
+        return av.open(file, mode="r", metadata_errors="ignore"), size
     except av.FFmpegError as exc:
         # An mp4 cut before its index (moov written last) is the common form of a truncated download.
         reason = MediaErrorReason.TRUNCATED if "moov atom not found" in str(exc) else MediaErrorReason.CORRUPT
@@ -122,7 +132,7 @@ def _seconds(value, time_base) -> float | None:
     return float(value * time_base)
 
 
-def _info(uri: str, container, size: int) -> MediaInfo:
+def _info(uri: Source, container, size: int) -> MediaInfo:
     video = audio = None
     duration = container.duration / av.time_base if container.duration is not None else None
     if container.streams.video:
@@ -145,10 +155,10 @@ def _info(uri: str, container, size: int) -> MediaInfo:
             duration=_seconds(stream.duration, stream.time_base) or duration,
         )
     start_time = container.start_time / av.time_base if container.start_time is not None else 0.0
-    return MediaInfo(str(uri), container.format.name, size, duration, video, audio, start_time)
+    return MediaInfo(source_name(uri), container.format.name, size, duration, video, audio, start_time)
 
 
-def probe(uri: str) -> MediaInfo:
+def probe(uri: Source) -> MediaInfo:
     """Streams, duration, frame rate and sizes of a media file, without decoding."""
     container, size = _open_container(uri)
     with container:
@@ -245,7 +255,7 @@ class _FrameSampler:
             self._take(target, last_time, last_frame)
 
 
-def _check_complete(uri: str, stream: str, reached: float, declared: float | None) -> None:
+def _check_complete(uri: Source, stream: str, reached: float, declared: float | None) -> None:
     """A stream read to its end must reach (about) the duration the container declares."""
     if declared and reached < declared - max(0.5, 0.05 * declared):
         raise MediaError(uri, MediaErrorReason.TRUNCATED, f"{stream} stream ends at {reached:.3f} s of a declared {declared:.3f} s")
@@ -268,7 +278,7 @@ class _Demuxer:
 
 
 def decode(
-    uri: str,
+    uri: Source,
     *,
     fps: float | None = None,
     size: int | tuple[int, int] | None = None,
@@ -307,7 +317,7 @@ class _SeekOvershoot(Exception):
 
 
 def _decode(
-    uri: str,
+    uri: Source,
     *,
     seek: bool,
     fps: float | None,
@@ -447,7 +457,7 @@ def _decode(
     )
 
 
-def load_audio(uri: str, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
+def load_audio(uri: Source, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
     """The whole audio track of any file PyAV reads (audio-only or video), as mono float32 at ``sample_rate``."""
     return decode(uri, video=False, audio=True, sample_rate=sample_rate).audio
 
