@@ -24,7 +24,8 @@ from avsync_ray.media.audio import DEFAULT_MEL, waveform_to_mel
 from avsync_ray.media.frames import to_float_frames
 from avsync_ray.models.imagebind import IMAGE_MEAN, IMAGE_STD
 
-EMBED_DIM = 512
+BASE_WIDTH = 64  # the official (AVID-CMA) networks; smaller widths give the tiny preset
+EMBED_DIM = 8 * BASE_WIDTH
 
 
 class Basic2DBlock(nn.Module):
@@ -43,15 +44,15 @@ class Basic2DBlock(nn.Module):
 
 
 class AudioConv2DNet(nn.Module):
-    """(b, 1, 128, 204) mel -> (b, 512)."""
+    """(b, 1, 128, 204) mel -> (b, 8 * width); ``width=64`` is the official network (512-d)."""
 
-    def __init__(self):
+    def __init__(self, width: int = BASE_WIDTH):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, padding=3, stride=2, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
-        self.block1 = Basic2DBlock(64, 64, stride=2)
-        self.block2 = Basic2DBlock(64, 128, stride=2)
-        self.block3 = Basic2DBlock(128, 256, stride=2)
-        self.block4 = Basic2DBlock(256, EMBED_DIM)
+        self.conv1 = nn.Sequential(nn.Conv2d(1, width, kernel_size=7, padding=3, stride=2, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.block1 = Basic2DBlock(width, width, stride=2)
+        self.block2 = Basic2DBlock(width, 2 * width, stride=2)
+        self.block3 = Basic2DBlock(2 * width, 4 * width, stride=2)
+        self.block4 = Basic2DBlock(4 * width, 8 * width)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = self.block4(self.block3(self.block2(self.block1(self.conv1(mel)))))
@@ -83,20 +84,21 @@ class BasicR2P1DBlock(nn.Module):
 
 
 class VideoR2Plus1DNet(nn.Module):
-    """(b, 3, 12, H, W) normalised frames -> (b, 512). Any H, W (224 in the paper; 112 works too)."""
+    """(b, 3, 12, H, W) normalised frames -> (b, 8 * width). Any H, W (224 in the paper; 112 works too)."""
 
-    def __init__(self):
+    def __init__(self, width: int = BASE_WIDTH):
         super().__init__()
         self.conv1 = nn.Sequential(
-            nn.Conv3d(3, 64, kernel_size=(3, 7, 7), padding=(1, 3, 3), stride=(1, 2, 2), bias=False),
-            nn.BatchNorm3d(64),
+            nn.Conv3d(3, width, kernel_size=(3, 7, 7), padding=(1, 3, 3), stride=(1, 2, 2), bias=False),
+            nn.BatchNorm3d(width),
             nn.ReLU(inplace=True),
             nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
         )
-        self.conv2x = nn.Sequential(BasicR2P1DBlock(64, 64), BasicR2P1DBlock(64, 64))
-        self.conv3x = nn.Sequential(BasicR2P1DBlock(64, 128, stride=(2, 2, 2)), BasicR2P1DBlock(128, 128))
-        self.conv4x = nn.Sequential(BasicR2P1DBlock(128, 256, stride=(2, 2, 2)), BasicR2P1DBlock(256, 256))
-        self.conv5x = nn.Sequential(BasicR2P1DBlock(256, EMBED_DIM, stride=(2, 2, 2)), BasicR2P1DBlock(EMBED_DIM, EMBED_DIM))
+        w1, w2, w4, w8 = width, 2 * width, 4 * width, 8 * width
+        self.conv2x = nn.Sequential(BasicR2P1DBlock(w1, w1), BasicR2P1DBlock(w1, w1))
+        self.conv3x = nn.Sequential(BasicR2P1DBlock(w1, w2, stride=(2, 2, 2)), BasicR2P1DBlock(w2, w2))
+        self.conv4x = nn.Sequential(BasicR2P1DBlock(w2, w4, stride=(2, 2, 2)), BasicR2P1DBlock(w4, w4))
+        self.conv5x = nn.Sequential(BasicR2P1DBlock(w4, w8, stride=(2, 2, 2)), BasicR2P1DBlock(w8, w8))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         x = self.conv5x(self.conv4x(self.conv3x(self.conv2x(self.conv1(video)))))
@@ -133,11 +135,12 @@ class SyncClassifier(ModelMixin, ConfigMixin):
         resize_mode: Literal["crop", "squash"] = "crop",
         num_frames: int = 12,
         fps: float = 6.0,
+        base_width: int = BASE_WIDTH,
     ):
         super().__init__()
-        self.audio_encoder = AudioConv2DNet()
-        self.video_encoder = VideoR2Plus1DNet()
-        self.head = FCHead(EMBED_DIM, 1, head_dropout)
+        self.audio_encoder = AudioConv2DNet(base_width)
+        self.video_encoder = VideoR2Plus1DNet(base_width)
+        self.head = FCHead(8 * base_width, 1, head_dropout)
 
     # ------------------------------------------------------------------------------------------ loading
 
@@ -159,6 +162,8 @@ class SyncClassifier(ModelMixin, ConfigMixin):
 
     def save_official(self, modules_dir: str | Path) -> None:
         """Write the official three-folder layout (``.bin`` weights, official class names in ``config.json``)."""
+        if self.config.base_width != BASE_WIDTH:
+            raise ValueError(f"the official layout has base_width {BASE_WIDTH}; this model has {self.config.base_width}")
         configs = {
             "audio_encoder": {"_class_name": "AudioConv2DNet", "pretrained": False},
             "video_encoder": {"_class_name": "VideoR2Plus1DNet", "pretrained": False},
@@ -190,25 +195,9 @@ class SyncClassifier(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------ inputs
 
     def preprocess_video(self, frames, resize_mode: Literal["crop", "squash"] | None = None) -> torch.Tensor:
-        """RGB frames -> the classifier's video input, as float (..., 3, T, S, S).
-
-        ``frames``: uint8 (T, H, W, 3) or (K, T, H, W, 3), or float in [0, 1] (T, 3, H, W). ``resize_mode``
-        (default: the config's) ``crop`` resizes the shorter side to ``image_size`` and centre-crops (the
-        official training and evaluation data); ``squash`` resizes to a square (the official metric script).
-        Bicubic with antialiasing, then ImageBind/CLIP mean and std."""
-        resize_mode = resize_mode or self.config.resize_mode
-        frames = frames if isinstance(frames, torch.Tensor) else np.asarray(frames)
-        batched = frames.ndim == 5
-        out = []
-        for clip in frames if batched else frames[None]:
-            images = clip if isinstance(clip, torch.Tensor) and clip.is_floating_point() else to_float_frames(clip)
-            size = self.config.image_size
-            target = [size] if resize_mode == "crop" else [size, size]
-            images = TF.resize(images, target, interpolation=InterpolationMode.BICUBIC, antialias=True)
-            images = TF.normalize(TF.center_crop(images, [size, size]), IMAGE_MEAN, IMAGE_STD)
-            out.append(images.transpose(0, 1))  # (3, T, S, S)
-        video = torch.stack(out)
-        return video if batched else video[0]
+        """RGB frames -> this classifier's video input; see :func:`preprocess_sync_video` (``resize_mode`` defaults
+        to the config's)."""
+        return preprocess_sync_video(frames, self.config.image_size, resize_mode or self.config.resize_mode)
 
     @staticmethod
     def preprocess_audio(waveform, sample_rate: int = DEFAULT_MEL.sample_rate) -> torch.Tensor:
@@ -246,6 +235,26 @@ class SyncClassifier(ModelMixin, ConfigMixin):
         audio_embeds = self.encode_audio(audio.flatten(0, 1)).reshape(batch, clips, 1, -1).expand(-1, -1, clips, -1)
         video_embeds = self.encode_video(video.flatten(0, 1)).reshape(batch, 1, clips, -1).expand(-1, clips, -1, -1)
         return self.score_embeddings(audio_embeds, video_embeds)
+
+
+def preprocess_sync_video(frames, image_size: int = 224, resize_mode: Literal["crop", "squash"] = "crop") -> torch.Tensor:
+    """RGB frames -> the classifier's video input, as float (..., 3, T, S, S).
+
+    ``frames``: uint8 (T, H, W, 3) or (K, T, H, W, 3), or float in [0, 1] (T, 3, H, W). ``crop`` resizes the
+    shorter side to ``image_size`` and centre-crops (the official training and evaluation data); ``squash``
+    resizes to a square (the official metric script). Bicubic with antialiasing, then ImageBind/CLIP mean and std.
+    Pure tensor code: data loaders call it without a model."""
+    frames = frames if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    batched = frames.ndim == 5
+    out = []
+    for clip in frames if batched else frames[None]:
+        images = clip if isinstance(clip, torch.Tensor) and clip.is_floating_point() else to_float_frames(clip)
+        target = [image_size] if resize_mode == "crop" else [image_size, image_size]
+        images = TF.resize(images, target, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        images = TF.normalize(TF.center_crop(images, [image_size, image_size]), IMAGE_MEAN, IMAGE_STD)
+        out.append(images.transpose(0, 1))  # (3, T, S, S)
+    video = torch.stack(out)
+    return video if batched else video[0]
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
