@@ -97,13 +97,13 @@ def _map_videos(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
         ds = ds.map(
             EmbeddingScorer,
             fn_constructor_kwargs={"semantic": stages.semantic, "imagebind": stages.imagebind, "actor": actor},
-            concurrency=actor.concurrency, num_gpus=actor.num_gpus, num_cpus=actor.num_cpus,
+            compute=ray.data.ActorPoolStrategy(size=actor.concurrency), num_gpus=actor.num_gpus, num_cpus=actor.num_cpus,
         )  # fmt: skip
     if stages.sync.enabled:
         actor = config.sync_actor
         ds = ds.map(
             SyncScorer, fn_constructor_kwargs={"sync": stages.sync, "actor": actor},
-            concurrency=actor.concurrency, num_gpus=actor.num_gpus, num_cpus=actor.num_cpus,
+            compute=ray.data.ActorPoolStrategy(size=actor.concurrency), num_gpus=actor.num_gpus, num_cpus=actor.num_cpus,
         )  # fmt: skip
     return _map_task(ds, finalize_video, config)
 
