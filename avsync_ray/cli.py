@@ -10,13 +10,26 @@ from typing import Annotated, Optional
 
 import typer
 
-from avsync_ray.config import ConfigError, DemoConfig, GenerateConfig, dump_config, load_config, preset_names, read_preset
+from avsync_ray.config import (
+    ConfigError,
+    DemoConfig,
+    EvalSyncConfig,
+    GenerateConfig,
+    TrainConfig,
+    TrainSyncConfig,
+    dump_config,
+    load_config,
+    preset_names,
+    preset_schema,
+    read_preset,
+)
 
 app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the typed configs and their packaged presets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 ConfigOption = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML file (any fsspec URI) over the preset.")]
+ResumeOption = Annotated[Optional[str], typer.Option(help="'latest' continues the run from its newest checkpoint; or a checkpoint URI.")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Dotted override, e.g. --set num_inference_steps=25 (repeatable).")]
 
 
@@ -151,6 +164,82 @@ def demo(config: ConfigOption = None, set_: SetOption = None):
     _echo_json(summary)
 
 
+def _train(task: str, schema, shards: str, preset: str, resume: str | None, config: str | None, set_: list[str] | None) -> None:
+    from avsync_ray.training.engine import IncompatibleResumeError
+    from avsync_ray.training.launcher import RunExistsError, launch
+
+    overrides = [f"data.root={shards}", *([f"run.resume={resume}"] if resume else []), *(set_ or [])]
+    cfg = _load(schema, preset, config, overrides)
+    try:
+        summary = launch(cfg, task)
+    except (RunExistsError, IncompatibleResumeError, FileNotFoundError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    _echo_json(summary)
+
+
+@app.command("train-sync")
+def train_sync(
+    shards: Annotated[str, typer.Argument(help="Curated shard folder (any fsspec URI) with <split>.index.json.")],
+    preset: Annotated[str, typer.Option(help="train-sync (the paper's recipe) or train-sync-tiny (CPU).")] = "train-sync",
+    resume: ResumeOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+):
+    """Train the sync classifier (contrastive over time shifts) with Ray Train + DeepSpeed."""
+    _train("sync-classifier", TrainSyncConfig, shards, preset, resume, config, set_)
+
+
+@app.command()
+def train(
+    shards: Annotated[str, typer.Argument(help="Curated shard folder (any fsspec URI) with <split>.index.json.")],
+    preset: Annotated[str, typer.Option(help="train (the paper's recipe) or train-tiny (CPU).")] = "train",
+    resume: ResumeOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+):
+    """Train AVSyncD's temporal and audio modules with Ray Train + DeepSpeed."""
+    _train("avsyncd", TrainConfig, shards, preset, resume, config, set_)
+
+
+@app.command("eval-sync")
+def eval_sync(
+    classifier: Annotated[str, typer.Argument(help="SyncClassifier folder (an export) or the official modules/ folder.")],
+    shards: Annotated[str, typer.Argument(help="Test shard folder with <split>.index.json (split: test unless --set data.split=...).")],
+    out: Annotated[Optional[str], typer.Option(help="Write the summary and per-clip verdicts as JSON here.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+):
+    """Sync accuracy (a2v, v2a) of a classifier: 31 clips 0.04 s apart, correct within +-5, on Ray Data."""
+    from avsync_ray.evaluation.sync_eval import run_eval_sync
+
+    cfg = _load(EvalSyncConfig, "eval-sync", config, [f"classifier={classifier}", f"data.root={shards}", *(set_ or [])])
+    _echo_json(run_eval_sync(cfg, out))
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[str, typer.Option(help="Training checkpoint folder (any fsspec URI), e.g. <storage>/<run>/checkpoint_*.")],
+    out: Annotated[str, typer.Option(help="Output folder (diffusers layout, safetensors).")],
+    register: Annotated[Optional[str], typer.Option(help="Also log it to MLflow as a model, register it under this name.")] = None,
+    alias: Annotated[str, typer.Option(help="Registry alias pointed at the new version.")] = "candidate",
+    tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI for --register.")] = "sqlite:///mlruns.db",
+):
+    """DeepSpeed checkpoint -> a folder AVSyncDPipeline / SyncClassifier.from_pretrained loads (and the registry)."""
+    from avsync_ray.training.export import export_checkpoint
+
+    try:
+        summary = export_checkpoint(checkpoint, out)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    if register:
+        from avsync_ray.tracking import register_model
+
+        summary["registered"] = register_model(out, register, summary["task"], tracking_uri, alias, source_run_id=summary["mlflow_run_id"])
+    _echo_json(summary)
+
+
 class MetricName(str, Enum):
     score = "score"
     psync = "psync"
@@ -195,25 +284,23 @@ def config_show(
     set_: SetOption = None,
 ):
     """Print a preset resolved and validated (with any file and overrides applied)."""
-    from avsync_ray.config import CurateConfig
-
-    schemas = {"generate": GenerateConfig, "demo": DemoConfig, "curate": CurateConfig}
-    if preset not in schemas:
+    if preset not in preset_names():
         typer.echo(f"unknown preset {preset!r}; available: {preset_names()}", err=True)
         raise typer.Exit(2)
-    typer.echo(dump_config(_load(schemas[preset], preset, config, set_)), nl=False)
+    typer.echo(dump_config(_load(preset_schema(preset), preset, config, set_)), nl=False)
 
 
 @config_app.command("fields")
-def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo or curate.")]):
+def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train or eval-sync.")]):
     """Every field of a config tree (dotted name, type, default, meaning) as a Markdown table."""
-    from avsync_ray.config import CurateConfig, describe_fields
+    from avsync_ray.config import describe_fields
 
-    schemas = {"generate": GenerateConfig, "demo": DemoConfig, "curate": CurateConfig}
-    if schema not in schemas:
-        raise typer.BadParameter(f"choose one of {sorted(schemas)}")
+    try:
+        tree = preset_schema(schema)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
     typer.echo("| field | type | default | meaning |\n|---|---|---|---|")
-    for name, kind, default, description in describe_fields(schemas[schema]):
+    for name, kind, default, description in describe_fields(tree):
         typer.echo(f"| `{name}` | {kind} | `{default}` | {description} |")
 
 

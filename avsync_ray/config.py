@@ -201,6 +201,192 @@ class DemoConfig(StrictModel):
     generate: GenerateConfig = GenerateConfig()
 
 
+# ------------------------------------------------------------------------------------------------ training
+
+
+class ShardsInput(StrictModel):
+    """Curated WebDataset shards: ``<root>/<split>.index.json`` lists them (see shards/README.md)."""
+
+    root: str = Field(..., description="shard folder (any fsspec URI) holding <split>.index.json")
+    split: str = Field("train", description="which split's index to read")
+
+
+class LoaderConfig(StrictModel):
+    batch_size: int = Field(4, ge=1, description="micro-batch per worker (the paper: 4 per GPU)")
+    num_workers: int = Field(0, ge=0, description="decode processes per Ray Train worker (torch DataLoader workers)")
+    shuffle_buffer: int = Field(64, ge=0, description="samples mixed in each worker's shuffle buffer")
+    randflip: bool = Field(True, description="random horizontal flip")
+
+
+class OptimizerConfig(StrictModel):
+    """torch.optim.AdamW (the client optimizer DeepSpeed wraps) and its learning-rate schedule."""
+
+    lr: float = Field(1e-4, gt=0, description="learning rate")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up over this many optimizer steps, then constant")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping (global L2 norm)")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+
+
+class DeepSpeedSettings(StrictModel):
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="engine precision (fp16 is not offered: CPUs lack it)")
+    bucket_size: int = Field(5_000_000, ge=1, description="ZeRO reduce/allgather bucket elements (small buckets cap the peak)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
+
+
+class CheckpointSettings(StrictModel):
+    every_n_steps: int = Field(1000, ge=1, description="save a DeepSpeed checkpoint every this many optimizer steps (and at the end)")
+    num_to_keep: int | None = Field(2, ge=1, description="checkpoints Ray Train keeps (None: all)")
+
+
+class ScalingSettings(StrictModel):
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU when use_gpu)")
+    use_gpu: bool = Field(False, description="one GPU per worker, NCCL; CPU workers use gloo")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+
+
+class RunSettings(StrictModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="run name: checkpoints go to <storage_path>/<name>")
+    storage_path: str = Field("runs", description="Ray Train storage (a local folder or s3://...)")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint before the run fails")
+    resume: str | None = Field(
+        None, description="'latest' continues this run from its newest checkpoint; a checkpoint URI starts from that one"
+    )
+
+
+class TrainTrackingConfig(StrictModel):
+    enabled: bool = Field(True, description="log to MLflow from rank 0")
+    uri: str = Field("sqlite:///mlruns.db", description="any MLflow tracking URI")
+    experiment: str = Field(..., description="MLflow experiment")
+    run_name: str | None = Field(None, description="MLflow run name (None: the run name)")
+    log_every_n_steps: int = Field(10, ge=1, description="metrics every this many optimizer steps")
+
+
+class TrainDebugConfig(StrictModel):
+    """Fault injection for tests."""
+
+    fail_at_step: int | None = Field(None, ge=1, description="raise once, after this optimizer step (before its checkpoint)")
+    fail_rank: int = Field(0, ge=0, description="the rank that raises")
+
+
+class TrainCommonConfig(StrictModel):
+    max_steps: int = Field(..., ge=1, description="optimizer steps")
+    seed: int = Field(123, description="model init, data order and noise (per rank: seed + rank)")
+    data: ShardsInput = Field(..., description="training shards")
+    loader: LoaderConfig = Field(LoaderConfig(), description="data loading inside each worker")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="AdamW and schedule")
+    deepspeed: DeepSpeedSettings = Field(DeepSpeedSettings(), description="DeepSpeed engine")
+    checkpoint: CheckpointSettings = Field(CheckpointSettings(), description="checkpoint policy")
+    scaling: ScalingSettings = Field(ScalingSettings(), description="Ray Train workers")
+    run: RunSettings = Field(..., description="run name, storage and resume")
+    tracking: TrainTrackingConfig = Field(..., description="MLflow")
+    ray: RayConfig = Field(RayConfig(), description="Ray")
+    debug: TrainDebugConfig = Field(TrainDebugConfig(), description="fault injection (tests)")
+
+
+class SyncModelSettings(StrictModel):
+    base_width: int = Field(64, ge=1, description="encoder width: 64 is the official network, smaller ones are tiny presets")
+    image_size: int = Field(224, ge=16, description="video frames are resized and centre-cropped to this")
+    init: Literal["random", "avid_cma", "pretrained"] = Field("avid_cma", description="initial weights")
+    avid_cma: str | None = Field(None, description="AVID-CMA checkpoint (init=avid_cma)")
+    pretrained: str | None = Field(None, description="SyncClassifier folder or official modules/ folder (init=pretrained)")
+
+
+class SyncClipsSettings(StrictModel):
+    num_clips: int = Field(21, ge=2, description="clips per video; each is a negative of the others")
+    shift_s: float = Field(0.2, gt=0, description="seconds between consecutive clip starts")
+    tau: float = Field(0.1, gt=0, description="contrastive temperature")
+
+
+class TrainSyncConfig(TrainCommonConfig):
+    """``avsync train-sync``: the contrastive sync classifier (paper §1.2, reference §7.3)."""
+
+    model: SyncModelSettings = Field(SyncModelSettings(), description="classifier size and initial weights")
+    clips: SyncClipsSettings = Field(SyncClipsSettings(), description="time-shifted clips of one video")
+
+    @model_validator(mode="after")
+    def _init_has_weights(self):
+        if self.deepspeed.gradient_checkpointing:
+            raise ValueError("deepspeed.gradient_checkpointing applies to AVSyncD's UNet; the classifier does not support it")
+        if self.model.init == "avid_cma" and not self.model.avid_cma:
+            raise ValueError("model.init=avid_cma needs model.avid_cma (the AVID-CMA checkpoint), or set model.init=random")
+        if self.model.init == "pretrained" and not self.model.pretrained:
+            raise ValueError("model.init=pretrained needs model.pretrained (a classifier folder)")
+        return self
+
+
+class AVSyncDModelSettings(StrictModel):
+    init: Literal["tiny", "sd15", "pipeline"] = Field(
+        "sd15", description="tiny: random-init toy sizes; sd15: inflate SD1.5 + ImageBind; pipeline: an AVSyncD pipeline folder"
+    )
+    sd15: str | None = Field(None, description="Stable Diffusion 1.5 diffusers folder (init=sd15)")
+    imagebind: str | None = Field(None, description="imagebind_huge.pth (init=sd15)")
+    imagebind_preset: str = Field("imagebind-huge", description="ImageBind size matching model.imagebind")
+    pipeline: str | None = Field(None, description="AVSyncD pipeline folder: convert-official output or an export (init=pipeline)")
+    frozen_dtype: Literal["float32", "bfloat16"] = Field("float32", description="VAE, text and audio encoders (bfloat16 on GPU)")
+    train_image_layers: bool = Field(
+        False, description="also train the Stable Diffusion layers (only sensible for random-init tiny models; the paper freezes them)"
+    )
+
+
+class TrainConfig(TrainCommonConfig):
+    """``avsync train``: AVSyncD's temporal and audio modules on curated clips (paper §3.1-3.3, reference §4)."""
+
+    model: AVSyncDModelSettings = Field(AVSyncDModelSettings(), description="where the model starts")
+    num_frames: int = Field(12, ge=2, description="frames per clip (frame 0 is the image condition)")
+    fps: float = Field(6.0, gt=0, description="clip frame rate: clips last num_frames / fps seconds")
+    height: int = Field(256, ge=8, description="clip height (128 for The Greatest Hits)")
+    width: int = Field(256, ge=8, description="clip width")
+    audio_drop_prob: float = Field(0.2, ge=0, le=1, description="probability a sample's audio becomes the null audio")
+    text_drop_prob: float = Field(0.0, ge=0, le=1, description="probability a sample's prompt becomes the empty prompt")
+    preview_every_n_steps: int | None = Field(None, ge=1, description="log a generated sample video to MLflow this often (None: never)")
+    preview_inference_steps: int = Field(25, ge=1, description="sampling steps of the preview videos")
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_eight(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _init_has_weights(self):
+        needs = {"sd15": ("sd15", "imagebind"), "pipeline": ("pipeline",), "tiny": ()}[self.model.init]
+        missing = [f"model.{name}" for name in needs if not getattr(self.model, name)]
+        if missing:
+            raise ValueError(f"model.init={self.model.init} needs {', '.join(missing)}")
+        return self
+
+
+class EvalSyncConfig(StrictModel):
+    """``avsync eval-sync``: a2v and v2a accuracy, 31 clips 0.04 s apart, correct within +-5 (reference §7.4)."""
+
+    classifier: str = Field(..., description="SyncClassifier folder (an export) or the official modules/ folder")
+    data: ShardsInput = Field(..., description="test shards")
+    num_clips: int = Field(31, ge=3, description="clips centred in each test clip")
+    shift_s: float = Field(0.04, gt=0, description="seconds between clip starts")
+    tolerance: int = Field(5, ge=0, description="a prediction within this many clips of the centre is correct")
+    batch_size: int = Field(8, ge=1, description="test clips per model call")
+    device: str = Field("auto", description="'auto': cuda when available")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per scoring actor")
+    concurrency: int = Field(1, ge=1, description="scoring actors")
+    tracking: TrackingConfig = Field(TrackingConfig(experiment="avsync/sync-classifier"), description="MLflow")
+    ray: RayConfig = Field(RayConfig(), description="Ray")
+
+
+def preset_schema(name: str) -> type[StrictModel]:
+    """The config tree a packaged preset fills (presets named after a verb, optionally with a ``-suffix``)."""
+    schemas = {"generate": GenerateConfig, "demo": DemoConfig, "curate": CurateConfig, "train-sync": TrainSyncConfig,
+               "train": TrainConfig, "eval-sync": EvalSyncConfig}  # fmt: skip
+    for verb in sorted(schemas, key=len, reverse=True):
+        if name == verb or name.startswith(f"{verb}-"):
+            return schemas[verb]
+    raise ConfigError(f"no config schema for preset {name!r}; presets start with one of {sorted(schemas)}")
+
+
 def _read_yaml(source) -> dict[str, Any]:
     data = yaml.safe_load(source) or {}
     if not isinstance(data, dict):

@@ -72,6 +72,19 @@ def local_copy(uri: str):
         yield local
 
 
+@contextlib.contextmanager
+def local_folder(uri: str):
+    """A local path for folder ``uri``: the folder itself when local, else a temporary download of it."""
+    fs, path = filesystem(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="avsync-folder-") as folder:
+        fs.get(path.rstrip("/") + "/", folder, recursive=True)
+        yield folder
+
+
 def remove(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.exists(path):

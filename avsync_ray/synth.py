@@ -497,3 +497,32 @@ def synthesize_corpus(
         writer.writerows([str((root / r["uri"]).resolve()), r["label"], r["video_id"]] for r in records)
     (root / "ground_truth.json").write_text(json.dumps(records, indent=2) + "\n")
     return records
+
+
+def synthesize_shards(
+    root: str | Path, split: str, num_clips: int, seed: int = 0, clips_per_shard: int = 4, corrupt_keys: Sequence[str] = (), category: str = "sync"
+) -> list[str]:
+    """Training shards in the curation format (shards/README.md) straight from :func:`generate_clip` (6 s, 24 fps,
+    96x128), without a curation run: for training tests and benchmarks. Keys listed in ``corrupt_keys`` get an
+    ``.mp4`` member that is not a video (for skip handling). Returns the keys in order."""
+    from avsync_ray.curation.shards import tar_bytes, write_index  # here, like encode_mp4 above
+    from avsync_ray.media.io import encode_mp4, encode_wav
+
+    samples = []
+    for index in range(num_clips):
+        clip = generate_clip(category, seed=seed, index=index)
+        key = f"{category}-s{seed}-{index:05d}_0000000_{int(round(clip.duration * 1000)):07d}"
+        meta = {"schema_version": 1, "key": key, "label": clip.label, "fps": clip.fps, "num_frames": len(clip.frames),
+                "size": list(clip.frames.shape[1:3]), "sample_rate": clip.sample_rate, "span": {"start": 0.0, "end": clip.duration, "shot": 0}}  # fmt: skip
+        corrupt = key in corrupt_keys
+        mp4 = b"\x00not an mp4\x00" * 100 if corrupt else encode_mp4(clip.frames, clip.fps, clip.audio, clip.sample_rate, crf=23)
+        samples.append({"__key__": key, "json": json.dumps(meta).encode(), "mp4": mp4, "wav": encode_wav(clip.audio, clip.sample_rate)})
+    Path(root).mkdir(parents=True, exist_ok=True)
+    shardlist = []
+    for number, start in enumerate(range(0, num_clips, clips_per_shard)):
+        data = tar_bytes(samples[start : start + clips_per_shard])
+        name = f"{split}-{number:06d}.tar"
+        (Path(root) / name).write_bytes(data)
+        shardlist.append({"url": name, "nsamples": len(samples[start : start + clips_per_shard]), "filesize": len(data)})
+    write_index(str(root), split, shardlist, {})
+    return [sample["__key__"] for sample in samples]

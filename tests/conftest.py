@@ -190,3 +190,16 @@ def tiny_classifier_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("sync_classifier")
     SyncClassifier(image_size=64).save_pretrained(path)
     return path
+
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory):
+    """8 training clips (one corrupt) in 2 shards and 4 test clips, as curation writes them."""
+    from avsync_ray.synth import synthesize_shards
+
+    root = tmp_path_factory.mktemp("shards")
+    corrupt = "sync-s0-00005_0000000_0006000"
+    synthesize_shards(root, "train", 8, seed=0, corrupt_keys=(corrupt,))
+    synthesize_shards(root, "test", 4, seed=1)
+    return {"root": root, "corrupt_key": corrupt}

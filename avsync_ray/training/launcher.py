@@ -1,0 +1,104 @@
+"""Launch a training run with Ray Train's ``TorchTrainer`` (the driver side of ``avsync train-sync`` / ``train``).
+
+Checkpoints go to ``<run.storage_path>/<run.name>/`` (local or s3://). Ray Train resumes a run from its
+newest checkpoint whenever the same name is launched again, so a fresh launch onto a run that already has
+checkpoints is refused unless ``run.resume`` says what to do; every resume is checked against the
+checkpoint's settings before any worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+from avsync_ray.config import TrainCommonConfig
+from avsync_ray.storage import filesystem, join_uri
+from avsync_ray.training.engine import CHECKPOINT_META, check_resume, read_checkpoint_meta
+
+
+class RunExistsError(ValueError):
+    """A new run would silently continue an old one of the same name."""
+
+
+def storage_root(config: TrainCommonConfig) -> str:
+    """Ray Train wants an absolute local path or a URI."""
+    path = config.run.storage_path
+    return path if "://" in path else os.path.abspath(path)
+
+
+def run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """(step, URI) of the run's complete checkpoints, oldest first."""
+    fs, path = filesystem(run_dir)
+    if not fs.exists(path):
+        return []
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    found = []
+    for entry in fs.ls(path, detail=False):
+        uri = f"{prefix}{entry}"
+        if entry.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_") and fs.exists(f"{entry}/{CHECKPOINT_META}"):
+            found.append((read_checkpoint_meta(uri)["step"], uri))
+    return sorted(found)
+
+
+def resolve_resume(config: TrainCommonConfig, task: str, run_dir: str) -> str | None:
+    """Check ``run.resume`` against what exists; returns the checkpoint URI a fresh worker group starts from
+    (None: Ray Train's own latest checkpoint of this run, or nothing)."""
+    checkpoints = run_checkpoints(run_dir)
+    resume = config.run.resume
+    if resume is None:
+        if checkpoints:
+            raise RunExistsError(
+                f"run '{config.run.name}' already has checkpoints in {run_dir} (up to step {checkpoints[-1][0]}); "
+                "pass --resume latest to continue it, or choose another run.name"
+            )
+        return None
+    if resume == "latest":
+        if not checkpoints:
+            raise FileNotFoundError(f"--resume latest: run '{config.run.name}' has no checkpoint in {run_dir}")
+        check_resume(read_checkpoint_meta(checkpoints[-1][1]), config, task)
+        return None
+    check_resume(read_checkpoint_meta(resume), config, task)
+    return resume
+
+
+def launch(config: TrainCommonConfig, task: str) -> dict:
+    """Train on ``config.scaling.num_workers`` Ray Train workers; returns the final checkpoint and metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from avsync_ray.curation.pipeline import init_ray
+    from avsync_ray.training.loops import train_loop_per_worker
+
+    root = storage_root(config)
+    run_dir = join_uri(root, config.run.name)
+    resume_from = resolve_resume(config, task, run_dir)
+    init_ray(config.ray)
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "task": task,
+            "config": config.model_dump(mode="json"),
+            "resume_from": resume_from,
+            "fault_marker": join_uri(run_dir, ".injected-failure"),
+        },
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=config.run.name,
+            storage_path=root,
+            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.num_to_keep),
+            failure_config=FailureConfig(max_failures=config.run.max_failures),
+        ),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return {
+        "task": task,
+        "run_dir": run_dir,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "metrics": result.metrics,
+        "mlflow": {"tracking_uri": config.tracking.uri, "experiment": config.tracking.experiment} if config.tracking.enabled else None,
+    }

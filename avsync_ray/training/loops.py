@@ -1,0 +1,284 @@
+"""The per-worker training loop Ray Train runs on every rank, for both tasks.
+
+One linear loop: restore, then for each optimizer step draw ``grad_accum_steps`` micro-batches, forward,
+backward and step through the DeepSpeed engine; every ``log_every_n_steps`` reduce the on-device metric sums
+across ranks (the only host synchronisation) and log them from rank 0; every ``checkpoint.every_n_steps`` and
+at the end every rank saves its DeepSpeed shards and reports them to Ray Train. What differs between the tasks
+(model, sample decoding, loss) lives in the two task classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from functools import partial
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import webdataset as wds
+from torch import nn
+
+from avsync_ray.config import TrainCommonConfig, TrainConfig, TrainSyncConfig, dump_config
+from avsync_ray.media.clips import MultiClipSpec
+from avsync_ray.storage import exists, write_bytes_atomic
+from avsync_ray.training import engine as ds
+from avsync_ray.training.components import build_avsyncd_pipeline, build_sync_classifier
+from avsync_ray.training.data import ShardStream, avsyncd_sample, make_loader, rank_shards, shard_urls, sync_sample
+from avsync_ray.training.objectives import avsyncd_loss, sync_loss, training_scheduler, video_latents
+
+logger = logging.getLogger(__name__)
+
+
+class PairwiseScores(nn.Module):
+    """The classifier as the engine's module: ``forward`` returns the (B, K, K) score matrix, so the engine's
+    forward (and its ZeRO hooks) covers every encoder and head call."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        return self.classifier.score_matrix(audio, video)
+
+
+class SyncClassifierTask:
+    name = "sync-classifier"
+
+    def __init__(self, config: TrainSyncConfig, device: torch.device):
+        self.config, self.device = config, device
+        self.model = PairwiseScores(build_sync_classifier(config.model))
+        spec = MultiClipSpec(num_clips=config.clips.num_clips, shift=config.clips.shift_s, placement="random")
+        self.make_sample = partial(sync_sample, spec=spec, image_size=config.model.image_size, randflip=config.loader.randflip)
+
+    def loss(self, engine, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        dtype = next(engine.module.parameters()).dtype
+        out = sync_loss(engine, batch["mel"].to(self.device, dtype), batch["video"].to(self.device, dtype), self.config.clips.tau)
+        return out.loss, {"a2v_accuracy": out.a2v_accuracy.detach(), "v2a_accuracy": out.v2a_accuracy.detach()}
+
+    def after_step(self, engine, step: int, tracker) -> None:
+        return None
+
+
+class AVSyncDTask:
+    name = "avsyncd"
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config, self.device = config, device
+        self.pipe = build_avsyncd_pipeline(config.model, config.seed).to(device)
+        self.model = self.pipe.unet
+        if config.deepspeed.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        self.scheduler = training_scheduler()
+        self.text_embeds: dict[str, torch.Tensor] = {}
+        self.preview = None
+        self.make_sample = partial(
+            avsyncd_sample, num_frames=config.num_frames, fps=config.fps, size=(config.height, config.width), randflip=config.loader.randflip
+        )
+
+    @torch.no_grad()
+    def _prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP embeddings of the class prompts, computed once per prompt (the official code precomputes them)."""
+        for prompt in set(prompts) - set(self.text_embeds):
+            self.text_embeds[prompt] = self.pipe.encode_prompt([prompt], self.device)[0]
+        return torch.stack([self.text_embeds[p] for p in prompts])
+
+    def loss(self, engine, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.preview is None:
+            self.preview = {"image": batch["video"][0, :, 0], "audio": batch["audio"][0].numpy(), "prompt": batch["prompt"][0]}
+        encoder = self.pipe.audio_encoder
+        with torch.no_grad():
+            latents = video_latents(self.pipe.vae, batch["video"].to(self.device), generator)
+            audio = encoder(batch["mel"].to(self.device, encoder.dtype), num_segments=self.config.num_frames)
+            null_audio = encoder.null_audio_encodings(self.device, encoder.dtype)
+            text = self._prompt_embeds(list(batch["prompt"]))
+            null_text = self._prompt_embeds([""]) if self.config.text_drop_prob > 0 else None
+        loss = avsyncd_loss(
+            engine,
+            latents,
+            text,
+            audio.audio_encodings,
+            audio.audio_segment_masks,
+            null_audio,
+            self.scheduler,
+            generator,
+            audio_drop_prob=self.config.audio_drop_prob,
+            null_text_embeds=null_text,
+            text_drop_prob=self.config.text_drop_prob,
+        )
+        return loss, {}
+
+    def after_step(self, engine, step: int, tracker) -> None:
+        """Every ``preview_every_n_steps``: rank 0 animates the first training sample and logs the video."""
+        every = self.config.preview_every_n_steps
+        if not every or step % every:
+            return
+        import deepspeed
+
+        from avsync_ray.media import encode_mp4
+        from avsync_ray.media.frames import to_uint8_frames
+
+        stage3 = self.config.deepspeed.zero_stage == 3
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage3):  # collective under ZeRO-3
+            if tracker is None:
+                return
+            engine.module.eval()
+            try:
+                out = self.pipe(
+                    image=self.preview["image"],
+                    audio=self.preview["audio"],
+                    prompt=self.preview["prompt"],
+                    num_frames=self.config.num_frames,
+                    height=self.config.height,
+                    width=self.config.width,
+                    num_inference_steps=self.config.preview_inference_steps,
+                    generator=torch.Generator(self.device).manual_seed(self.config.seed),
+                    output_type="np",
+                )
+            finally:
+                engine.module.train()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, f"step_{step:08d}.mp4")
+            encode_mp4(to_uint8_frames(out.frames[0]), self.config.fps, out.audio[0], 16_000, path)
+            tracker.log_artifact(path, "samples")
+
+
+TASKS = {"sync-classifier": (SyncClassifierTask, TrainSyncConfig), "avsyncd": (AVSyncDTask, TrainConfig)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU (the largest rank's is logged)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class MetricWindow:
+    """On-device sums between two log steps; :meth:`reduce` averages them over ranks (one host sync)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.micro_batches = 0
+        self.skipped = 0
+        self.data_wait = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, extras: dict[str, torch.Tensor], skipped: int) -> None:
+        for name, value in {"loss": loss.detach(), **extras}.items():
+            self.sums[name] = self.sums.get(name, 0) + value.float()
+        self.micro_batches += 1
+        self.skipped += skipped
+
+    def reduce(self, world_size: int, samples_per_micro_batch: int) -> dict[str, float]:
+        names = sorted(self.sums)
+        values = torch.stack([self.sums[n] / self.micro_batches for n in names] + [torch.tensor(float(self.skipped), device=self.device)])
+        if world_size > 1:
+            dist.all_reduce(values)
+            values[:-1] /= world_size
+        elapsed = time.perf_counter() - self.started
+        peak = torch.tensor(peak_memory_mb(self.device), device=self.device)
+        if world_size > 1:
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        metrics = dict(zip(names, values[:-1].tolist()))
+        metrics["data/skipped_samples"] = values[-1].item()
+        metrics["memory/peak_mb"] = peak.item()
+        metrics["samples_per_s"] = self.micro_batches * samples_per_micro_batch * world_size / max(elapsed, 1e-9)
+        metrics["data_wait_s"] = self.data_wait
+        self.reset()
+        return metrics
+
+
+def _restore(engine, loop_config: dict) -> dict | None:
+    """Ray Train's latest checkpoint (after a failure, or a rerun of the same run) wins over ``resume_from``."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return ds.load_checkpoint(engine, directory)
+
+
+def _maybe_fail(config: TrainCommonConfig, step: int, rank: int, marker: str) -> None:
+    """Fault injection: raise once (the marker in the run folder survives the restart)."""
+    if config.debug.fail_at_step == step and rank == config.debug.fail_rank and not exists(marker):
+        write_bytes_atomic(marker, f"step {step}\n".encode())
+        raise RuntimeError(f"injected failure after step {step} (debug.fail_at_step)")
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's ``train_loop_per_worker``: ``loop_config`` has ``task``, the resolved ``config`` (JSON),
+    ``run_dir`` and optionally ``resume_from`` (a checkpoint URI)."""
+    task_cls, schema = TASKS[loop_config["task"]]
+    config = schema.model_validate(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    task = task_cls(config, device)
+    engine = ds.initialize(task.model, config, world_size)
+    meta = _restore(engine, loop_config) or {}
+    start = meta.get("step", 0)
+    tracker = None
+    if rank == 0 and config.tracking.enabled:
+        from avsync_ray.tracking import TrainingTracker
+
+        tracking = config.tracking
+        tracker = TrainingTracker(
+            tracking.uri, tracking.experiment, tracking.run_name or config.run.name, task.name,
+            loop_config["config"], dump_config(config), run_id=meta.get("mlflow_run_id"),
+        )  # fmt: skip
+    checkpoint_meta = {
+        "task": task.name,
+        "signature": ds.resume_signature(config, task.name),
+        "config": loop_config["config"],
+        "mlflow_run_id": tracker.run_id if tracker else None,
+    }
+    seed = wds.utils.make_seed(config.seed, start)  # a resumed run draws new samples and noise
+    generator = torch.Generator(device).manual_seed(wds.utils.make_seed(seed, rank))
+    stream = ShardStream(
+        rank_shards(shard_urls(config.data.root, config.data.split), rank, world_size),
+        task.make_sample, config.loader.batch_size, seed=seed, rank=rank, shuffle_buffer=config.loader.shuffle_buffer,
+    )  # fmt: skip
+    batches = iter(make_loader(stream, config.loader.num_workers))
+    window = MetricWindow(device)
+    last_metrics: dict[str, float] = {}
+    engine.train()
+    try:
+        for step in range(start + 1, config.max_steps + 1):
+            for _ in range(config.optimizer.grad_accum_steps):
+                waited = time.perf_counter()
+                batch = next(batches)
+                window.data_wait += time.perf_counter() - waited
+                loss, extras = task.loss(engine, batch, generator)
+                engine.backward(loss)
+                engine.step()
+                window.add(loss, extras, batch["skipped"])
+            _maybe_fail(config, step, rank, loop_config["fault_marker"])
+            if step % config.tracking.log_every_n_steps == 0 or step == config.max_steps:
+                last_metrics = window.reduce(world_size, config.loader.batch_size)
+                last_metrics.update(lr=engine.get_lr()[0], grad_norm=float(engine.get_global_grad_norm() or 0.0), step=step)
+                if tracker:
+                    tracker.log_metrics({k: v for k, v in last_metrics.items() if k != "step"}, step)
+                if rank == 0:
+                    logger.info("step %d/%d %s", step, config.max_steps, {k: round(v, 4) for k, v in last_metrics.items()})
+            task.after_step(engine, step, tracker)
+            if step % config.checkpoint.every_n_steps == 0 or step == config.max_steps:
+                with tempfile.TemporaryDirectory(prefix="avsync-ckpt-") as directory:
+                    ds.save_checkpoint(engine, directory, step, checkpoint_meta)
+                    ray.train.report({**last_metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(directory))
+    except BaseException:
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+    if tracker:
+        tracker.finish()
