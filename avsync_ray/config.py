@@ -192,13 +192,17 @@ class CurateConfig(StrictModel):
 class DemoConfig(StrictModel):
     """``avsync demo``: the embedded end-to-end run on a fresh machine."""
 
-    output_dir: str = "demo_out"
-    model_preset: Literal["tiny"] = "tiny"
-    seed: int = 0
-    corpus_videos: int = Field(14, ge=1, description="synthetic videos to curate")
-    tracking_uri: str = "sqlite:///mlruns.db"
+    output_dir: str = Field("demo_out", description="everything the demo writes (its runs/ are replaced on each run)")
+    model_preset: Literal["tiny"] = Field("tiny", description="model sizes (tiny: CPU-fast, random init)")
+    seed: int = Field(0, description="corpora, initial weights and data order")
+    corpus_videos: int = Field(14, ge=1, description="synthetic videos of every category in the main corpus")
+    classifier_videos: int = Field(16, ge=1, description="in-sync synthetic videos the classifier trains on")
+    classifier_test_videos: int = Field(16, ge=1, description="held-out in-sync videos it is evaluated on")
+    sync_training_steps: int = Field(400, ge=1, description="classifier optimizer steps")
+    avsyncd_training_steps: int = Field(40, ge=1, description="AVSyncD optimizer steps")
+    tracking_uri: str = Field("sqlite:///mlruns.db", description="MLflow store of every run")
     ray_num_cpus: int | None = Field(2, ge=1, description="CPUs of the local Ray the demo starts")
-    generate: GenerateConfig = GenerateConfig()
+    generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the final video")
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -274,7 +278,7 @@ class TrainDebugConfig(StrictModel):
 
 class TrainCommonConfig(StrictModel):
     max_steps: int = Field(..., ge=1, description="optimizer steps")
-    seed: int = Field(123, description="model init, data order and noise (per rank: seed + rank)")
+    seed: int = Field(123, description="initial weights (the same on every rank), data order and noise (distinct per rank and per resume)")
     data: ShardsInput = Field(..., description="training shards")
     loader: LoaderConfig = Field(LoaderConfig(), description="data loading inside each worker")
     optimizer: OptimizerConfig = Field(OptimizerConfig(), description="AdamW and schedule")
@@ -460,7 +464,8 @@ def describe_fields(schema: type[BaseModel], defaults: BaseModel | None = None, 
         dotted = f"{prefix}{name}"
         default = getattr(defaults, name) if defaults is not None else field.default
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            rows += describe_fields(field.annotation, default, f"{dotted}.")
+            # A required section (e.g. ``run``) has no default instance: its fields show their own defaults.
+            rows += describe_fields(field.annotation, default if isinstance(default, BaseModel) else None, f"{dotted}.")
             continue
         shown = "(required)" if field.is_required() and defaults is None else json.dumps(default)
         kind = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")

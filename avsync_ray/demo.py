@@ -1,66 +1,130 @@
-"""``avsync demo``: the main job end to end on an embedded default, on one machine, with no download."""
+"""``avsync demo``: the main job end to end on an embedded default, on one machine, with no download.
+
+Synthetic corpora -> curation on a local Ray -> the sync classifier trained with Ray Train + DeepSpeed and
+evaluated on held-out clips -> curation of the main corpus with its P_sync filter -> the tiny AVSyncD trained on
+the curated shards -> export -> a generated video. Every step logs to the local MLflow store.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
-from avsync_ray.config import CurateConfig, DemoConfig, load_config, save_config
+from avsync_ray.config import CurateConfig, DemoConfig, EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config, save_config
 from avsync_ray.curation.shards import read_tar
 from avsync_ray.generate import run_generate
-from avsync_ray.models.presets import save_tiny_pipeline
 from avsync_ray.synth import synthesize_corpus
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Synthesise a corpus, curate it on a local Ray (the model filters need trained weights, so the demo runs
-    the shot, pixel and audio rules), then animate a curated clip with the tiny AVSyncD."""
+def _curate(corpus: Path, shards: Path, split: str, config: DemoConfig, *overrides: str) -> dict:
     from avsync_ray.curation.pipeline import run_curation
 
-    started = time.perf_counter()
-    out_dir = Path(config.output_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "demo.config.yaml")
-
-    corpus = out_dir / "corpus"
-    synthesize_corpus(corpus, num_videos=config.corpus_videos, seed=config.seed)
-    shards = out_dir / "shards"
     curate_config = load_config(
         CurateConfig,
         "curate",
         overrides=[
-            f"input={corpus}",
-            f"output={shards}",
-            "filters.semantic.enabled=false",
-            "filters.imagebind.enabled=false",
-            "filters.sync.enabled=false",
-            "shards.short_side=128",
-            f"tracking.uri={config.tracking_uri}",
-            f"ray.num_cpus={config.ray_num_cpus}",
+            f"input={corpus}", f"output={shards}", f"shards.split={split}", "filters.semantic.enabled=false",
+            "filters.imagebind.enabled=false", "shards.short_side=128", f"tracking.uri={config.tracking_uri}",
+            f"ray.num_cpus={config.ray_num_cpus}", *overrides,
         ],
-    )
-    curation = run_curation(curate_config)
+    )  # fmt: skip
+    summary = run_curation(curate_config)
+    return {k: summary[k] for k in ("videos", "done", "zero_survivors", "failed", "windows", "kept_windows", "clips", "shards", "mlflow_run_id")}
 
-    index = json.loads((shards / f"{curate_config.shards.split}.index.json").read_text())
+
+def _step(name: str, started: float) -> None:
+    print(f"[demo {time.perf_counter() - started:6.0f} s] {name}", flush=True)
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Run every stage; returns where each output and MLflow run is."""
+    from avsync_ray.evaluation.sync_eval import run_eval_sync
+    from avsync_ray.training.export import export_checkpoint
+    from avsync_ray.training.launcher import launch
+
+    started = time.perf_counter()
+    out = Path(config.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "demo.config.yaml")
+    shutil.rmtree(out / "runs", ignore_errors=True)  # each demo trains from scratch
+    common = [f"run.storage_path={out / 'runs'}", f"tracking.uri={config.tracking_uri}", f"ray.num_cpus={config.ray_num_cpus}", f"seed={config.seed}"]
+
+    # 1. Corpora: in-sync clips for the classifier (the paper trains it on VGG-Sound Sync) and a mixed corpus.
+    _step("synthesising corpora", started)
+    corpora = out / "corpus"
+    synthesize_corpus(corpora / "classifier-train", config.classifier_videos, seed=config.seed, categories=["sync"])
+    synthesize_corpus(corpora / "classifier-test", config.classifier_test_videos, seed=config.seed + 1, categories=["sync"])
+    synthesize_corpus(corpora / "main", config.corpus_videos, seed=config.seed + 2)
+
+    # 2. The classifier's shards (no P_sync yet: there is no classifier), then train, export and evaluate it.
+    _step("curating the classifier's clips", started)
+    shards = out / "shards"
+    curated = {
+        "classifier-train": _curate(corpora / "classifier-train", shards / "classifier-train", "train", config, "filters.sync.enabled=false"),
+        "classifier-test": _curate(corpora / "classifier-test", shards / "classifier-test", "test", config, "filters.sync.enabled=false"),
+    }
+    _step("training the sync classifier (Ray Train + DeepSpeed, 2 workers)", started)
+    sync_run = launch(
+        load_config(TrainSyncConfig, "train-sync-tiny", overrides=[f"data.root={shards / 'classifier-train'}", "run.name=demo-sync-classifier",
+                                                                    f"max_steps={config.sync_training_steps}", *common]),  # fmt: skip
+        "sync-classifier",
+    )
+    models = out / "models"
+    export_checkpoint(sync_run["checkpoint"], models / "sync_classifier")
+    _step("evaluating the classifier on held-out clips (31 clips, +-5)", started)
+    evaluation = run_eval_sync(
+        load_config(EvalSyncConfig, "eval-sync", overrides=[f"classifier={models / 'sync_classifier'}", f"data.root={shards / 'classifier-test'}",
+                                                            f"tracking.uri={config.tracking_uri}"]),  # fmt: skip
+        out=str(out / "eval_sync.json"),
+    )
+
+    # 3. The main corpus, curated with every rule the demo has weights for, P_sync from the new classifier.
+    _step("curating the main corpus with the P_sync filter", started)
+    main_shards = shards / "main"
+    curated["main"] = _curate(
+        corpora / "main", main_shards, "train", config, f"filters.sync.classifier={models / 'sync_classifier'}", "sync_actor.num_cpus=0.5"
+    )
+    index = json.loads((main_shards / "train.index.json").read_text())
     if not index["shardlist"]:
-        raise RuntimeError("curation kept no clip; see the report in " + str(shards / "report"))
-    sample = read_tar(str(shards / index["shardlist"][0]["url"]))[0]
-    clip = out_dir / "inputs" / f"{sample['__key__']}.mp4"
+        raise RuntimeError(f"curation kept no clip; see the report in {main_shards / 'report'}")
+
+    # 4. AVSyncD on the curated clips, exported as a pipeline, animating a curated clip.
+    _step("training the tiny AVSyncD (Ray Train + DeepSpeed, 2 workers)", started)
+    avsyncd_run = launch(
+        load_config(TrainConfig, "train-tiny", overrides=[f"data.root={main_shards}", "run.name=demo-avsyncd",
+                                                          f"max_steps={config.avsyncd_training_steps}", *common]),  # fmt: skip
+        "avsyncd",
+    )
+    export_checkpoint(avsyncd_run["checkpoint"], models / "avsyncd")
+    _step("generating a video with the trained pipeline", started)
+    sample = read_tar(str(main_shards / index["shardlist"][0]["url"]))[0]
+    clip = out / "inputs" / f"{sample['__key__']}.mp4"
     clip.parent.mkdir(exist_ok=True)
     clip.write_bytes(sample["mp4"])
-    label = json.loads(sample["json"])["label"]
-
-    model_dir = save_tiny_pipeline(out_dir / "model", seed=config.seed)
-    result = run_generate(model_dir, out_dir / "generated.mp4", label, config.generate, video=str(clip))
+    result = run_generate(models / "avsyncd", out / "generated.mp4", json.loads(sample["json"])["label"], config.generate, video=str(clip))
+    _step("done", started)
     return {
-        "corpus": str(corpus),
-        "curation": {k: curation[k] for k in ("videos", "done", "zero_survivors", "failed", "windows", "kept_windows", "clips", "shards")},
-        "shards": str(shards),
-        "report": str(shards / "report" / "report.md"),
-        "mlflow": {"tracking_uri": config.tracking_uri, "experiment": curate_config.tracking.experiment, "run_id": curation["mlflow_run_id"]},
-        "model": str(model_dir),
+        "corpora": str(corpora),
+        "curation": curated,
+        "shards": {name: str(shards / name) for name in curated},
+        "report": str(main_shards / "report" / "report.md"),
+        "sync_classifier": {
+            "checkpoint": sync_run["checkpoint"],
+            "model": str(models / "sync_classifier"),
+            "final_loss": sync_run["metrics"].get("loss"),
+            "heldout_a2v_accuracy": evaluation["a2v_accuracy"],
+            "heldout_v2a_accuracy": evaluation["v2a_accuracy"],
+            "heldout_clips": evaluation["clips"],
+        },
+        "avsyncd": {"checkpoint": avsyncd_run["checkpoint"], "model": str(models / "avsyncd"), "final_loss": avsyncd_run["metrics"].get("loss")},
         "generated_video": result["output"],
         "generated": {k: result[k] for k in ("frames", "fps", "size", "audio_seconds", "prompt")},
+        "mlflow": {
+            "tracking_uri": config.tracking_uri,
+            "experiments": ["avsync/curation", "avsync/sync-classifier", "avsync/avsyncd"],
+            "ui": f"mlflow ui --backend-store-uri {config.tracking_uri}",
+        },
         "seconds": round(time.perf_counter() - started, 1),
     }

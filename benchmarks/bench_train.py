@@ -1,8 +1,9 @@
 """Training cost: ZeRO-0 versus ZeRO-2 on 2 Ray Train CPU workers, and one full-size AVSyncD step on a GPU.
 
-CPU (default): the official-width sync classifier (base width 64, 32 px frames, 5 clips, batch 2 per worker)
+CPU (default): the sync classifier at twice the official width (base width 128, 32 px frames, 5 clips, batch 2 per worker)
 trained for a few steps on synthetic shards under ZeRO-0 and then ZeRO-2, back to back in one process; the loop's
-own metrics give samples/s (the second logging window, after warm-up) and the largest rank's peak resident memory.
+own metrics give samples/s (the second logging window, after warm-up) and the largest rank's peak and current
+(after the steps) resident memory.
 
 GPU (``--gpu``, needs CUDA and DeepSpeed): the full-size AVSyncD architecture with random weights (SD1.5 UNet
 inflated, SD1.5 VAE, ImageBind-huge audio branch), one DeepSpeed ZeRO-2 bf16 training step at batch 1 x 12 x
@@ -30,7 +31,7 @@ from timing import median_seconds
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def cpu_zero_comparison(steps: int) -> dict:
+def cpu_zero_comparison(steps: int, base_width: int) -> dict:
     from mlflow.tracking import MlflowClient
 
     from avsync_ray.config import TrainSyncConfig, load_config
@@ -48,23 +49,32 @@ def cpu_zero_comparison(steps: int) -> dict:
                 "train-sync-tiny",
                 overrides=[
                     f"data.root={folder}", f"run.storage_path={folder}/runs", f"run.name=zero{stage}", f"tracking.uri={tracking}",
-                    f"deepspeed.zero_stage={stage}", "model.base_width=64", "model.image_size=32", "clips.num_clips=5",
+                    f"deepspeed.zero_stage={stage}", f"model.base_width={base_width}", "model.image_size=32", "clips.num_clips=5",
                     "loader.batch_size=2", f"max_steps={steps}", f"checkpoint.every_n_steps={steps}", f"tracking.log_every_n_steps={steps // 2}",
                 ],
             )  # fmt: skip
             result = launch(config, "sync-classifier")
             run_id = read_checkpoint_meta(result["checkpoint"])["mlflow_run_id"]
             client = MlflowClient(tracking)
-            steady = {name: client.get_metric_history(run_id, name)[-1].value for name in ("samples_per_s", "memory/peak_mb")}
-            results[f"zero{stage}"] = {"samples_per_s": round(steady["samples_per_s"], 3), "peak_rss_mb_max_rank": round(steady["memory/peak_mb"])}
+            steady = {name: client.get_metric_history(run_id, name)[-1].value for name in ("samples_per_s", "memory/peak_mb", "memory/current_mb")}
+            results[f"zero{stage}"] = {
+                "samples_per_s": round(steady["samples_per_s"], 3),
+                "peak_rss_mb_max_rank": round(steady["memory/peak_mb"]),
+                "rss_after_steps_mb_max_rank": round(steady["memory/current_mb"]),
+            }
     zero0, zero2 = results["zero0"], results["zero2"]
+    from avsync_ray.models.sync_classifier import SyncClassifier
+
+    parameters = sum(p.numel() for p in SyncClassifier(base_width=base_width).parameters())
     return {
-        "model": "SyncClassifier base_width 64 (official size), 32 px, 5 clips, batch 2 per worker, fp32, 2 gloo workers",
+        "model": f"SyncClassifier base_width {base_width} ({parameters / 1e6:.1f} M parameters; 64 is the official size), 32 px, "
+        "5 clips, batch 2 per worker, fp32, 2 gloo workers",
         "steps": steps,
         **results,
         "zero2_over_zero0": {
             "samples_per_s": round(zero2["samples_per_s"] / zero0["samples_per_s"], 3),
             "peak_rss": round(zero2["peak_rss_mb_max_rank"] / zero0["peak_rss_mb_max_rank"], 3),
+            "rss_after_steps": round(zero2["rss_after_steps_mb_max_rank"] / zero0["rss_after_steps_mb_max_rank"], 3),
         },
     }
 
@@ -145,13 +155,14 @@ def gpu_full_step(repeats: int, batch_size: int = 1) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="one full-size AVSyncD step on the GPU instead of the CPU comparison")
-    parser.add_argument("--steps", type=int, default=8, help="CPU: optimizer steps per run (even)")
+    parser.add_argument("--steps", type=int, default=10, help="CPU: optimizer steps per run (even)")
+    parser.add_argument("--base-width", type=int, default=128, help="CPU: classifier width (optimizer state grows with its square)")
     parser.add_argument("--repeats", type=int, default=5, help="GPU: timed steps")
     parser.add_argument("--batch-size", type=int, default=1, help="GPU: clips per step (the paper trains with 4 per GPU)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
-    result = gpu_full_step(args.repeats, args.batch_size) if args.gpu else cpu_zero_comparison(args.steps)
+    result = gpu_full_step(args.repeats, args.batch_size) if args.gpu else cpu_zero_comparison(args.steps, args.base_width)
     result.update(torch=torch.__version__, machine=platform.machine(), cpus=os.cpu_count())
     text = json.dumps(result, indent=2)
     print(text)

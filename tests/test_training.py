@@ -96,18 +96,21 @@ def test_classifier_training_survives_a_failure_resumes_and_exports(ray_session,
     assert 0 <= evaluation["a2v_accuracy"] <= 1 and 0 <= evaluation["v2a_accuracy"] <= 1
 
 
-def test_avsyncd_training_zero3_preview_and_export(ray_session, synthetic_shards, tmp_path):
+def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synthetic_shards, tmp_path):
+    """ZeRO-3, checkpoints on S3 (every rank's shards gathered there by Ray Train), an MLflow preview video, and an
+    export from the S3 checkpoint that the pipeline loads."""
     tracking = f"sqlite:///{tmp_path}/mlruns.db"
     config = load_config(
         TrainConfig,
         "train-tiny",
         overrides=[
-            f"data.root={synthetic_shards['root']}", f"run.storage_path={tmp_path}/runs", f"tracking.uri={tracking}",
+            f"data.root={synthetic_shards['root']}", f"run.storage_path={s3_server}/runs", f"tracking.uri={tracking}",
             "max_steps=4", "checkpoint.every_n_steps=2", "tracking.log_every_n_steps=1", "height=32", "width=32",
             "deepspeed.zero_stage=3", "preview_every_n_steps=4", "preview_inference_steps=2",
         ],
     )  # fmt: skip
     result = launch(config, "avsyncd")
+    assert result["checkpoint"].startswith(f"{s3_server}/runs/avsyncd-tiny/checkpoint_")
     meta = read_checkpoint_meta(result["checkpoint"])
     assert meta["step"] == 4 and meta["signature"]["deepspeed.zero_stage"] == 3
 
@@ -124,9 +127,12 @@ def test_avsyncd_training_zero3_preview_and_export(ray_session, synthetic_shards
     from avsync_ray.training.engine import consolidated_state_dict
     from avsync_ray.training.export import export_checkpoint
 
+    from avsync_ray.storage import local_folder
+
     export_checkpoint(result["checkpoint"], tmp_path / "avsyncd")
     pipe = AVSyncDPipeline.from_pretrained(tmp_path / "avsyncd")
-    trained = consolidated_state_dict(result["checkpoint"])
+    with local_folder(result["checkpoint"]) as folder:
+        trained = consolidated_state_dict(folder)
     torch.testing.assert_close(pipe.unet.state_dict()["conv_in.weight"], trained["conv_in.weight"])
     pipe.set_progress_bar_config(disable=True)
     out = pipe(image=torch.rand(3, 32, 32), audio=torch.randn(32_000).numpy(), prompt="sync", num_frames=12, num_inference_steps=2, output_type="np")

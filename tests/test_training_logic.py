@@ -300,3 +300,22 @@ def test_training_configs_validate_their_weights(tmp_path):
         load_config(TrainConfig, "train-tiny", overrides=[f"data.root={tmp_path}", "height=60"])
     with pytest.raises(ConfigError, match="fp16|precision"):
         load_config(TrainConfig, "train-tiny", overrides=[f"data.root={tmp_path}", "deepspeed.precision=fp16"])
+
+
+def test_grad_norm_is_known_for_every_zero_stage(tmp_path, gloo_world_of_one):
+    """ZeRO-0 in fp32 clips without keeping the norm; the loop measures it itself, before clipping."""
+    from avsync_ray.training import engine as ds
+    from avsync_ray.training.components import build_sync_classifier
+    from avsync_ray.training.loops import PairwiseScores, _unclipped_grad_norm
+
+    audio, video = torch.randn(2, 3, 1, 128, 204), torch.randn(2, 3, 3, 12, 32, 32)
+    for stage in (0, 2):
+        config = _sync_config(tmp_path, f"deepspeed.zero_stage={stage}", "model.base_width=4", "model.image_size=32", "optimizer.max_grad_norm=1e-6")
+        torch.manual_seed(0)
+        engine = ds.initialize(PairwiseScores(build_sync_classifier(config.model)), config, world_size=1)
+        engine.backward(contrastive_loss(engine(audio, video), 0.1).loss)
+        measured = _unclipped_grad_norm(engine)
+        engine.step()
+        norm = engine.get_global_grad_norm() if stage else measured
+        assert norm is not None and float(norm) > 1e-3  # the norm before clipping to 1e-6
+        assert (measured is None) == (stage > 0)

@@ -63,7 +63,7 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-class SyncScorer:
+class SyncEvaluator:
     """Ray Data actor: loads the classifier once, scores batches of shard samples."""
 
     def __init__(self, classifier: str, device: str, spec: MultiClipSpec, tolerance: int):
@@ -97,7 +97,7 @@ def run_eval_sync(config: EvalSyncConfig, out: str | None = None) -> dict:
     urls = shard_urls(config.data.root, config.data.split)
     dataset = ray.data.from_items([{"url": url} for url in urls]).flat_map(_shard_rows)
     results = dataset.map_batches(
-        SyncScorer,
+        SyncEvaluator,
         fn_constructor_kwargs={"classifier": config.classifier, "device": config.device, "spec": eval_spec(config), "tolerance": config.tolerance},
         batch_size=config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=config.concurrency),

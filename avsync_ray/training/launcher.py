@@ -61,6 +61,12 @@ def resolve_resume(config: TrainCommonConfig, task: str, run_dir: str) -> str | 
     return resume
 
 
+def _checkpoint_uri(root: str, path: str) -> str:
+    """Ray reports paths inside its storage filesystem (``bucket/key`` on S3); give them the storage's scheme back."""
+    scheme = root.split("://", 1)[0] if "://" in root else None
+    return f"{scheme}://{path}" if scheme and not path.startswith(f"{scheme}://") else path
+
+
 def launch(config: TrainCommonConfig, task: str) -> dict:
     """Train on ``config.scaling.num_workers`` Ray Train workers; returns the final checkpoint and metrics."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -98,7 +104,7 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
     return {
         "task": task,
         "run_dir": run_dir,
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": _checkpoint_uri(root, result.checkpoint.path) if result.checkpoint else None,
         "metrics": result.metrics,
         "mlflow": {"tracking_uri": config.tracking.uri, "experiment": config.tracking.experiment} if config.tracking.enabled else None,
     }

@@ -149,13 +149,15 @@ class AVSyncDTask:
 TASKS = {"sync-classifier": (SyncClassifierTask, TrainSyncConfig), "avsyncd": (AVSyncDTask, TrainConfig)}
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU (the largest rank's is logged)."""
+def memory_mb(device: torch.device) -> tuple[float, float]:
+    """(peak, current) memory of this rank: GPU memory allocated by torch, or on CPU the process's resident memory."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return torch.cuda.max_memory_allocated(device) / 2**20, torch.cuda.memory_allocated(device) / 2**20
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    import psutil
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, psutil.Process().memory_info().rss / 2**20
 
 
 class MetricWindow:
@@ -185,16 +187,24 @@ class MetricWindow:
             dist.all_reduce(values)
             values[:-1] /= world_size
         elapsed = time.perf_counter() - self.started
-        peak = torch.tensor(peak_memory_mb(self.device), device=self.device)
+        memory = torch.tensor(memory_mb(self.device), device=self.device)
         if world_size > 1:
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            dist.all_reduce(memory, op=dist.ReduceOp.MAX)  # the largest rank's
         metrics = dict(zip(names, values[:-1].tolist()))
         metrics["data/skipped_samples"] = values[-1].item()
-        metrics["memory/peak_mb"] = peak.item()
+        metrics["memory/peak_mb"], metrics["memory/current_mb"] = memory.tolist()
         metrics["samples_per_s"] = self.micro_batches * samples_per_micro_batch * world_size / max(elapsed, 1e-9)
         metrics["data_wait_s"] = self.data_wait
         self.reset()
         return metrics
+
+
+def _unclipped_grad_norm(engine) -> torch.Tensor | None:
+    """The global gradient norm before clipping, for engines that do not report it (ZeRO-0 in fp32 clips the
+    gradients without keeping the norm); called after the boundary's backward, which has all-reduced them."""
+    if engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled():
+        return None
+    return torch.nn.utils.get_total_norm([p.grad for p in engine.module.parameters() if p.grad is not None])
 
 
 def _restore(engine, loop_config: dict) -> dict | None:
@@ -208,6 +218,17 @@ def _restore(engine, loop_config: dict) -> dict | None:
         return ds.load_checkpoint(engine, directory)
 
 
+def _open_tracker(config: TrainCommonConfig, task: str, run_id: str | None):
+    """Rank 0's MLflow run: the checkpoint's run when resuming, else a new one with the config as params."""
+    from avsync_ray.tracking import TrainingTracker
+
+    tracking = config.tracking
+    return TrainingTracker(
+        tracking.uri, tracking.experiment, tracking.run_name or config.run.name, task,
+        config.model_dump(mode="json"), dump_config(config), run_id=run_id,
+    )  # fmt: skip
+
+
 def _maybe_fail(config: TrainCommonConfig, step: int, rank: int, marker: str) -> None:
     """Fault injection: raise once (the marker in the run folder survives the restart)."""
     if config.debug.fail_at_step == step and rank == config.debug.fail_rank and not exists(marker):
@@ -216,8 +237,8 @@ def _maybe_fail(config: TrainCommonConfig, step: int, rank: int, marker: str) ->
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train's ``train_loop_per_worker``: ``loop_config`` has ``task``, the resolved ``config`` (JSON),
-    ``run_dir`` and optionally ``resume_from`` (a checkpoint URI)."""
+    """Ray Train's ``train_loop_per_worker``: ``loop_config`` has ``task``, the resolved ``config`` (JSON), the
+    ``fault_marker`` URI (fault injection) and ``resume_from`` (a checkpoint URI, or None)."""
     task_cls, schema = TASKS[loop_config["task"]]
     config = schema.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -228,15 +249,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine = ds.initialize(task.model, config, world_size)
     meta = _restore(engine, loop_config) or {}
     start = meta.get("step", 0)
-    tracker = None
-    if rank == 0 and config.tracking.enabled:
-        from avsync_ray.tracking import TrainingTracker
-
-        tracking = config.tracking
-        tracker = TrainingTracker(
-            tracking.uri, tracking.experiment, tracking.run_name or config.run.name, task.name,
-            loop_config["config"], dump_config(config), run_id=meta.get("mlflow_run_id"),
-        )  # fmt: skip
+    tracker = _open_tracker(config, task.name, meta.get("mlflow_run_id")) if rank == 0 and config.tracking.enabled else None
     checkpoint_meta = {
         "task": task.name,
         "signature": ds.resume_signature(config, task.name),
@@ -255,18 +268,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine.train()
     try:
         for step in range(start + 1, config.max_steps + 1):
-            for _ in range(config.optimizer.grad_accum_steps):
+            log_step = step % config.tracking.log_every_n_steps == 0 or step == config.max_steps
+            grad_norm = None
+            for micro_batch in range(config.optimizer.grad_accum_steps):
                 waited = time.perf_counter()
                 batch = next(batches)
                 window.data_wait += time.perf_counter() - waited
                 loss, extras = task.loss(engine, batch, generator)
                 engine.backward(loss)
+                if log_step and micro_batch == config.optimizer.grad_accum_steps - 1:
+                    grad_norm = _unclipped_grad_norm(engine)
                 engine.step()
                 window.add(loss, extras, batch["skipped"])
             _maybe_fail(config, step, rank, loop_config["fault_marker"])
-            if step % config.tracking.log_every_n_steps == 0 or step == config.max_steps:
+            if log_step:
                 last_metrics = window.reduce(world_size, config.loader.batch_size)
-                last_metrics.update(lr=engine.get_lr()[0], grad_norm=float(engine.get_global_grad_norm() or 0.0), step=step)
+                reported = engine.get_global_grad_norm()
+                grad_norm = reported if reported is not None else grad_norm
+                last_metrics.update(lr=engine.get_lr()[0], step=step, **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}))
                 if tracker:
                     tracker.log_metrics({k: v for k, v in last_metrics.items() if k != "step"}, step)
                 if rank == 0:
