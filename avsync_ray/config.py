@@ -9,11 +9,11 @@ from __future__ import annotations
 import importlib.resources
 import json
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar
+from typing import Annotated, Any, Literal, Sequence, TypeVar
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -26,6 +26,15 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _multiple_of_eight(value: int) -> int:
+    if value % 8:
+        raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
+    return value
+
+
+PixelSize = Annotated[int, Field(ge=8), AfterValidator(_multiple_of_eight)]  # a frame side the VAE can encode
+
+
 class GenerateConfig(StrictModel):
     """``avsync generate``: sampling settings (defaults are the official demo's)."""
 
@@ -35,20 +44,13 @@ class GenerateConfig(StrictModel):
     seed: int = 123
     num_frames: int = Field(12, ge=2)
     fps: float = Field(6.0, gt=0)
-    height: int = Field(256, ge=8, description="output size; the input image is centre-cropped and resized to it")
-    width: int = Field(256, ge=8)
+    height: PixelSize = Field(256, description="output size; the input image is centre-cropped and resized to it")
+    width: PixelSize = 256
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     official_inplace_step: bool = Field(
         False, description="reproduce the official loop's in-place PNDM step exactly (see AVSyncDPipeline.__call__)"
     )
-
-    @field_validator("height", "width")
-    @classmethod
-    def _multiple_of_eight(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
-        return value
 
 
 class RangeRule(StrictModel):
@@ -342,19 +344,12 @@ class TrainConfig(TrainCommonConfig):
     model: AVSyncDModelSettings = Field(AVSyncDModelSettings(), description="where the model starts")
     num_frames: int = Field(12, ge=2, description="frames per clip (frame 0 is the image condition)")
     fps: float = Field(6.0, gt=0, description="clip frame rate: clips last num_frames / fps seconds")
-    height: int = Field(256, ge=8, description="clip height (128 for The Greatest Hits)")
-    width: int = Field(256, ge=8, description="clip width")
+    height: PixelSize = Field(256, description="clip height (128 for The Greatest Hits)")
+    width: PixelSize = Field(256, description="clip width")
     audio_drop_prob: float = Field(0.2, ge=0, le=1, description="probability a sample's audio becomes the null audio")
     text_drop_prob: float = Field(0.0, ge=0, le=1, description="probability a sample's prompt becomes the empty prompt")
     preview_every_n_steps: int | None = Field(None, ge=1, description="log a generated sample video to MLflow this often (None: never)")
     preview_inference_steps: int = Field(25, ge=1, description="sampling steps of the preview videos")
-
-    @field_validator("height", "width")
-    @classmethod
-    def _multiple_of_eight(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
-        return value
 
     @model_validator(mode="after")
     def _init_has_weights(self):
