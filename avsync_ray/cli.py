@@ -15,6 +15,7 @@ from avsync_ray.config import (
     DemoConfig,
     EvalSyncConfig,
     GenerateConfig,
+    PrecomputeConfig,
     TrainConfig,
     TrainSyncConfig,
     dump_config,
@@ -166,13 +167,17 @@ def demo(config: ConfigOption = None, set_: SetOption = None):
 
 def _train(task: str, schema, shards: str, preset: str, resume: str | None, config: str | None, set_: list[str] | None) -> None:
     from avsync_ray.training.engine import IncompatibleResumeError
+    from avsync_ray.training.data import read_index
     from avsync_ray.training.launcher import RunExistsError, launch
+    from avsync_ray.training.precompute import PrecomputedFeaturesError, check_features
 
     overrides = [f"data.root={shards}", *([f"run.resume={resume}"] if resume else []), *(set_ or [])]
     cfg = _load(schema, preset, config, overrides)
     try:
+        if getattr(cfg, "precomputed", False):  # fail before any worker starts (workers also check the encoders)
+            check_features(read_index(cfg.data.root, cfg.data.split), cfg)
         summary = launch(cfg, task)
-    except (RunExistsError, IncompatibleResumeError, FileNotFoundError) as exc:
+    except (RunExistsError, IncompatibleResumeError, PrecomputedFeaturesError, FileNotFoundError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     _echo_json(summary)
@@ -200,6 +205,22 @@ def train(
 ):
     """Train AVSyncD's temporal and audio modules with Ray Train + DeepSpeed."""
     _train("avsyncd", TrainConfig, shards, preset, resume, config, set_)
+
+
+@app.command()
+def precompute(
+    shards: Annotated[str, typer.Argument(help="Curated shard folder (any fsspec URI) with <split>.index.json.")],
+    out: Annotated[str, typer.Argument(help="Folder of the new shards (any fsspec URI).")],
+    preset: Annotated[str, typer.Option(help="precompute (SD1.5 + ImageBind-huge, as `train`) or precompute-tiny.")] = "precompute",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+):
+    """Store the frozen VAE and ImageBind outputs of fixed training windows in a copy of the shards (Ray Data),
+    so `avsync train --set precomputed=true` skips those encoders."""
+    from avsync_ray.training.precompute import run_precompute
+
+    cfg = _load(PrecomputeConfig, preset, config, [f"input.root={shards}", f"output={out}", *(set_ or [])])
+    _echo_json(run_precompute(cfg))
 
 
 @app.command("eval-sync")
@@ -291,7 +312,7 @@ def config_show(
 
 
 @config_app.command("fields")
-def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train or eval-sync.")]):
+def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train, eval-sync or precompute.")]):
     """Every field of a config tree (dotted name, type, default, meaning) as a Markdown table."""
     from avsync_ray.config import describe_fields
 

@@ -338,18 +338,15 @@ class AVSyncDModelSettings(StrictModel):
     )
 
 
-class TrainConfig(TrainCommonConfig):
-    """``avsync train``: AVSyncD's temporal and audio modules on curated clips (paper §3.1-3.3, reference §4)."""
+class AVSyncDInputs(StrictModel):
+    """What the frozen encoders see: the model they come from and the clip geometry (``train`` and
+    ``precompute`` share these, and a run on precomputed shards must match them)."""
 
     model: AVSyncDModelSettings = Field(AVSyncDModelSettings(), description="where the model starts")
     num_frames: int = Field(12, ge=2, description="frames per clip (frame 0 is the image condition)")
     fps: float = Field(6.0, gt=0, description="clip frame rate: clips last num_frames / fps seconds")
     height: PixelSize = Field(256, description="clip height (128 for The Greatest Hits)")
     width: PixelSize = Field(256, description="clip width")
-    audio_drop_prob: float = Field(0.2, ge=0, le=1, description="probability a sample's audio becomes the null audio")
-    text_drop_prob: float = Field(0.0, ge=0, le=1, description="probability a sample's prompt becomes the empty prompt")
-    preview_every_n_steps: int | None = Field(None, ge=1, description="log a generated sample video to MLflow this often (None: never)")
-    preview_inference_steps: int = Field(25, ge=1, description="sampling steps of the preview videos")
 
     @model_validator(mode="after")
     def _init_has_weights(self):
@@ -358,6 +355,36 @@ class TrainConfig(TrainCommonConfig):
         if missing:
             raise ValueError(f"model.init={self.model.init} needs {', '.join(missing)}")
         return self
+
+
+class TrainConfig(AVSyncDInputs, TrainCommonConfig):
+    """``avsync train``: AVSyncD's temporal and audio modules on curated clips (paper §3.1-3.3, reference §4)."""
+
+    precomputed: bool = Field(
+        False, description="read VAE moments and ImageBind tokens from shards written by `avsync precompute` instead of encoding every clip"
+    )
+    audio_drop_prob: float = Field(0.2, ge=0, le=1, description="probability a sample's audio becomes the null audio")
+    text_drop_prob: float = Field(0.0, ge=0, le=1, description="probability a sample's prompt becomes the empty prompt")
+    preview_every_n_steps: int | None = Field(None, ge=1, description="log a generated sample video to MLflow this often (None: never)")
+    preview_inference_steps: int = Field(25, ge=1, description="sampling steps of the preview videos")
+
+
+class PrecomputeConfig(AVSyncDInputs):
+    """``avsync precompute``: a copy of training shards with the frozen encoders' outputs of fixed windows added,
+    so ``avsync train --set precomputed=true`` skips the VAE and ImageBind."""
+
+    input: ShardsInput = Field(..., description="shards to read (curation output)")
+    output: str = Field(..., description="folder of the new shards and their index (any fsspec URI)")
+    seed: int = Field(123, description="the training run's seed (model.init=tiny draws its random encoders from it)")
+    windows_per_clip: int = Field(3, ge=1, description="training windows per sample, evenly spread over it (1: the middle one)")
+    flip_variants: bool = Field(True, description="also encode each window mirrored, so training keeps its random flip")
+    batch_size: int = Field(8, ge=1, description="windows per encoder call")
+    device: str = Field("auto", description="'auto': cuda when the actor has a GPU")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per encoding actor")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per encoding actor")
+    concurrency: int = Field(1, ge=1, description="encoding actors (one shard at a time each)")
+    tracking: TrackingConfig = Field(TrackingConfig(experiment="avsync/precompute"), description="MLflow")
+    ray: RayConfig = Field(RayConfig(), description="Ray")
 
 
 class EvalSyncConfig(StrictModel):
@@ -379,7 +406,7 @@ class EvalSyncConfig(StrictModel):
 def preset_schema(name: str) -> type[StrictModel]:
     """The config tree a packaged preset fills (presets named after a verb, optionally with a ``-suffix``)."""
     schemas = {"generate": GenerateConfig, "demo": DemoConfig, "curate": CurateConfig, "train-sync": TrainSyncConfig,
-               "train": TrainConfig, "eval-sync": EvalSyncConfig}  # fmt: skip
+               "train": TrainConfig, "eval-sync": EvalSyncConfig, "precompute": PrecomputeConfig}  # fmt: skip
     for verb in sorted(schemas, key=len, reverse=True):
         if name == verb or name.startswith(f"{verb}-"):
             return schemas[verb]

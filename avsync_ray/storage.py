@@ -19,17 +19,29 @@ def filesystem(uri: str):
     return fsspec.core.url_to_fs(uri)
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write to a temporary name beside ``uri`` then move it into place, so readers never see a partial file
-    (a rename on local disks; copy-then-delete on object stores, where the object appears whole anyway)."""
+@contextlib.contextmanager
+def open_atomic(uri: str):
+    """A binary write handle on a temporary name beside ``uri``, moved into place when the block ends without
+    an error (removed when it raises), so readers never see a partial file: a rename on local disks,
+    copy-then-delete on object stores, where the object appears whole anyway."""
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0]
     if parent:
         fs.makedirs(parent, exist_ok=True)
     temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(temporary, "wb") as handle:
-        handle.write(data)
+    try:
+        with fs.open(temporary, "wb") as handle:
+            yield handle
+    except BaseException:
+        if fs.exists(temporary):
+            fs.rm(temporary)
+        raise
     fs.mv(temporary, path)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    with open_atomic(uri) as handle:
+        handle.write(data)
 
 
 def write_json_atomic(uri: str, data) -> None:

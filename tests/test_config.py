@@ -46,7 +46,7 @@ def test_resolved_snapshot_round_trips(tmp_path):
     assert load_config(DemoConfig, path=path) == config
 
 
-@pytest.mark.parametrize("verb", ["curate", "train", "train-sync", "eval-sync"])
+@pytest.mark.parametrize("verb", ["curate", "train", "train-sync", "eval-sync", "precompute"])
 def test_readme_documents_every_field(verb):
     from pathlib import Path
 
@@ -61,7 +61,8 @@ def test_every_packaged_preset_validates():
     from avsync_ray.config import preset_names, preset_schema
 
     required = {"curate": ["input=x", "output=y", "filters.semantic.checkpoint=c", "filters.imagebind.checkpoint=i", "filters.sync.classifier=s"], "train-sync": ["data.root=x", "model.avid_cma=a.pth"],
-                "train": ["data.root=x", "model.sd15=sd", "model.imagebind=ib.pth"], "eval-sync": ["classifier=c", "data.root=x"]}  # fmt: skip
+                "train": ["data.root=x", "model.sd15=sd", "model.imagebind=ib.pth"], "eval-sync": ["classifier=c", "data.root=x"],
+                "precompute": ["input.root=x", "output=y", "model.sd15=sd", "model.imagebind=ib.pth"]}  # fmt: skip
     for name in preset_names():
         schema = preset_schema(name)
         verb = next((v for v in sorted(required, key=len, reverse=True) if name == v or name.startswith(f"{v}-")), None)

@@ -22,10 +22,16 @@ from avsync_ray.storage import join_uri, list_files, remove, write_bytes_atomic,
 SCHEMA_VERSION = 1
 
 
+def tar_writer(stream) -> wds.TarWriter:
+    """A writer of deterministic tar members (fixed mtime, owner and mode) onto a binary ``stream``; samples are
+    ``{"__key__": key, "<extension>": bytes, ...}``, written in the order given."""
+    return wds.TarWriter(stream, encoder=False, mtime=0, user="avsync", group="avsync", mode=0o444)
+
+
 def tar_bytes(samples: Iterable[dict]) -> bytes:
     """Samples ``{"__key__": key, "mp4": bytes, "wav": bytes, "json": bytes}`` as a deterministic tar."""
     buffer = io.BytesIO()
-    writer = wds.TarWriter(buffer, encoder=False, mtime=0, user="avsync", group="avsync", mode=0o444)
+    writer = tar_writer(buffer)
     for sample in samples:
         writer.write(sample)
     writer.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from avsync_ray.config import AVSyncDModelSettings, SyncModelSettings
 from avsync_ray.models.audio_encoder import ImageBindAudioEncoder
@@ -38,7 +38,6 @@ def build_avsyncd_pipeline(settings: AVSyncDModelSettings, seed: int = 0) -> AVS
     """The pipeline whose UNet trains: ``tiny`` (random init, seeded), ``sd15`` (SD1.5 inflated into AVSyncD
     with ImageBind's audio branch, the official starting point) or ``pipeline`` (a saved AVSyncD pipeline, e.g.
     the official checkpoint converted with ``avsync convert-official``, or an export to fine-tune)."""
-    dtype = torch.bfloat16 if settings.frozen_dtype == "bfloat16" else torch.float32
     if settings.init == "tiny":
         pipe = tiny_pipeline(seed)
     elif settings.init == "sd15":
@@ -50,9 +49,7 @@ def build_avsyncd_pipeline(settings: AVSyncDModelSettings, seed: int = 0) -> AVS
         pipe = AVSyncDPipeline.from_pretrained(settings.pipeline, local_files_only=True)
     for frozen in (pipe.vae, pipe.text_encoder, pipe.audio_encoder):
         if frozen is not None:
-            frozen.requires_grad_(False).eval()
-            if frozen.dtype != dtype:
-                frozen.to(dtype)
+            _freeze(frozen, settings)
     if pipe.unet.dtype != torch.float32:  # trainable weights stay fp32 (DeepSpeed keeps bf16 copies for compute)
         pipe.unet.to(torch.float32)
     if settings.train_image_layers:
@@ -61,3 +58,24 @@ def build_avsyncd_pipeline(settings: AVSyncDModelSettings, seed: int = 0) -> AVS
         pipe.unet.freeze_image_params()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_frozen_encoders(settings: AVSyncDModelSettings, seed: int = 0) -> tuple[AutoencoderKL, ImageBindAudioEncoder]:
+    """Only the VAE and the audio encoder of the pipeline :func:`build_avsyncd_pipeline` builds (what ``avsync
+    precompute`` runs), without loading or inflating a UNet."""
+    if settings.init == "tiny":
+        pipe = tiny_pipeline(seed)
+        vae, audio_encoder = pipe.vae, pipe.audio_encoder
+    elif settings.init == "sd15":
+        vae = AutoencoderKL.from_pretrained(Path(settings.sd15) / "vae", local_files_only=True)
+        audio_encoder = ImageBindAudioEncoder.from_imagebind_checkpoint(settings.imagebind, pretrained_model_name=settings.imagebind_preset)
+    else:
+        vae = AutoencoderKL.from_pretrained(Path(settings.pipeline) / "vae", local_files_only=True)
+        audio_encoder = ImageBindAudioEncoder.from_pretrained(Path(settings.pipeline) / "audio_encoder", local_files_only=True)
+    return _freeze(vae, settings), _freeze(audio_encoder, settings)
+
+
+def _freeze(module: torch.nn.Module, settings: AVSyncDModelSettings) -> torch.nn.Module:
+    dtype = torch.bfloat16 if settings.frozen_dtype == "bfloat16" else torch.float32
+    module.requires_grad_(False).eval()
+    return module.to(dtype) if module.dtype != dtype else module

@@ -27,8 +27,19 @@ from avsync_ray.media.clips import MultiClipSpec
 from avsync_ray.storage import exists, write_bytes_atomic
 from avsync_ray.training import engine as ds
 from avsync_ray.training.components import build_avsyncd_pipeline, build_sync_classifier
-from avsync_ray.training.data import ShardStream, avsyncd_sample, make_loader, rank_shards, shard_urls, sync_sample
-from avsync_ray.training.objectives import avsyncd_loss, sync_loss, training_scheduler, video_latents
+from avsync_ray.training.data import (
+    ShardStream,
+    avsyncd_sample,
+    first_example,
+    make_loader,
+    precomputed_sample,
+    rank_shards,
+    read_index,
+    shard_urls,
+    sync_sample,
+)
+from avsync_ray.training.objectives import avsyncd_loss, sample_video_latents, sync_loss, training_scheduler, video_latents
+from avsync_ray.training.precompute import check_features, encoder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +86,13 @@ class AVSyncDTask:
         self.scheduler = training_scheduler()
         self.text_embeds: dict[str, torch.Tensor] = {}
         self.preview = None
-        self.make_sample = partial(
-            avsyncd_sample, num_frames=config.num_frames, fps=config.fps, size=(config.height, config.width), randflip=config.loader.randflip
-        )
+        self.decode_sample = partial(avsyncd_sample, num_frames=config.num_frames, fps=config.fps, size=(config.height, config.width))
+        if config.precomputed:
+            fingerprint = encoder_fingerprint(self.pipe.vae, self.pipe.audio_encoder)
+            check_features(read_index(config.data.root, config.data.split), config, fingerprint)
+            self.make_sample = partial(precomputed_sample, randflip=config.loader.randflip)
+        else:
+            self.make_sample = partial(self.decode_sample, randflip=config.loader.randflip)
 
     @torch.no_grad()
     def _prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
@@ -86,22 +101,31 @@ class AVSyncDTask:
             self.text_embeds[prompt] = self.pipe.encode_prompt([prompt], self.device)[0]
         return torch.stack([self.text_embeds[p] for p in prompts])
 
-    def loss(self, engine, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.preview is None:
-            self.preview = {"image": batch["video"][0, :, 0], "audio": batch["audio"][0].numpy(), "prompt": batch["prompt"][0]}
+    @torch.no_grad()
+    def _encode(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents, audio tokens, their segment masks) of a batch: from the frozen encoders, or drawn from the
+        features ``avsync precompute`` stored."""
         encoder = self.pipe.audio_encoder
+        if "vae_moments" in batch:
+            latents = sample_video_latents(batch["vae_moments"].to(self.device), self.pipe.vae.config.scaling_factor, generator)
+            masks = encoder.segment_masks(len(latents), self.config.num_frames, self.device)
+            return latents, batch["audio_tokens"].to(self.device), masks
+        latents = video_latents(self.pipe.vae, batch["video"].to(self.device), generator)
+        audio = encoder(batch["mel"].to(self.device, encoder.dtype), num_segments=self.config.num_frames)
+        return latents, audio.audio_encodings, audio.audio_segment_masks
+
+    def loss(self, engine, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        latents, audio_embeds, audio_masks = self._encode(batch, generator)
         with torch.no_grad():
-            latents = video_latents(self.pipe.vae, batch["video"].to(self.device), generator)
-            audio = encoder(batch["mel"].to(self.device, encoder.dtype), num_segments=self.config.num_frames)
-            null_audio = encoder.null_audio_encodings(self.device, encoder.dtype)
+            null_audio = self.pipe.audio_encoder.null_audio_encodings(self.device, self.pipe.audio_encoder.dtype)
             text = self._prompt_embeds(list(batch["prompt"]))
             null_text = self._prompt_embeds([""]) if self.config.text_drop_prob > 0 else None
         loss = avsyncd_loss(
             engine,
             latents,
             text,
-            audio.audio_encodings,
-            audio.audio_segment_masks,
+            audio_embeds,
+            audio_masks,
             null_audio,
             self.scheduler,
             generator,
@@ -110,6 +134,13 @@ class AVSyncDTask:
             text_drop_prob=self.config.text_drop_prob,
         )
         return loss, {}
+
+    def _preview_inputs(self) -> dict:
+        """The first decodable training clip (unflipped): its first frame, audio and prompt, read once."""
+        if self.preview is None:
+            example = first_example(shard_urls(self.config.data.root, self.config.data.split), partial(self.decode_sample, randflip=False))
+            self.preview = {"image": example["video"][:, 0], "audio": example["audio"].numpy(), "prompt": example["prompt"]}
+        return self.preview
 
     def after_step(self, engine, step: int, tracker) -> None:
         """Every ``preview_every_n_steps``: rank 0 animates the first training sample and logs the video."""
@@ -125,12 +156,13 @@ class AVSyncDTask:
         with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage3):  # collective under ZeRO-3
             if tracker is None:
                 return
+            inputs = self._preview_inputs()
             engine.module.eval()
             try:
                 out = self.pipe(
-                    image=self.preview["image"],
-                    audio=self.preview["audio"],
-                    prompt=self.preview["prompt"],
+                    image=inputs["image"],
+                    audio=inputs["audio"],
+                    prompt=inputs["prompt"],
                     num_frames=self.config.num_frames,
                     height=self.config.height,
                     width=self.config.width,

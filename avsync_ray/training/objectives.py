@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from avsync_ray.evaluation.sync_metrics import ContrastiveOutput, contrastive_loss
 
@@ -97,9 +98,20 @@ def sync_loss(score_matrix, audio: torch.Tensor, video: torch.Tensor, tau: float
     return contrastive_loss(score_matrix(audio, video).float(), tau)
 
 
-def video_latents(vae, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Videos (b, 3, f, H, W) in [0, 1] -> VAE latents (b, c, f, H/8, W/8), sampled and scaled as SD1.5 trains."""
+def vae_moments(vae, video: torch.Tensor) -> torch.Tensor:
+    """Videos (b, 3, f, H, W) in [0, 1] -> the VAE posterior's mean and log-variance (b, 2c, f, H/8, W/8), in fp32:
+    what ``avsync precompute`` stores, so the latents can still be sampled afresh at every step."""
     batch, _, frames, height, width = video.shape
     images = video.transpose(1, 2).reshape(batch * frames, 3, height, width) * 2 - 1
-    latents = vae.encode(images.to(vae.dtype)).latent_dist.sample(generator) * vae.config.scaling_factor
-    return latents.reshape(batch, frames, *latents.shape[1:]).transpose(1, 2).float()
+    moments = vae.encode(images.to(vae.dtype)).latent_dist.parameters
+    return moments.reshape(batch, frames, *moments.shape[1:]).transpose(1, 2).float()
+
+
+def sample_video_latents(moments: torch.Tensor, scaling_factor: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw latents (b, c, f, h, w) from VAE moments (b, 2c, f, h, w), scaled as SD1.5 trains."""
+    return DiagonalGaussianDistribution(moments.float()).sample(generator) * scaling_factor
+
+
+def video_latents(vae, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Videos (b, 3, f, H, W) in [0, 1] -> sampled, scaled VAE latents (b, c, f, H/8, W/8)."""
+    return sample_video_latents(vae_moments(vae, video), vae.config.scaling_factor, generator)
