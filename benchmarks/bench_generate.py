@@ -24,22 +24,26 @@ from avsync_ray.pipelines import AVSyncDPipeline
 from timing import median_seconds
 
 
-def full_components(dtype: torch.dtype, device: str) -> dict:
-    """The official architecture at full size with random weights (no text encoder: prompt_embeds are given)."""
-    from diffusers import AutoencoderKL, PNDMScheduler
+def full_frozen_encoders(dtype: torch.dtype, device: str) -> dict:
+    """The SD1.5 VAE and the ImageBind-huge audio branch at full size with random weights."""
+    from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
     )  # fmt: skip
-    components = dict(
-        vae=vae,
-        unet=AVSyncDUNet3DModel(sample_size=32),
-        audio_encoder=ImageBindAudioEncoder(n_segment=12, pretrained_model_name="imagebind-huge"),
-        scheduler=PNDMScheduler(**SD15_SCHEDULER_CONFIG),
-    )
-    return {k: v.to(device=device, dtype=dtype) if isinstance(v, torch.nn.Module) else v for k, v in components.items()}
+    audio_encoder = ImageBindAudioEncoder(n_segment=12, pretrained_model_name="imagebind-huge")
+    return {"vae": vae.to(device=device, dtype=dtype).eval(), "audio_encoder": audio_encoder.to(device=device, dtype=dtype).eval()}
+
+
+def full_components(dtype: torch.dtype, device: str) -> dict:
+    """The official architecture at full size with random weights (no text encoder: prompt_embeds are given)."""
+    from diffusers import PNDMScheduler
+
+    encoders = full_frozen_encoders(dtype, device)
+    unet = AVSyncDUNet3DModel(sample_size=32).to(device=device, dtype=dtype)
+    return dict(**encoders, unet=unet, scheduler=PNDMScheduler(**SD15_SCHEDULER_CONFIG))
 
 
 @torch.no_grad()

@@ -65,3 +65,29 @@ def test_sync_classifier_on_cuda_matches_cpu():
         cpu = model.score_matrix(audio, video)
         gpu = model.cuda().score_matrix(audio.cuda(), video.cuda()).cpu()
     assert relative_error(gpu, cpu) < 1e-4
+
+
+def test_precomputed_features_on_cuda_match_cpu(synthetic_shards, tiny_components):
+    """Features precomputed on a GPU are the ones a CPU makes, and the training path draws latents from them
+    on the GPU."""
+    from avsync_ray.config import PrecomputeConfig, load_config
+    from avsync_ray.curation.shards import read_tar
+    from avsync_ray.training.data import precomputed_sample, shard_urls
+    from avsync_ray.training.objectives import sample_video_latents
+    from avsync_ray.training.precompute import sample_features
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    config = load_config(PrecomputeConfig, "precompute-tiny", overrides=["input.root=x", "output=y", "height=32", "width=32"])
+    raw = read_tar(shard_urls(str(synthetic_shards["root"]), "test")[0])[0]
+    features = {}
+    for device in ("cpu", "cuda"):
+        vae, audio_encoder = tiny_components["vae"].to(device), tiny_components["audio_encoder"].to(device)
+        members = sample_features(raw, vae, audio_encoder, config)
+        features[device] = precomputed_sample({**raw, **members}, np.random.default_rng(0))
+    for name in ("vae_moments", "audio_tokens"):
+        assert relative_error(features["cuda"][name], features["cpu"][name]) < 1e-3, name
+    latents = sample_video_latents(features["cuda"]["vae_moments"][None].cuda(), 0.18215, torch.Generator("cuda").manual_seed(0))
+    assert latents.is_cuda and latents.shape == (1, 4, 12, 4, 4) and torch.isfinite(latents).all()
+    for module in (tiny_components["vae"], tiny_components["audio_encoder"]):
+        module.to("cpu")  # the components are shared by the session

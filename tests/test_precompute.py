@@ -173,3 +173,13 @@ def test_precompute_and_train_on_ray(ray_session, synthetic_shards, tmp_path):
     other_seed = load_config(TrainConfig, "train-tiny", overrides=[*overrides, "seed=1"])
     with pytest.raises(pre.PrecomputedFeaturesError, match="encoders"):
         AVSyncDTask(other_seed, torch.device("cpu"))
+
+
+def test_train_cli_refuses_shards_without_features_before_starting_ray(synthetic_shards, tmp_path):
+    from typer.testing import CliRunner
+
+    from avsync_ray.cli import app
+
+    args = ["train", str(synthetic_shards["root"]), "--preset", "train-tiny", "--set", "precomputed=true", "--set", f"run.storage_path={tmp_path}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "run `avsync precompute`" in result.output
