@@ -20,9 +20,6 @@ bytes the features add per sample.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -32,7 +29,7 @@ import numpy as np
 import torch
 
 from bench_generate import full_frozen_encoders
-from timing import synchronize
+from timing import report, synchronize
 
 
 def per_sample_seconds(fn, samples: list[dict], device: str) -> float:
@@ -115,15 +112,8 @@ def main() -> None:
         "feature_bytes_per_sample": int(feature_bytes),
         "media_bytes_per_sample": int(media_bytes),
         "samples_written": entry["nsamples"],
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,12 @@ over the GPU's dense bf16 peak).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 
 import torch
 
-from timing import median_seconds
+from timing import median_seconds, report
 
 # Dense bf16 tensor-core peaks (NVIDIA datasheets, SXM parts).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -163,12 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
     result = gpu_full_step(args.repeats, args.batch_size) if args.gpu else cpu_zero_comparison(args.steps, args.base_width)
-    result.update(torch=torch.__version__, machine=platform.machine(), cpus=os.cpu_count())
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import statistics
 import time
 
@@ -25,3 +28,13 @@ def median_seconds(fn, device: str, repeats: int, warmup: int = 1) -> float:
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def report(result: dict, out: str | None = None) -> None:
+    """Print a benchmark's result as JSON, with the torch version and the machine; also write it to ``out``."""
+    result = {**result, "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as handle:
+            handle.write(text)
