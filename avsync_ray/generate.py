@@ -13,7 +13,7 @@ from avsync_ray.media import decode, encode_mp4, load_audio, load_image, probe
 from avsync_ray.media.audio import DEFAULT_MEL
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # config names -> torch
 
 
 @dataclass
@@ -36,7 +36,7 @@ def load_pipeline(model_dir: str | Path, device: str = "auto", dtype: str = "flo
     model_dir = Path(model_dir)
     if not (model_dir / "model_index.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not an AVSyncD pipeline folder (no model_index.json)")
-    pipe = AVSyncDPipeline.from_pretrained(model_dir, dtype=_DTYPES[dtype], local_files_only=True)
+    pipe = AVSyncDPipeline.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype], local_files_only=True)
     return pipe.to(resolve_device(device))
 
 

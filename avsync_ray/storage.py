@@ -19,6 +19,12 @@ def filesystem(uri: str):
     return fsspec.core.url_to_fs(uri)
 
 
+def uri_prefix(fs) -> str:
+    """What turns a path of ``fs`` back into a URI: '' on the local disk, else ``<protocol>://``."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "" if protocol in ("file", "local") else f"{protocol}://"
+
+
 @contextlib.contextmanager
 def open_atomic(uri: str):
     """A binary write handle on a temporary name beside ``uri``, moved into place when the block ends without
@@ -63,9 +69,7 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     fs, path = filesystem(uri)
     if not fs.exists(path):
         return []
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-    return sorted(f"{prefix}{p}" for p in fs.ls(path, detail=False) if p.endswith(suffix))
+    return sorted(f"{uri_prefix(fs)}{p}" for p in fs.ls(path, detail=False) if p.endswith(suffix))
 
 
 @contextlib.contextmanager
@@ -73,8 +77,7 @@ def local_copy(uri: str):
     """A local path for ``uri``: the file itself when local, else a temporary download (read once, used by
     every reader of the file, e.g. the shot detector and the decoder)."""
     fs, path = filesystem(uri)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    if not uri_prefix(fs):
         yield path
         return
     suffix = "." + path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
@@ -88,8 +91,7 @@ def local_copy(uri: str):
 def local_folder(uri: str):
     """A local path for folder ``uri``: the folder itself when local, else a temporary download of it."""
     fs, path = filesystem(uri)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    if not uri_prefix(fs):
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="avsync-folder-") as folder:

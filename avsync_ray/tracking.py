@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 
-from avsync_ray.config import CurateConfig
+from avsync_ray.config import CurateConfig, TrackingConfig
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -26,6 +26,19 @@ def _mlflow(uri: str):
 
     mlflow.set_tracking_uri(uri)
     return mlflow
+
+
+def log_job_run(tracking: TrackingConfig, task: str, params: dict, metrics: dict[str, float], texts: dict[str, str]) -> str:
+    """One run of a one-shot job (``eval-sync``, ``precompute``) in ``tracking.experiment``, named after the task
+    unless ``tracking.run_name`` says otherwise: params, metrics, and text artifacts by file name. Returns its id."""
+    mlflow = _mlflow(tracking.uri)
+    mlflow.set_experiment(tracking.experiment)
+    with mlflow.start_run(run_name=tracking.run_name or task, tags={"avsync.task": task}) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        for name, text in texts.items():
+            mlflow.log_text(text, name)
+        return run.info.run_id
 
 
 def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: dict, resolved_yaml: str) -> str:

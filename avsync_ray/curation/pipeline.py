@@ -13,7 +13,6 @@ from the staged bundles in a fixed order, so an interrupted and an uninterrupted
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -22,17 +21,26 @@ from dataclasses import asdict
 
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 import ray
 from ray.util.annotations import RayDeprecationWarning
 
-from avsync_ray.config import CurateConfig, RayConfig, dump_config, save_config
+from avsync_ray.config import CurateConfig, dump_config, save_config
 from avsync_ray.curation import report as report_module
 from avsync_ray.curation.scorers import EmbeddingScorer, SyncScorer
 from avsync_ray.curation.shards import plan_bundles, shard_stats, write_index, write_shard
 from avsync_ray.curation.sources import list_sources
-from avsync_ray.curation.stages import WORK, curation_id, finalize_video, prepare_video, record_video, rematerialize_video, scoring_id
-from avsync_ray.storage import filesystem, join_uri, list_files, write_bytes_atomic, write_json_atomic
+from avsync_ray.curation.stages import (
+    WORK,
+    curation_id,
+    finalize_video,
+    prepare_video,
+    record_video,
+    rematerialize_video,
+    scoring_id,
+    write_parquet,
+)
+from avsync_ray.ray_runtime import init_ray
+from avsync_ray.storage import filesystem, join_uri, list_files, write_json_atomic
 from avsync_ray.tracking import log_curation_run
 
 logger = logging.getLogger(__name__)
@@ -52,16 +60,6 @@ def _map_task(ds: ray.data.Dataset, fn, config: CurateConfig) -> ray.data.Datase
 
 class CurationError(RuntimeError):
     """The output folder cannot continue this run (e.g. it holds scores made with other settings)."""
-
-
-def init_ray(config: RayConfig) -> None:
-    if ray.is_initialized():
-        return
-    env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FSSPEC_", "GOOGLE_"))}
-    kwargs = dict(address=config.address, runtime_env={"env_vars": env} if env else None, include_dashboard=False)
-    if config.address is None and config.num_cpus:
-        kwargs["num_cpus"] = config.num_cpus
-    ray.init(**{k: v for k, v in kwargs.items() if v is not None})
 
 
 def _ledger_entries(output: str) -> dict[str, dict]:
@@ -138,9 +136,8 @@ def _score(config: CurateConfig, sources: list[dict]) -> str:
     logger.info("%d videos, %d already recorded, %d to curate", len(sources), len(sources) - len(pending), len(pending))
     if not pending:
         return ""
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = config.ray.progress_bars
-    context.max_errored_blocks = len(pending)  # a video that keeps crashing its worker is recorded, not fatal
+    # A video that keeps crashing its worker is recorded, not fatal.
+    ray.data.DataContext.get_current().max_errored_blocks = len(pending)
     ds = _map_videos(ray.data.from_items(pending, override_num_blocks=len(pending)), config)
     stats = _drain(ds, len(pending), config)
     _record_crashed(pending, _ledger_entries(config.output), config)
@@ -153,8 +150,6 @@ def _rethreshold(config: CurateConfig, sources: list[dict]) -> str:
     scored = [e for e in entries.values() if e["status"] in ("done", "zero_survivors") and e["windows"] > 0]
     if not scored:
         raise CurationError(f"{config.output} has no scored videos to re-threshold")
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = config.ray.progress_bars
     ds = ray.data.from_items(scored, override_num_blocks=len(scored))
     ds = _map_task(ds, rematerialize_video, config)
     return _drain(ds, len(scored), config)
@@ -166,12 +161,6 @@ def _score_table(output: str) -> pa.Table:
         return pa.table({})
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
     return table.sort_by([("source_id", "ascending"), ("start", "ascending")])
-
-
-def _write_parquet(uri: str, table: pa.Table) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    write_bytes_atomic(uri, buffer.getvalue())
 
 
 def _assemble(config: CurateConfig, entries: dict[str, dict]) -> tuple[dict, dict]:
@@ -197,8 +186,8 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     ray_stats = _rethreshold(config, sources) if rethreshold else _score(config, sources)
     entries = _ledger_entries(config.output)
     scores = _score_table(config.output)
-    _write_parquet(join_uri(config.output, "scores.parquet"), scores)
-    _write_parquet(join_uri(config.output, "ledger.parquet"), pa.Table.from_pylist(sorted(entries.values(), key=lambda e: e["source_id"])))
+    write_parquet(join_uri(config.output, "scores.parquet"), scores)
+    write_parquet(join_uri(config.output, "ledger.parquet"), pa.Table.from_pylist(sorted(entries.values(), key=lambda e: e["source_id"])))
     index, stats = _assemble(config, entries)
     write_json_atomic(join_uri(config.output, f"{config.shards.split}.stats.json"), stats)
     report = report_module.build_report(config, scores, list(entries.values()), index, stats, ray_stats)

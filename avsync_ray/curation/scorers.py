@@ -23,11 +23,9 @@ from avsync_ray.curation.windows import (
 )
 from avsync_ray.evaluation.imagebind_scores import preprocess_images
 from avsync_ray.evaluation.sync_metrics import sync_probabilities
+from avsync_ray.generate import TORCH_DTYPES
 from avsync_ray.media.audio import DEFAULT_MEL, waveform_to_mel
 from avsync_ray.media.clips import nearest_frames
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def actor_device(config: ActorConfig) -> torch.device:
     if config.device == "auto":
@@ -67,7 +65,7 @@ class EmbeddingScorer:
     def __init__(self, semantic: SemanticStageConfig, imagebind: ImageBindStageConfig, actor: ActorConfig):
         from avsync_ray.models.imagebind import AUDIO, TEXT, VISION, ImageBind
 
-        self.device, self.dtype = actor_device(actor), _DTYPES[actor.dtype]
+        self.device, self.dtype = actor_device(actor), TORCH_DTYPES[actor.dtype]
         self.semantic_enabled, self.alignment_enabled = semantic.enabled, imagebind.enabled
         self.imagebind = None
         if imagebind.enabled or (semantic.enabled and semantic.model == "imagebind"):
@@ -129,7 +127,7 @@ class SyncScorer:
         from avsync_ray.evaluation.pair_metrics import load_sync_classifier
 
         self.device = actor_device(actor)
-        self.classifier = load_sync_classifier(sync.classifier, str(self.device)).to(_DTYPES[actor.dtype])
+        self.classifier = load_sync_classifier(sync.classifier, str(self.device)).to(TORCH_DTYPES[actor.dtype])
 
     @torch.no_grad()
     def score(self, frames, frame_times, audio, audio_start, window_start) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ import fsspec
 import pyarrow.csv
 import pyarrow.parquet
 
-from avsync_ray.storage import join_uri
+from avsync_ray.storage import join_uri, uri_prefix
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,7 @@ def list_sources(inputs: str | list[str], extensions: list[str]) -> list[Source]
         sources = []
         for item in [inputs] if isinstance(inputs, str) else inputs:
             fs, path = fsspec.core.url_to_fs(item)
-            protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-            prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+            prefix = uri_prefix(fs)
             if fs.isdir(path):
                 root = path.rstrip("/")
                 found = [p for p in fs.find(root) if p.lower().endswith(tuple(extensions))]

@@ -230,28 +230,43 @@ def record_video(source: dict, config: CurateConfig, status: str, reason: str, d
     return entry
 
 
+def write_parquet(uri: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(uri, buffer.getvalue())
+
+
 def _write_state(source: dict, config: CurateConfig, samples: list[dict], table: pa.Table) -> None:
     clips_uri = work_uri(config.output, "clips", source["source_id"])
     if samples:
         write_bytes_atomic(clips_uri, tar_bytes(samples))
     else:
         remove(clips_uri)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    write_bytes_atomic(work_uri(config.output, "scores", source["source_id"]), buffer.getvalue())
+    write_parquet(work_uri(config.output, "scores", source["source_id"]), table)
+
+
+def _select_clips(scores: dict[str, np.ndarray], shots, starts, ends, config: CurateConfig):
+    """Thresholds then merging: (windows, keep flags, reasons, the clips the kept windows make)."""
+    keep, reasons = decide(scores, config)
+    windows = [Window(int(s), float(a), float(b)) for s, a, b in zip(shots, starts, ends)]
+    return windows, keep, reasons, merge_windows(windows, keep, config.shards.max_clip_s)
+
+
+def _record_outcome(source: dict, config: CurateConfig, windows: list[Window], keep: np.ndarray, samples: list[dict], decoded_frames: int) -> dict:
+    status, reason = ("done", "") if samples else ("zero_survivors", "all_windows_rejected" if windows else "no_window")
+    counts = {"windows": len(windows), "kept": int(keep.sum()), "clips": len(samples), "decoded_frames": decoded_frames}
+    return record_video(source, config, status, reason, "", counts)
 
 
 def finalize_video(row: dict, config: CurateConfig) -> dict:
     """Apply thresholds, merge, encode clips from the frames in hand, and record the video (ledger last)."""
     source = {k: row[k] for k in ("uri", "source_id", "label")}
-    decoded = {"decoded_frames": int(row["decoded_frames"])}
+    decoded_frames = int(row["decoded_frames"])
     if row["status"] != "ok":
-        return record_video(source, config, "failed", row["reason"], row["detail"], {"windows": 0, "kept": 0, "clips": 0, **decoded})
+        return record_video(source, config, "failed", row["reason"], row["detail"], {"windows": 0, "kept": 0, "clips": 0, "decoded_frames": decoded_frames})
     try:
         scores = {name: np.asarray(row[name], dtype=np.float64) for name in SCORE_RULES}
-        keep, reasons = decide(scores, config)
-        windows = [Window(int(s), float(a), float(b)) for s, a, b in zip(row["window_shot"], row["window_start"], row["window_end"])]
-        clips = merge_windows(windows, keep, config.shards.max_clip_s)
+        windows, keep, reasons, clips = _select_clips(scores, row["window_shot"], row["window_start"], row["window_end"], config)
         table = _windows_table(row, keep, reasons, clips, config)
         samples = []
         for clip in clips:
@@ -260,9 +275,8 @@ def finalize_video(row: dict, config: CurateConfig) -> dict:
             samples.append({"__key__": clip_key(source["source_id"], clip[1], clip[2]), "json": meta, "mp4": mp4, "wav": wav})
         _write_state(source, config, samples, table)
     except Exception as error:  # noqa: BLE001 - recorded, the run goes on
-        return record_video(source, config, "failed", "finalize_error", repr(error)[:500], {"windows": len(row["window_start"]), "kept": 0, "clips": 0, **decoded})
-    status, reason = ("done", "") if samples else ("zero_survivors", "no_window" if not windows else "all_windows_rejected")
-    return record_video(source, config, status, reason, "", {"windows": len(windows), "kept": int(keep.sum()), "clips": len(samples), **decoded})
+        return record_video(source, config, "failed", "finalize_error", repr(error)[:500], {"windows": len(row["window_start"]), "kept": 0, "clips": 0, "decoded_frames": decoded_frames})
+    return _record_outcome(source, config, windows, keep, samples, decoded_frames)
 
 
 # ------------------------------------------------------------------------------------------------ rethreshold
@@ -275,9 +289,7 @@ def rematerialize_video(entry: dict, config: CurateConfig) -> dict:
     with fsspec.open(work_uri(config.output, "scores", source["source_id"]), "rb") as handle:
         columns = pq.read_table(handle).to_pydict()
     scores = {name: np.asarray(columns[name], dtype=np.float64) for name in SCORE_RULES}
-    keep, reasons = decide(scores, config)
-    windows = [Window(int(s), float(a), float(b)) for s, a, b in zip(columns["shot"], columns["start"], columns["end"])]
-    clips = merge_windows(windows, keep, config.shards.max_clip_s)
+    windows, keep, reasons, clips = _select_clips(scores, columns["shot"], columns["start"], columns["end"], config)
     row = {**source, "window_shot": np.asarray(columns["shot"]), "window_start": np.asarray(columns["start"]),
            "window_end": np.asarray(columns["end"]), **scores}  # fmt: skip
     new_table = _windows_table(row, keep, reasons, clips, config)
@@ -300,9 +312,7 @@ def rematerialize_video(entry: dict, config: CurateConfig) -> dict:
             frames, size = len(chosen), chosen.shape[1:3]
         samples.append({"__key__": key, "json": _sample_json(source, clip, new_table, fps, frames, size, config), "mp4": mp4, "wav": wav})
     _write_state(source, config, samples, new_table)
-    status, reason = ("done", "") if samples else ("zero_survivors", "all_windows_rejected" if windows else "no_window")
-    counts = {"windows": len(windows), "kept": int(keep.sum()), "clips": len(samples), "decoded_frames": entry.get("decoded_frames", 0)}
-    return record_video(source, config, status, reason, "", counts)
+    return _record_outcome(source, config, windows, keep, samples, entry.get("decoded_frames", 0))
 
 
 def read_ledger(output: str, source_id: str) -> dict | None:

@@ -89,11 +89,10 @@ def run_eval_sync(config: EvalSyncConfig, out: str | None = None) -> dict:
     """Score every clip of the test shards; returns (and logs to MLflow, writes to ``out``) the summary."""
     import ray
 
-    from avsync_ray.curation.pipeline import init_ray
+    from avsync_ray.ray_runtime import init_ray
     from avsync_ray.storage import write_json_atomic
 
     init_ray(config.ray)
-    ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress_bars
     urls = shard_urls(config.data.root, config.data.split)
     dataset = ray.data.from_items([{"url": url} for url in urls]).flat_map(_shard_rows)
     results = dataset.map_batches(
@@ -114,12 +113,12 @@ def run_eval_sync(config: EvalSyncConfig, out: str | None = None) -> dict:
 
 
 def _log_eval(config: EvalSyncConfig, summary: dict, rows: list[dict]) -> str:
-    import mlflow
+    from avsync_ray.tracking import log_job_run
 
-    mlflow.set_tracking_uri(config.tracking.uri)
-    mlflow.set_experiment(config.tracking.experiment)
-    with mlflow.start_run(run_name=config.tracking.run_name or "eval-sync", tags={"avsync.task": "eval-sync"}) as run:
-        mlflow.log_params({"classifier": config.classifier, "shards": config.data.root, "split": config.data.split, **summary["protocol"]})
-        mlflow.log_metrics({k: summary[k] for k in ("a2v_accuracy", "v2a_accuracy", "clips", "skipped") if summary[k] is not None})
-        mlflow.log_text(json.dumps(sorted(rows, key=lambda r: r["key"]), indent=1), "eval_sync_per_clip.json")
-        return run.info.run_id
+    return log_job_run(
+        config.tracking,
+        "eval-sync",
+        params={"classifier": config.classifier, "shards": config.data.root, "split": config.data.split, **summary["protocol"]},
+        metrics={k: summary[k] for k in ("a2v_accuracy", "v2a_accuracy", "clips", "skipped") if summary[k] is not None},
+        texts={"eval_sync_per_clip.json": json.dumps(sorted(rows, key=lambda r: r["key"]), indent=1)},
+    )

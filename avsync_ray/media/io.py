@@ -24,6 +24,7 @@ import soundfile
 
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE, resample, to_mono
 from avsync_ray.media.errors import MediaError, MediaErrorReason, source_name
+from avsync_ray.storage import uri_prefix
 
 Source = str | bytes
 FrameSelection = Literal["nearest", "next"]
@@ -116,8 +117,7 @@ def _open_container(uri: Source):
     if fs is None:
         file = io.BytesIO(uri)
     else:  # local files are read by FFmpeg directly; remote ones through fsspec's seekable file object
-        local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol)
-        file = path if local else fs.open(path, "rb")
+        file = fs.open(path, "rb") if uri_prefix(fs) else path
     try:
         return av.open(file, mode="r", metadata_errors="ignore"), size
     except av.FFmpegError as exc:

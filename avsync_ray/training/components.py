@@ -9,6 +9,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from avsync_ray.config import AVSyncDModelSettings, SyncModelSettings
+from avsync_ray.generate import TORCH_DTYPES
 from avsync_ray.models.audio_encoder import ImageBindAudioEncoder
 from avsync_ray.models.presets import tiny_pipeline
 from avsync_ray.models.sync_classifier import SyncClassifier
@@ -76,6 +77,6 @@ def build_frozen_encoders(settings: AVSyncDModelSettings, seed: int = 0) -> tupl
 
 
 def _freeze(module: torch.nn.Module, settings: AVSyncDModelSettings) -> torch.nn.Module:
-    dtype = torch.bfloat16 if settings.frozen_dtype == "bfloat16" else torch.float32
+    dtype = TORCH_DTYPES[settings.frozen_dtype]
     module.requires_grad_(False).eval()
     return module.to(dtype) if module.dtype != dtype else module

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from avsync_ray.config import TrainCommonConfig
-from avsync_ray.storage import filesystem, join_uri
+from avsync_ray.storage import filesystem, join_uri, uri_prefix
 from avsync_ray.training.engine import CHECKPOINT_META, check_resume, read_checkpoint_meta
 
 
@@ -30,11 +30,9 @@ def run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
     fs, path = filesystem(run_dir)
     if not fs.exists(path):
         return []
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
     found = []
     for entry in fs.ls(path, detail=False):
-        uri = f"{prefix}{entry}"
+        uri = f"{uri_prefix(fs)}{entry}"
         if entry.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_") and fs.exists(f"{entry}/{CHECKPOINT_META}"):
             found.append((read_checkpoint_meta(uri)["step"], uri))
     return sorted(found)
@@ -72,7 +70,7 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from avsync_ray.curation.pipeline import init_ray
+    from avsync_ray.ray_runtime import init_ray
     from avsync_ray.training.loops import train_loop_per_worker
 
     root = storage_root(config)

@@ -199,13 +199,12 @@ def run_precompute(config: PrecomputeConfig) -> dict:
     summary (and logs it to MLflow)."""
     import ray
 
-    from avsync_ray.curation.pipeline import init_ray
+    from avsync_ray.ray_runtime import init_ray
 
     source = read_index(config.input.root, config.input.split)
     if config.output.rstrip("/") == config.input.root.rstrip("/"):
         raise ValueError("precompute writes new shards: choose an output folder other than the input")
     init_ray(config.ray)
-    ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress_bars
     rows = [
         {"in_url": join_uri(config.input.root, entry["url"]), "out_url": join_uri(config.output, entry["url"]), "nsamples": entry["nsamples"]}
         for entry in source["shardlist"]
@@ -254,15 +253,13 @@ def run_precompute(config: PrecomputeConfig) -> dict:
 
 
 def _log_run(config: PrecomputeConfig, summary: dict, skipped: list[dict]) -> str:
-    import mlflow
-
     from avsync_ray.config import dump_config
+    from avsync_ray.tracking import log_job_run
 
-    mlflow.set_tracking_uri(config.tracking.uri)
-    mlflow.set_experiment(config.tracking.experiment)
-    with mlflow.start_run(run_name=config.tracking.run_name or "precompute", tags={"avsync.task": "precompute"}) as run:
-        mlflow.log_params({"input": config.input.root, "output": config.output, **{k: v for k, v in summary["features"].items() if k != "encoders"}})
-        mlflow.log_metrics({k: summary[k] for k in ("shards", "samples", "skipped", "bytes")})
-        mlflow.log_text(dump_config(config), "config.yaml")
-        mlflow.log_text(json.dumps(skipped, indent=1), "skipped_samples.json")
-        return run.info.run_id
+    return log_job_run(
+        config.tracking,
+        "precompute",
+        params={"input": config.input.root, "output": config.output, **{k: v for k, v in summary["features"].items() if k != "encoders"}},
+        metrics={k: summary[k] for k in ("shards", "samples", "skipped", "bytes")},
+        texts={"config.yaml": dump_config(config), "skipped_samples.json": json.dumps(skipped, indent=1)},
+    )
