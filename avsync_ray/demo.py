@@ -41,6 +41,7 @@ def _step(name: str, started: float) -> None:
 def run_demo(config: DemoConfig) -> dict:
     """Run every stage; returns where each output and MLflow run is."""
     from avsync_ray.evaluation.sync_eval import run_eval_sync
+    from avsync_ray.training.data import read_index
     from avsync_ray.training.export import export_checkpoint
     from avsync_ray.training.launcher import launch
 
@@ -86,7 +87,7 @@ def run_demo(config: DemoConfig) -> dict:
     curated["main"] = _curate(
         corpora / "main", main_shards, "train", config, f"filters.sync.classifier={models / 'sync_classifier'}", "sync_actor.num_cpus=0.5"
     )
-    index = json.loads((main_shards / "train.index.json").read_text())
+    index = read_index(str(main_shards), "train")
     if not index["shardlist"]:
         raise RuntimeError(f"curation kept no clip; see the report in {main_shards / 'report'}")
 

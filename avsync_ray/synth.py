@@ -75,16 +75,7 @@ def bouncing_ball(
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     yy, xx = np.mgrid[0:height, 0:width]
     for index, t in enumerate(times):
-        # Height above the floor: a parabola between consecutive hits (and before the first one).
-        previous = hits[hits <= t].max(initial=-np.inf)
-        following = hits[hits > t].min(initial=np.inf)
-        if np.isinf(previous):
-            previous = following - 0.8
-        if np.isinf(following):
-            following = previous + 0.8
-        phase = (t - previous) / (following - previous)
-        altitude = 4 * phase * (1 - phase)  # 0 at hits, 1 midway
-        y = floor_y - radius - altitude * (floor_y - 2 * radius)
+        y = _ball_height(t, hits, floor_y, radius, apex_radii=2.0)
         frame = np.broadcast_to(background, (height, width, 3)).copy()
         flash = np.any(np.abs(hits - t) < 0.5 / fps)
         frame[floor_y:] = 230 if flash else 110
@@ -256,8 +247,9 @@ def _ball_x(t: float, width: int, period: float, phase: float) -> float:
     return width / 2 + 0.25 * width * np.sin(2 * np.pi * t / period + phase)
 
 
-def _ball_height(t: float, hits: np.ndarray, floor_y: int, radius: float) -> float:
-    """Centre row of a ball on a parabola between consecutive hits, touching the floor at each hit."""
+def _ball_height(t: float, hits: np.ndarray, floor_y: int, radius: float, apex_radii: float = 2.2) -> float:
+    """Centre row of a ball on a parabola between consecutive hits (and before the first one), touching the
+    floor at each hit; at the apex its centre reaches row ``(apex_radii - 1) * radius``."""
     previous = hits[hits <= t].max(initial=-np.inf)
     following = hits[hits > t].min(initial=np.inf)
     if np.isinf(previous) and np.isinf(following):
@@ -268,7 +260,7 @@ def _ball_height(t: float, hits: np.ndarray, floor_y: int, radius: float) -> flo
         following = previous + 0.8
     phase = (t - previous) / (following - previous)
     altitude = 4 * phase * (1 - phase)  # 0 at hits, 1 midway
-    return floor_y - radius - altitude * (floor_y - 2.2 * radius)
+    return floor_y - radius - altitude * (floor_y - apex_radii * radius)
 
 
 def _travel(t: float, events: np.ndarray) -> float:
