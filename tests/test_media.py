@@ -234,3 +234,21 @@ def test_every_shared_media_file_decodes(media_dir):
             assert len(clip.audio) / 16_000 == pytest.approx(info.audio.duration, abs=0.03), path.name
         if info.video:
             assert len(clip.frames) == pytest.approx(info.video.duration * 6, abs=1.01), path.name
+
+
+_ENCODE_DIGEST = """
+import hashlib, sys
+from avsync_ray.media import decode, encode_mp4
+clip = decode(sys.argv[1], fps=None, size=256, audio=False)
+print(" ".join(hashlib.sha256(encode_mp4(clip.frames[:72], 24, crf=18, preset="faster")).hexdigest() for _ in range(2)))
+"""
+
+
+def test_encode_mp4_gives_the_same_bytes_in_separate_processes(media_dir):
+    """Real footage (odd widths, motion), each encode in a fresh process where the first encode used to differ."""
+    import subprocess
+    import sys
+
+    source = str(media_dir / "video_scene_cuts" / "tears_of_steel_clip01.mp4")
+    runs = [subprocess.run([sys.executable, "-c", _ENCODE_DIGEST, source], capture_output=True, text=True, check=True).stdout.split() for _ in range(3)]
+    assert len({digest for run in runs for digest in run}) == 1, runs

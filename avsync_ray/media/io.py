@@ -33,6 +33,8 @@ _TIME_EPS = 1e-6
 # Seek this far before the start (to a keyframe at or before it); nearer starts are read from the beginning.
 _SEEK_PREROLL = 1.0
 _SAMPLE_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
+# x264 settings every encode uses, for bytes that repeat across processes (see ``encode_mp4``).
+X264_PARAMS = "mbtree=0"
 
 
 @dataclass(frozen=True)
@@ -500,7 +502,11 @@ def encode_mp4(
         audio: mono float32 samples in [-1, 1] at ``sample_rate``, or None for a silent video.
         crf, preset: x264 quality (lower is better) and speed/size trade-off ("ultrafast" ... "veryslow").
 
-    The encoder runs single-threaded so the same input always gives the same bytes.
+    The same input always gives the same bytes, in any process: the encoder runs single-threaded, and x264's
+    macroblock tree is off (``mbtree=0``). With it on, on a CPU with AVX-512, the same frames gave different
+    bytes from one call (and one process) to the next; with mbtree off, or x264 limited to AVX2, they did not,
+    which points at x264's AVX-512 macroblock-tree code. Without it a clip is about 7 % smaller at about 0.6 dB
+    lower PSNR for the same ``crf`` (measured on ``tears_of_steel_clip01.mp4``).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -521,7 +527,7 @@ def _mux_mp4(local: str, frames, fps, audio, sample_rate, crf, preset, audio_bit
     with av.open(local, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         video_stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         video_stream.width, video_stream.height, video_stream.pix_fmt = width, height, "yuv420p"
-        video_stream.options = {"crf": str(crf), "preset": preset, "threads": "1"}
+        video_stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": X264_PARAMS}
         audio_stream = None
         if audio is not None:
             audio_stream = container.add_stream("aac", rate=int(sample_rate), layout="mono")
