@@ -38,9 +38,10 @@ def _echo_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
-def _load(schema, preset: str, path: str | None, overrides: list[str] | None):
+def _load(schema, preset: str, path: str | None, overrides: list[str] | None, values: dict | None = None):
+    """The verb's config: ``values`` are its positional arguments, taken verbatim (no YAML parsing)."""
     try:
-        return load_config(schema, preset, path, overrides or [])
+        return load_config(schema, preset, path, overrides or [], values)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
@@ -78,7 +79,7 @@ def init_model(
     seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
 ):
     """Write a runnable AVSyncD pipeline folder from a preset."""
-    from avsync_ray.models.presets import save_tiny_pipeline
+    from avsync_ray.pipelines.presets import save_tiny_pipeline
 
     if preset != "tiny":
         raise typer.BadParameter("only the 'tiny' preset is built from scratch; use convert-official for real weights")
@@ -94,7 +95,7 @@ def convert_official(
     imagebind_preset: Annotated[str, typer.Option(help="ImageBind size matching --imagebind.")] = "imagebind-huge",
 ):
     """Assemble an official AVSyncD checkpoint, SD1.5 and ImageBind into one pipeline folder."""
-    from avsync_ray.models.presets import official_pipeline
+    from avsync_ray.pipelines.presets import official_pipeline
 
     official_pipeline(sd15, unet, imagebind, imagebind_preset).save_pretrained(out)
     _echo_json({"model": out})
@@ -130,7 +131,7 @@ def curate(
     from avsync_ray.config import CurateConfig
     from avsync_ray.curation.pipeline import CurationError, run_curation
 
-    cfg = _load(CurateConfig, "curate", config, [f"input={input}", f"output={output}", *(set_ or [])])
+    cfg = _load(CurateConfig, "curate", config, set_, {"input": input, "output": output})
     try:
         summary = run_curation(cfg, rethreshold=rethreshold)
     except CurationError as exc:
@@ -166,13 +167,12 @@ def demo(config: ConfigOption = None, set_: SetOption = None):
 
 
 def _train(task: str, schema, shards: str, preset: str, resume: str | None, config: str | None, set_: list[str] | None) -> None:
+    from avsync_ray.shards import read_index
     from avsync_ray.training.engine import IncompatibleResumeError
-    from avsync_ray.training.data import read_index
+    from avsync_ray.training.features import PrecomputedFeaturesError, check_features
     from avsync_ray.training.launcher import RunExistsError, launch
-    from avsync_ray.training.precompute import PrecomputedFeaturesError, check_features
 
-    overrides = [f"data.root={shards}", *([f"run.resume={resume}"] if resume else []), *(set_ or [])]
-    cfg = _load(schema, preset, config, overrides)
+    cfg = _load(schema, preset, config, set_, {"data.root": shards, **({"run.resume": resume} if resume else {})})
     try:
         if getattr(cfg, "precomputed", False):  # fail before any worker starts (workers also check the encoders)
             check_features(read_index(cfg.data.root, cfg.data.split), cfg)
@@ -219,7 +219,7 @@ def precompute(
     so `avsync train --set precomputed=true` skips those encoders."""
     from avsync_ray.training.precompute import run_precompute
 
-    cfg = _load(PrecomputeConfig, preset, config, [f"input.root={shards}", f"output={out}", *(set_ or [])])
+    cfg = _load(PrecomputeConfig, preset, config, set_, {"input.root": shards, "output": out})
     _echo_json(run_precompute(cfg))
 
 
@@ -232,9 +232,9 @@ def eval_sync(
     set_: SetOption = None,
 ):
     """Sync accuracy (a2v, v2a) of a classifier: 31 clips 0.04 s apart, correct within +-5, on Ray Data."""
-    from avsync_ray.evaluation.sync_eval import run_eval_sync
+    from avsync_ray.evaluation.batch import run_eval_sync
 
-    cfg = _load(EvalSyncConfig, "eval-sync", config, [f"classifier={classifier}", f"data.root={shards}", *(set_ or [])])
+    cfg = _load(EvalSyncConfig, "eval-sync", config, set_, {"classifier": classifier, "data.root": shards})
     _echo_json(run_eval_sync(cfg, out))
 
 
@@ -255,7 +255,7 @@ def export(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     if register:
-        from avsync_ray.tracking import register_model
+        from avsync_ray.mlflow_models import register_model
 
         summary["registered"] = register_model(out, register, summary["task"], tracking_uri, alias, source_run_id=summary["mlflow_run_id"])
     _echo_json(summary)
@@ -281,8 +281,9 @@ def metric(
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
 ):
     """Synchronisation metrics of one pair, as JSON (values are fractions; `percent` is x100)."""
-    from avsync_ray.evaluation.pair_metrics import load_imagebind, load_sync_classifier, pair_metric
+    from avsync_ray.evaluation.pair_metrics import load_imagebind, pair_metric
     from avsync_ray.media import MediaError
+    from avsync_ray.models.sync_classifier import load_sync_classifier
 
     if name is MetricName.relsync and (ref_video is None) == (ref_audio is None):
         raise typer.BadParameter("relsync needs exactly one of --ref-video and --ref-audio")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib.resources
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, Sequence, TypeVar, Union, get_args, get_origin
 
 import fsspec
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -33,6 +34,7 @@ def _multiple_of_eight(value: int) -> int:
 
 
 PixelSize = Annotated[int, Field(ge=8), AfterValidator(_multiple_of_eight)]  # a frame side the VAE can encode
+DType = Literal["float32", "bfloat16", "float16"]  # torch dtypes by name (devices.torch_dtype maps them)
 
 
 class GenerateConfig(StrictModel):
@@ -47,7 +49,7 @@ class GenerateConfig(StrictModel):
     height: PixelSize = Field(256, description="output size; the input image is centre-cropped and resized to it")
     width: PixelSize = 256
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DType = "float32"
     official_inplace_step: bool = Field(
         False, description="reproduce the official loop's in-place PNDM step exactly (see AVSyncDPipeline.__call__)"
     )
@@ -102,13 +104,23 @@ class SyncStageConfig(StrictModel):
 
 
 class ActorConfig(StrictModel):
-    """Placement of a model stage's Ray Data actor pool."""
+    """Placement of a Ray Data actor pool (one model copy per actor): every batch job and model stage uses it."""
 
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions share a GPU)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per actor; leave CPUs for the decode tasks on small machines")
-    concurrency: int = Field(1, ge=1, description="actors in the pool (one model copy each)")
-    device: str = Field("auto", description="'auto': cuda when the actor has a GPU")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model precision")
+    concurrency: int | tuple[int, int] = Field(
+        1, description="actors in the pool, or [min, max]: the pool grows into free resources (nodes joining) and shrinks when idle"
+    )
+    device: str = Field("auto", description="'auto': cuda when the actor has a GPU, else cpu; or 'cpu', 'cuda', 'cuda:1'")
+    dtype: DType = Field("float32", description="model precision")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _positive_range(cls, value):
+        low, high = (value, value) if isinstance(value, int) else value
+        if not 1 <= low <= high:
+            raise ValueError(f"must be a positive count or [min, max] with 1 <= min <= max, got {value}")
+        return value
 
 
 class FiltersConfig(StrictModel):
@@ -139,23 +151,36 @@ class ShardsConfig(StrictModel):
 
 
 class TrackingConfig(StrictModel):
+    """The MLflow run a job logs (from the driver, or rank 0 of a training run)."""
+
     enabled: bool = Field(True, description="log an MLflow run")
     uri: str = Field("sqlite:///mlruns.db", description="any MLflow tracking URI")
-    experiment: str = Field("avsync/curation", description="MLflow experiment")
-    run_name: str | None = Field(None, description="MLflow run name (None: MLflow picks one)")
+    experiment: str = Field(..., description="MLflow experiment")
+    run_name: str | None = Field(None, description="MLflow run name (None: named after the job's output or run name)")
+
+
+def job_tracking(experiment: str, description: str = "MLflow"):
+    """A job's ``tracking`` field: a :class:`TrackingConfig` whose ``experiment`` defaults to the job's own,
+    also when a file or ``--set`` gives only some of its fields (``tracking: {uri: ...}``)."""
+
+    def with_experiment(value):
+        return {"experiment": experiment, **value} if isinstance(value, dict) else value
+
+    kind = Annotated[TrackingConfig, BeforeValidator(with_experiment)]
+    return kind, Field(TrackingConfig(experiment=experiment), description=description)
+
+
+CurationTracking, CURATION_TRACKING = job_tracking("avsync/curation")
+SyncClassifierTracking, SYNC_CLASSIFIER_TRACKING = job_tracking("avsync/sync-classifier", "MLflow (rank 0 of training logs)")
+AVSyncDTracking, AVSYNCD_TRACKING = job_tracking("avsync/avsyncd", "MLflow (rank 0 logs)")
+PrecomputeTracking, PRECOMPUTE_TRACKING = job_tracking("avsync/precompute")
+EvalSyncTracking, EVAL_SYNC_TRACKING = job_tracking("avsync/sync-classifier")
 
 
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="None starts (or reuses) a local Ray; 'auto' joins a cluster")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by this command")
     progress_bars: bool = Field(True, description="Ray Data progress bars")
-
-
-class CurateDebugConfig(StrictModel):
-    """Fault injection for tests."""
-
-    crash_driver_after: int | None = Field(None, ge=0, description="kill the driver once this many videos are recorded")
-    kill_worker_once_on: str | None = Field(None, description="source id whose first preparation kills its worker")
 
 
 class CurateConfig(StrictModel):
@@ -175,9 +200,8 @@ class CurateConfig(StrictModel):
     imagebind_actor: ActorConfig = Field(ActorConfig(), description="actor pool of the semantic/ImageBind stage")
     sync_actor: ActorConfig = Field(ActorConfig(), description="actor pool of the P_sync stage")
     shards: ShardsConfig = Field(ShardsConfig(), description="clip encoding and WebDataset shards")
-    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow")
+    tracking: CurationTracking = CURATION_TRACKING
     ray: RayConfig = Field(RayConfig(), description="Ray")
-    debug: CurateDebugConfig = Field(CurateDebugConfig(), description="fault injection (tests)")
 
     @model_validator(mode="after")
     def _models_have_weights(self):
@@ -263,21 +287,6 @@ class RunSettings(StrictModel):
     )
 
 
-class TrainTrackingConfig(StrictModel):
-    enabled: bool = Field(True, description="log to MLflow from rank 0")
-    uri: str = Field("sqlite:///mlruns.db", description="any MLflow tracking URI")
-    experiment: str = Field(..., description="MLflow experiment")
-    run_name: str | None = Field(None, description="MLflow run name (None: the run name)")
-    log_every_n_steps: int = Field(10, ge=1, description="metrics every this many optimizer steps")
-
-
-class TrainDebugConfig(StrictModel):
-    """Fault injection for tests."""
-
-    fail_at_step: int | None = Field(None, ge=1, description="raise once, after this optimizer step (before its checkpoint)")
-    fail_rank: int = Field(0, ge=0, description="the rank that raises")
-
-
 class TrainCommonConfig(StrictModel):
     max_steps: int = Field(..., ge=1, description="optimizer steps")
     seed: int = Field(123, description="initial weights (the same on every rank), data order and noise (distinct per rank and per resume)")
@@ -288,9 +297,9 @@ class TrainCommonConfig(StrictModel):
     checkpoint: CheckpointSettings = Field(CheckpointSettings(), description="checkpoint policy")
     scaling: ScalingSettings = Field(ScalingSettings(), description="Ray Train workers")
     run: RunSettings = Field(..., description="run name, storage and resume")
-    tracking: TrainTrackingConfig = Field(..., description="MLflow")
+    tracking: TrackingConfig = Field(..., description="MLflow (rank 0 logs); each task's config sets its experiment")
+    log_every_n_steps: int = Field(10, ge=1, description="average and log the metrics every this many optimizer steps")
     ray: RayConfig = Field(RayConfig(), description="Ray")
-    debug: TrainDebugConfig = Field(TrainDebugConfig(), description="fault injection (tests)")
 
 
 class SyncModelSettings(StrictModel):
@@ -312,6 +321,7 @@ class TrainSyncConfig(TrainCommonConfig):
 
     model: SyncModelSettings = Field(SyncModelSettings(), description="classifier size and initial weights")
     clips: SyncClipsSettings = Field(SyncClipsSettings(), description="time-shifted clips of one video")
+    tracking: SyncClassifierTracking = SYNC_CLASSIFIER_TRACKING
 
     @model_validator(mode="after")
     def _init_has_weights(self):
@@ -367,6 +377,7 @@ class TrainConfig(AVSyncDInputs, TrainCommonConfig):
     text_drop_prob: float = Field(0.0, ge=0, le=1, description="probability a sample's prompt becomes the empty prompt")
     preview_every_n_steps: int | None = Field(None, ge=1, description="log a generated sample video to MLflow this often (None: never)")
     preview_inference_steps: int = Field(25, ge=1, description="sampling steps of the preview videos")
+    tracking: AVSyncDTracking = AVSYNCD_TRACKING
 
 
 class PrecomputeConfig(AVSyncDInputs):
@@ -379,12 +390,18 @@ class PrecomputeConfig(AVSyncDInputs):
     windows_per_clip: int = Field(3, ge=1, description="training windows per sample, evenly spread over it (1: the middle one)")
     flip_variants: bool = Field(True, description="also encode each window mirrored, so training keeps its random flip")
     batch_size: int = Field(8, ge=1, description="windows per encoder call")
-    device: str = Field("auto", description="'auto': cuda when the actor has a GPU")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per encoding actor")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per encoding actor")
-    concurrency: int = Field(1, ge=1, description="encoding actors (one shard at a time each)")
-    tracking: TrackingConfig = Field(TrackingConfig(experiment="avsync/precompute"), description="MLflow")
+    actor: ActorConfig = Field(ActorConfig(), description="the encoding actors (one shard at a time each)")
+    tracking: PrecomputeTracking = PRECOMPUTE_TRACKING
     ray: RayConfig = Field(RayConfig(), description="Ray")
+
+    @model_validator(mode="after")
+    def _encoders_in_training_precision(self):
+        if self.actor.dtype != self.model.frozen_dtype:
+            raise ValueError(
+                f"actor.dtype ({self.actor.dtype}) must equal model.frozen_dtype ({self.model.frozen_dtype}): "
+                "features are only valid for the encoders at the training run's precision"
+            )
+        return self
 
 
 class EvalSyncConfig(StrictModel):
@@ -396,10 +413,8 @@ class EvalSyncConfig(StrictModel):
     shift_s: float = Field(0.04, gt=0, description="seconds between clip starts")
     tolerance: int = Field(5, ge=0, description="a prediction within this many clips of the centre is correct")
     batch_size: int = Field(8, ge=1, description="test clips per model call")
-    device: str = Field("auto", description="'auto': cuda when available")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per scoring actor")
-    concurrency: int = Field(1, ge=1, description="scoring actors")
-    tracking: TrackingConfig = Field(TrackingConfig(experiment="avsync/sync-classifier"), description="MLflow")
+    actor: ActorConfig = Field(ActorConfig(), description="the scoring actors")
+    tracking: EvalSyncTracking = EVAL_SYNC_TRACKING
     ray: RayConfig = Field(RayConfig(), description="Ray")
 
 
@@ -438,28 +453,81 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
-    """Apply ``a.b.c=value``; the value is parsed as YAML (``1`` -> int, ``true`` -> bool, ``[1, 2]`` -> list)."""
+def _leaf_annotation(schema: type[BaseModel], parts: Sequence[str]):
+    """The annotation of the field at dotted ``parts`` of ``schema`` (None where the path is not a field)."""
+    annotation: Any = schema
+    for part in parts:
+        models = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models or part not in models[0].model_fields:
+            return None
+        annotation = models[0].model_fields[part].annotation
+    return annotation
+
+
+def _string_kinds(annotation) -> tuple[bool, bool, bool]:
+    """(takes a plain string, also takes None, also takes a list) for a field annotation."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    text = any(a is str or (get_origin(a) is Literal and all(isinstance(v, str) for v in get_args(a))) for a in options)
+    return text, type(None) in options, any(get_origin(a) is list for a in options)
+
+
+def parse_override_value(raw: str, annotation) -> Any:
+    """A ``--set`` value parsed by the type of the field it sets: string fields keep the text as it is (a run
+    named ``2024``, a path with `` #`` in it), ``null`` clears an optional field, a string-or-list field takes a
+    ``[...]`` YAML list; every other field parses the text as YAML (``1`` -> int, ``true`` -> bool, ``[1, 2]``)."""
+    text, optional, listed = _string_kinds(annotation)
+    if not text:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    if optional and raw.strip() in ("null", "Null", "NULL", "~"):
+        return None
+    if listed and raw.lstrip().startswith("["):
+        return yaml.safe_load(raw)
+    return raw
+
+
+def apply_override(data: dict[str, Any], override: str, schema: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Apply ``a.b.c=value``, the value parsed by :func:`parse_override_value` for the field of ``schema`` it
+    sets (as YAML where there is no schema or no such field: validation then names the bad key)."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} is not of the form key.path=value")
     parts = key.strip().split(".")
+    annotation = _leaf_annotation(schema, parts) if schema is not None else None
+    return set_value(data, parts, parse_override_value(raw, annotation))
+
+
+def set_value(data: dict[str, Any], parts: Sequence[str], value: Any) -> dict[str, Any]:
+    """``data`` with ``value`` at the dotted path ``parts`` (as given: no parsing)."""
     node: dict[str, Any] = {}
     leaf = node
     for part in parts[:-1]:
         leaf = leaf.setdefault(part, {})
-    leaf[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    leaf[parts[-1]] = value
     return deep_merge(data, node)
 
 
-def load_config(schema: type[T], preset: str | None = None, path: str | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build a validated ``schema`` from a packaged preset, a YAML file (any fsspec URI) and dotted overrides."""
+def load_config(
+    schema: type[T],
+    preset: str | None = None,
+    path: str | None = None,
+    overrides: Sequence[str] = (),
+    values: dict[str, Any] | None = None,
+) -> T:
+    """Build a validated ``schema`` from a packaged preset, a YAML file (any fsspec URI), ``values`` (dotted
+    keys set verbatim, e.g. a command's positional arguments) and ``--set`` overrides, in that order."""
     data: dict[str, Any] = read_preset(preset) if preset else {}
     if path:
         with fsspec.open(path, "r") as handle:
             data = deep_merge(data, _read_yaml(handle))
+    for dotted, value in (values or {}).items():
+        data = set_value(data, dotted.split("."), value)
     for override in overrides:
-        data = apply_override(data, override)
+        data = apply_override(data, override, schema)
+    return validate_config(schema, data)
+
+
+def validate_config(schema: type[T], data: dict[str, Any]) -> T:
+    """``schema.model_validate(data)``, with every problem named by its dotted field in one :class:`ConfigError`."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

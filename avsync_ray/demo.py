@@ -7,14 +7,13 @@ the curated shards -> export -> a generated video. Every step logs to the local 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 
 from avsync_ray.config import CurateConfig, DemoConfig, EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config, save_config
-from avsync_ray.curation.shards import read_tar
 from avsync_ray.generate import run_generate
+from avsync_ray.shards import iter_samples, read_index, read_metadata
 from avsync_ray.synth import synthesize_corpus
 
 
@@ -40,8 +39,7 @@ def _step(name: str, started: float) -> None:
 
 def run_demo(config: DemoConfig) -> dict:
     """Run every stage; returns where each output and MLflow run is."""
-    from avsync_ray.evaluation.sync_eval import run_eval_sync
-    from avsync_ray.training.data import read_index
+    from avsync_ray.evaluation.batch import run_eval_sync
     from avsync_ray.training.export import export_checkpoint
     from avsync_ray.training.launcher import launch
 
@@ -100,11 +98,11 @@ def run_demo(config: DemoConfig) -> dict:
     )
     export_checkpoint(avsyncd_run["checkpoint"], models / "avsyncd")
     _step("generating a video with the trained pipeline", started)
-    sample = read_tar(str(main_shards / index["shardlist"][0]["url"]))[0]
+    sample = next(iter_samples([str(main_shards / index["shardlist"][0]["url"])]))
     clip = out / "inputs" / f"{sample['__key__']}.mp4"
     clip.parent.mkdir(exist_ok=True)
     clip.write_bytes(sample["mp4"])
-    result = run_generate(models / "avsyncd", out / "generated.mp4", json.loads(sample["json"])["label"], config.generate, video=str(clip))
+    result = run_generate(models / "avsyncd", out / "generated.mp4", read_metadata(sample)["label"], config.generate, video=str(clip))
     _step("done", started)
     return {
         "corpora": str(corpora),

@@ -12,8 +12,7 @@ from avsync_ray.config import GenerateConfig, save_config
 from avsync_ray.media import decode, encode_mp4, load_audio, load_image, probe
 from avsync_ray.media.audio import DEFAULT_MEL
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
-
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # config names -> torch
+from avsync_ray.pipelines.loading import load_pipeline
 
 
 @dataclass
@@ -21,23 +20,6 @@ class Conditioning:
     image: np.ndarray  # (H, W, 3) uint8 at the output size
     audio: np.ndarray  # 16 kHz mono float32, the clip the model hears
     source: dict
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def load_pipeline(model_dir: str | Path, device: str = "auto", dtype: str = "float32"):
-    """An :class:`AVSyncDPipeline` folder (``avsync init-model`` or ``avsync convert-official`` output)."""
-    from avsync_ray.pipelines import AVSyncDPipeline
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not an AVSyncD pipeline folder (no model_index.json)")
-    pipe = AVSyncDPipeline.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype], local_files_only=True)
-    return pipe.to(resolve_device(device))
 
 
 def load_conditioning(

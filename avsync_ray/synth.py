@@ -497,24 +497,28 @@ def synthesize_shards(
     """Training shards in the curation format (shards/README.md) straight from :func:`generate_clip` (6 s, 24 fps,
     96x128), without a curation run: for training tests and benchmarks. Keys listed in ``corrupt_keys`` get an
     ``.mp4`` member that is not a video (for skip handling). Returns the keys in order."""
-    from avsync_ray.curation.shards import tar_bytes, write_index  # here, like encode_mp4 above
+    # here, like encode_mp4 above, so the generators import without PyAV or torch
     from avsync_ray.media.io import encode_mp4, encode_wav
+    from avsync_ray.shards import sample_key, sample_metadata, shard_name, write_index, write_shard
+    from avsync_ray.storage import join_uri
 
     samples = []
     for index in range(num_clips):
         clip = generate_clip(category, seed=seed, index=index)
-        key = f"{category}-s{seed}-{index:05d}_0000000_{int(round(clip.duration * 1000)):07d}"
-        meta = {"schema_version": 1, "key": key, "label": clip.label, "fps": clip.fps, "num_frames": len(clip.frames),
-                "size": list(clip.frames.shape[1:3]), "sample_rate": clip.sample_rate, "span": {"start": 0.0, "end": clip.duration, "shot": 0}}  # fmt: skip
+        source_id = f"{category}-s{seed}-{index:05d}"
+        key = sample_key(source_id, 0.0, clip.duration)
+        meta = sample_metadata(
+            key=key, source_uri=f"synthetic:{category}/{seed}/{index}", source_id=source_id, label=clip.label,
+            span=(0.0, clip.duration, 0), fps=clip.fps, num_frames=len(clip.frames), size=clip.frames.shape[1:3],
+            sample_rate=clip.sample_rate,
+        )  # fmt: skip
         corrupt = key in corrupt_keys
         mp4 = b"\x00not an mp4\x00" * 100 if corrupt else encode_mp4(clip.frames, clip.fps, clip.audio, clip.sample_rate, crf=23)
-        samples.append({"__key__": key, "json": json.dumps(meta).encode(), "mp4": mp4, "wav": encode_wav(clip.audio, clip.sample_rate)})
-    Path(root).mkdir(parents=True, exist_ok=True)
-    shardlist = []
-    for number, start in enumerate(range(0, num_clips, clips_per_shard)):
-        data = tar_bytes(samples[start : start + clips_per_shard])
-        name = f"{split}-{number:06d}.tar"
-        (Path(root) / name).write_bytes(data)
-        shardlist.append({"url": name, "nsamples": len(samples[start : start + clips_per_shard]), "filesize": len(data)})
-    write_index(str(root), split, shardlist, {})
+        samples.append({"__key__": key, "json": meta, "mp4": mp4, "wav": encode_wav(clip.audio, clip.sample_rate)})
+    root = str(root)
+    shardlist = [
+        write_shard(join_uri(root, shard_name(split, number)), samples[start : start + clips_per_shard])
+        for number, start in enumerate(range(0, num_clips, clips_per_shard))
+    ]
+    write_index(root, split, shardlist, {})
     return [sample["__key__"] for sample in samples]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 
 from avsync_ray.config import CurateConfig, TrackingConfig
 
@@ -110,24 +111,58 @@ class TrainingTracker:
         self.client.set_terminated(self.run_id, status)
 
 
-def register_model(folder: str, name: str, kind: str, uri: str, alias: str = "candidate", experiment: str | None = None, source_run_id: str | None = None) -> dict:
-    """Log an exported folder as an MLflow pyfunc model (the folder is its artifact), register it as ``name``
-    and point ``alias`` at the new version. ``kind`` is ``avsyncd`` or ``sync-classifier``."""
-    from importlib.metadata import version
+# ------------------------------------------------------------------------------------------------ registry
 
-    from avsync_ray.mlflow_models import PYFUNC_MODELS
+REGISTRY_SCHEME = "models:/"
+PYFUNC_ARTIFACT = "model"  # the exported folder's name among a registered pyfunc model's artifacts
 
-    mlflow = _mlflow(uri)
-    mlflow.set_experiment(experiment or {"avsyncd": "avsync/avsyncd", "sync-classifier": "avsync/sync-classifier"}[kind])
-    with mlflow.start_run(run_name=f"register-{name}", tags={"avsync.task": "export", "avsync.source_run_id": source_run_id or ""}) as run:
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=PYFUNC_MODELS[kind](),
-            artifacts={"model": str(folder)},
-            pip_requirements=[f"avsync-ray=={version('avsync-ray')}"],  # the package brings every pinned dependency
-            registered_model_name=name,
-        )
-    client = mlflow.tracking.MlflowClient(uri)
-    model_version = info.registered_model_version
-    client.set_registered_model_alias(name, alias, model_version)
-    return {"name": name, "version": int(model_version), "alias": alias, "model_uri": f"models:/{name}@{alias}", "run_id": run.info.run_id}
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: a local folder, or a registry version downloaded to one."""
+
+    path: str  # the model folder (AVSyncD pipeline or SyncClassifier) on this machine
+    uri: str  # what the user gave: a folder or ``models:/name@alias`` / ``models:/name/version``
+    name: str | None = None  # registered model name, version and alias (None for a plain folder)
+    version: int | None = None
+    alias: str | None = None
+    run_id: str | None = None  # the run that registered it
+
+
+def is_registry_uri(uri: str) -> bool:
+    return str(uri).startswith(REGISTRY_SCHEME)
+
+
+def resolve_model(uri: str, tracking_uri: str, download_to: str | None = None) -> ModelSource:
+    """A model folder as it is, or a registered model (``models:/name@alias`` or ``models:/name/3``, as
+    ``avsync export --register`` logs them) resolved to its version and downloaded (to ``download_to``, else a
+    temporary folder); the exported folder inside the pyfunc model's artifacts is returned."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if not is_registry_uri(uri):
+        return ModelSource(path=str(uri), uri=str(uri))
+    reference = uri[len(REGISTRY_SCHEME) :]
+    name, alias, version = reference, None, None
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+    elif "/" in reference:
+        name, number = reference.split("/", 1)
+        version = int(number) if number.isdigit() else None
+    if not name or (alias is None and version is None):
+        raise ValueError(f"{uri!r} is not a registry URI of the form models:/<name>@<alias> or models:/<name>/<version>")
+    client = MlflowClient(tracking_uri)
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"{uri} is not in the model registry at {tracking_uri}: {exc.message}") from None
+    resolved = f"{REGISTRY_SCHEME}{name}/{found.version}"
+    mlflow.set_tracking_uri(tracking_uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=resolved, dst_path=download_to or tempfile.mkdtemp(prefix="avsync-model-"))
+    from mlflow.models import Model
+
+    artifacts = Model.load(local).flavors.get("python_function", {}).get("artifacts", {})
+    if PYFUNC_ARTIFACT not in artifacts:
+        raise ValueError(f"{resolved} holds no '{PYFUNC_ARTIFACT}' artifact: register models with `avsync export --register`")
+    folder = os.path.join(local, artifacts[PYFUNC_ARTIFACT]["path"])
+    return ModelSource(path=folder, uri=uri, name=name, version=int(found.version), alias=alias, run_id=found.run_id)

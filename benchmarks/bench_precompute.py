@@ -56,11 +56,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from avsync_ray.config import PrecomputeConfig
-    from avsync_ray.curation.shards import read_tar
+    from avsync_ray.shards import read_samples
     from avsync_ray.synth import synthesize_shards
-    from avsync_ray.training.data import avsyncd_sample, precomputed_sample
+    from avsync_ray.examples import avsyncd_sample, precomputed_sample
     from avsync_ray.training.objectives import sample_video_latents, vae_moments
-    from avsync_ray.training.precompute import precompute_shard, sample_features
+    from avsync_ray.training.features import precompute_shard, sample_features
 
     dtype = getattr(torch, args.dtype)
     encoders = full_frozen_encoders(dtype, args.device)
@@ -84,7 +84,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-precompute-") as folder:
         synthesize_shards(f"{folder}/shards", "train", args.samples, seed=0, clips_per_shard=args.samples)
-        source = read_tar(f"{folder}/shards/train-000000.tar")
+        source = read_samples(f"{folder}/shards/train-000000.tar")
         config = PrecomputeConfig.model_validate(
             {"input": {"root": f"{folder}/shards"}, "output": f"{folder}/out", "model": {"init": "tiny"}, "height": args.size, "width": args.size,
              "windows_per_clip": args.windows, "flip_variants": False, "batch_size": 12}  # fmt: skip
@@ -93,7 +93,7 @@ def main() -> None:
         started = time.perf_counter()
         entry = precompute_shard(f"{folder}/shards/train-000000.tar", f"{folder}/out/train-000000.tar", featurize)
         precompute_seconds = (time.perf_counter() - started) / args.samples
-        featurized = read_tar(f"{folder}/out/train-000000.tar")
+        featurized = read_samples(f"{folder}/out/train-000000.tar")
         feature_bytes = statistics.mean(len(s["vae_moments.npy"]) + len(s["audio_tokens.npy"]) for s in featurized)
         media_bytes = statistics.mean(len(s["mp4"]) + len(s["wav"]) for s in source)
         decode_seconds = per_sample_seconds(decode_path, source, args.device)

@@ -48,7 +48,7 @@ def cpu_zero_comparison(steps: int, base_width: int) -> dict:
                 overrides=[
                     f"data.root={folder}", f"run.storage_path={folder}/runs", f"run.name=zero{stage}", f"tracking.uri={tracking}",
                     f"deepspeed.zero_stage={stage}", f"model.base_width={base_width}", "model.image_size=32", "clips.num_clips=5",
-                    "loader.batch_size=2", f"max_steps={steps}", f"checkpoint.every_n_steps={steps}", f"tracking.log_every_n_steps={steps // 2}",
+                    "loader.batch_size=2", f"max_steps={steps}", f"checkpoint.every_n_steps={steps}", f"log_every_n_steps={steps // 2}",
                 ],
             )  # fmt: skip
             result = launch(config, "sync-classifier")

@@ -52,7 +52,7 @@ def tiny_pipe(tiny_components):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from avsync_ray.models.presets import save_tiny_pipeline
+    from avsync_ray.pipelines.presets import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny_model"), seed=0)
 
@@ -61,9 +61,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_imagebind_checkpoint(tmp_path_factory):
     """A file in imagebind_huge.pth's format (modality_{preprocessors,trunks,heads,postprocessors}.<m>.*), made by
     the `imagebind` package's own ImageBindModel at the tiny sizes; returns (path, that model)."""
-    from imagebind.models.imagebind_model import ImageBindModel
+    from avsync_ray.models.imagebind import IMAGEBIND_PRESETS, imagebind_code
 
-    from avsync_ray.models.imagebind import IMAGEBIND_PRESETS
+    imagebind_code()  # the torchvision alias `imagebind` needs
+    from imagebind.models.imagebind_model import ImageBindModel
 
     c = IMAGEBIND_PRESETS["imagebind-tiny"]
     torch.manual_seed(0)

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from avsync_ray.config import ConfigError, DemoConfig, GenerateConfig, apply_override, load_config, save_config
-
+from avsync_ray.config import (
+    ConfigError,
+    CurateConfig,
+    DemoConfig,
+    GenerateConfig,
+    TrainSyncConfig,
+    apply_override,
+    load_config,
+    parse_override_value,
+    save_config,
+)
 
 
 def test_generate_preset_is_the_official_demo():
@@ -33,11 +42,38 @@ def test_precedence_defaults_preset_file_overrides(tmp_path):
     assert config.generate.guidance_scale == 1.0  # schema default where nobody says otherwise
 
 
-def test_override_values_are_yaml():
+def test_override_values_are_yaml_where_no_field_says_otherwise():
     data = apply_override({}, "a.b=[1, 2]")
     data = apply_override(data, "a.c=true")
     data = apply_override(data, "d=0.5")
     assert data == {"a": {"b": [1, 2], "c": True}, "d": 0.5}
+
+
+def test_override_values_are_parsed_by_the_type_of_their_field():
+    config = load_config(
+        TrainSyncConfig, "train-sync-tiny",
+        overrides=["run.name=2024", "data.root=runs/a #1", "tracking.run_name=null", "max_steps=7", "loader.randflip=false",
+                   "optimizer.betas=[0.8, 0.9]", "tracking.experiment=true"],
+    )  # fmt: skip
+    assert config.run.name == "2024" and config.data.root == "runs/a #1"  # a number and a YAML comment stay text
+    assert config.tracking.run_name is None and config.tracking.experiment == "true"
+    assert config.max_steps == 7 and config.loader.randflip is False and config.optimizer.betas == (0.8, 0.9)
+    with pytest.raises(ConfigError, match="max_steps"):
+        load_config(TrainSyncConfig, "train-sync-tiny", overrides=["data.root=x", "max_steps=many"])
+
+
+def test_string_or_list_fields_take_a_yaml_list_or_any_text():
+    field = CurateConfig.model_fields["input"].annotation
+    assert parse_override_value("[a, b]", field) == ["a", "b"]
+    assert parse_override_value("videos #2/*.mp4", field) == "videos #2/*.mp4"
+    assert parse_override_value("null", GenerateConfig.model_fields["device"].annotation) == "null"  # not optional: text
+
+
+def test_positional_values_are_taken_verbatim():
+    config = load_config(TrainSyncConfig, "train-sync-tiny", values={"data.root": "2024 #raw", "run.name": "007"})
+    assert config.data.root == "2024 #raw" and config.run.name == "007"
+    overridden = load_config(TrainSyncConfig, "train-sync-tiny", overrides=["data.root=other"], values={"data.root": "given"})
+    assert overridden.data.root == "other"  # --set applies after the positionals, as after the file
 
 
 def test_resolved_snapshot_round_trips(tmp_path):
@@ -67,3 +103,15 @@ def test_every_packaged_preset_validates():
         schema = preset_schema(name)
         verb = next((v for v in sorted(required, key=len, reverse=True) if name == v or name.startswith(f"{v}-")), None)
         assert isinstance(load_config(schema, name, overrides=required.get(verb, [])), schema), name
+
+
+def test_a_partial_tracking_section_keeps_the_jobs_experiment():
+    from avsync_ray.config import PrecomputeConfig, TrainConfig
+
+    curate = CurateConfig.model_validate({"input": "a", "output": "b", "tracking": {"uri": "sqlite:///x.db"},
+                                          "filters": {n: {"enabled": False} for n in ("semantic", "imagebind", "sync")}})  # fmt: skip
+    assert (curate.tracking.uri, curate.tracking.experiment) == ("sqlite:///x.db", "avsync/curation")
+    train = load_config(TrainConfig, "train-tiny", overrides=["tracking.uri=sqlite:///y.db"], values={"data.root": "s"})
+    assert train.tracking.experiment == "avsync/avsyncd"
+    precompute = load_config(PrecomputeConfig, "precompute-tiny", overrides=["tracking.enabled=false"], values={"input.root": "s", "output": "o"})
+    assert precompute.tracking.experiment == "avsync/precompute"

@@ -20,10 +20,13 @@ import webdataset as wds
 
 from avsync_ray.config import CurateConfig
 from avsync_ray.curation.pipeline import CurationError, run_curation
+from avsync_ray.faults import ENV_VAR as FAULTS_ENV_VAR
 from avsync_ray.media import decode, encode_mp4
 from avsync_ray.synth import bouncing_ball, synthesize_corpus
+from conftest import MEDIA_DIR
 
 pytestmark = pytest.mark.usefixtures("ray_session")
+BUNNY = MEDIA_DIR / "av_animation" / "big_buck_bunny_0_30.webm"
 BUNNY_CUTS = (283 / 24, 376 / 24, 551 / 24)  # verified hard cuts of big_buck_bunny_0_30.webm (ground truth)
 
 
@@ -85,14 +88,16 @@ def _bad_inputs(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, media_dir) -> dict:
-    """Synthetic videos of every category, the bad inputs, and a real film with known cuts, in one manifest."""
+def corpus(tmp_path_factory) -> dict:
+    """Synthetic videos of every category and the bad inputs in one manifest, plus a real film with known cuts
+    where the shared media is present (the tests that need the film ask for ``media_dir``)."""
     root = tmp_path_factory.mktemp("corpus")
     truth = synthesize_corpus(root / "synthetic", num_videos=7, seed=0)
     _bad_inputs(root / "bad")
     rows = [{"uri": str(root / "synthetic" / t["uri"]), "label": t["label"], "id": t["video_id"]} for t in truth]
     rows += [{"uri": str(root / "bad" / name), "label": "bad", "id": Path(name).stem} for name in BAD_INPUTS]
-    rows.append({"uri": str(media_dir / "av_animation" / "big_buck_bunny_0_30.webm"), "label": "animation", "id": "big-buck-bunny"})
+    if BUNNY.is_file():
+        rows.append({"uri": str(BUNNY), "label": "animation", "id": "big-buck-bunny"})
     with open(root / "manifest.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["uri", "label", "id"])
         writer.writeheader()
@@ -153,7 +158,7 @@ def test_synthetic_corpus_is_kept_or_rejected_as_the_ground_truth_says(corpus, r
         assert entries[video_id]["status"] == ("done" if kept else "zero_survivors"), video_id
 
 
-def test_real_film_windows_never_cross_its_cuts(reference):
+def test_real_film_windows_never_cross_its_cuts(reference, media_dir):
     rows = [r for r in pq.read_table(reference["output"] / "scores.parquet").to_pylist() if r["source_id"] == "big-buck-bunny"]
     assert len({r["shot"] for r in rows}) == 4
     for row in rows:
@@ -216,14 +221,25 @@ def test_rerun_skips_recorded_videos_and_changes_nothing(corpus, reference):
     assert summary["clips"] == reference["summary"]["clips"]
 
 
-def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(corpus, reference, tmp_path):
+def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(corpus, reference, tmp_path, monkeypatch):
     victim = next(iter(corpus["truth"]))
-    run_curation(make_config(corpus["manifest"], tmp_path / "out", debug__kill_worker_once_on=victim))
+    monkeypatch.setenv(FAULTS_ENV_VAR, json.dumps({"kill_worker_on_source": victim}))
+    run_curation(make_config(corpus["manifest"], tmp_path / "out"))
     assert (tmp_path / "out" / "_work" / f"killed-{victim}").exists()
     assert shard_digests(tmp_path / "out") == reference["digests"]
 
 
-def test_a_killed_driver_resumes_to_the_same_shards(corpus, reference, tmp_path):
+def test_fault_injection_is_not_reachable_from_a_config(corpus, tmp_path):
+    with pytest.raises(ValueError, match="debug"):
+        make_config(corpus["manifest"], tmp_path / "out", debug__kill_worker_once_on="x")
+
+
+def test_a_driver_killed_from_outside_resumes_to_the_same_shards(corpus, reference, tmp_path):
+    """SIGKILL the driver process once three videos are recorded, as a crash or a lost head would; the rerun of
+    the same command skips what is recorded and ends with the uninterrupted run's bytes."""
+    import signal
+    import time
+
     import ray
 
     output = tmp_path / "out"
@@ -231,13 +247,22 @@ def test_a_killed_driver_resumes_to_the_same_shards(corpus, reference, tmp_path)
     (tmp_path / "curate.yaml").write_text(json.dumps(config.model_dump(mode="json")))
     command = [sys.executable, "-m", "avsync_ray", "curate", corpus["manifest"], str(output), "--config", str(tmp_path / "curate.yaml")]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    crashed = subprocess.run([*command, "--set", "debug.crash_driver_after=3"], env=env, capture_output=True, timeout=600)
-    assert crashed.returncode == 137, crashed.stderr.decode()[-2000:]
-    recorded = list((output / "_work" / "ledger").glob("*.json"))
-    assert 3 <= len(recorded) < len(BAD_INPUTS) + len(corpus["truth"]) + 1
+    total = len(BAD_INPUTS) + len(corpus["truth"]) + BUNNY.is_file()
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((output / "_work" / "ledger").glob("*.json"))) < 3 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait(timeout=60)
+    assert driver.returncode == -signal.SIGKILL
+    recorded = len(list((output / "_work" / "ledger").glob("*.json")))
+    assert 3 <= recorded < total and not (output / "train.index.json").exists()
     resumed = subprocess.run(command, env=env, capture_output=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     assert shard_digests(output) == reference["digests"]
+    assert len(ledger(output)) == total
 
 
 def test_rethreshold_reselects_from_the_score_table_without_scoring(corpus, reference, tmp_path):

@@ -1,20 +1,14 @@
-"""Pure curation logic: windows in shots, sampling, scores, thresholds and reasons, merging, keys, shard plans."""
+"""Pure curation logic: windows in shots, sampling, scores, thresholds and reasons, merging."""
 
 from __future__ import annotations
 
-import io
-import json
-
 import numpy as np
 import pytest
-import webdataset as wds
 
 from avsync_ray.config import CurateConfig
-from avsync_ray.curation.shards import plan_bundles, read_tar, tar_bytes
 from avsync_ray.curation.windows import (
     Window,
     audio_peak,
-    clip_key,
     decide,
     funnel,
     ia_audio_starts,
@@ -98,31 +92,8 @@ def test_model_rules_apply_only_when_their_stage_is_enabled():
 def test_merge_overlapping_and_touching_windows_per_shot():
     windows = [Window(0, 0.0, 3.0), Window(0, 0.5, 3.5), Window(0, 1.0, 4.0), Window(0, 4.0, 7.0), Window(0, 4.5, 7.5), Window(1, 7.5, 10.5)]
     keep = np.array([True, True, False, True, False, True])
-    assert merge_windows(windows, keep) == [(0, 0.0, 3.5), (0, 4.0, 7.0), (1, 7.5, 10.5)]
-    assert merge_windows(windows, np.array([True, True, True, True, True, False])) == [(0, 0.0, 7.5)]
-    assert merge_windows(windows, np.array([True] * 5 + [False]), max_seconds=4.0) == [(0, 0.0, 4.0), (0, 4.0, 7.5)]
-
-
-def test_clip_keys_are_deterministic_and_dot_free():
-    key = clip_key("lion-roar-0123456789", 1.5, 4.0)
-    assert key == "lion-roar-0123456789_0001500_0004000" and "." not in key
-    assert clip_key("a", 0.1234, 3.1239) == "a_0000123_0003124"
-
-
-def test_plan_bundles_targets_size_and_sample_count():
-    bundles = [(f"b{i}", 100, 2) for i in range(7)]
-    assert plan_bundles(bundles, target_bytes=250, max_samples=100) == [["b0", "b1", "b2"], ["b3", "b4", "b5"], ["b6"]]
-    assert plan_bundles(bundles, target_bytes=10_000, max_samples=4) == [["b0", "b1"], ["b2", "b3"], ["b4", "b5"], ["b6"]]
-    assert plan_bundles([("big", 10_000, 50), ("small", 10, 1)], 100, 10) == [["big"], ["small"]]
-
-
-def test_tars_are_deterministic_and_readable_by_webdataset(tmp_path):
-    samples = [{"__key__": f"vid-1_{i:07d}_0003000", "json": json.dumps({"i": i}).encode(), "mp4": b"v" * (i + 1), "wav": b"a"} for i in range(3)]
-    first, second = tar_bytes(samples), tar_bytes(samples)
-    assert first == second
-    (tmp_path / "s.tar").write_bytes(first)
-    assert [s["__key__"] for s in read_tar(str(tmp_path / "s.tar"))] == [s["__key__"] for s in samples]
-    loaded = list(wds.WebDataset(str(tmp_path / "s.tar"), shardshuffle=False))
-    assert [s["__key__"] for s in loaded] == [s["__key__"] for s in samples]
-    assert {k for k in loaded[0] if not k.startswith("__")} == {"json", "mp4", "wav"}
-    assert io.BytesIO(first).getbuffer().nbytes % 512 == 0
+    assert merge_windows(windows, keep) == [Window(0, 0.0, 3.5), Window(0, 4.0, 7.0), Window(1, 7.5, 10.5)]
+    assert merge_windows(windows, np.array([True, True, True, True, True, False])) == [Window(0, 0.0, 7.5)]
+    assert merge_windows(windows, np.array([True] * 5 + [False]), max_seconds=4.0) == [Window(0, 0.0, 4.0), Window(0, 4.0, 7.5)]
+    clip = Window(0, 0.0, 3.5)
+    assert clip.covers(Window(0, 0.5, 3.5)) and not clip.covers(Window(1, 0.5, 3.5)) and not clip.covers(Window(0, 1.0, 4.0))

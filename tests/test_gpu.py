@@ -71,15 +71,15 @@ def test_precomputed_features_on_cuda_match_cpu(synthetic_shards, tiny_component
     """Features precomputed on a GPU are the ones a CPU makes, and the training path draws latents from them
     on the GPU."""
     from avsync_ray.config import PrecomputeConfig, load_config
-    from avsync_ray.curation.shards import read_tar
-    from avsync_ray.training.data import precomputed_sample, shard_urls
+    from avsync_ray.examples import precomputed_sample
+    from avsync_ray.shards import read_samples, shard_urls
     from avsync_ray.training.objectives import sample_video_latents
-    from avsync_ray.training.precompute import sample_features
+    from avsync_ray.training.features import sample_features
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     config = load_config(PrecomputeConfig, "precompute-tiny", overrides=["input.root=x", "output=y", "height=32", "width=32"])
-    raw = read_tar(shard_urls(str(synthetic_shards["root"]), "test")[0])[0]
+    raw = read_samples(shard_urls(str(synthetic_shards["root"]), "test")[0])[0]
     features = {}
     for device in ("cpu", "cuda"):
         vae, audio_encoder = tiny_components["vae"].to(device), tiny_components["audio_encoder"].to(device)

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from avsync_ray.cli import app
-from avsync_ray.evaluation.pair_metrics import load_sync_classifier
+from avsync_ray.models.sync_classifier import load_sync_classifier
 from avsync_ray.evaluation.sync_metrics import relsync
 from avsync_ray.models.sync_classifier import SyncClassifier
 

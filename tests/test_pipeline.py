@@ -42,6 +42,10 @@ def test_call_signature_has_the_diffusers_names():
     assert parameters["guidance_scale"].default == 1.0 and parameters["audio_guidance_scale"].default == 4.0
 
 
+def test_call_docstring_carries_the_usage_example():
+    assert ">>> pipe = AVSyncDPipeline.from_pretrained" in AVSyncDPipeline.__call__.__doc__
+
+
 def test_default_scheduler_is_sd15_pndm(tiny_pipe):
     assert isinstance(tiny_pipe.scheduler, PNDMScheduler) and tiny_pipe.scheduler.config.skip_prk_steps
     tiny_pipe.scheduler.set_timesteps(50)

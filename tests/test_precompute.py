@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from avsync_ray import examples
 from avsync_ray.config import PrecomputeConfig, TrainConfig, load_config
-from avsync_ray.curation.shards import read_tar
-from avsync_ray.models.presets import tiny_pipeline
-from avsync_ray.training import data as training_data
+from avsync_ray.media.clips import ClipSamplingError
+from avsync_ray.pipelines.presets import tiny_pipeline
+from avsync_ray.shards import AUDIO_TOKENS_MEMBER, VAE_MOMENTS_MEMBER, read_index, read_samples, shard_urls
+from avsync_ray.training import features as pre
 from avsync_ray.training import objectives
-from avsync_ray.training import precompute as pre
+from avsync_ray.training.precompute import run_precompute
 
 
 def _precompute_config(root, out, *overrides) -> PrecomputeConfig:
@@ -34,7 +36,7 @@ def test_window_starts_cover_the_sample():
     assert pre.window_starts(3.0, 2.0, 3) == [0.0, 0.5, 1.0]
     assert pre.window_starts(3.0, 2.0, 1) == [0.5]
     assert pre.window_starts(2.0, 2.0, 2) == [0.0, 0.0]
-    with pytest.raises(training_data.ClipSamplingError, match="training needs 2.000 s"):
+    with pytest.raises(ClipSamplingError, match="training needs 2.000 s"):
         pre.window_starts(1.5, 2.0, 3)
 
 
@@ -56,17 +58,17 @@ def test_stored_moments_draw_the_same_latents_as_the_vae(encoders):
 def test_sample_features_are_the_training_clips_encoded(synthetic_shards, encoders):
     vae, audio_encoder = encoders
     config = _precompute_config(synthetic_shards["root"], "unused")
-    raw = read_tar(training_data.shard_urls(str(synthetic_shards["root"]), "test")[0])[0]
+    raw = read_samples(shard_urls(str(synthetic_shards["root"]), "test")[0])[0]
     members = pre.sample_features(raw, vae, audio_encoder, config)
-    moments = np.load(io.BytesIO(members[training_data.VAE_MOMENTS_MEMBER]))
-    tokens = np.load(io.BytesIO(members[training_data.AUDIO_TOKENS_MEMBER]))
+    moments = np.load(io.BytesIO(members[VAE_MOMENTS_MEMBER]))
+    tokens = np.load(io.BytesIO(members[AUDIO_TOKENS_MEMBER]))
     assert moments.dtype == np.float16 and moments.shape == (3, 2, 8, 12, 4, 4)
     assert tokens.dtype == np.float16 and tokens.shape[0] == 3
 
-    source = training_data.clip_source(raw)
+    source = examples.clip_source(raw)
     starts = pre.window_starts(source.duration, 2.0, 3)
     for window, flip in ((0, False), (2, True)):
-        clip = training_data.avsyncd_clip(raw, source, starts[window], size=(32, 32), flip=flip)
+        clip = examples.avsyncd_clip(raw, source, starts[window], size=(32, 32), flip=flip)
         expected = objectives.vae_moments(vae, clip["video"][None])[0]
         torch.testing.assert_close(torch.from_numpy(moments[window, int(flip)].astype(np.float32)), expected, atol=2e-2, rtol=2e-3)
         with torch.no_grad():
@@ -79,19 +81,19 @@ def test_precompute_shard_keeps_members_and_records_what_it_leaves_out(synthetic
 
     vae, audio_encoder = encoders
     config = _precompute_config(synthetic_shards["root"], tmp_path, "windows_per_clip=2", "flip_variants=false")
-    source_url = training_data.shard_urls(str(synthetic_shards["root"]), "train")[1]  # holds the corrupt clip
+    source_url = shard_urls(str(synthetic_shards["root"]), "train")[1]  # holds the corrupt clip
     featurize = partial(pre.sample_features, vae=vae, audio_encoder=audio_encoder, config=config)
     entry = pre.precompute_shard(source_url, f"{tmp_path}/train-000001.tar", featurize, expected=4)
 
     written = (tmp_path / "train-000001.tar").read_bytes()
     assert entry["filesize"] == len(written) and entry["sha256"] == hashlib.sha256(written).hexdigest()
     assert [item["key"] for item in entry["skipped"]] == [synthetic_shards["corrupt_key"]] and entry["skipped"][0]["reason"]
-    source = {s["__key__"]: s for s in read_tar(source_url)}
-    output = read_tar(f"{tmp_path}/train-000001.tar")
+    source = {s["__key__"]: s for s in read_samples(source_url)}
+    output = read_samples(f"{tmp_path}/train-000001.tar")
     assert entry["nsamples"] == len(output) == 3
     for sample in output:
         assert all(sample[name] == source[sample["__key__"]][name] for name in ("mp4", "wav", "json"))
-        example = training_data.precomputed_sample(sample, np.random.default_rng(0))
+        example = examples.precomputed_sample(sample, np.random.default_rng(0))
         assert example["vae_moments"].shape == (8, 12, 4, 4) and example["vae_moments"].dtype == torch.float32
         assert example["audio_tokens"].shape[0] > 1 and example["prompt"] == "sync"
     # A tar that lost samples to damage is reported against the input index's count.
@@ -103,16 +105,16 @@ def test_precomputed_sample_picks_windows_and_flips():
     tokens = np.arange(3 * 4 * 2, dtype=np.float16).reshape(3, 4, 2)
     raw = {"vae_moments.npy": _npy(moments), "audio_tokens.npy": _npy(tokens), "json": json.dumps({"label": "dog"}).encode()}
     rng = np.random.default_rng(0)
-    drawn = [training_data.precomputed_sample(raw, rng) for _ in range(40)]
+    drawn = [examples.precomputed_sample(raw, rng) for _ in range(40)]
     seen = {(int(d["vae_moments"][0, 0, 0, 0]) // 32, int(d["vae_moments"][0, 0, 0, 0]) % 32 // 16) for d in drawn}
     assert seen == {(w, f) for w in range(3) for f in range(2)}  # every window and both flip variants
     for d in drawn:  # the tokens belong to the same window as the moments
         assert int(d["audio_tokens"][0, 0]) // 8 == int(d["vae_moments"][0, 0, 0, 0]) // 32
-    unflipped = [training_data.precomputed_sample(raw, rng, randflip=False) for _ in range(20)]
+    unflipped = [examples.precomputed_sample(raw, rng, randflip=False) for _ in range(20)]
     assert all(int(d["vae_moments"][0, 0, 0, 0]) % 32 // 16 == 0 for d in unflipped)
     raw["audio_tokens.npy"] = _npy(tokens[:2])
     with pytest.raises(ValueError, match="do not belong together"):
-        training_data.precomputed_sample(raw, rng)
+        examples.precomputed_sample(raw, rng)
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -146,9 +148,9 @@ def test_precompute_and_train_on_ray(ray_session, synthetic_shards, tmp_path):
     from avsync_ray.training.loops import AVSyncDTask
 
     out = tmp_path / "precomputed"
-    summary = pre.run_precompute(_precompute_config(synthetic_shards["root"], out, f"tracking.uri=sqlite:///{tmp_path}/mlruns.db", "ray.progress_bars=false"))
-    index = training_data.read_index(str(out), "train")
-    source = training_data.read_index(str(synthetic_shards["root"]), "train")
+    summary = run_precompute(_precompute_config(synthetic_shards["root"], out, f"tracking.uri=sqlite:///{tmp_path}/mlruns.db", "ray.progress_bars=false"))
+    index = read_index(str(out), "train")
+    source = read_index(str(synthetic_shards["root"]), "train")
     assert summary["samples"] == index["nsamples"] == source["nsamples"] - 1 and summary["skipped"] == 1
     assert [s["key"] for s in index["skipped_samples"]] == [synthetic_shards["corrupt_key"]]
     assert [e["url"] for e in index["shardlist"]] == [e["url"] for e in source["shardlist"]]
@@ -161,8 +163,8 @@ def test_precompute_and_train_on_ray(ray_session, synthetic_shards, tmp_path):
 
     # The task draws its inputs from the stored features: the frozen encoders do not run.
     task = AVSyncDTask(config, torch.device("cpu"))
-    assert task.make_sample.func is training_data.precomputed_sample
-    samples = [task.make_sample(raw, np.random.default_rng(0)) for raw in read_tar(f"{out}/train-000000.tar")[:2]]
+    assert task.make_sample.func is examples.precomputed_sample
+    samples = [task.make_sample(raw, np.random.default_rng(0)) for raw in read_samples(f"{out}/train-000000.tar")[:2]]
     batch = {**{k: torch.stack([s[k] for s in samples]) for k in ("vae_moments", "audio_tokens")}, "prompt": [s["prompt"] for s in samples]}
     encoder = task.pipe.audio_encoder
     encoder.null_audio_encodings(torch.device("cpu"), encoder.dtype)  # cached once per run, as in training

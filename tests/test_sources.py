@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from avsync_ray.curation.sources import list_sources, source_id_for
+from avsync_ray.sources import list_sources, source_id_for
 
 EXTENSIONS = [".mp4", ".mpg"]
 

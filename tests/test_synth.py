@@ -123,8 +123,10 @@ def test_window_metrics_match_the_expected_verdicts(corpus, decoded, category):
         if expected["pixel_rule"] == "pass":
             assert pixel.min() >= 0.02 and pixel.max() <= 0.10, pixel  # inside [0.01, 0.15] with margin
         elif expected["pixel_rule"] == "too_static":
-            # static: identical frames, but x264 now and then refines the still picture by a level or so
-            assert pixel.max() < (1e-4 if category == "static" else 0.005), pixel
+            # static: identical frames, but x264 (without its macroblock tree) refines the still picture over the
+            # first second or so, by a level here and there
+            assert pixel.max() < (1e-3 if category == "static" else 0.005), pixel
+            assert category != "static" or np.median(pixel) < 1e-4, pixel
             assert category == "static" or pixel.min() > 1e-4, pixel  # ambient: still, but not frozen
         else:
             assert expected["pixel_rule"] == "too_sharp" and pixel.min() > 0.2, pixel

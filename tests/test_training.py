@@ -3,12 +3,14 @@ resume, export, the registry, evaluation; and (slow) the proof that the tiny mod
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
 
 from avsync_ray.config import EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config
+from avsync_ray.faults import ENV_VAR as FAULTS_ENV_VAR
 from avsync_ray.training.engine import IncompatibleResumeError, read_checkpoint_meta
 from avsync_ray.training.launcher import launch
 
@@ -29,69 +31,117 @@ def _optimizer_steps(checkpoint: str) -> int:
     return states["global_steps"]
 
 
-def test_classifier_training_survives_a_failure_resumes_and_exports(ray_session, synthetic_shards, tmp_path):
+@pytest.fixture(scope="module")
+def classifier_run(ray_session, synthetic_shards, tmp_path_factory) -> dict:
+    """One classifier run whose rank 1 raises after step 3 (the tests' fault hook); Ray Train restarts the worker
+    group from the step-2 checkpoint and finishes at step 6. Later fixtures resume it and export it."""
+    tmp_path = tmp_path_factory.mktemp("classifier_run")
     tracking = f"sqlite:///{tmp_path}/mlruns.db"
     common = [
         f"data.root={synthetic_shards['root']}", f"run.storage_path={tmp_path}/runs", f"tracking.uri={tracking}", "run.name=sync",
-        "model.base_width=4", "model.image_size=32", "clips.num_clips=5", "checkpoint.every_n_steps=2", "tracking.log_every_n_steps=1",
+        "model.base_width=4", "model.image_size=32", "clips.num_clips=5", "checkpoint.every_n_steps=2", "log_every_n_steps=1",
     ]  # fmt: skip
-    config = load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*common, "max_steps=6", "debug.fail_at_step=3", "debug.fail_rank=1"])
-    first = launch(config, "sync-classifier")
+    config = load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*common, "max_steps=6"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FAULTS_ENV_VAR, json.dumps({"fail_training_at_step": 3, "fail_rank": 1}))
+        first = launch(config, "sync-classifier")
+    meta = read_checkpoint_meta(first["checkpoint"])
+    return {"tmp": tmp_path, "tracking": tracking, "common": common, "first": first, "run_id": meta["mlflow_run_id"]}
 
-    # Rank 1 raised after step 3; Ray Train restarted the group from the step-2 checkpoint and finished.
-    assert (tmp_path / "runs" / "sync" / ".injected-failure").read_text() == "step 3\n"
+
+@pytest.fixture(scope="module")
+def resumed_run(classifier_run) -> dict:
+    """``--resume latest`` of the classifier run to 8 steps."""
+    config = load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*classifier_run["common"], "max_steps=8", "run.resume=latest"])
+    return launch(config, "sync-classifier")
+
+
+@pytest.fixture(scope="module")
+def exported_classifier(resumed_run, classifier_run):
+    from avsync_ray.training.export import export_checkpoint
+
+    folder = classifier_run["tmp"] / "classifier"
+    return folder, export_checkpoint(resumed_run["checkpoint"], folder)
+
+
+def test_an_injected_failure_restarts_from_the_last_checkpoint(classifier_run):
+    first = classifier_run["first"]
+    assert (classifier_run["tmp"] / "runs" / "sync" / ".injected-failure").read_text() == "step 3\n"
     meta = read_checkpoint_meta(first["checkpoint"])
     assert meta["step"] == 6 and _optimizer_steps(first["checkpoint"]) == 6
-    run_id = meta["mlflow_run_id"]
-    losses = _metric_history(tracking, run_id, "loss")
-    assert sorted(losses) == [1, 2, 3, 4, 5, 6]  # one MLflow run across the restart
-    # The corrupt clip (shard 1, read by rank 1) was skipped and counted, and training went on.
-    assert sum(_metric_history(tracking, run_id, "data/skipped_samples").values()) >= 1
+
+
+def test_one_mlflow_run_holds_every_step_across_the_restart(classifier_run):
+    tracking, run_id = classifier_run["tracking"], classifier_run["run_id"]
+    assert sorted(_metric_history(tracking, run_id, "loss")) == [1, 2, 3, 4, 5, 6]
     for name in ("lr", "grad_norm", "samples_per_s", "data_wait_s", "a2v_accuracy"):
         assert _metric_history(tracking, run_id, name), name
 
-    # --resume latest continues the same run (and its MLflow run) to the new max_steps.
-    resumed = launch(load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*common, "max_steps=8", "run.resume=latest"]), "sync-classifier")
-    assert read_checkpoint_meta(resumed["checkpoint"])["step"] == 8 and _optimizer_steps(resumed["checkpoint"]) == 8
-    assert read_checkpoint_meta(resumed["checkpoint"])["mlflow_run_id"] == run_id
-    assert sorted(_metric_history(tracking, run_id, "loss")) == list(range(1, 9))
 
-    # A resume that changes the ZeRO partitioning is refused before any worker starts.
+def test_a_corrupt_clip_is_skipped_and_counted(classifier_run):
+    # The corrupt clip (shard 1, read by rank 1) was skipped and counted, and training went on.
+    assert sum(_metric_history(classifier_run["tracking"], classifier_run["run_id"], "data/skipped_samples").values()) >= 1
+
+
+def test_resume_latest_continues_the_same_run_and_mlflow_run(classifier_run, resumed_run):
+    meta = read_checkpoint_meta(resumed_run["checkpoint"])
+    assert meta["step"] == 8 and _optimizer_steps(resumed_run["checkpoint"]) == 8
+    assert meta["mlflow_run_id"] == classifier_run["run_id"]
+    assert sorted(_metric_history(classifier_run["tracking"], classifier_run["run_id"], "loss")) == list(range(1, 9))
+
+
+def test_a_resume_that_changes_the_zero_partitioning_is_refused(classifier_run, resumed_run):
+    overrides = [*classifier_run["common"], "max_steps=10", "run.resume=latest", "deepspeed.zero_stage=1"]
     with pytest.raises(IncompatibleResumeError, match="deepspeed.zero_stage"):
-        launch(load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*common, "max_steps=10", "run.resume=latest", "deepspeed.zero_stage=1"]), "sync-classifier")
+        launch(load_config(TrainSyncConfig, "train-sync-tiny", overrides=overrides), "sync-classifier")
 
-    # Export -> a SyncClassifier folder, registered in MLflow with the @candidate alias.
-    from avsync_ray.evaluation.sync_eval import run_eval_sync
+
+def test_export_writes_the_trained_weights(resumed_run, exported_classifier, classifier_run):
     from avsync_ray.models.sync_classifier import SyncClassifier
-    from avsync_ray.tracking import register_model
     from avsync_ray.training.engine import consolidated_state_dict
-    from avsync_ray.training.export import export_checkpoint
 
-    exported = export_checkpoint(resumed["checkpoint"], tmp_path / "classifier")
-    assert exported["step"] == 8 and exported["mlflow_run_id"] == run_id
-    classifier = SyncClassifier.from_pretrained(tmp_path / "classifier")
-    trained = consolidated_state_dict(resumed["checkpoint"])
+    folder, exported = exported_classifier
+    assert exported["step"] == 8 and exported["mlflow_run_id"] == classifier_run["run_id"]
+    classifier = SyncClassifier.from_pretrained(folder)
+    trained = consolidated_state_dict(resumed_run["checkpoint"])
     for name, value in classifier.state_dict().items():
         torch.testing.assert_close(value.float() if value.is_floating_point() else value, trained[f"classifier.{name}"])
-    registered = register_model(str(tmp_path / "classifier"), "tiny-sync", "sync-classifier", tracking, source_run_id=run_id)
-    assert registered["version"] == 1 and registered["model_uri"] == "models:/tiny-sync@candidate"
+
+
+def test_registered_classifier_serves_through_mlflow(exported_classifier, classifier_run, synthetic_shards):
     import mlflow
     import pandas as pd
 
-    from avsync_ray.curation.shards import read_tar
+    from avsync_ray.shards import read_samples
+    from avsync_ray.mlflow_models import register_model
 
+    tracking, tmp_path = classifier_run["tracking"], classifier_run["tmp"]
+    registered = register_model(str(exported_classifier[0]), "tiny-sync", "sync-classifier", tracking, source_run_id=classifier_run["run_id"])
+    assert registered["version"] == 1 and registered["model_uri"] == "models:/tiny-sync@candidate"
     clip = tmp_path / "clip.mp4"
-    clip.write_bytes(read_tar(str(synthetic_shards["root"] / "test-000000.tar"))[0]["mp4"])
+    clip.write_bytes(read_samples(str(synthetic_shards["root"] / "test-000000.tar"))[0]["mp4"])
     mlflow.set_tracking_uri(tracking)
     served = mlflow.pyfunc.load_model("models:/tiny-sync@candidate").predict(pd.DataFrame([{"audio": str(clip), "video": str(clip)}]))
     assert list(served.columns) == ["psync_a2v", "psync_v2a"] and 0 < served.iloc[0]["psync_a2v"] < 1
 
-    # eval-sync on the held-out test shards: every clip scored, accuracies are fractions.
-    evaluation = run_eval_sync(
-        load_config(EvalSyncConfig, "eval-sync", overrides=[f"classifier={tmp_path / 'classifier'}", f"data.root={synthetic_shards['root']}",
-                                                            f"tracking.uri={tracking}", "ray.progress_bars=false"]),  # fmt: skip
-        out=str(tmp_path / "eval.json"),
-    )
+    # The registry URI resolves to its version and the exported folder, which loads as the export does.
+    from avsync_ray.models.sync_classifier import load_sync_classifier
+    from avsync_ray.tracking import resolve_model
+
+    source = resolve_model("models:/tiny-sync@candidate", tracking, download_to=str(tmp_path / "downloaded"))
+    assert (source.name, source.version, source.alias, source.run_id) == ("tiny-sync", 1, "candidate", registered["run_id"])
+    assert load_sync_classifier(source.path).config.base_width == 4
+    assert resolve_model("models:/tiny-sync/1", tracking, download_to=str(tmp_path / "by-version")).version == 1
+    with pytest.raises(ValueError, match="not in the model registry"):
+        resolve_model("models:/tiny-sync@champion", tracking)
+
+
+def test_eval_sync_scores_every_held_out_clip(exported_classifier, classifier_run, synthetic_shards):
+    from avsync_ray.evaluation.batch import run_eval_sync
+
+    overrides = [f"tracking.uri={classifier_run['tracking']}", "ray.progress_bars=false"]
+    config = load_config(EvalSyncConfig, "eval-sync", overrides=overrides, values={"classifier": str(exported_classifier[0]), "data.root": str(synthetic_shards["root"])})
+    evaluation = run_eval_sync(config, out=str(classifier_run["tmp"] / "eval.json"))
     assert evaluation["clips"] == 4 and evaluation["skipped"] == 0
     assert 0 <= evaluation["a2v_accuracy"] <= 1 and 0 <= evaluation["v2a_accuracy"] <= 1
 
@@ -105,7 +155,7 @@ def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synth
         "train-tiny",
         overrides=[
             f"data.root={synthetic_shards['root']}", f"run.storage_path={s3_server}/runs", f"tracking.uri={tracking}",
-            "max_steps=4", "checkpoint.every_n_steps=2", "tracking.log_every_n_steps=1", "height=32", "width=32",
+            "max_steps=4", "checkpoint.every_n_steps=2", "log_every_n_steps=1", "height=32", "width=32",
             "deepspeed.zero_stage=3", "preview_every_n_steps=4", "preview_inference_steps=2",
         ],
     )  # fmt: skip
@@ -143,7 +193,7 @@ def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synth
 def test_tiny_models_learn_on_synthetic_shards(ray_session, tmp_path_factory, tmp_path):
     """The proof on this CPU: the tiny classifier beats chance (about 0.35 with +-5 of 31 clips) on held-out clips,
     and the tiny AVSyncD's loss falls."""
-    from avsync_ray.evaluation.sync_eval import run_eval_sync
+    from avsync_ray.evaluation.batch import run_eval_sync
     from avsync_ray.synth import synthesize_shards
     from avsync_ray.training.export import export_checkpoint
 
@@ -158,7 +208,7 @@ def test_tiny_models_learn_on_synthetic_shards(ray_session, tmp_path_factory, tm
     assert evaluation["clips"] == 16
     assert (evaluation["a2v_accuracy"] + evaluation["v2a_accuracy"]) / 2 >= 0.6, evaluation
 
-    avsyncd = launch(load_config(TrainConfig, "train-tiny", overrides=[*common, "tracking.log_every_n_steps=1", "preview_every_n_steps=null"]), "avsyncd")
+    avsyncd = launch(load_config(TrainConfig, "train-tiny", overrides=[*common, "log_every_n_steps=1", "preview_every_n_steps=null"]), "avsyncd")
     losses = _metric_history(tracking, read_checkpoint_meta(avsyncd["checkpoint"])["mlflow_run_id"], "loss")
     first, last = [losses[s] for s in range(1, 11)], [losses[s] for s in range(31, 41)]
     assert sum(last) / 10 < 0.8 * sum(first) / 10, losses

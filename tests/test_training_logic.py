@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from avsync_ray import examples
 from avsync_ray.config import TrainConfig, TrainSyncConfig, load_config
 from avsync_ray.evaluation.sync_metrics import contrastive_loss
-from avsync_ray.media.clips import MultiClipSpec
+from avsync_ray.media.clips import ClipSamplingError, MultiClipSpec
+from avsync_ray.shards import read_samples, shard_urls, tar_bytes, write_index
 from avsync_ray.training import data as training_data
 from avsync_ray.training import objectives
 
@@ -101,26 +103,25 @@ def test_video_latents_are_per_frame_vae_latents(tiny_components):
 
 
 def _raw_samples(root, split):
-    from avsync_ray.curation.shards import read_tar
 
-    return [s for url in training_data.shard_urls(str(root), split) for s in read_tar(url)]
+    return [s for url in shard_urls(str(root), split) for s in read_samples(url)]
 
 
 def test_shard_listing_and_rank_split(synthetic_shards):
-    urls = training_data.shard_urls(str(synthetic_shards["root"]), "train")
+    urls = shard_urls(str(synthetic_shards["root"]), "train")
     assert [u.rsplit("/", 1)[-1] for u in urls] == ["train-000000.tar", "train-000001.tar"]
     assert training_data.rank_shards(urls, 0, 2) == urls[:1] and training_data.rank_shards(urls, 1, 2) == urls[1:]
     assert training_data.rank_shards(urls, 2, 3) == urls  # fewer shards than ranks: every rank resamples them all
     with pytest.raises(FileNotFoundError):
-        training_data.shard_urls(str(synthetic_shards["root"]), "validation")
+        shard_urls(str(synthetic_shards["root"]), "validation")
 
 
 def test_avsyncd_sample_is_the_official_clip(synthetic_shards):
     raw = _raw_samples(synthetic_shards["root"], "test")[0]
-    sample = training_data.avsyncd_sample(raw, np.random.default_rng(3), size=(64, 64), randflip=False)
+    sample = examples.avsyncd_sample(raw, np.random.default_rng(3), size=(64, 64), randflip=False)
     assert sample["video"].shape == (3, 12, 64, 64) and 0 <= sample["video"].min() and sample["video"].max() <= 1
     assert sample["mel"].shape == (1, 128, 204) and sample["audio"].shape == (32_000,) and sample["prompt"] == "sync"
-    again = training_data.avsyncd_sample(raw, np.random.default_rng(3), size=(64, 64), randflip=False)
+    again = examples.avsyncd_sample(raw, np.random.default_rng(3), size=(64, 64), randflip=False)
     assert torch.equal(sample["video"], again["video"]) and torch.equal(sample["mel"], again["mel"])
     # The clip's audio is the canonical wav's samples at the clip's start, exactly.
     from avsync_ray.media import load_audio
@@ -128,26 +129,26 @@ def test_avsyncd_sample_is_the_official_clip(synthetic_shards):
     wav = load_audio(raw["wav"])
     start = int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(wav, 64) == sample["audio"][:64].numpy(), axis=1))[0])
     assert torch.equal(sample["audio"], torch.from_numpy(wav[start : start + 32_000]))
-    flipped = training_data.avsyncd_sample(raw, np.random.default_rng(3), size=(64, 64), randflip=True)
+    flipped = examples.avsyncd_sample(raw, np.random.default_rng(3), size=(64, 64), randflip=True)
     assert torch.equal(flipped["video"], sample["video"]) or torch.equal(flipped["video"], sample["video"].flip(-1))
 
 
 def test_sync_sample_shapes_and_clip_shift(synthetic_shards):
     raw = _raw_samples(synthetic_shards["root"], "test")[0]
     spec = MultiClipSpec(num_clips=5, shift=0.5, placement="random")
-    sample = training_data.sync_sample(raw, np.random.default_rng(0), spec=spec, image_size=32, randflip=False)
+    sample = examples.sync_sample(raw, np.random.default_rng(0), spec=spec, image_size=32, randflip=False)
     assert sample["video"].shape == (5, 3, 12, 32, 32) and sample["mel"].shape == (5, 1, 128, 204)
     assert not torch.equal(sample["mel"][0], sample["mel"][1])
     too_long = MultiClipSpec(num_clips=31, shift=0.2, placement="random")
-    with pytest.raises(training_data.ClipSamplingError):
-        training_data.sync_sample(raw, np.random.default_rng(0), spec=too_long, image_size=32)
+    with pytest.raises(ClipSamplingError):
+        examples.sync_sample(raw, np.random.default_rng(0), spec=too_long, image_size=32)
 
 
 def test_corrupt_samples_are_skipped_and_counted(synthetic_shards):
     from functools import partial
 
-    urls = training_data.shard_urls(str(synthetic_shards["root"]), "train")
-    make = partial(training_data.avsyncd_sample, size=(32, 32))
+    urls = shard_urls(str(synthetic_shards["root"]), "train")
+    make = partial(examples.avsyncd_sample, size=(32, 32))
     stream = training_data.ShardStream(urls[1:], make, batch_size=3, seed=0, shuffle_buffer=0)  # the corrupt clip's shard
     batches = iter(training_data.make_loader(stream))
     drawn = [next(batches) for _ in range(4)]  # 12 good samples from a resampled 4-clip shard (3 good, 1 corrupt)
@@ -158,8 +159,8 @@ def test_corrupt_samples_are_skipped_and_counted(synthetic_shards):
 def test_streams_are_seeded_per_rank(synthetic_shards):
     from functools import partial
 
-    urls = training_data.shard_urls(str(synthetic_shards["root"]), "train")
-    make = partial(training_data.avsyncd_sample, size=(32, 32))
+    urls = shard_urls(str(synthetic_shards["root"]), "train")
+    make = partial(examples.avsyncd_sample, size=(32, 32))
 
     def first_batch(seed, rank):
         return next(iter(training_data.make_loader(training_data.ShardStream(urls, make, 2, seed=seed, rank=rank, shuffle_buffer=4))))
@@ -170,12 +171,11 @@ def test_streams_are_seeded_per_rank(synthetic_shards):
 
 
 def test_a_stream_of_only_bad_samples_fails_loudly(tmp_path):
-    from avsync_ray.curation.shards import tar_bytes, write_index
 
     bad = [{"__key__": f"bad-{i}", "json": b"{}", "mp4": b"x", "wav": b"y"} for i in range(3)]
     (tmp_path / "train-000000.tar").write_bytes(tar_bytes(bad))
     write_index(str(tmp_path), "train", [{"url": "train-000000.tar", "nsamples": 3}], {})
-    stream = training_data.ShardStream(training_data.shard_urls(str(tmp_path), "train"), training_data.avsyncd_sample, 1, seed=0, shuffle_buffer=0)
+    stream = training_data.ShardStream(shard_urls(str(tmp_path), "train"), examples.avsyncd_sample, 1, seed=0, shuffle_buffer=0)
     with pytest.raises(RuntimeError, match="in a row could not be decoded"):
         next(iter(training_data.make_loader(stream)))
 

@@ -14,7 +14,6 @@ from the staged bundles in a fixed order, so an interrupted and an uninterrupted
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from dataclasses import asdict
@@ -24,11 +23,11 @@ import pyarrow.dataset as pads
 import ray
 from ray.util.annotations import RayDeprecationWarning
 
+from avsync_ray import faults
+from avsync_ray.batch_jobs import actor_placement
 from avsync_ray.config import CurateConfig, dump_config, save_config
 from avsync_ray.curation import report as report_module
 from avsync_ray.curation.scorers import EmbeddingScorer, SyncScorer
-from avsync_ray.curation.shards import plan_bundles, shard_stats, write_index, write_shard
-from avsync_ray.curation.sources import list_sources
 from avsync_ray.curation.stages import (
     WORK,
     curation_id,
@@ -40,6 +39,8 @@ from avsync_ray.curation.stages import (
     write_parquet,
 )
 from avsync_ray.ray_runtime import init_ray
+from avsync_ray.shards import SCORE_TABLE_SCHEMA, plan_bundles, shard_stats, write_bundled_shard, write_index
+from avsync_ray.sources import list_sources
 from avsync_ray.storage import filesystem, join_uri, list_files, write_json_atomic
 from avsync_ray.tracking import log_curation_run
 
@@ -49,13 +50,13 @@ logger = logging.getLogger(__name__)
 TASK_RETRIES = 3
 
 
-def _map_task(ds: ray.data.Dataset, fn, config: CurateConfig) -> ray.data.Dataset:
+def _map_task(ds: ray.data.Dataset, fn, **fn_kwargs) -> ray.data.Dataset:
     """A per-video CPU task with bounded retries. Ray Data retries crashed tasks forever by default, so a video
     that always kills its worker would hang the run. Ray 2.60 deprecates ``max_retries`` as a remote arg
     without a named replacement yet; the warning is silenced here on purpose."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RayDeprecationWarning)
-        return ds.map(fn, fn_kwargs={"config": config}, num_cpus=1, max_retries=TASK_RETRIES)
+        return ds.map(fn, fn_kwargs=fn_kwargs, num_cpus=1, max_retries=TASK_RETRIES)
 
 
 class CurationError(RuntimeError):
@@ -88,32 +89,20 @@ def _check_resumable(entries: dict[str, dict], config: CurateConfig) -> None:
 
 def _map_videos(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
     """The scoring graph on a dataset of sources (one video per block)."""
-    ds = _map_task(ds, prepare_video, config)
+    plan = faults.plan_from_env()
+    ds = _map_task(ds, prepare_video, config=config, faults_plan=plan.to_dict() if plan else None)
     stages = config.filters
     if stages.semantic.enabled or stages.imagebind.enabled:
-        actor = config.imagebind_actor
-        ds = ds.map(
-            EmbeddingScorer,
-            fn_constructor_kwargs={"semantic": stages.semantic, "imagebind": stages.imagebind, "actor": actor},
-            compute=ray.data.ActorPoolStrategy(size=actor.concurrency), num_gpus=actor.num_gpus, num_cpus=actor.num_cpus,
-        )  # fmt: skip
+        kwargs = {"semantic": stages.semantic, "imagebind": stages.imagebind, "actor": config.imagebind_actor}
+        ds = ds.map(EmbeddingScorer, fn_constructor_kwargs=kwargs, **actor_placement(config.imagebind_actor))
     if stages.sync.enabled:
-        actor = config.sync_actor
-        ds = ds.map(
-            SyncScorer, fn_constructor_kwargs={"sync": stages.sync, "actor": actor},
-            compute=ray.data.ActorPoolStrategy(size=actor.concurrency), num_gpus=actor.num_gpus, num_cpus=actor.num_cpus,
-        )  # fmt: skip
-    return _map_task(ds, finalize_video, config)
+        ds = ds.map(SyncScorer, fn_constructor_kwargs={"sync": stages.sync, "actor": config.sync_actor}, **actor_placement(config.sync_actor))
+    return _map_task(ds, finalize_video, config=config)
 
 
-def _drain(ds: ray.data.Dataset, total: int, config: CurateConfig) -> str:
+def _drain(ds: ray.data.Dataset, total: int) -> str:
     """Run the graph; the driver only counts finished videos (their state is already on storage)."""
-    finished = 0
-    for _ in ds.iter_rows():
-        finished += 1
-        if config.debug.crash_driver_after is not None and finished >= config.debug.crash_driver_after:
-            logger.error("debug.crash_driver_after=%d reached: killing the driver", finished)
-            os._exit(137)
+    finished = sum(1 for _ in ds.iter_rows())
     logger.info("recorded %d of %d videos", finished, total)
     try:
         return ds.stats()
@@ -129,9 +118,7 @@ def _record_crashed(sources: list[dict], entries: dict[str, dict], config: Curat
             record_video(source, config, "failed", "worker_crashed", f"its task failed {TASK_RETRIES + 1} times", counts)
 
 
-def _score(config: CurateConfig, sources: list[dict]) -> str:
-    entries = _ledger_entries(config.output)
-    _check_resumable(entries, config)
+def _score(config: CurateConfig, sources: list[dict], entries: dict[str, dict]) -> str:
     pending = [s for s in sources if s["source_id"] not in entries]
     logger.info("%d videos, %d already recorded, %d to curate", len(sources), len(sources) - len(pending), len(pending))
     if not pending:
@@ -139,27 +126,25 @@ def _score(config: CurateConfig, sources: list[dict]) -> str:
     # A video that keeps crashing its worker is recorded, not fatal.
     ray.data.DataContext.get_current().max_errored_blocks = len(pending)
     ds = _map_videos(ray.data.from_items(pending, override_num_blocks=len(pending)), config)
-    stats = _drain(ds, len(pending), config)
+    stats = _drain(ds, len(pending))
     _record_crashed(pending, _ledger_entries(config.output), config)
     return stats
 
 
-def _rethreshold(config: CurateConfig, sources: list[dict]) -> str:
-    entries = _ledger_entries(config.output)
-    _check_resumable(entries, config)
-    scored = [e for e in entries.values() if e["status"] in ("done", "zero_survivors") and e["windows"] > 0]
+def _rethreshold(config: CurateConfig, entries: dict[str, dict]) -> str:
+    scored = [e for e in entries.values() if e["windows"] > 0 and (e["status"] != "failed" or e["reason"] == "rethreshold_error")]
     if not scored:
         raise CurationError(f"{config.output} has no scored videos to re-threshold")
     ds = ray.data.from_items(scored, override_num_blocks=len(scored))
-    ds = _map_task(ds, rematerialize_video, config)
-    return _drain(ds, len(scored), config)
+    ds = _map_task(ds, rematerialize_video, config=config)
+    return _drain(ds, len(scored))
 
 
 def _score_table(output: str) -> pa.Table:
     fs, path = filesystem(join_uri(output, WORK, "scores"))
     if not fs.exists(path):
-        return pa.table({})
-    table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+        return SCORE_TABLE_SCHEMA.empty_table()
+    table = pads.dataset(path, filesystem=fs, format="parquet", schema=SCORE_TABLE_SCHEMA).to_table()
     return table.sort_by([("source_id", "ascending"), ("start", "ascending")])
 
 
@@ -169,7 +154,7 @@ def _assemble(config: CurateConfig, entries: dict[str, dict]) -> tuple[dict, dic
     fs = filesystem(bundles[0])[0] if bundles else None
     sized = [(uri, fs.size(filesystem(uri)[1]), entries[uri.rsplit("/", 1)[-1][: -len(".tar")]]["clips"]) for uri in bundles]
     plan = plan_bundles(sized, config.shards.target_size_mb * 2**20, config.shards.max_samples)
-    writer = ray.remote(num_cpus=1)(write_shard)
+    writer = ray.remote(num_cpus=1)(write_bundled_shard)
     shardlist = ray.get([writer.remote(config.output, config.shards.split, number, uris) for number, uris in enumerate(plan)])
     index = write_index(config.output, config.shards.split, shardlist, {"curation_id": curation_id(config)})
     return index, shard_stats(config.output, index)
@@ -182,8 +167,10 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     sources = [asdict(s) for s in list_sources(config.input, config.video_extensions)]
     if not sources:
         raise CurationError(f"no input videos found at {config.input} (extensions {config.video_extensions})")
+    recorded = _ledger_entries(config.output)
+    _check_resumable(recorded, config)  # before the saved config is replaced
     save_config(config, join_uri(config.output, "curate.config.yaml"))
-    ray_stats = _rethreshold(config, sources) if rethreshold else _score(config, sources)
+    ray_stats = _rethreshold(config, recorded) if rethreshold else _score(config, sources, recorded)
     entries = _ledger_entries(config.output)
     scores = _score_table(config.output)
     write_parquet(join_uri(config.output, "scores.parquet"), scores)

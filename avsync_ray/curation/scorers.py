@@ -21,16 +21,12 @@ from avsync_ray.curation.windows import (
     psync_clip_starts,
     semantic_difference,
 )
-from avsync_ray.evaluation.imagebind_scores import preprocess_images
+from avsync_ray.devices import resolve_device, torch_dtype
 from avsync_ray.evaluation.sync_metrics import sync_probabilities
-from avsync_ray.generate import TORCH_DTYPES
 from avsync_ray.media.audio import DEFAULT_MEL, waveform_to_mel
 from avsync_ray.media.clips import nearest_frames
+from avsync_ray.models.imagebind import preprocess_images
 
-def actor_device(config: ActorConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
 
 
 def guarded(row: dict, stage: str, compute) -> dict:
@@ -65,24 +61,25 @@ class EmbeddingScorer:
     def __init__(self, semantic: SemanticStageConfig, imagebind: ImageBindStageConfig, actor: ActorConfig):
         from avsync_ray.models.imagebind import AUDIO, TEXT, VISION, ImageBind
 
-        self.device, self.dtype = actor_device(actor), TORCH_DTYPES[actor.dtype]
+        self.device, self.dtype = resolve_device(actor.device, actor.num_gpus), torch_dtype(actor.dtype)
         self.semantic_enabled, self.alignment_enabled = semantic.enabled, imagebind.enabled
         self.imagebind = None
         if imagebind.enabled or (semantic.enabled and semantic.model == "imagebind"):
             checkpoint = imagebind.checkpoint if imagebind.enabled else semantic.checkpoint
             preset = imagebind.preset if imagebind.enabled else semantic.preset
             modalities = (VISION, AUDIO, TEXT) if imagebind.enabled else (VISION,)
-            self.imagebind = ImageBind.from_checkpoint(checkpoint, preset=preset, modalities=modalities).to(self.device)
+            self.imagebind = ImageBind.from_checkpoint(checkpoint, preset=preset, modalities=modalities).to(self.device, self.dtype)
         self.clip = None
         if semantic.enabled and semantic.model == "clip":
             from transformers import CLIPVisionModelWithProjection
 
-            self.clip = CLIPVisionModelWithProjection.from_pretrained(semantic.checkpoint, local_files_only=True).to(self.device).eval()
+            self.clip = CLIPVisionModelWithProjection.from_pretrained(semantic.checkpoint, local_files_only=True)
+            self.clip = self.clip.to(self.device, self.dtype).eval()
         self._text_cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def _embed_frames(self, frames: np.ndarray, model: str) -> torch.Tensor:
-        images = preprocess_images(frames).to(self.device)
+        images = preprocess_images(frames).to(self.device, self.dtype)
         if model == "clip":
             return self.clip(pixel_values=images).image_embeds.float()
         return self.imagebind.embed_images(images).float()
@@ -108,7 +105,7 @@ class EmbeddingScorer:
             images = self._embed_frames(frames[nearest_frames(frame_times, frame_lookup.unique)], "imagebind")
             audio_lookup = _Lookup(np.stack([ia_audio_starts(s) for s in window_start]))
             mels = waveform_to_mel(torch.from_numpy(_audio_clips(audio, audio_start, audio_lookup.unique)))
-            sounds = self.imagebind.embed_audio(mels.to(self.device)).float()
+            sounds = self.imagebind.embed_audio(mels.to(self.device, self.dtype)).float()
             ia = (images[frame_lookup.inverse] * sounds[audio_lookup.inverse]).sum(-1)  # (windows, 3) cosines
             it = images[frame_lookup.inverse] @ self._text(label.replace("_", " "))
             out["ia"], out["it"] = ia.min(dim=1).values.cpu().numpy(), it.min(dim=1).values.cpu().numpy()
@@ -124,10 +121,10 @@ class SyncScorer:
     """P_sync a2v and v2a per window: 3 clips 0.25 s apart from the window's middle (paper §2.1)."""
 
     def __init__(self, sync: SyncStageConfig, actor: ActorConfig):
-        from avsync_ray.evaluation.pair_metrics import load_sync_classifier
+        from avsync_ray.models.sync_classifier import load_sync_classifier
 
-        self.device = actor_device(actor)
-        self.classifier = load_sync_classifier(sync.classifier, str(self.device)).to(TORCH_DTYPES[actor.dtype])
+        self.device = resolve_device(actor.device, actor.num_gpus)
+        self.classifier = load_sync_classifier(sync.classifier, self.device).to(torch_dtype(actor.dtype))
 
     @torch.no_grad()
     def score(self, frames, frame_times, audio, audio_start, window_start) -> dict[str, np.ndarray]:

@@ -12,21 +12,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from avsync_ray import faults
 from avsync_ray.config import CurateConfig
-from avsync_ray.curation.shards import SCHEMA_VERSION, read_tar, tar_bytes
 from avsync_ray.curation.shots import detect_shots
 from avsync_ray.curation.windows import (
     SCORE_RULES,
     Window,
     audio_peak,
-    clip_key,
     decide,
     merge_windows,
     pixel_difference,
@@ -37,6 +35,7 @@ from avsync_ray.curation.windows import (
 from avsync_ray.media import MediaError, MediaErrorReason, decode, encode_mp4, encode_wav, probe
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE
 from avsync_ray.media.clips import nearest_frames
+from avsync_ray.shards import SCORE_TABLE_SCHEMA, read_samples, sample_key, sample_metadata, tar_bytes
 from avsync_ray.storage import exists, join_uri, local_copy, read_json, remove, write_bytes_atomic, write_json_atomic
 
 WORK = "_work"
@@ -92,14 +91,11 @@ def _empty_row(source: dict) -> dict:
     }
 
 
-def _fault_injection(config: CurateConfig, source_id: str) -> None:
-    """Kill this worker process the first time it prepares ``debug.kill_worker_once_on`` (tests Ray's retry)."""
-    if config.debug.kill_worker_once_on != source_id:
-        return
-    marker = join_uri(config.output, WORK, f"killed-{source_id}")
-    if not exists(marker):
-        write_bytes_atomic(marker, b"")
-        os._exit(1)
+def _inject_faults(plan: dict | None, config: CurateConfig, source_id: str) -> None:
+    """The crash-recovery tests' hook (:mod:`avsync_ray.faults`): end this worker the first time it prepares
+    the planned video, so Ray's retry is exercised."""
+    if plan and plan.get("kill_worker_on_source") == source_id and faults.fire_once(join_uri(config.output, WORK, f"killed-{source_id}"), "worker killed"):
+        faults.kill_this_process()
 
 
 def _decode_size(info, config: CurateConfig) -> int | None:
@@ -107,11 +103,11 @@ def _decode_size(info, config: CurateConfig) -> int | None:
     return config.shards.short_side if min(info.video.width, info.video.height) > config.shards.short_side else None
 
 
-def prepare_video(source: dict, config: CurateConfig) -> dict:
+def prepare_video(source: dict, config: CurateConfig, faults_plan: dict | None = None) -> dict:
     """Shots, windows, one decode and the cheap scores of one source video; failures become a reason."""
     row = _empty_row(source)
     try:
-        _fault_injection(config, source["source_id"])
+        _inject_faults(faults_plan, config, source["source_id"])
         with local_copy(source["uri"]) as path:
             info = probe(path)
             if info.video is None:
@@ -163,51 +159,51 @@ def prepare_video(source: dict, config: CurateConfig) -> dict:
 # ------------------------------------------------------------------------------------------------ finalize
 
 
-def _windows_table(row: dict, keep: np.ndarray, reasons: list[str], clips: list[tuple], config: CurateConfig) -> pa.Table:
-    """One row per window: every score, keep flag, reason, and the clip it went into."""
+def _windows_table(row: dict, windows: list[Window], keep: np.ndarray, reasons: list[str], clips: list[Window], config: CurateConfig) -> pa.Table:
+    """One row per window (:data:`~avsync_ray.shards.SCORE_TABLE_SCHEMA`): every score, keep flag, reason, and
+    the clip it went into."""
     skipped = ",".join(name for name, rule in rules(config).items() if not rule.enabled)
     clip_of = []
-    for shot, start, end in zip(row["window_shot"], row["window_start"], row["window_end"]):
-        inside = [clip_key(row["source_id"], c[1], c[2]) for c in clips if c[0] == shot and c[1] <= start + 1e-9 and end <= c[2] + 1e-9]
+    for window in windows:
+        inside = [sample_key(row["source_id"], clip.start, clip.end) for clip in clips if clip.covers(window)]
         clip_of.append(inside[0] if inside else "")
-    count = len(row["window_start"])
+    count = len(windows)
     return pa.table(
         {
             "source_id": [row["source_id"]] * count,
             "uri": [row["uri"]] * count,
             "label": [row["label"]] * count,
-            "shot": np.asarray(row["window_shot"], dtype=np.int64),
-            "start": np.asarray(row["window_start"], dtype=np.float64),
-            "end": np.asarray(row["window_end"], dtype=np.float64),
+            "shot": np.array([w.shot for w in windows], dtype=np.int64),
+            "start": np.array([w.start for w in windows], dtype=np.float64),
+            "end": np.array([w.end for w in windows], dtype=np.float64),
             **{name: np.asarray(row[name], dtype=np.float64) for name in SCORE_RULES},
             "keep": np.asarray(keep, dtype=bool),
             "reason": reasons,
             "skipped_rules": [skipped] * count,
             "clip": clip_of if keep.any() else [""] * count,
-        }
+        },
+        schema=SCORE_TABLE_SCHEMA,
     )
 
 
-def _sample_json(source: dict, clip: tuple, windows: pa.Table, fps: float, frames: int, size: tuple[int, int], config: CurateConfig) -> bytes:
-    shot, start, end = clip
-    inside = [r for r in windows.to_pylist() if r["shot"] == shot and start - 1e-9 <= r["start"] and r["end"] <= end + 1e-9]
+def _sample_json(source: dict, clip: Window, windows: pa.Table, fps: float, frames: int, size: tuple[int, int], config: CurateConfig) -> bytes:
+    inside = [r for r in windows.to_pylist() if clip.covers(Window(r["shot"], r["start"], r["end"]))]
     scores = {name: [r[name] for r in inside] for name in SCORE_RULES}
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "key": clip_key(source["source_id"], start, end),
-        "source": {"uri": source["uri"], "source_id": source["source_id"]},
-        "label": source["label"],
-        "span": {"start": start, "end": end, "shot": int(shot)},
-        "fps": fps,
-        "num_frames": frames,
-        "size": list(size),
-        "sample_rate": TARGET_SAMPLE_RATE,
-        "windows": [{"start": r["start"], "end": r["end"], **{n: _finite(r[n]) for n in SCORE_RULES}} for r in inside],
-        "scores": {n: None if np.isnan(v).any() else {"min": min(v), "mean": float(np.mean(v))} for n, v in scores.items()},
-        "thresholds": {name: rule.model_dump() for name, rule in rules(config).items()},
-        "curation_id": curation_id(config),
-    }
-    return json.dumps(meta, sort_keys=True, allow_nan=False).encode()
+    return sample_metadata(
+        key=sample_key(source["source_id"], clip.start, clip.end),
+        source_uri=source["uri"],
+        source_id=source["source_id"],
+        label=source["label"],
+        span=(clip.start, clip.end, clip.shot),
+        fps=fps,
+        num_frames=frames,
+        size=size,
+        sample_rate=TARGET_SAMPLE_RATE,
+        windows=[{"start": r["start"], "end": r["end"], **{n: _finite(r[n]) for n in SCORE_RULES}} for r in inside],
+        scores={n: None if np.isnan(v).any() else {"min": min(v), "mean": float(np.mean(v))} for n, v in scores.items()},
+        thresholds={name: rule.model_dump() for name, rule in rules(config).items()},
+        curation_id=curation_id(config),
+    )
 
 
 def _finite(value: float) -> float | None:
@@ -215,10 +211,10 @@ def _finite(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def _encode_clip(frames: np.ndarray, frame_times: np.ndarray, audio: np.ndarray, audio_start: float, fps: float, start: float, end: float, config: CurateConfig):
-    chosen = frames[(frame_times >= start - 1e-6) & (frame_times < end - 1e-6)]
-    first = int(round((start - audio_start) * TARGET_SAMPLE_RATE))
-    sound = audio[max(first, 0) : first + int(round((end - start) * TARGET_SAMPLE_RATE))]
+def _encode_clip(frames: np.ndarray, frame_times: np.ndarray, audio: np.ndarray, audio_start: float, fps: float, clip: Window, config: CurateConfig):
+    chosen = frames[(frame_times >= clip.start - 1e-6) & (frame_times < clip.end - 1e-6)]
+    first = int(round((clip.start - audio_start) * TARGET_SAMPLE_RATE))
+    sound = audio[max(first, 0) : first + int(round((clip.end - clip.start) * TARGET_SAMPLE_RATE))]
     mp4 = encode_mp4(chosen, fps, sound, TARGET_SAMPLE_RATE, crf=config.shards.crf, preset=config.shards.x264_preset)
     return chosen, mp4, encode_wav(sound, TARGET_SAMPLE_RATE)
 
@@ -245,7 +241,7 @@ def _write_state(source: dict, config: CurateConfig, samples: list[dict], table:
     write_parquet(work_uri(config.output, "scores", source["source_id"]), table)
 
 
-def _select_clips(scores: dict[str, np.ndarray], shots, starts, ends, config: CurateConfig):
+def _select_clips(scores: dict[str, np.ndarray], shots, starts, ends, config: CurateConfig) -> tuple[list[Window], np.ndarray, list[str], list[Window]]:
     """Thresholds then merging: (windows, keep flags, reasons, the clips the kept windows make)."""
     keep, reasons = decide(scores, config)
     windows = [Window(int(s), float(a), float(b)) for s, a, b in zip(shots, starts, ends)]
@@ -267,12 +263,12 @@ def finalize_video(row: dict, config: CurateConfig) -> dict:
     try:
         scores = {name: np.asarray(row[name], dtype=np.float64) for name in SCORE_RULES}
         windows, keep, reasons, clips = _select_clips(scores, row["window_shot"], row["window_start"], row["window_end"], config)
-        table = _windows_table(row, keep, reasons, clips, config)
+        table = _windows_table(row, windows, keep, reasons, clips, config)
         samples = []
         for clip in clips:
-            frames, mp4, wav = _encode_clip(row["frames"], row["frame_times"], row["audio"], row["audio_start"], row["fps"], clip[1], clip[2], config)
+            frames, mp4, wav = _encode_clip(row["frames"], row["frame_times"], row["audio"], row["audio_start"], row["fps"], clip, config)
             meta = _sample_json(source, clip, table, row["fps"], len(frames), frames.shape[1:3], config)
-            samples.append({"__key__": clip_key(source["source_id"], clip[1], clip[2]), "json": meta, "mp4": mp4, "wav": wav})
+            samples.append({"__key__": sample_key(source["source_id"], clip.start, clip.end), "json": meta, "mp4": mp4, "wav": wav})
         _write_state(source, config, samples, table)
     except Exception as error:  # noqa: BLE001 - recorded, the run goes on
         return record_video(source, config, "failed", "finalize_error", repr(error)[:500], {"windows": len(row["window_start"]), "kept": 0, "clips": 0, "decoded_frames": decoded_frames})
@@ -284,21 +280,28 @@ def finalize_video(row: dict, config: CurateConfig) -> dict:
 
 def rematerialize_video(entry: dict, config: CurateConfig) -> dict:
     """Re-apply ``config``'s thresholds to a video's stored scores. Clips that existed before keep their encoded
-    media (only their JSON changes); new clip spans are decoded and encoded again."""
+    media (only their JSON changes); new clip spans are decoded and encoded again. A failure is recorded (reason
+    ``rethreshold_error``), and a later ``--rethreshold`` tries the video again."""
     source = {k: entry[k] for k in ("uri", "source_id", "label")}
+    try:
+        return _rematerialize(source, entry, config)
+    except Exception as error:  # noqa: BLE001 - recorded in the ledger, the run goes on
+        counts = {"windows": entry["windows"], "kept": 0, "clips": 0, "decoded_frames": entry.get("decoded_frames", 0)}
+        return record_video(source, config, "failed", "rethreshold_error", repr(error)[:500], counts)
+
+
+def _rematerialize(source: dict, entry: dict, config: CurateConfig) -> dict:
     with fsspec.open(work_uri(config.output, "scores", source["source_id"]), "rb") as handle:
         columns = pq.read_table(handle).to_pydict()
     scores = {name: np.asarray(columns[name], dtype=np.float64) for name in SCORE_RULES}
     windows, keep, reasons, clips = _select_clips(scores, columns["shot"], columns["start"], columns["end"], config)
-    row = {**source, "window_shot": np.asarray(columns["shot"]), "window_start": np.asarray(columns["start"]),
-           "window_end": np.asarray(columns["end"]), **scores}  # fmt: skip
-    new_table = _windows_table(row, keep, reasons, clips, config)
+    new_table = _windows_table({**source, **scores}, windows, keep, reasons, clips, config)
     clips_uri = work_uri(config.output, "clips", source["source_id"])
-    old = {s["__key__"]: s for s in read_tar(clips_uri)} if exists(clips_uri) else {}
+    old = {s["__key__"]: s for s in read_samples(clips_uri)} if exists(clips_uri) else {}
     decoded = None
     samples = []
     for clip in clips:
-        key = clip_key(source["source_id"], clip[1], clip[2])
+        key = sample_key(source["source_id"], clip.start, clip.end)
         if key in old:
             meta = json.loads(old[key]["json"])
             mp4, wav, fps, frames, size = old[key]["mp4"], old[key]["wav"], meta["fps"], meta["num_frames"], tuple(meta["size"])
@@ -308,7 +311,7 @@ def rematerialize_video(entry: dict, config: CurateConfig) -> dict:
                     info = probe(path)
                     decoded = decode(path, fps=None, size=_decode_size(info, config))
                     fps = float(info.video.fps)
-            chosen, mp4, wav = _encode_clip(decoded.frames, decoded.source_frame_times, decoded.audio, decoded.audio_start, fps, clip[1], clip[2], config)
+            chosen, mp4, wav = _encode_clip(decoded.frames, decoded.source_frame_times, decoded.audio, decoded.audio_start, fps, clip, config)
             frames, size = len(chosen), chosen.shape[1:3]
         samples.append({"__key__": key, "json": _sample_json(source, clip, new_table, fps, frames, size, config), "mp4": mp4, "wav": wav})
     _write_state(source, config, samples, new_table)

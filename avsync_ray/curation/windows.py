@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avsync_ray.config import CurateConfig, RangeRule
+from avsync_ray.shards.schema import SCORE_NAMES
 
 # What each score samples inside a window [s, s + 3) (paper §5.2).
 PIXEL_FRAMES = 10  # frames at s + 0.3 * i, i < 10 (raw pixel and semantic differences)
@@ -18,8 +19,9 @@ PSYNC_SHIFT = 0.25  # P_sync: 2 s from the middle, shifted by +-0.25 s
 CLIP_SECONDS = 2.0
 CLIP_FRAMES, CLIP_FPS = 12, 6.0
 
-# Filter order of the funnel; a window's reason is the first rule it fails.
-SCORE_RULES = ("pixel_diff", "semantic_diff", "audio_peak", "ia", "it", "psync_a2v", "psync_v2a")
+# Filter order of the funnel (the shard contract's score names, in that order); a window's reason is the first
+# rule it fails.
+SCORE_RULES = SCORE_NAMES
 REASONS = {
     "pixel_diff": ("too_static", "too_sharp"),
     "semantic_diff": ("semantic_too_similar", "semantic_too_different"),
@@ -33,9 +35,15 @@ REASONS = {
 
 @dataclass(frozen=True)
 class Window:
+    """A span of one shot, in seconds: a scored window, or a clip merged from kept windows."""
+
     shot: int
     start: float
     end: float
+
+    def covers(self, other: "Window") -> bool:
+        """``other`` lies inside this span of the same shot (to the microsecond)."""
+        return self.shot == other.shot and self.start <= other.start + 1e-9 and other.end <= self.end + 1e-9
 
 
 def windows_in_shots(shots: list[tuple[float, float]], length: float = 3.0, stride: float = 0.5) -> list[Window]:
@@ -137,28 +145,24 @@ def funnel(scores: dict[str, np.ndarray], keep_reasons: list[str]) -> dict[str, 
     return counts
 
 
-def merge_windows(windows: list[Window], keep: np.ndarray, max_seconds: float | None = None) -> list[tuple[int, float, float]]:
-    """Surviving windows of the same shot that overlap or touch become one clip: (shot, start, end).
-    Clips longer than ``max_seconds`` are cut into consecutive pieces of at most that length."""
-    clips: list[list] = []
+def merge_windows(windows: list[Window], keep: np.ndarray, max_seconds: float | None = None) -> list[Window]:
+    """Surviving windows of the same shot that overlap or touch become one clip. Clips longer than
+    ``max_seconds`` are cut into consecutive pieces of at most that length."""
+    clips: list[Window] = []
     for window, kept in sorted(zip(windows, keep), key=lambda item: (item[0].shot, item[0].start)):
         if not kept:
             continue
-        if clips and clips[-1][0] == window.shot and window.start <= clips[-1][2] + 1e-9:
-            clips[-1][2] = max(clips[-1][2], window.end)
+        if clips and clips[-1].shot == window.shot and window.start <= clips[-1].end + 1e-9:
+            clips[-1] = Window(window.shot, clips[-1].start, max(clips[-1].end, window.end))
         else:
-            clips.append([window.shot, window.start, window.end])
+            clips.append(window)
     if max_seconds is None:
-        return [tuple(c) for c in clips]
+        return clips
     pieces = []
-    for shot, start, end in clips:
-        while end - start > max_seconds + 1e-9:
-            pieces.append((shot, start, round(start + max_seconds, 6)))
+    for clip in clips:
+        start = clip.start
+        while clip.end - start > max_seconds + 1e-9:
+            pieces.append(Window(clip.shot, start, round(start + max_seconds, 6)))
             start = round(start + max_seconds, 6)
-        pieces.append((shot, start, end))
+        pieces.append(Window(clip.shot, start, clip.end))
     return pieces
-
-
-def clip_key(source_id: str, start: float, end: float) -> str:
-    """``<source-id>_<start_ms>_<end_ms>``: deterministic, no dots (WebDataset splits names at the first dot)."""
-    return f"{source_id}_{int(round(start * 1000)):07d}_{int(round(end * 1000)):07d}"

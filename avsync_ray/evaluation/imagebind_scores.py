@@ -3,19 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
-from avsync_ray.media.frames import to_float_frames
-from avsync_ray.models.imagebind import IMAGE_MEAN, IMAGE_STD, ImageBind
-
-
-def preprocess_images(frames, size: int = 224) -> torch.Tensor:
-    """RGB frames (T, H, W, 3) uint8 -> (T, 3, size, size): resize to a square (bicubic, antialiased), centre
-    crop, CLIP mean/std (the official ``clip_preprocess_videos``)."""
-    images = to_float_frames(frames) if not (isinstance(frames, torch.Tensor) and frames.is_floating_point()) else frames
-    images = TF.resize(images, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return TF.normalize(TF.center_crop(images, [size, size]), IMAGE_MEAN, IMAGE_STD)
+from avsync_ray.models.imagebind import ImageBind, preprocess_images
 
 
 @torch.no_grad()

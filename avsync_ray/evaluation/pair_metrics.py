@@ -27,18 +27,6 @@ from avsync_ray.models.sync_classifier import SyncClassifier
 Metric = Literal["score", "psync", "relsync", "alignsync"]
 
 
-def load_sync_classifier(path: str | Path, device: str = "cpu") -> SyncClassifier:
-    """Our saved classifier folder, or the official ``modules/`` folder with its three sub-folders."""
-    path = Path(path)
-    if (path / "head").is_dir() and (path / "audio_encoder").is_dir():
-        model = SyncClassifier.from_official(path)
-    elif (path / "config.json").is_file():
-        model = SyncClassifier.from_pretrained(path)
-    else:
-        raise FileNotFoundError(f"{path} is neither a SyncClassifier folder nor an official classifier modules folder")
-    return model.to(device).eval().requires_grad_(False)
-
-
 @dataclass
 class Pair:
     audio: np.ndarray  # 16 kHz mono

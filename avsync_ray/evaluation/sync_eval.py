@@ -2,22 +2,24 @@
 
 Per test clip: K clips (31) ``shift`` s (0.04) apart, centred; the centre audio scored against every video
 (a2v) and the centre video against every audio (v2a); correct when the argmax is within ``tolerance`` (5) clips
-of the centre. Accuracies are over unique clips. The scoring is a Ray Data actor pool over the shards; a clip
-that cannot be decoded or is too short is recorded with its reason and left out of the accuracies.
+of the centre. Accuracies are over unique clips. A clip that cannot be decoded or is too short is recorded with
+its reason and left out of the accuracies. The Ray Data job that runs :class:`SyncEvaluator` actors over the
+shards is :func:`avsync_ray.evaluation.batch.run_eval_sync`.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
 import torch
 
-from avsync_ray.config import EvalSyncConfig
+from avsync_ray.config import ActorConfig, EvalSyncConfig
+from avsync_ray.devices import resolve_device, torch_dtype
 from avsync_ray.evaluation.sync_metrics import sync_accuracy
 from avsync_ray.media.clips import MultiClipSpec
-from avsync_ray.training.data import SAMPLE_ERRORS, shard_urls, sync_sample
+from avsync_ray.models.sync_classifier import load_sync_classifier
+from avsync_ray.examples import SAMPLE_ERRORS, sync_sample
 
 
 def eval_spec(config: EvalSyncConfig) -> MultiClipSpec:
@@ -66,59 +68,11 @@ def summarize(rows: list[dict]) -> dict:
 class SyncEvaluator:
     """Ray Data actor: loads the classifier once, scores batches of shard samples."""
 
-    def __init__(self, classifier: str, device: str, spec: MultiClipSpec, tolerance: int):
-        from avsync_ray.evaluation.pair_metrics import load_sync_classifier
-        from avsync_ray.generate import resolve_device
-
-        self.classifier = load_sync_classifier(classifier, str(resolve_device(device)))
+    def __init__(self, classifier: str, actor: ActorConfig, spec: MultiClipSpec, tolerance: int):
+        self.classifier = load_sync_classifier(classifier, resolve_device(actor.device, actor.num_gpus)).to(torch_dtype(actor.dtype))
         self.spec, self.tolerance = spec, tolerance
 
     def __call__(self, batch: dict) -> dict:
         samples = [{"__key__": k, "mp4": m, "wav": w, "json": j} for k, m, w, j in zip(batch["key"], batch["mp4"], batch["wav"], batch["json"])]
         rows = score_samples(self.classifier, samples, self.spec, self.tolerance)
         return {name: [row[name] for row in rows] for name in rows[0]}
-
-
-def _shard_rows(item: dict) -> list[dict]:
-    from avsync_ray.curation.shards import read_tar
-
-    return [{"key": s["__key__"], "mp4": s["mp4"], "wav": s["wav"], "json": s["json"]} for s in read_tar(item["url"])]
-
-
-def run_eval_sync(config: EvalSyncConfig, out: str | None = None) -> dict:
-    """Score every clip of the test shards; returns (and logs to MLflow, writes to ``out``) the summary."""
-    import ray
-
-    from avsync_ray.ray_runtime import init_ray
-    from avsync_ray.storage import write_json_atomic
-
-    init_ray(config.ray)
-    urls = shard_urls(config.data.root, config.data.split)
-    dataset = ray.data.from_items([{"url": url} for url in urls]).flat_map(_shard_rows)
-    results = dataset.map_batches(
-        SyncEvaluator,
-        fn_constructor_kwargs={"classifier": config.classifier, "device": config.device, "spec": eval_spec(config), "tolerance": config.tolerance},
-        batch_size=config.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-        num_gpus=config.num_gpus,
-        num_cpus=None if config.num_gpus else 1,
-    ).take_all()
-    summary = {"classifier": config.classifier, "shards": config.data.root, "split": config.data.split, **summarize(results)}
-    summary["protocol"] = {"num_clips": config.num_clips, "shift_s": config.shift_s, "tolerance": config.tolerance}
-    if config.tracking.enabled:
-        summary["mlflow_run_id"] = _log_eval(config, summary, results)
-    if out:
-        write_json_atomic(out, {**summary, "per_clip": sorted(results, key=lambda r: r["key"])})
-    return summary
-
-
-def _log_eval(config: EvalSyncConfig, summary: dict, rows: list[dict]) -> str:
-    from avsync_ray.tracking import log_job_run
-
-    return log_job_run(
-        config.tracking,
-        "eval-sync",
-        params={"classifier": config.classifier, "shards": config.data.root, "split": config.data.split, **summary["protocol"]},
-        metrics={k: summary[k] for k in ("a2v_accuracy", "v2a_accuracy", "clips", "skipped") if summary[k] is not None},
-        texts={"eval_sync_per_clip.json": json.dumps(sorted(rows, key=lambda r: r["key"]), indent=1)},
-    )

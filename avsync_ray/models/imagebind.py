@@ -11,44 +11,52 @@ Every ImageBind module built here is frozen and stays in eval mode.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.resources
 import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable, Sequence
 
 import torch
-import torchvision.transforms._functional_tensor as _functional_tensor
 from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
-# ``import imagebind`` runs imagebind/data.py, which imports pytorchvideo, which still imports the
-# pre-0.17 public name ``torchvision.transforms.functional_tensor``; torchvision now ships it privately.
-sys.modules.setdefault("torchvision.transforms.functional_tensor", _functional_tensor)
-
-from imagebind.models.helpers import (  # noqa: E402
-    EinOpsRearrange,
-    LearnableLogitScaling,
-    Normalize,
-    SelectElement,
-    SelectEOSAndProject,
-)
-from imagebind.models.multimodal_preprocessors import (  # noqa: E402
-    AudioPreprocessor,
-    PadIm2Video,
-    PatchEmbedGeneric,
-    RGBDTPreprocessor,
-    SimpleTokenizer,
-    SpatioTemporalPosEmbeddingHelper,
-    TextPreprocessor,
-)
-from imagebind.models.transformer import MultiheadAttention, SimpleTransformer  # noqa: E402
+from avsync_ray.media.frames import to_float_frames
 
 AUDIO, VISION, TEXT = "audio", "vision", "text"
 MODALITIES = (AUDIO, VISION, TEXT)
 # ImageBind's image normalisation (OpenAI CLIP mean/std).
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@functools.cache
+def imagebind_code() -> SimpleNamespace:
+    """Meta's ImageBind modules (``helpers``, ``preprocessors``, ``transformer``), imported on first use.
+
+    ``import imagebind`` runs imagebind/data.py, which imports pytorchvideo, which still imports the pre-0.17
+    public name ``torchvision.transforms.functional_tensor``; torchvision now ships it privately, so that name is
+    aliased here, once, by the first caller that builds an ImageBind branch (never at import time)."""
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", importlib.import_module("torchvision.transforms._functional_tensor"))
+    return SimpleNamespace(
+        helpers=importlib.import_module("imagebind.models.helpers"),
+        preprocessors=importlib.import_module("imagebind.models.multimodal_preprocessors"),
+        transformer=importlib.import_module("imagebind.models.transformer"),
+    )
+
+
+def preprocess_images(frames, size: int = 224) -> torch.Tensor:
+    """RGB frames (T, H, W, 3) uint8 (or float (T, 3, H, W) in [0, 1]) -> ImageBind's image input (T, 3, size,
+    size): resize to a square (bicubic, antialiased), centre crop, CLIP mean/std (the official
+    ``clip_preprocess_videos``)."""
+    images = frames if isinstance(frames, torch.Tensor) and frames.is_floating_point() else to_float_frames(frames)
+    images = TF.resize(images, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return TF.normalize(TF.center_crop(images, [size, size]), IMAGE_MEAN, IMAGE_STD)
 
 
 @dataclass(frozen=True)
@@ -110,37 +118,40 @@ def imagebind_config(name: str) -> ImageBindConfig:
 
 
 def _trunk(embed_dim: int, num_blocks: int, num_heads: int, *, pre_ln: bool, add_bias_kv: bool, drop_path: float):
-    return SimpleTransformer(
+    code = imagebind_code()
+    return code.transformer.SimpleTransformer(
         embed_dim=embed_dim,
         num_blocks=num_blocks,
         ffn_dropout_rate=0.0,
         drop_path_rate=drop_path,
-        attn_target=partial(MultiheadAttention, embed_dim=embed_dim, num_heads=num_heads, bias=True, add_bias_kv=add_bias_kv),
+        attn_target=partial(code.transformer.MultiheadAttention, embed_dim=embed_dim, num_heads=num_heads, bias=True, add_bias_kv=add_bias_kv),
         pre_transformer_layer=nn.Sequential(
             nn.LayerNorm(embed_dim, eps=1e-6) if pre_ln else nn.Identity(),
-            EinOpsRearrange("b l d -> l b d"),
+            code.helpers.EinOpsRearrange("b l d -> l b d"),
         ),
-        post_transformer_layer=EinOpsRearrange("l b d -> b l d"),
+        post_transformer_layer=code.helpers.EinOpsRearrange("l b d -> b l d"),
     )
 
 
 def _cls_head(embed_dim: int, out_dim: int) -> nn.Module:
-    return nn.Sequential(nn.LayerNorm(embed_dim, eps=1e-6), SelectElement(index=0), nn.Linear(embed_dim, out_dim, bias=False))
+    return nn.Sequential(nn.LayerNorm(embed_dim, eps=1e-6), imagebind_code().helpers.SelectElement(index=0), nn.Linear(embed_dim, out_dim, bias=False))
 
 
 def build_branch(modality: str, config: ImageBindConfig) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
     """(preprocessor, trunk, head, postprocessor) of one modality, exactly as ``imagebind_model`` builds them."""
+    code = imagebind_code()
+    helpers, pre = code.helpers, code.preprocessors
     if modality == AUDIO:
-        stem = PatchEmbedGeneric(
+        stem = pre.PatchEmbedGeneric(
             proj_stem=[
                 nn.Conv2d(1, config.audio_embed_dim, kernel_size=config.audio_kernel_size, stride=config.audio_stride, bias=False)
             ],
             norm_layer=nn.LayerNorm(config.audio_embed_dim),
         )
-        preprocessor = AudioPreprocessor(
+        preprocessor = pre.AudioPreprocessor(
             img_size=[1, config.audio_num_mel_bins, config.audio_target_length],
             num_cls_tokens=1,
-            pos_embed_fn=partial(SpatioTemporalPosEmbeddingHelper, learnable=True),
+            pos_embed_fn=partial(pre.SpatioTemporalPosEmbeddingHelper, learnable=True),
             audio_stem=stem,
         )
         trunk = _trunk(
@@ -148,18 +159,18 @@ def build_branch(modality: str, config: ImageBindConfig) -> tuple[nn.Module, nn.
             pre_ln=False, add_bias_kv=True, drop_path=config.audio_drop_path,
         )  # fmt: skip
         head = _cls_head(config.audio_embed_dim, config.out_embed_dim)
-        postprocessor = nn.Sequential(Normalize(dim=-1), LearnableLogitScaling(logit_scale_init=20.0, learnable=False))
+        postprocessor = nn.Sequential(helpers.Normalize(dim=-1), helpers.LearnableLogitScaling(logit_scale_init=20.0, learnable=False))
     elif modality == VISION:
-        stem = PatchEmbedGeneric(
+        stem = pre.PatchEmbedGeneric(
             proj_stem=[
-                PadIm2Video(pad_type="repeat", ntimes=2),
+                pre.PadIm2Video(pad_type="repeat", ntimes=2),
                 nn.Conv3d(3, config.vision_embed_dim, kernel_size=config.vision_kernel_size, stride=config.vision_kernel_size, bias=False),
             ]
         )
-        preprocessor = RGBDTPreprocessor(
+        preprocessor = pre.RGBDTPreprocessor(
             img_size=[3, config.vision_frames, config.image_size, config.image_size],
             num_cls_tokens=1,
-            pos_embed_fn=partial(SpatioTemporalPosEmbeddingHelper, learnable=True),
+            pos_embed_fn=partial(pre.SpatioTemporalPosEmbeddingHelper, learnable=True),
             rgbt_stem=stem,
             depth_stem=None,
         )
@@ -168,9 +179,9 @@ def build_branch(modality: str, config: ImageBindConfig) -> tuple[nn.Module, nn.
             pre_ln=True, add_bias_kv=False, drop_path=0.0,
         )  # fmt: skip
         head = _cls_head(config.vision_embed_dim, config.out_embed_dim)
-        postprocessor = Normalize(dim=-1)
+        postprocessor = helpers.Normalize(dim=-1)
     elif modality == TEXT:
-        preprocessor = TextPreprocessor(
+        preprocessor = pre.TextPreprocessor(
             context_length=config.text_context_length,
             vocab_size=config.text_vocab_size,
             embed_dim=config.text_embed_dim,
@@ -180,10 +191,10 @@ def build_branch(modality: str, config: ImageBindConfig) -> tuple[nn.Module, nn.
             config.text_embed_dim, config.text_num_blocks, config.text_num_heads,
             pre_ln=False, add_bias_kv=False, drop_path=0.0,
         )  # fmt: skip
-        head = SelectEOSAndProject(
+        head = helpers.SelectEOSAndProject(
             proj=nn.Sequential(nn.LayerNorm(config.text_embed_dim, eps=1e-6), nn.Linear(config.text_embed_dim, config.out_embed_dim, bias=False))
         )
-        postprocessor = nn.Sequential(Normalize(dim=-1), LearnableLogitScaling(learnable=True))
+        postprocessor = nn.Sequential(helpers.Normalize(dim=-1), helpers.LearnableLogitScaling(learnable=True))
     else:
         raise ValueError(f"unknown ImageBind modality {modality!r}; choose from {MODALITIES}")
     return preprocessor, trunk, head, postprocessor
@@ -195,7 +206,8 @@ def load_imagebind_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(
             f"ImageBind weights not found at {path}. Download imagebind_huge.pth once and set the config field "
-            "that points at it (e.g. `model.imagebind_checkpoint`); nothing is downloaded at run time."
+            "that points at it (`model.imagebind` for training and precompute, `filters.imagebind.checkpoint` or "
+            "`filters.semantic.checkpoint` for curation, `--imagebind` for the metric and convert commands); nothing is downloaded at run time."
         )
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -276,13 +288,13 @@ def tokenize(texts: Iterable[str], context_length: int = 77) -> torch.Tensor:
     return torch.stack([tokenizer(text).reshape(-1) for text in texts])
 
 
-_TOKENIZERS: dict[tuple[str, int], SimpleTokenizer] = {}
+_TOKENIZERS: dict[tuple[str, int], object] = {}
 
 
-def _tokenizer(bpe_path: str, context_length: int) -> SimpleTokenizer:
+def _tokenizer(bpe_path: str, context_length: int):
     key = (bpe_path, context_length)
     if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = SimpleTokenizer(bpe_path=bpe_path, context_length=context_length)
+        _TOKENIZERS[key] = imagebind_code().preprocessors.SimpleTokenizer(bpe_path=bpe_path, context_length=context_length)
     return _TOKENIZERS[key]
 
 
@@ -297,8 +309,10 @@ __all__ = [
     "ImageBind",
     "ImageBindConfig",
     "build_branch",
+    "imagebind_code",
     "imagebind_config",
     "load_imagebind_state_dict",
+    "preprocess_images",
     "select_modality",
     "tokenize",
 ]

@@ -133,8 +133,6 @@ class SyncClassifier(ModelMixin, ConfigMixin):
         head_dropout: float = 0.0,
         image_size: int = 224,
         resize_mode: Literal["crop", "squash"] = "crop",
-        num_frames: int = 12,
-        fps: float = 6.0,
         base_width: int = BASE_WIDTH,
     ):
         super().__init__()
@@ -235,6 +233,24 @@ class SyncClassifier(ModelMixin, ConfigMixin):
         audio_embeds = self.encode_audio(audio.flatten(0, 1)).reshape(batch, clips, 1, -1).expand(-1, -1, clips, -1)
         video_embeds = self.encode_video(video.flatten(0, 1)).reshape(batch, 1, clips, -1).expand(-1, clips, -1, -1)
         return self.score_embeddings(audio_embeds, video_embeds)
+
+
+def load_sync_classifier(path: str | Path, device: str | torch.device = "cpu") -> SyncClassifier:
+    """A trained classifier, frozen in eval mode on ``device``: our saved folder (``config.json`` + safetensors,
+    what ``avsync export`` writes) or the official ``modules/`` folder with its three sub-folders."""
+    path = Path(path)
+    if is_official_layout(path):
+        model = SyncClassifier.from_official(path)
+    elif (path / "config.json").is_file():
+        model = SyncClassifier.from_pretrained(path)
+    else:
+        raise FileNotFoundError(f"{path} is neither a SyncClassifier folder (config.json) nor an official classifier modules/ folder")
+    return model.to(device).eval().requires_grad_(False)
+
+
+def is_official_layout(path: str | Path) -> bool:
+    """The official release's ``modules/`` folder (``audio_encoder/``, ``video_encoder/``, ``head/``)."""
+    return all((Path(path) / name).is_dir() for name in ("audio_encoder", "video_encoder", "head"))
 
 
 def preprocess_sync_video(frames, image_size: int = 224, resize_mode: Literal["crop", "squash"] = "crop") -> torch.Tensor:

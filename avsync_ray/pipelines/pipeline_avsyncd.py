@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -186,6 +186,7 @@ class AVSyncDPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------ call
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: PIL.Image.Image | np.ndarray | torch.Tensor | list | None = None,
@@ -231,6 +232,8 @@ class AVSyncDPipeline(DiffusionPipeline):
                 (warm-up) step; writing in place overwrites it, so the official warm-up step starts from the
                 wrong sample. Off (the correct PNDM) by default; on only to reproduce the official outputs and
                 published numbers exactly. Other schedulers are unaffected.
+
+        Examples:
 
         Returns:
             :class:`AVSyncDPipelineOutput`, or ``(frames, audio)`` when ``return_dict`` is False.

@@ -9,24 +9,23 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from avsync_ray.config import AVSyncDModelSettings, SyncModelSettings
-from avsync_ray.generate import TORCH_DTYPES
+from avsync_ray.devices import torch_dtype
 from avsync_ray.models.audio_encoder import ImageBindAudioEncoder
-from avsync_ray.models.presets import tiny_pipeline
-from avsync_ray.models.sync_classifier import SyncClassifier
+from avsync_ray.models.sync_classifier import SyncClassifier, load_sync_classifier
 from avsync_ray.models.unet_avsyncd import AVSyncDUNet3DModel
 from avsync_ray.pipelines import AVSyncDPipeline
+from avsync_ray.pipelines.presets import tiny_pipeline
 
 
 def build_sync_classifier(settings: SyncModelSettings, load_weights: bool = True) -> SyncClassifier:
     """The classifier at ``settings``' size; AVID-CMA or pretrained weights unless ``load_weights`` is False
     (export loads the trained weights over it)."""
     if settings.init == "pretrained" and load_weights:
-        folder = Path(settings.pretrained)
-        model = SyncClassifier.from_official(folder) if (folder / "head").is_dir() else SyncClassifier.from_pretrained(folder)
+        model = load_sync_classifier(settings.pretrained).requires_grad_(True)
         if (model.config.base_width, model.config.image_size) != (settings.base_width, settings.image_size):
             raise ValueError(
-                f"{folder} holds a classifier with base_width {model.config.base_width} and image_size {model.config.image_size}; "
-                f"the config says {settings.base_width} and {settings.image_size}"
+                f"{settings.pretrained} holds a classifier with base_width {model.config.base_width} and image_size "
+                f"{model.config.image_size}; the config says {settings.base_width} and {settings.image_size}"
             )
         return model
     model = SyncClassifier(image_size=settings.image_size, base_width=settings.base_width)
@@ -77,6 +76,6 @@ def build_frozen_encoders(settings: AVSyncDModelSettings, seed: int = 0) -> tupl
 
 
 def _freeze(module: torch.nn.Module, settings: AVSyncDModelSettings) -> torch.nn.Module:
-    dtype = TORCH_DTYPES[settings.frozen_dtype]
+    dtype = torch_dtype(settings.frozen_dtype)
     module.requires_grad_(False).eval()
     return module.to(dtype) if module.dtype != dtype else module

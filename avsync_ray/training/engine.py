@@ -15,13 +15,23 @@ from typing import Any
 
 import torch
 
-# DeepSpeed picks its accelerator at import; without CUDA it must be told to use the CPU one.
-os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-
-from avsync_ray.config import TrainCommonConfig  # noqa: E402
-from avsync_ray.storage import exists, join_uri, read_json  # noqa: E402
+from avsync_ray.config import TrainCommonConfig
+from avsync_ray.storage import exists, join_uri, read_json
 
 CHECKPOINT_META = "avsync_checkpoint.json"
+
+
+def setup_deepspeed():
+    """Import DeepSpeed for this process, set up for the machine: its accelerator (picked when it is first
+    imported; without CUDA it must be told to use the CPU one) and, on CPUs, no shared-memory comm op (DeepSpeed
+    would JIT-build it for minutes; gloo collectives work without it). Returns the ``deepspeed`` module."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    import deepspeed
+    import deepspeed.ops
+
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
 
 
 class IncompatibleResumeError(ValueError):
@@ -51,13 +61,9 @@ def deepspeed_config(config: TrainCommonConfig, world_size: int) -> dict[str, An
 def initialize(model: torch.nn.Module, config: TrainCommonConfig, world_size: int):
     """Wrap ``model`` in a DeepSpeed engine with AdamW over its trainable parameters and the config's schedule
     (constant, or constant after a linear warm-up, stepped once per optimizer step)."""
-    import deepspeed
-    import deepspeed.ops
     from diffusers.optimization import get_scheduler
 
-    if not torch.cuda.is_available():
-        # Otherwise DeepSpeed JIT-builds a shared-memory comm op (minutes on CPU); gloo collectives work without it.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed = setup_deepspeed()
     settings = config.optimizer
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
@@ -138,6 +144,7 @@ def consolidated_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     DeepSpeed checkpoints, which DeepSpeed pickles; only read checkpoints you trust."""
     meta = read_checkpoint_meta(directory)
     if meta["signature"]["deepspeed.zero_stage"] > 0:
+        setup_deepspeed()
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=meta["tag"])

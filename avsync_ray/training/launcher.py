@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from avsync_ray import faults
 from avsync_ray.config import TrainCommonConfig
 from avsync_ray.storage import filesystem, join_uri, uri_prefix
 from avsync_ray.training.engine import CHECKPOINT_META, check_resume, read_checkpoint_meta
@@ -77,6 +78,7 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
     run_dir = join_uri(root, config.run.name)
     resume_from = resolve_resume(config, task, run_dir)
     init_ray(config.ray)
+    plan = faults.plan_from_env()
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})}
     trainer = TorchTrainer(
@@ -85,6 +87,7 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
             "task": task,
             "config": config.model_dump(mode="json"),
             "resume_from": resume_from,
+            "faults": plan.to_dict() if plan else None,
             "fault_marker": join_uri(run_dir, ".injected-failure"),
         },
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),

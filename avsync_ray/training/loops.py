@@ -22,24 +22,16 @@ import torch.distributed as dist
 import webdataset as wds
 from torch import nn
 
+from avsync_ray import faults
 from avsync_ray.config import TrainCommonConfig, TrainConfig, TrainSyncConfig, dump_config
+from avsync_ray.examples import avsyncd_sample, precomputed_sample, sync_sample
 from avsync_ray.media.clips import MultiClipSpec
-from avsync_ray.storage import exists, write_bytes_atomic
+from avsync_ray.shards import read_index, shard_urls
 from avsync_ray.training import engine as ds
 from avsync_ray.training.components import build_avsyncd_pipeline, build_sync_classifier
-from avsync_ray.training.data import (
-    ShardStream,
-    avsyncd_sample,
-    first_example,
-    make_loader,
-    precomputed_sample,
-    rank_shards,
-    read_index,
-    shard_urls,
-    sync_sample,
-)
+from avsync_ray.training.data import ShardStream, first_example, make_loader, rank_shards
+from avsync_ray.training.features import check_features, encoder_fingerprint
 from avsync_ray.training.objectives import avsyncd_loss, sample_video_latents, sync_loss, training_scheduler, video_latents
-from avsync_ray.training.precompute import check_features, encoder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +139,11 @@ class AVSyncDTask:
         every = self.config.preview_every_n_steps
         if not every or step % every:
             return
-        import deepspeed
-
         from avsync_ray.media import encode_mp4
         from avsync_ray.media.frames import to_uint8_frames
 
         stage3 = self.config.deepspeed.zero_stage == 3
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage3):  # collective under ZeRO-3
+        with ds.setup_deepspeed().zero.GatheredParameters(list(engine.module.parameters()), enabled=stage3):  # collective under ZeRO-3
             if tracker is None:
                 return
             inputs = self._preview_inputs()
@@ -261,16 +251,16 @@ def _open_tracker(config: TrainCommonConfig, task: str, run_id: str | None):
     )  # fmt: skip
 
 
-def _maybe_fail(config: TrainCommonConfig, step: int, rank: int, marker: str) -> None:
-    """Fault injection: raise once (the marker in the run folder survives the restart)."""
-    if config.debug.fail_at_step == step and rank == config.debug.fail_rank and not exists(marker):
-        write_bytes_atomic(marker, f"step {step}\n".encode())
-        raise RuntimeError(f"injected failure after step {step} (debug.fail_at_step)")
+def _inject_faults(plan: dict | None, step: int, rank: int, marker: str) -> None:
+    """The crash-recovery tests' hook (:mod:`avsync_ray.faults`): raise once after the planned step, before its
+    checkpoint (the marker in the run folder survives the restart)."""
+    if plan and plan.get("fail_training_at_step") == step and rank == plan.get("fail_rank", 0) and faults.fire_once(marker, f"step {step}"):
+        raise RuntimeError(f"injected failure after step {step} ({faults.ENV_VAR})")
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train's ``train_loop_per_worker``: ``loop_config`` has ``task``, the resolved ``config`` (JSON), the
-    ``fault_marker`` URI (fault injection) and ``resume_from`` (a checkpoint URI, or None)."""
+    """Ray Train's ``train_loop_per_worker``: ``loop_config`` has ``task``, the resolved ``config`` (JSON),
+    ``resume_from`` (a checkpoint URI, or None), and the tests' ``faults`` plan with its ``fault_marker`` URI."""
     task_cls, schema = TASKS[loop_config["task"]]
     config = schema.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -300,7 +290,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine.train()
     try:
         for step in range(start + 1, config.max_steps + 1):
-            log_step = step % config.tracking.log_every_n_steps == 0 or step == config.max_steps
+            log_step = step % config.log_every_n_steps == 0 or step == config.max_steps
             grad_norm = None
             for micro_batch in range(config.optimizer.grad_accum_steps):
                 waited = time.perf_counter()
@@ -312,7 +302,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     grad_norm = _unclipped_grad_norm(engine)
                 engine.step()
                 window.add(loss, extras, batch["skipped"])
-            _maybe_fail(config, step, rank, loop_config["fault_marker"])
+            _inject_faults(loop_config.get("faults"), step, rank, loop_config["fault_marker"])
             if log_step:
                 last_metrics = window.reduce(world_size, config.loader.batch_size)
                 reported = engine.get_global_grad_norm()

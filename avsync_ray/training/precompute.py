@@ -1,226 +1,29 @@
-"""``avsync precompute``: the frozen encoders' outputs of fixed training windows, stored in a copy of the shards.
-
-Training AVSyncD runs the VAE encoder and ImageBind's audio branch on every clip at every step, although both
-are frozen. Precomputing moves that cost out of the training loop: each sample gets ``vae_moments.npy`` (the
-VAE posterior's mean and log-variance of ``windows_per_clip`` windows, each also mirrored when
-``flip_variants``) and ``audio_tokens.npy`` (ImageBind's tokens of each window), in float16, beside its
-original members (kept for previews and audits). ``avsync train --set precomputed=true`` then picks a random
-window and flip variant per sample and still draws a fresh latent from the stored posterior at every step.
-The trade-offs: windows come from a fixed set instead of any start, and shards grow (at 256x256 with 3
-windows, both flips and ImageBind-huge, about 1.2 MB of latent moments and 1.1 MB of audio tokens per clip).
-
-The output index records what the features depend on (clip geometry, windows, a fingerprint of the encoders'
-weights); training refuses shards whose features were made for other settings.
-"""
+"""``avsync precompute``: the Ray Data job that writes a copy of the shards with the frozen encoders' outputs
+of fixed training windows added (what they are and how training reads them: :mod:`avsync_ray.training.features`)."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import logging
-from functools import partial
-from typing import Callable
 
-import numpy as np
-import torch
-
-from avsync_ray.config import AVSyncDInputs, PrecomputeConfig
-from avsync_ray.curation.shards import tar_writer, write_index
-from avsync_ray.media.clips import ClipSamplingError
-from avsync_ray.storage import join_uri, open_atomic
-from avsync_ray.training.data import (
-    AUDIO_TOKENS_MEMBER,
-    SAMPLE_ERRORS,
-    VAE_MOMENTS_MEMBER,
-    avsyncd_clip,
-    clip_source,
-    read_index,
-    shard_samples,
-)
-from avsync_ray.training.objectives import vae_moments
-
-logger = logging.getLogger(__name__)
-
-FEATURES_FORMAT = 1
-FEATURES_KEY = "precomputed_features"  # where the index describes the features
-
-
-class PrecomputedFeaturesError(ValueError):
-    """Shards without features, or with features made for other settings than the training run's."""
-
-
-def window_starts(duration: float, clip_seconds: float, count: int) -> list[float]:
-    """``count`` clip starts spread evenly over a sample of ``duration`` s, the first and last possible starts
-    included (one window: the middle one)."""
-    span = duration - clip_seconds
-    if span < -1e-6:
-        raise ClipSamplingError(f"clip lasts {duration:.3f} s, training needs {clip_seconds:.3f} s")
-    span = max(span, 0.0)
-    return [span / 2] if count == 1 else [span * i / (count - 1) for i in range(count)]
-
-
-def encoder_fingerprint(vae, audio_encoder) -> str:
-    """A hash of the weights that make the features (the VAE's encoder side and the audio encoder), as they are
-    used (dtype included): features are only valid for the encoders that made them."""
-    digest = hashlib.sha256()
-    modules = {"vae.encoder": vae.encoder, "vae.quant_conv": vae.quant_conv, "audio_encoder": audio_encoder}
-    for prefix, module in modules.items():
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(f"{prefix}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def features_descriptor(config: PrecomputeConfig, fingerprint: str) -> dict:
-    return {
-        "format": FEATURES_FORMAT,
-        "num_frames": config.num_frames,
-        "fps": config.fps,
-        "height": config.height,
-        "width": config.width,
-        "windows_per_clip": config.windows_per_clip,
-        "flip_variants": config.flip_variants,
-        "encoders": fingerprint,
-    }
-
-
-def check_features(index: dict, config: AVSyncDInputs, fingerprint: str | None = None) -> dict:
-    """The index's feature descriptor, if it matches ``config``'s clip geometry (and ``fingerprint``, the
-    training encoders' :func:`encoder_fingerprint`, when given); else a :class:`PrecomputedFeaturesError`."""
-    features = index.get(FEATURES_KEY)
-    if features is None:
-        raise PrecomputedFeaturesError(
-            f"shard index '{index.get('name')}' has no precomputed features: run `avsync precompute` on these shards first, "
-            "or train with precomputed=false"
-        )
-    expected = {"format": FEATURES_FORMAT, "num_frames": config.num_frames, "fps": config.fps, "height": config.height, "width": config.width}
-    if fingerprint is not None:
-        expected["encoders"] = fingerprint
-    differences = [f"{name}: shards {features.get(name)!r}, training {value!r}" for name, value in expected.items() if features.get(name) != value]
-    if differences:
-        hint = " (the encoders' weights differ: precompute with the training run's model settings and seed)" if "encoders" in str(differences) else ""
-        raise PrecomputedFeaturesError("the shards' precomputed features were made for other settings: " + "; ".join(differences) + hint)
-    return features
-
-
-# --------------------------------------------------------------------------------------------- features
-
-
-@torch.no_grad()
-def encode_windows(vae, audio_encoder, videos: torch.Tensor, mels: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAE moments of videos (n, 3, T, H, W) and ImageBind tokens of mels (m, 1, 128, 204), ``batch_size`` at
-    a time; both returned in fp32 on the CPU."""
-    moments = [vae_moments(vae, videos[i : i + batch_size].to(vae.device)).cpu() for i in range(0, len(videos), batch_size)]
-    tokens = [
-        audio_encoder(mels[i : i + batch_size].to(audio_encoder.device, audio_encoder.dtype)).audio_encodings.float().cpu()
-        for i in range(0, len(mels), batch_size)
-    ]
-    return torch.cat(moments), torch.cat(tokens)
-
-
-def _npy(tensor: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, tensor.numpy().astype(np.float16), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def sample_features(raw: dict, vae, audio_encoder, config: PrecomputeConfig) -> dict[str, bytes]:
-    """The members a shard sample gains: its windows' clips made exactly as training makes them
-    (:func:`~avsync_ray.training.data.avsyncd_clip`), encoded, as float16 ``.npy`` bytes."""
-    source = clip_source(raw)
-    starts = window_starts(source.duration, config.num_frames / config.fps, config.windows_per_clip)
-    clips = [avsyncd_clip(raw, source, start, num_frames=config.num_frames, fps=config.fps, size=(config.height, config.width)) for start in starts]
-    videos = torch.stack([clip["video"] for clip in clips])
-    variants = torch.stack([videos, videos.flip(-1)], dim=1) if config.flip_variants else videos[:, None]
-    moments, tokens = encode_windows(vae, audio_encoder, variants.flatten(0, 1), torch.stack([clip["mel"] for clip in clips]), config.batch_size)
-    return {VAE_MOMENTS_MEMBER: _npy(moments.unflatten(0, variants.shape[:2])), AUDIO_TOKENS_MEMBER: _npy(tokens)}
-
-
-# --------------------------------------------------------------------------------------------- shards
-
-
-class _HashingWriter:
-    """A write-only stream that hashes and counts what passes through it."""
-
-    def __init__(self, handle):
-        self.handle, self.size, self.digest = handle, 0, hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        return self.handle.write(data)
-
-
-def precompute_shard(in_url: str, out_url: str, featurize: Callable[[dict], dict[str, bytes]], expected: int | None = None) -> dict:
-    """Stream the shard ``in_url`` to ``out_url`` (atomically), each sample with ``featurize(sample)``'s members
-    added. A sample that cannot be featurized is left out with its reason; samples a damaged tar loses are
-    counted against ``expected`` (the input index's count). Returns the output's index entry plus ``skipped``."""
-    kept, skipped = 0, []
-    with open_atomic(out_url) as handle:
-        stream = _HashingWriter(handle)
-        writer = tar_writer(stream)
-        for raw in shard_samples([in_url]):
-            try:
-                members = featurize(raw)
-            except SAMPLE_ERRORS as exc:
-                logger.warning("leaving out sample %s of %s: %s", raw["__key__"], in_url, exc)
-                skipped.append({"key": raw["__key__"], "reason": f"{type(exc).__name__}: {exc}"})
-                continue
-            writer.write({"__key__": raw["__key__"], **{k: v for k, v in raw.items() if not k.startswith("__")}, **members})
-            kept += 1
-        writer.close()
-    if expected is not None and kept + len(skipped) < expected:
-        skipped.append({"key": None, "reason": f"unreadable: {expected - kept - len(skipped)} samples lost to a damaged tar"})
-    return {"url": out_url.rsplit("/", 1)[-1], "nsamples": kept, "filesize": stream.size, "sha256": stream.digest.hexdigest(), "skipped": skipped}
-
-
-class ShardPrecomputer:
-    """Ray Data actor: loads the frozen encoders once, then writes one output shard per input row."""
-
-    def __init__(self, config: dict):
-        from avsync_ray.generate import resolve_device
-        from avsync_ray.training.components import build_frozen_encoders
-
-        self.config = PrecomputeConfig.model_validate(config)
-        device = resolve_device(self.config.device)
-        vae, audio_encoder = build_frozen_encoders(self.config.model, self.config.seed)
-        self.vae, self.audio_encoder = vae.to(device), audio_encoder.to(device)
-        self.fingerprint = encoder_fingerprint(self.vae, self.audio_encoder)
-
-    def __call__(self, batch: dict) -> dict:
-        featurize = partial(sample_features, vae=self.vae, audio_encoder=self.audio_encoder, config=self.config)
-        entries = [precompute_shard(i, o, featurize, int(n)) for i, o, n in zip(batch["in_url"], batch["out_url"], batch["nsamples"])]
-        return {"entry": [json.dumps(entry) for entry in entries], "encoders": [self.fingerprint] * len(entries)}
+from avsync_ray.batch_jobs import ActorStage, BatchJob, log_batch_run
+from avsync_ray.config import PrecomputeConfig, dump_config
+from avsync_ray.shards import index_uri, read_index, write_index
+from avsync_ray.storage import join_uri
+from avsync_ray.training.features import FEATURES_KEY, ShardPrecomputer, features_descriptor
 
 
 def run_precompute(config: PrecomputeConfig) -> dict:
     """Featurize every shard of ``config.input`` into ``config.output`` and commit the new index; returns a
     summary (and logs it to MLflow)."""
-    import ray
-
-    from avsync_ray.ray_runtime import init_ray
-
     source = read_index(config.input.root, config.input.split)
     if config.output.rstrip("/") == config.input.root.rstrip("/"):
         raise ValueError("precompute writes new shards: choose an output folder other than the input")
-    init_ray(config.ray)
     rows = [
         {"in_url": join_uri(config.input.root, entry["url"]), "out_url": join_uri(config.output, entry["url"]), "nsamples": entry["nsamples"]}
         for entry in source["shardlist"]
     ]
-    results = (
-        ray.data.from_items(rows)
-        .map_batches(
-            ShardPrecomputer,
-            fn_constructor_kwargs={"config": config.model_dump(mode="json")},
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-            num_gpus=config.num_gpus,
-            num_cpus=config.num_cpus,
-        )
-        .take_all()
-    )
+    stage = ActorStage(ShardPrecomputer, {"config": config.model_dump(mode="json")}, config.actor, batch_size=1)
+    results = BatchJob(items=rows, stages=[stage], ray_config=config.ray).run()
     fingerprints = {row["encoders"] for row in results}
     if len(fingerprints) != 1:
         raise RuntimeError(f"the encoding actors built {len(fingerprints)} different encoders; check model.init and seed")
@@ -240,26 +43,18 @@ def run_precompute(config: PrecomputeConfig) -> dict:
     )
     summary = {
         "output": config.output,
-        "index": join_uri(config.output, f"{config.input.split}.index.json"),
+        "index": index_uri(config.output, config.input.split),
         "shards": len(index["shardlist"]),
         "samples": index["nsamples"],
         "skipped": len(skipped),
         "bytes": sum(entry["filesize"] for entry in index["shardlist"]),
         "features": index[FEATURES_KEY],
     }
-    if config.tracking.enabled:
-        summary["mlflow_run_id"] = _log_run(config, summary, skipped)
-    return summary
-
-
-def _log_run(config: PrecomputeConfig, summary: dict, skipped: list[dict]) -> str:
-    from avsync_ray.config import dump_config
-    from avsync_ray.tracking import log_job_run
-
-    return log_job_run(
+    summary["mlflow_run_id"] = log_batch_run(
         config.tracking,
         "precompute",
         params={"input": config.input.root, "output": config.output, **{k: v for k, v in summary["features"].items() if k != "encoders"}},
         metrics={k: summary[k] for k in ("shards", "samples", "skipped", "bytes")},
         texts={"config.yaml": dump_config(config), "skipped_samples.json": json.dumps(skipped, indent=1)},
     )
+    return summary

@@ -1,0 +1,39 @@
+"""Loading a saved pipeline folder the same way everywhere (generate, the MLflow model, evaluation, serving)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from avsync_ray.devices import resolve_device, torch_dtype
+from avsync_ray.pipelines.pipeline_avsyncd import AVSyncDPipeline
+
+
+class NotAPipelineError(FileNotFoundError):
+    """A model path that is not an AVSyncD pipeline folder."""
+
+
+def check_pipeline_folder(model_dir: str | Path) -> Path:
+    """``model_dir`` if it holds a saved AVSyncD pipeline (``model_index.json`` naming ``AVSyncDPipeline``)."""
+    import json
+
+    model_dir = Path(model_dir)
+    index = model_dir / "model_index.json"
+    if not index.is_file():
+        reason = "does not exist" if not model_dir.exists() else "has no model_index.json"
+        raise NotAPipelineError(f"{model_dir} is not an AVSyncD pipeline folder: it {reason} (make one with avsync init-model, convert-official or export)")
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name")
+    except ValueError as exc:
+        raise NotAPipelineError(f"{index} is not valid JSON: {exc}") from None
+    if class_name != AVSyncDPipeline.__name__:
+        raise NotAPipelineError(f"{model_dir} holds a {class_name}, not an {AVSyncDPipeline.__name__}")
+    return model_dir
+
+
+def load_pipeline(model_dir: str | Path, device: str = "auto", dtype: str = "float32") -> AVSyncDPipeline:
+    """An :class:`AVSyncDPipeline` folder (``avsync init-model``, ``convert-official`` or ``export`` output) on
+    ``device`` in ``dtype``, with its progress bar off (callers report progress their own way)."""
+    target = resolve_device(device)
+    pipe = AVSyncDPipeline.from_pretrained(check_pipeline_folder(model_dir), dtype=torch_dtype(dtype), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(target)
