@@ -37,9 +37,13 @@ PixelSize = Annotated[int, Field(ge=8), AfterValidator(_multiple_of_eight)]  # a
 DType = Literal["float32", "bfloat16", "float16"]  # torch dtypes by name (devices.torch_dtype maps them)
 
 
+SchedulerName = Literal["pndm", "ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler"]  # avsync_ray.pipelines.schedulers
+
+
 class GenerateConfig(StrictModel):
     """``avsync generate``: sampling settings (defaults are the official demo's)."""
 
+    scheduler: SchedulerName = Field("pndm", description="sampler: pndm (the official one), ddim, dpmpp-2m, dpmpp-2m-karras, euler")
     num_inference_steps: int = Field(50, ge=1)
     guidance_scale: float = Field(1.0, description="text guidance; off at 1.0 as in the official release")
     audio_guidance_scale: float = Field(4.0, description="audio classifier-free guidance (1, 4 or 8 in the paper)")

@@ -13,6 +13,7 @@ from avsync_ray.media import decode, encode_mp4, load_audio, load_image, probe
 from avsync_ray.media.audio import DEFAULT_MEL
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
 from avsync_ray.pipelines.loading import load_pipeline
+from avsync_ray.pipelines.schedulers import make_scheduler, scheduler_name
 
 
 @dataclass
@@ -50,8 +51,16 @@ def load_conditioning(
     return Conditioning(image=frame, audio=np.asarray(waveform, dtype=np.float32), source=source)
 
 
+def configure_pipeline(pipe, config: GenerateConfig):
+    """Apply a config's pipeline-wide settings (the sampler) to a loaded pipeline; returns it."""
+    if scheduler_name(pipe.scheduler) != config.scheduler:
+        pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
+    return pipe
+
+
 def generate(pipe, conditioning: Conditioning, prompt: str, config: GenerateConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Run the pipeline once; returns uint8 frames (T, H, W, 3) and the 16 kHz conditioning clip."""
+    """Run the pipeline once (configured by :func:`configure_pipeline`); returns uint8 frames (T, H, W, 3) and
+    the 16 kHz conditioning clip."""
     generator = torch.Generator(device=pipe.device).manual_seed(config.seed)
     out = pipe(
         image=conditioning.image,
@@ -82,7 +91,7 @@ def run_generate(
 ) -> dict:
     """Load, generate, write ``out`` (mp4: frames at ``config.fps`` + the conditioning audio as AAC) and the
     resolved config beside it (``<out>.config.yaml``). Returns a summary."""
-    pipe = load_pipeline(model, config.device, config.dtype)
+    pipe = configure_pipeline(load_pipeline(model, config.device, config.dtype), config)
     conditioning = load_conditioning(config, image=image, audio=audio, video=video)
     frames, clip = generate(pipe, conditioning, prompt, config)
     encode_mp4(frames, config.fps, clip, DEFAULT_MEL.sample_rate, str(out))

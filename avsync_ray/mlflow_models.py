@@ -22,11 +22,12 @@ class AVSyncDPyfuncModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from avsync_ray.config import GenerateConfig
-        from avsync_ray.generate import generate, load_conditioning
+        from avsync_ray.generate import configure_pipeline, generate, load_conditioning
         from avsync_ray.media import encode_mp4
         from avsync_ray.media.audio import TARGET_SAMPLE_RATE
 
         config = GenerateConfig(**(params or {}))
+        configure_pipeline(self.pipe, config)
         for row in model_input.to_dict("records"):
             settings = config.model_copy(update={"seed": int(row["seed"])}) if row.get("seed") is not None else config
             conditioning = load_conditioning(settings, image=row.get("image"), audio=row.get("audio"), video=row.get("video"))

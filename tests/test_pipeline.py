@@ -201,3 +201,20 @@ def test_bad_inputs_are_clear_errors(tiny_pipe):
         tiny_pipe(**dict(dummy_inputs(batch=2), audio=[np.zeros(32_000, dtype=np.float32)] * 3))
     with pytest.raises(ValueError, match="latents have"):
         tiny_pipe(**dict(dummy_inputs(), latents=torch.zeros(1, 4, 5, 4, 4)))
+
+
+def test_schedulers_by_name_keep_the_pipelines_noise_schedule(tiny_pipe):
+    from avsync_ray.config import GenerateConfig
+    from avsync_ray.generate import configure_pipeline
+    from avsync_ray.pipelines.schedulers import SCHEDULERS, scheduler_name
+
+    original = tiny_pipe.scheduler
+    try:
+        for name in SCHEDULERS:
+            scheduler = configure_pipeline(tiny_pipe, GenerateConfig(scheduler=name)).scheduler
+            assert scheduler_name(scheduler) == name
+            assert (scheduler.config.beta_start, scheduler.config.beta_end, scheduler.config.beta_schedule) == (0.00085, 0.012, "scaled_linear")
+            assert scheduler.config.steps_offset == 1 and scheduler.config.timestep_spacing == "leading"
+        assert configure_pipeline(tiny_pipe, GenerateConfig(scheduler="dpmpp-2m-karras")).scheduler.config.use_karras_sigmas
+    finally:
+        tiny_pipe.scheduler = original
