@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from avsync_ray.config import CurateConfig, DemoConfig, EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config, save_config
+from avsync_ray.errors import WorkFailedError
 from avsync_ray.generate import run_generate
 from avsync_ray.shards import iter_samples, read_index, read_metadata
 from avsync_ray.synth import synthesize_corpus
@@ -33,6 +34,23 @@ def _curate(corpus: Path, shards: Path, split: str, config: DemoConfig, *overrid
     return {k: summary[k] for k in ("videos", "done", "zero_survivors", "failed", "windows", "kept_windows", "clips", "shards", "mlflow_run_id")}
 
 
+def check_runs_in_store(tracking_uri: str, runs: dict[str, str | None]) -> None:
+    """Every run the demo made must be in its one MLflow store (a training run logged from a Ray worker into a
+    store relative to that worker's folder would be lost)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    missing = []
+    for name, run_id in runs.items():
+        try:
+            client.get_run(run_id or "")
+        except MlflowException:
+            missing.append(name)
+    if missing:
+        raise WorkFailedError(f"the MLflow store {tracking_uri} lacks the runs of: {', '.join(missing)}")
+
+
 def _step(name: str, started: float) -> None:
     print(f"[demo {time.perf_counter() - started:6.0f} s] {name}", flush=True)
 
@@ -40,6 +58,7 @@ def _step(name: str, started: float) -> None:
 def run_demo(config: DemoConfig) -> dict:
     """Run every stage; returns where each output and MLflow run is."""
     from avsync_ray.evaluation.batch import run_eval_sync
+    from avsync_ray.training.engine import read_checkpoint_meta
     from avsync_ray.training.export import export_checkpoint
     from avsync_ray.training.launcher import launch
 
@@ -103,6 +122,13 @@ def run_demo(config: DemoConfig) -> dict:
     clip.parent.mkdir(exist_ok=True)
     clip.write_bytes(sample["mp4"])
     result = run_generate(models / "avsyncd", out / "generated.mp4", read_metadata(sample)["label"], config.generate, video=str(clip))
+    runs = {
+        **{f"curation {name}": summary["mlflow_run_id"] for name, summary in curated.items()},
+        "sync-classifier training": read_checkpoint_meta(sync_run["checkpoint"])["mlflow_run_id"],
+        "sync-classifier evaluation": evaluation["mlflow_run_id"],
+        "avsyncd training": read_checkpoint_meta(avsyncd_run["checkpoint"])["mlflow_run_id"],
+    }
+    check_runs_in_store(config.tracking_uri, runs)
     _step("done", started)
     return {
         "corpora": str(corpora),
@@ -122,6 +148,7 @@ def run_demo(config: DemoConfig) -> dict:
         "generated": {k: result[k] for k in ("frames", "fps", "size", "audio_seconds", "prompt")},
         "mlflow": {
             "tracking_uri": config.tracking_uri,
+            "runs": runs,
             "experiments": ["avsync/curation", "avsync/sync-classifier", "avsync/avsyncd"],
             "ui": f"mlflow ui --backend-store-uri {config.tracking_uri}",
         },

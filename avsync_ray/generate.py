@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,11 +10,16 @@ import numpy as np
 import torch
 
 from avsync_ray.config import GenerateConfig, save_config
+from avsync_ray.devices import resolve_device
+from avsync_ray.errors import InputError
 from avsync_ray.media import decode, encode_mp4, load_audio, load_image, probe
 from avsync_ray.media.audio import DEFAULT_MEL
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
-from avsync_ray.pipelines.loading import load_pipeline
+from avsync_ray.pipelines.loading import check_pipeline_folder, load_pipeline, model_frame_size
 from avsync_ray.pipelines.schedulers import make_scheduler, scheduler_name
+from avsync_ray.storage import filesystem
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,16 +29,24 @@ class Conditioning:
     source: dict
 
 
+def with_model_size(config: GenerateConfig, model_dir: str | Path) -> GenerateConfig:
+    """``config`` with the output size it leaves open set to the model's own (see ``model_frame_size``)."""
+    height, width = model_frame_size(model_dir)
+    return config.model_copy(update={"height": config.height or height, "width": config.width or width})
+
+
 def load_conditioning(
     config: GenerateConfig, image: str | None = None, audio: str | None = None, video: str | None = None
 ) -> Conditioning:
     """The first frame and audio clip, following the official demo: ``image`` and ``audio`` files win;
-    otherwise both come from the centred ``num_frames / fps``-second clip of ``video``."""
+    otherwise both come from the centred ``num_frames / fps``-second clip of ``video``. Every input is
+    decoded (and so checked) here; audio too short for the mel front end is refused."""
     if image and audio and video:
-        raise ValueError("give at most two of image, audio and video")
+        raise InputError("give at most two of --image, --audio and --video")
     if not ((image or video) and (audio or video)):
-        raise ValueError("need an image (or a video) and an audio track (or a video)")
-    size = (config.height, config.width)
+        raise InputError("need an image (--image, or a --video) and a sound (--audio, or a --video with an audio track)")
+    if config.height is None or config.width is None:
+        raise InputError("the output size is not set: use with_model_size(config, model) or set height and width")
     clip_seconds = config.num_frames / config.fps
     source: dict = {"image": image, "audio": audio, "video": video}
     clip = None
@@ -46,9 +60,12 @@ def load_conditioning(
         )
         source["clip_start_s"] = start
     first_frame = load_image(image) if image else clip.frames[0]
-    waveform = load_audio(audio) if audio else clip.audio
-    frame = to_uint8_frames(center_crop_resize(first_frame, size))[0]
-    return Conditioning(image=frame, audio=np.asarray(waveform, dtype=np.float32), source=source)
+    waveform = np.asarray(load_audio(audio) if audio else clip.audio, dtype=np.float32)
+    shortest = int(DEFAULT_MEL.sample_rate * DEFAULT_MEL.frame_length_ms / 1000)
+    if len(waveform) < shortest:
+        raise InputError(f"{audio or video}: the audio lasts {len(waveform) / DEFAULT_MEL.sample_rate:.3f} s; at least {shortest / DEFAULT_MEL.sample_rate} s is needed")
+    frame = to_uint8_frames(center_crop_resize(first_frame, (config.height, config.width)))[0]
+    return Conditioning(image=frame, audio=waveform, source=source)
 
 
 def configure_pipeline(pipe, config: GenerateConfig):
@@ -80,6 +97,26 @@ def generate(pipe, conditioning: Conditioning, prompt: str, config: GenerateConf
     return to_uint8_frames(out.frames[0]), out.audio[0]
 
 
+def check_output(out: str | Path, suffix: str = ".mp4") -> str:
+    """``out`` if a file can be written there: the right suffix, not a folder (its folder is created)."""
+    out = str(out)
+    if not out.lower().endswith(suffix):
+        raise InputError(f"--out {out}: the output is an H.264/AAC {suffix} file, so its name must end in {suffix}")
+    fs, path = filesystem(out)
+    if fs.isdir(path):
+        raise InputError(f"--out {out} is a folder; give a file name ending in {suffix}")
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    return out
+
+
+def pad_to(audio: np.ndarray, seconds: float, sample_rate: int = DEFAULT_MEL.sample_rate) -> tuple[np.ndarray, float]:
+    """``audio`` padded with silence to ``seconds`` (the video's length), and the seconds of padding added."""
+    missing = max(0, int(round(seconds * sample_rate)) - len(audio))
+    return np.pad(audio, (0, missing)), missing / sample_rate
+
+
 def run_generate(
     model: str | Path,
     out: str | Path,
@@ -89,20 +126,30 @@ def run_generate(
     audio: str | None = None,
     video: str | None = None,
 ) -> dict:
-    """Load, generate, write ``out`` (mp4: frames at ``config.fps`` + the conditioning audio as AAC) and the
-    resolved config beside it (``<out>.config.yaml``). Returns a summary."""
-    pipe = configure_pipeline(load_pipeline(model, config.device, config.dtype), config)
+    """Check the arguments and decode the inputs, then load the model, generate, and write ``out`` (mp4: frames
+    at ``config.fps`` + the conditioning audio as AAC) with the resolved config beside it
+    (``<out>.config.yaml``). Returns a summary. Audio shorter than the clip is heard as the official code
+    hears it (the mel is padded) and muxed padded with silence; the summary says how much."""
+    out = check_output(out)
+    resolve_device(config.device)  # no GPU, when one is asked for, is an error before any work
+    model_dir = check_pipeline_folder(model)
+    config = with_model_size(config, model_dir)
     conditioning = load_conditioning(config, image=image, audio=audio, video=video)
+    pipe = configure_pipeline(load_pipeline(model_dir, config.device, config.dtype), config)
     frames, clip = generate(pipe, conditioning, prompt, config)
-    encode_mp4(frames, config.fps, clip, DEFAULT_MEL.sample_rate, str(out))
+    sound, padded = pad_to(clip, len(frames) / config.fps)
+    if padded:
+        logger.warning("the audio lasts %.2f s, shorter than the %.2f-s video: padded with %.2f s of silence", len(clip) / DEFAULT_MEL.sample_rate, len(frames) / config.fps, padded)
+    encode_mp4(frames, config.fps, sound, DEFAULT_MEL.sample_rate, out)
     snapshot = save_config(config, f"{out}.config.yaml")
     return {
-        "output": str(out),
+        "output": out,
         "config": snapshot,
         "frames": int(frames.shape[0]),
         "fps": config.fps,
         "size": [int(frames.shape[1]), int(frames.shape[2])],
         "audio_seconds": round(len(clip) / DEFAULT_MEL.sample_rate, 3),
+        "audio_padded_s": round(padded, 3),
         "prompt": prompt,
         "inputs": conditioning.source,
     }

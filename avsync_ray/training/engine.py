@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from avsync_ray.config import TrainCommonConfig
+from avsync_ray.errors import InputError
 from avsync_ray.storage import exists, join_uri, read_json
 
 CHECKPOINT_META = "avsync_checkpoint.json"
@@ -34,7 +35,7 @@ def setup_deepspeed():
     return deepspeed
 
 
-class IncompatibleResumeError(ValueError):
+class IncompatibleResumeError(InputError):
     """The checkpoint was written under settings that this config changes in a way a resume cannot honour."""
 
 
