@@ -28,6 +28,8 @@ from avsync_ray.config import (
 app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the typed configs and their packaged presets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+cluster_app = typer.Typer(help="Cluster configs: check them offline, render the KubeRay RayJobs from jobs/.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
 
 ConfigOption = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML file (any fsspec URI) over the preset.")]
 ResumeOption = Annotated[Optional[str], typer.Option(help="'latest' continues the run from its newest checkpoint; or a checkpoint URI.")]
@@ -139,7 +141,7 @@ def curate(
     typer.echo(
         f"curated {summary['videos']} videos ({summary['done']} with clips, {summary['zero_survivors']} without, "
         f"{summary['failed']} failed): {summary['windows']} windows -> {summary['kept_windows']} kept -> "
-        f"{summary['clips']} clips in {summary['shards']} shards at {output} ({summary['seconds']} s)"
+        f"{summary['clips']} clips in {summary['shards']} shards at {cfg.output} ({summary['seconds']} s)"
     )
 
 
@@ -259,6 +261,81 @@ def export(
 
         summary["registered"] = register_model(out, register, summary["task"], tracking_uri, alias, source_run_id=summary["mlflow_run_id"])
     _echo_json(summary)
+
+
+@app.command()
+def submit(
+    job_spec: Annotated[str, typer.Argument(help="Ray Job spec, e.g. jobs/train-sync.yaml.")],
+    address: Annotated[Optional[str], typer.Option(envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"], help="Dashboard URL, e.g. http://127.0.0.1:8265 (default: as `ray job submit`, or the local cluster).")] = None,
+    wait: Annotated[bool, typer.Option(help="Stream the job's logs until it ends (exit status 1 unless it succeeds).")] = True,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override appended to the job's verb, e.g. --set max_steps=100 (repeatable).")] = None,
+):
+    """Submit a job spec to a Ray cluster through the Ray Jobs API (its id is <task>-<UTC time>)."""
+    from avsync_ray.jobs import SubmissionError, follow, load_job_spec, logs_command, submit as submit_job, with_overrides
+
+    try:
+        spec = load_job_spec(job_spec)
+        command = typer.main.get_command(app).commands.get(spec.verb)
+        if command is None or (set_ and "--set" not in {opt for param in command.params for opt in param.opts}):
+            raise ConfigError(f"{job_spec}: entrypoint: `avsync {spec.verb}` " + ("takes no --set" if command else "is not a verb"))
+        spec = with_overrides(spec, set_ or [])
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    try:
+        job_id, resolved = submit_job(spec, address)
+        typer.echo(f"submitted {job_id} to {resolved}\nfollow its logs: {logs_command(job_id, resolved)}")
+        if not wait:
+            return
+        status, message = follow(job_id, resolved)
+    except SubmissionError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"job {job_id} {status}" + (f": {message}" if message and status != "SUCCEEDED" else ""))
+    if status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@cluster_app.command("validate")
+def cluster_validate(
+    files: Annotated[list[str], typer.Argument(help="Cluster-launcher configs and ray.io/v1 manifests (YAML).")],
+    crds: Annotated[str, typer.Option(help="Folder of the KubeRay CRD schemas.")] = "cluster/kuberay/crds",
+):
+    """Check configs offline: launcher configs with Ray's own schema, manifests with KubeRay's CRD schemas."""
+    from avsync_ray.cluster_configs import ClusterConfigError, file_problems, load_crd_schemas
+
+    try:
+        schemas = load_crd_schemas(crds)
+    except ClusterConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    problems = [line for path in files for line in file_problems(path, schemas)]
+    for line in problems:
+        typer.echo(line, err=True)
+    if problems:
+        raise typer.Exit(2)
+    typer.echo(f"{len(files)} file(s) valid")
+
+
+@cluster_app.command("render")
+def cluster_render(
+    jobs: Annotated[str, typer.Option(help="Folder of the Ray Job specs.")] = "jobs",
+    cluster: Annotated[str, typer.Option(help="RayCluster manifest whose spec every RayJob gets.")] = "cluster/kuberay/raycluster.yaml",
+    out: Annotated[str, typer.Option(help="Folder of the rendered RayJobs.")] = "cluster/kuberay/jobs",
+    check: Annotated[bool, typer.Option(help="Write nothing; exit 1 if a rendered file differs from the one on disk.")] = False,
+):
+    """Render one KubeRay RayJob per job spec (same entrypoint), on the RayCluster's spec."""
+    from avsync_ray.cluster_configs import ClusterConfigError, render_rayjobs, sync_rendered
+
+    try:
+        drifted = sync_rendered(render_rayjobs(jobs, cluster), out, write=not check)
+    except (ClusterConfigError, ConfigError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    if check and drifted:
+        typer.echo(f"out of date in {out} (run `avsync cluster render`): {', '.join(drifted)}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{out}: " + (f"updated {', '.join(drifted)}" if drifted and not check else "up to date"))
 
 
 class MetricName(str, Enum):
