@@ -40,6 +40,8 @@ from avsync_ray.errors import InputError, WorkFailedError
 app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the typed configs and their packaged presets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+cluster_app = typer.Typer(help="Cluster configs: check them offline, render the KubeRay RayJobs from jobs/.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
 
 ConfigOption = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML file (any fsspec URI) over the preset.")]
 ResumeOption = Annotated[Optional[str], typer.Option(help="'latest' continues the run from its newest checkpoint; or a checkpoint URI.")]
@@ -197,12 +199,13 @@ def curate(
     """Curate raw audio-video into filtered WebDataset shards, on Ray Data (resumes where it stopped)."""
     from avsync_ray.curation.pipeline import run_curation
 
-    summary = run_curation(_load(CurateConfig, "curate", config, set_, {"input": input, "output": output}), rethreshold=rethreshold)
+    cfg = _load(CurateConfig, "curate", config, set_, {"input": input, "output": output})
+    summary = run_curation(cfg, rethreshold=rethreshold)
     skipped = sum(summary["skipped_inputs"].values())
     return (
         f"curated {summary['videos']} videos ({summary['done']} with clips, {summary['zero_survivors']} without, "
         f"{summary['failed']} failed{f', {skipped} other files skipped' if skipped else ''}): {summary['windows']} windows -> "
-        f"{summary['kept_windows']} kept -> {summary['clips']} clips in {summary['shards']} shards at {output} ({summary['seconds']} s)"
+        f"{summary['kept_windows']} kept -> {summary['clips']} clips in {summary['shards']} shards at {cfg.output} ({summary['seconds']} s)"
     )
 
 
@@ -307,6 +310,64 @@ def export(
             out, register, summary["task"], resolve_tracking_uri(tracking_uri), alias, source_run_id=summary["mlflow_run_id"]
         )
     return summary
+
+
+@verb()
+def submit(
+    job_spec: Annotated[str, typer.Argument(help="Ray Job spec, e.g. jobs/train-sync.yaml.")],
+    address: Annotated[Optional[str], typer.Option(envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"], help="Dashboard URL, e.g. http://127.0.0.1:8265 (default: as `ray job submit`, or the local cluster).")] = None,
+    wait: Annotated[bool, typer.Option(help="Stream the job's logs until it ends (exit status 1 unless it succeeds).")] = True,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override appended to the job's verb, e.g. --set max_steps=100 (repeatable).")] = None,
+):
+    """Submit a job spec to a Ray cluster through the Ray Jobs API (its id is <task>-<UTC time>)."""
+    from avsync_ray.jobs import follow, load_job_spec, logs_command, submit as submit_job, with_overrides
+
+    spec = load_job_spec(job_spec)
+    command = typer.main.get_command(app).commands.get(spec.verb)
+    if command is None or (set_ and "--set" not in {opt for param in command.params for opt in param.opts}):
+        raise ConfigError(f"{job_spec}: entrypoint: `avsync {spec.verb}` " + ("takes no --set" if command else "is not a verb"))
+    job_id, resolved = submit_job(with_overrides(spec, set_ or []), address)
+    submitted = f"submitted {job_id} to {resolved}\nfollow its logs: {logs_command(job_id, resolved)}"
+    if not wait:
+        return submitted
+    typer.echo(submitted, err=True)
+    status, message = follow(job_id, resolved)
+    if status != "SUCCEEDED":
+        raise WorkFailedError(f"job {job_id} {status}" + (f": {message}" if message else ""))
+    return f"job {job_id} {status}"
+
+
+@verb("validate", cluster_app)
+def cluster_validate(
+    files: Annotated[list[str], typer.Argument(help="Cluster-launcher configs and ray.io/v1 manifests (YAML).")],
+    crds: Annotated[str, typer.Option(help="Folder of the KubeRay CRD schemas.")] = "cluster/kuberay/crds",
+):
+    """Check configs offline: launcher configs with Ray's own schema, manifests with KubeRay's CRD schemas."""
+    from avsync_ray.cluster_configs import file_problems, load_crd_schemas
+
+    schemas = load_crd_schemas(crds)
+    problems = [line for path in files for line in file_problems(path, schemas)]
+    for line in problems:
+        typer.echo(line, err=True)
+    if problems:
+        raise InputError(f"{len(problems)} problem(s) in {len(files)} file(s), listed above")
+    return f"{len(files)} file(s) valid"
+
+
+@verb("render", cluster_app)
+def cluster_render(
+    jobs: Annotated[str, typer.Option(help="Folder of the Ray Job specs.")] = "jobs",
+    cluster: Annotated[str, typer.Option(help="RayCluster manifest whose spec every RayJob gets.")] = "cluster/kuberay/raycluster.yaml",
+    out: Annotated[str, typer.Option(help="Folder of the rendered RayJobs.")] = "cluster/kuberay/jobs",
+    check: Annotated[bool, typer.Option(help="Write nothing; exit 1 if a rendered file differs from the one on disk.")] = False,
+):
+    """Render one KubeRay RayJob per job spec (same entrypoint), on the RayCluster's spec."""
+    from avsync_ray.cluster_configs import render_rayjobs, sync_rendered
+
+    drifted = sync_rendered(render_rayjobs(jobs, cluster), out, write=not check)
+    if check and drifted:
+        raise WorkFailedError(f"out of date in {out} (run `avsync cluster render`): {', '.join(drifted)}")
+    return f"{out}: " + (f"updated {', '.join(drifted)}" if drifted and not check else "up to date")
 
 
 class MetricName(str, Enum):
