@@ -77,7 +77,7 @@ def test_submit_refuses_what_the_verb_cannot_take_before_reaching_a_cluster(tmp_
     assert result.exit_code == 2 and result.output.strip() == f"error: {spec}: entrypoint: `avsync curat` is not a verb"
 
     result = CliRunner().invoke(app, ["submit", str(tmp_path / "missing.yaml"), "--address", unreachable])
-    assert result.exit_code == 2 and result.output.strip() == f"{tmp_path / 'missing.yaml'}: no such job spec"
+    assert result.exit_code == 2 and result.output.strip() == f"error: {tmp_path / 'missing.yaml'}: no such job spec"
 
 
 def test_submit_to_an_unreachable_cluster_is_one_line():
