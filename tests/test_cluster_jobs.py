@@ -169,7 +169,7 @@ def test_curation_job_on_a_two_node_cluster(cluster, tmp_path):
     info = client.get_job_info(job_id)
     assert info.status == JobStatus.SUCCEEDED, info.message
     assert info.metadata["task"] == "curate-tiny"
-    curated = re.compile(rf"curated 4 videos \(4 with clips, 0 without, 0 failed\): \d+ windows -> \d+ kept -> 4 clips in 1 shards at {re.escape(str(shards))} \(")
+    curated = re.compile(rf"curated 4 videos \(4 with clips, 0 without, 0 failed, \d+ other files skipped\): \d+ windows -> \d+ kept -> 4 clips in 1 shards at {re.escape(str(shards))} \(")
     assert curated.search(followed.stdout) and curated.search(client.get_job_logs(job_id))  # the --set output won over the spec's path
 
     index = json.loads((shards / "train.index.json").read_text())
