@@ -110,6 +110,8 @@ def main_options(
     # This project's progress lines (INFO) on stderr; other libraries' warnings only, unless debugging.
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("avsync_ray").setLevel(logging.INFO)
+    if not debug:  # MLflow narrates its store's set-up and new experiments at INFO on its own handler
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def _load(schema, preset: str, path: str | None, overrides: list[str] | None, values: dict | None = None):

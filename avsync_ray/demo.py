@@ -106,7 +106,7 @@ def run_demo(config: DemoConfig) -> dict:
     )
     index = read_index(str(main_shards), "train")
     if not index["shardlist"]:
-        raise RuntimeError(f"curation kept no clip; see the report in {main_shards / 'report'}")
+        raise WorkFailedError(f"curation kept no clip of the main corpus; see the report in {main_shards / 'report'}")
 
     # 4. AVSyncD on the curated clips, exported as a pipeline, animating a curated clip.
     _step("training the tiny AVSyncD (Ray Train + DeepSpeed, 2 workers)", started)

@@ -14,15 +14,23 @@ import sys
 from avsync_ray.config import RayConfig
 
 VERBOSE_ENV_VAR = "AVSYNC_RAY_VERBOSE"
-# Ray internals that repeat a harmless warning many times a second on a cluster without the dashboard: Ray
-# Train's placement-group cleaner polls the State API (which needs the dashboard) once a second.
-NOISY_RAY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+# Ray internals' log lines a person following a run does not need, and the level they are cut at: Ray Train's
+# placement-group cleaner warns once a second without the dashboard (whose State API it polls); Ray Train's
+# controller and workers narrate every resource request and checkpoint report (this project logs its own steps
+# and checkpoints); Ray Data says it was told to hide its progress bars.
+NOISY_RAY_LOGGERS = {
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+    "ray.train": logging.WARNING,
+    "ray.data": logging.WARNING,
+    "ray.data._internal.progress": logging.ERROR,
+}
 
 
 def quiet_ray_internals() -> None:
-    """Every Ray worker's setup hook (``runtime_env.worker_process_setup_hook``) when not verbose."""
-    for name in NOISY_RAY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """Every Ray worker's setup hook (``runtime_env.worker_process_setup_hook``), and the driver's, when not
+    verbose."""
+    for name, level in NOISY_RAY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def is_verbose(config: RayConfig) -> bool:
@@ -57,6 +65,5 @@ def init_ray(config: RayConfig) -> None:
         ray.init(**{k: v for k, v in kwargs.items() if v is not None})
     if not verbose:
         quiet_ray_internals()
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = terminal if config.progress_bars is None else config.progress_bars

@@ -209,6 +209,8 @@ def test_mlflow_run_records_the_curation(reference):
     assert mlflow.get_experiment(run.info.experiment_id).name == "avsync/curation"
     assert run.data.params["filters.pixel_diff.min"] == "0.01"
     assert run.data.metrics["funnel.windows"] == reference["summary"]["windows"]
+    assert run.info.run_name == "curate-out" and "funnel.removed_by_pixel_diff" in run.data.metrics
+    assert not {f"funnel.removed_by_{name}" for name in ("semantic_diff", "ia", "it", "psync_a2v", "psync_v2a")} & set(run.data.metrics)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"curate.config.yaml", "train.index.json", "stats.json", "report"} <= artifacts
 

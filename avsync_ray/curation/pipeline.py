@@ -14,6 +14,7 @@ from the staged bundles in a fixed order, so an interrupted and an uninterrupted
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
@@ -27,7 +28,7 @@ from ray.util.annotations import RayDeprecationWarning
 
 from avsync_ray import faults
 from avsync_ray.batch_jobs import actor_placement
-from avsync_ray.config import CurateConfig, dump_config, load_config, save_config
+from avsync_ray.config import ConfigError, CurateConfig, dump_config, load_config, save_config
 from avsync_ray.errors import InputError
 from avsync_ray.curation import report as report_module
 from avsync_ray.curation.scorers import EmbeddingScorer, SyncScorer
@@ -91,16 +92,21 @@ def _check_resumable(entries: dict[str, dict], config: CurateConfig, rethreshold
     if not entries:
         return
     saved_uri = join_uri(config.output, CONFIG_NAME)
-    differences = setting_differences(load_config(CurateConfig, path=saved_uri), config, rethreshold) if exists(saved_uri) else []
+    differences = []
+    if exists(saved_uri):
+        try:
+            differences = setting_differences(load_config(CurateConfig, path=saved_uri), config, rethreshold)
+        except ConfigError:  # written by another version of this package: the per-video scoring ids still decide
+            logger.warning("%s does not validate with this version; checking the scoring settings only", saved_uri)
     other = {e["scoring_id"] for e in entries.values()} - {scoring_id(config)}
     if other and not differences:
         differences = [f"the scoring settings (shots, windows or models; ids {sorted(other)}, this run {scoring_id(config)})"]
     if differences:
         hint = "" if rethreshold else ", or --rethreshold to change only thresholds"
         raise CurationError(
-            f"{config.output} holds {len(entries)} videos curated with other settings:\n  " + "\n  ".join(differences)
-            + f"\nUse those settings again, another output folder{hint}."
-        )  # fmt: skip
+            f"{config.output} holds {len(entries)} videos curated with other settings ({'; '.join(differences)}); "
+            f"use those settings again, another output folder{hint}"
+        )
 
 
 def _check_output(output: str) -> None:
@@ -130,7 +136,7 @@ def _map_videos(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
 def _drain(ds: ray.data.Dataset, total: int, verb: str) -> str:
     """Run the graph; the driver only counts finished videos (their state is already on storage), with a
     progress line every tenth of them."""
-    finished, step = 0, max(1, total // 10)
+    finished, step = 0, math.ceil(total / 10)
     for _ in ds.iter_rows():
         finished += 1
         if finished % step == 0 or finished == total:

@@ -8,7 +8,10 @@ run id, and the settings a resume must not change).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from avsync_ray.errors import InputError
 from avsync_ray.storage import exists, join_uri, read_json
 
 CHECKPOINT_META = "avsync_checkpoint.json"
+logger = logging.getLogger(__name__)
 
 
 def setup_deepspeed():
@@ -148,7 +152,9 @@ def consolidated_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
         setup_deepspeed()
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=meta["tag"])
+        with contextlib.redirect_stdout(io.StringIO()) as narration:  # it prints every step of the merge
+            state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=meta["tag"])
+        logger.debug("zero_to_fp32: %s", narration.getvalue())
     else:
         model_file = Path(directory) / meta["tag"] / "mp_rank_00_model_states.pt"
         state = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
