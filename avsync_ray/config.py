@@ -44,14 +44,14 @@ class SamplingConfig(StrictModel):
     """How a clip is sampled: the fields every generating command shares (and ``avsync eval`` can sweep)."""
 
     scheduler: SchedulerName = Field("pndm", description="sampler: pndm (the official one), ddim, dpmpp-2m, dpmpp-2m-karras, euler")
-    num_inference_steps: int = Field(50, ge=1)
+    num_inference_steps: int = Field(50, ge=1, description="denoising steps (PNDM 50 = 51 UNet calls, as the official release)")
     guidance_scale: float = Field(1.0, description="text guidance; off at 1.0 as in the official release")
     audio_guidance_scale: float = Field(4.0, description="audio classifier-free guidance (1, 4 or 8 in the paper)")
-    seed: int = 123
-    num_frames: int = Field(12, ge=2)
-    fps: float = Field(6.0, gt=0)
+    seed: int = Field(123, description="noise seed")
+    num_frames: int = Field(12, ge=2, description="frames per clip (frame 0 is the input image)")
+    fps: float = Field(6.0, gt=0, description="frame rate: clips last num_frames / fps seconds")
     height: PixelSize = Field(256, description="output size; the input image is centre-cropped and resized to it")
-    width: PixelSize = 256
+    width: PixelSize = Field(256, description="output width")
     official_inplace_step: bool = Field(
         False, description="reproduce the official loop's in-place PNDM step exactly (see AVSyncDPipeline.__call__)"
     )
@@ -238,7 +238,8 @@ class DemoConfig(StrictModel):
     avsyncd_training_steps: int = Field(40, ge=1, description="AVSyncD optimizer steps")
     tracking_uri: str = Field("sqlite:///mlruns.db", description="MLflow store of every run")
     ray_num_cpus: int | None = Field(2, ge=1, description="CPUs of the local Ray the demo starts")
-    generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the final video")
+    generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the final video (and of the evaluation)")
+    eval_videos: int = Field(2, ge=1, description="held-out videos the final `avsync eval` step evaluates (3 clips each)")
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -461,7 +462,7 @@ class EvalConfig(StrictModel):
     test_split: str = Field("test", description="split of the test shards")
     output: str = Field(..., description="output folder (any fsspec URI): generated/, report/, per-clip table, config")
     video_extensions: list[str] = Field(VIDEO_EXTENSIONS, description="files a folder of raw test videos contributes")
-    max_videos: int | None = Field(None, ge=1, description="evaluate only the first N test videos (sorted by key)")
+    max_videos: int | None = Field(None, ge=1, description="evaluate only the first N test videos (in shard order, or by URI)")
     clips_per_video: int = Field(3, ge=1, description="clips per test video at linspace(0, duration - 2 s, n): head, centre, tail")
     protocol: Literal["official", "standard"] = Field(
         "official", description="official: ASVA's 229-px FID and 224-px bicubic FVD inputs; standard: pytorch-fid's and StyleGAN-V's"

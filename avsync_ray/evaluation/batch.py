@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 
 from avsync_ray.batch_jobs import ActorStage, BatchJob, log_batch_run, shard_sample_rows
 from avsync_ray.config import EvalConfig, EvalSyncConfig, save_config
-from avsync_ray.evaluation.clips import from_bytes, test_clip_rows
+from avsync_ray.evaluation.clips import from_bytes, eval_clip_rows
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
-from avsync_ray.evaluation.plan import GT, claim_setting_folders, list_test_items, plan_settings, real_cache_key, setting_record
+from avsync_ray.evaluation.plan import GT, claim_setting_folders, list_eval_inputs, plan_settings, real_cache_key, setting_record
 from avsync_ray.evaluation.protocol import clip_seed
 from avsync_ray.evaluation.report import write_report
 from avsync_ray.evaluation.scoring import ClipScorer, check_feature_networks
@@ -63,7 +63,7 @@ def _clip_jobs(item: dict, config: dict, seeds: dict[str, int], with_gt: bool) -
     """``expand`` of the eval job: an input item -> its GT clip rows (when their features are not cached) and
     one generation row per clip and setting (``seeds``: setting -> its base seed)."""
     sampling = config["sampling"]
-    rows = test_clip_rows(item, sampling["num_frames"], sampling["fps"], (sampling["height"], sampling["width"]), config["clips_per_video"])
+    rows = eval_clip_rows(item, sampling["num_frames"], sampling["fps"], (sampling["height"], sampling["width"]), config["clips_per_video"])
     jobs = []
     for gt in rows:
         if gt["error"] or with_gt:
@@ -125,7 +125,7 @@ def run_eval(config: EvalConfig) -> dict:
     checksums = check_feature_networks(config.features, config.metrics)  # before any work: a bad file names its field
     source = resolve_model(config.model, config.tracking.uri)
     check_pipeline_folder(source.path)
-    items, test_set = list_test_items(config)
+    items, test_set = list_eval_inputs(config)
     settings = plan_settings(config)
     identity = _model_identity(source)
     claim_setting_folders(config.output, [setting_record(s, config, identity, test_set) for s in settings])

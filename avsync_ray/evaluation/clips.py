@@ -64,7 +64,7 @@ def _videos(item: dict):
         yield item["key"], {VIDEO_MEMBER: item["uri"]}, source
 
 
-def test_clip_rows(item: dict, num_frames: int, fps: float, size: tuple[int, int], clips_per_video: int) -> list[dict]:
+def eval_clip_rows(item: dict, num_frames: int, fps: float, size: tuple[int, int], clips_per_video: int) -> list[dict]:
     """The GT rows of an input item's test videos: one per clip, or one ``error`` row per video that cannot be
     decoded or is shorter than a clip (the whole video is then left out, with its reason)."""
     rows = []

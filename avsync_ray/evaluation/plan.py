@@ -68,7 +68,7 @@ def parse_sweep(text: str) -> tuple[str, list]:
 
 
 @dataclass(frozen=True)
-class TestItem:
+class EvalInput:
     """A unit of input work: one shard (its first ``take`` samples) or one raw video file."""
 
     shard: str | None = None
@@ -82,7 +82,7 @@ class TestItem:
                 "key": self.key or "", "label": self.label or ""}  # fmt: skip
 
 
-def list_test_items(config: EvalConfig) -> tuple[list[TestItem], str]:
+def list_eval_inputs(config: EvalConfig) -> tuple[list[EvalInput], str]:
     """The test videos and the test set's identity. Test shards are read through their index (shard order,
     ``max_videos`` cut in that order); anything else is listed as curation lists its input (folders, globs,
     URI lists, CSV/Parquet manifests; the label is the parent folder's name unless a manifest gives one)."""
@@ -93,12 +93,12 @@ def list_test_items(config: EvalConfig) -> tuple[list[TestItem], str]:
         for entry in index["shardlist"]:
             take = entry["nsamples"] if budget is None else min(entry["nsamples"], budget)
             if take > 0:
-                items.append(TestItem(shard=join_uri(test, entry["url"]), take=take))
+                items.append(EvalInput(shard=join_uri(test, entry["url"]), take=take))
             budget = None if budget is None else budget - take
         identity = {"shards": [[e["url"], e.get("sha256"), e["nsamples"]] for e in index["shardlist"]], "max_videos": config.max_videos}
     else:
         sources = list_sources(test, config.video_extensions)[: config.max_videos]
-        items = [TestItem(uri=s.uri, key=s.source_id, label=s.label) for s in sources]
+        items = [EvalInput(uri=s.uri, key=s.source_id, label=s.label) for s in sources]
         identity = {"videos": [[s.uri, s.source_id, s.label] for s in sources]}
     if not items:
         raise FileNotFoundError(f"test: no test videos found at {test} (shards need {config.test_split}.index.json)")
