@@ -7,6 +7,11 @@ generated clips with every network of ``--metrics``. CPU: the tiny pipeline and 
 (the FID Inception at its real size, whose layout fixes every shape).
 
     python benchmarks/bench_eval.py --videos 4 --steps 5 --actors 1 2
+    python benchmarks/bench_eval.py --preset full --device cuda --videos 8 --steps 50 --size 256 --actors 1 2
+
+``--preset full`` saves the full-size AVSyncD architecture with random weights (SD1.5-sized UNet and VAE, a
+CLIP-L-sized text encoder, ImageBind-huge's audio branch) as the model; the feature networks stay the small random
+ones (the FID Inception at its real size). On a GPU each actor pool gets half of it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def serial_loop(config: EvalConfig) -> int:
     settings = {setting.name: {"kind": setting.kind, "sampling": setting.sampling.model_dump()}}
     folder = {setting.name: f"{config.output}/generated/{setting.name}"}
     generator = ClipGenerator(config.model, config.tracking.uri, config.generate_actor, settings, 1, folder)
-    networks = FeatureNetworks(config.features, config.metrics, torch.device("cpu"))
+    networks = FeatureNetworks(config.features, config.metrics, torch.device(config.feature_actor.device if config.feature_actor.num_gpus else "cpu"))
     items, _ = list_eval_inputs(config)
     sampling = config.sampling
     clips = 0
@@ -55,6 +60,21 @@ def serial_loop(config: EvalConfig) -> int:
     return clips
 
 
+def save_full_pipeline(folder: Path) -> None:
+    """The full-size architecture with random weights, as a pipeline folder (for GPU timing only)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from avsync_ray.models.presets import tiny_tokenizer
+    from avsync_ray.pipelines import AVSyncDPipeline
+    from bench_generate import full_components
+
+    tokenizer = tiny_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                num_attention_heads=12, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))  # fmt: skip
+    AVSyncDPipeline(**full_components(torch.float32, "cpu"), text_encoder=text_encoder.eval(), tokenizer=tokenizer).save_pretrained(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=4)
@@ -62,25 +82,35 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="actors per pool for the Ray Data runs")
     parser.add_argument("--metrics", default="fid,fvd,ia,it,relsync,alignsync")
+    parser.add_argument("--preset", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: each actor pool gets a GPU share")
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--out")
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     synthesize_shards(work / "shards", "test", args.videos, seed=1)
-    save_tiny_pipeline(work / "model")
+    if args.preset == "full":
+        save_full_pipeline(work / "model")
+    else:
+        save_tiny_pipeline(work / "model")
     networks = write_tiny_feature_networks(work / "networks")
     torch.manual_seed(0)
     SyncClassifier(image_size=64, base_width=8).save_pretrained(work / "classifier")
     cpus = os.cpu_count() or 2
 
+    gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
+
     def config(out: str, actors: int) -> EvalConfig:
         share = max(0.25, (cpus - 1) / (2 * actors))  # leave a CPU for the decode tasks
+        gpu_share = gpus / (2 * actors) if gpus else 0
         overrides = [*(f"features.{k}={v}" for k, v in networks.items()), f"features.sync_classifier={work / 'classifier'}",
                      f"metrics=[{args.metrics}]", f"sampling.height={args.size}", f"sampling.width={args.size}",
                      f"sampling.num_inference_steps={args.steps}", "bootstrap.samples=0", "frechet=eigen", "tracking.enabled=false",
                      f"cache={work / out / 'cache'}", f"ray.num_cpus={cpus}", "ray.progress_bars=false",
-                     *(f"{a}.{k}" for a in ("generate_actor", "feature_actor") for k in ("num_gpus=0", f"num_cpus={share}", f"concurrency={actors}"))]  # fmt: skip
+                     *(f"{a}.{k}" for a in ("generate_actor", "feature_actor") for k in (f"num_gpus={gpu_share}", f"num_cpus={share}",
+                                                                                          f"concurrency={actors}", f"dtype={args.dtype}"))]  # fmt: skip
         return load_config(EvalConfig, "eval", overrides=overrides, values={"model": str(work / "model"), "test": str(work / "shards"),
                                                                              "output": str(work / out)})  # fmt: skip
 
@@ -95,7 +125,8 @@ def main() -> None:
         summary = run_eval(config(f"ray-{actors}", actors))
         rates[actors] = summary["clips"] / (time.perf_counter() - start)
     result = {
-        "device": f"cpu ({cpus} cores)",
+        "device": torch.cuda.get_device_name() if gpus else f"cpu ({cpus} cores)",
+        "preset": args.preset,
         "videos": args.videos,
         "clips": clips,
         "steps": args.steps,

@@ -198,8 +198,9 @@ def run_eval(config: EvalConfig) -> dict:
         (local / "report" / "summary.json").write_text(json.dumps({"entries": entries, "provenance": provenance, "skipped_videos": skipped_videos,
                                                                    "failed_clips": failed}, indent=1, default=str))  # fmt: skip
         fs, path = filesystem(config.output)
-        fs.put(str(local / "report"), path.rstrip("/") + "/", recursive=True)
-        fs.put(str(local / "per_clip.parquet"), f"{path.rstrip('/')}/per_clip.parquet")
+        fs.makedirs(f"{path.rstrip('/')}/report", exist_ok=True)
+        for file in [*(local / "report").iterdir(), local / "per_clip.parquet"]:
+            fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(local)}")
         parent_id, child_ids = None, []
         if config.tracking.enabled:
             parent_id, child_ids = _log_runs(config, source, entries, by_category, provenance, local)
