@@ -43,7 +43,8 @@ def first_run(eval_setup, ray_session):
     args = ["eval", eval_setup["model"], eval_setup["shards"], "--out", str(out), "--sweep", "audio_guidance_scale=1,4"]
     result = CliRunner().invoke(app, args + [item for o in eval_setup["overrides"] for item in ("--set", o)])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output), out
+    summary = result.output[result.output.rindex('{\n  "output"') :]  # Ray Data prints its context before the JSON
+    return json.loads(summary), out
 
 
 def _config(eval_setup, out, *extra) -> EvalConfig:

@@ -72,14 +72,11 @@ def eval_clip_rows(item: dict, num_frames: int, fps: float, size: tuple[int, int
     for video, raw, source in _videos(item):
         try:
             src = source()
-            clips = [
-                avsyncd_clip(raw, src, float(start), num_frames=num_frames, fps=fps, size=size)
-                for start in clip_starts(src.duration, clip_seconds, clips_per_video)
-            ]
+            starts = clip_starts(src.duration, clip_seconds, clips_per_video)
+            clips = [avsyncd_clip(raw, src, float(start), num_frames=num_frames, fps=fps, size=size) for start in starts]
         except SAMPLE_ERRORS as exc:
             rows.append(row(video=video, key=video, variant=GT, error=f"{type(exc).__name__}: {exc}"[:500]))
             continue
-        starts = clip_starts(src.duration, clip_seconds, clips_per_video)
         for index, (start, clip) in enumerate(zip(starts, clips)):
             frames = clip["video"].permute(1, 2, 3, 0).numpy().astype(np.float32)  # (T, H, W, 3) in [0, 1]
             rows.append(row(key=clip_key(video, index), video=video, clip=index, start=float(start), category=clip["prompt"],

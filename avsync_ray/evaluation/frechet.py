@@ -52,13 +52,6 @@ class FeatureMoments:
             raise ValueError(f"a covariance needs at least 2 feature vectors, got {self.n}")
         return (self.outer - self.n * np.outer(self.mean, self.mean)) / (self.n - 1)
 
-    def to_npz(self) -> dict[str, np.ndarray]:
-        return {"n": np.array(self.n), "total": self.total, "outer": self.outer}
-
-    @classmethod
-    def from_npz(cls, data) -> "FeatureMoments":
-        return cls(int(data["n"]), np.asarray(data["total"]), np.asarray(data["outer"]))
-
 
 @dataclass(frozen=True)
 class FrechetResult:

@@ -116,10 +116,6 @@ def clip_key(video: str, clip: int) -> str:
     return f"{video}_clip-{clip:02d}"
 
 
-def generated_uri(output: str, setting: str, key: str) -> str:
-    return join_uri(output, "generated", setting, f"{key}.mp4")
-
-
 def setting_record(setting: Setting, config: EvalConfig, model_identity: dict, test_set: str) -> dict:
     """Everything that determines a setting's generated clips."""
     return {
