@@ -143,3 +143,17 @@ def test_per_clip_scores_follow_the_paper():
     assert scores["alignsync"] == pytest.approx(scores["relsync"] * align)
     assert scores["ia"] == pytest.approx(0.3) and scores["it"] == pytest.approx(0.2)  # frames 2..b only
     assert gt_scores(real)["relsync"] == 0.5
+
+
+def test_the_no_audio_baseline_ignores_the_audio(tiny_pipe):
+    from avsync_ray.config import SamplingConfig
+    from avsync_ray.generate import generate_batch
+
+    sampling = SamplingConfig(num_inference_steps=2, height=64, width=64)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    noise, clicks = np.random.default_rng(1).normal(0, 0.3, 32000).astype(np.float32), np.zeros(32000, np.float32)
+    clicks[::4000] = 0.9
+    null, _ = generate_batch(tiny_pipe, [image, image], [noise, clicks], ["sync", "sync"], [3, 3], sampling, null_audio=True)
+    real, _ = generate_batch(tiny_pipe, [image, image], [noise, clicks], ["sync", "sync"], [3, 3], sampling)
+    assert np.array_equal(null[0], null[1])  # the audio does not reach the model
+    assert not np.array_equal(real[0], real[1])
