@@ -24,6 +24,7 @@ from avsync_ray.config import (
     ConfigError,
     CurateConfig,
     DemoConfig,
+    EvalConfig,
     EvalSyncConfig,
     GenerateConfig,
     PrecomputeConfig,
@@ -292,6 +293,29 @@ def eval_sync(
     return run_eval_sync(_load(EvalSyncConfig, "eval-sync", config, set_, {"classifier": classifier, "data.root": shards}), out)
 
 
+@verb("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="AVSyncD pipeline folder or a registry URI (models:/avsyncd@champion).")],
+    test: Annotated[str, typer.Argument(help="Test shards (any fsspec URI), or a folder / glob / manifest of raw test videos.")],
+    out: Annotated[str, typer.Option(help="Output folder (any fsspec URI): generated/, report/, per_clip.parquet.")],
+    sweep: Annotated[Optional[list[str]], typer.Option(help="Sweep a sampling field: key=v1,v2,... (repeatable; every combination runs).")] = None,
+    config: ConfigOption = None,
+    set_: set_option("protocol=standard") = None,
+):
+    """FID, FVD, IA, IT, RelSync and AlignSync of generated test clips (paper §3.4) on Ray Data, with MLflow runs."""
+    from avsync_ray.evaluation.batch import run_eval
+    from avsync_ray.evaluation.plan import parse_sweep
+
+    values: dict = {"model": model, "test": test, "output": out}
+    for option in sweep or []:
+        try:
+            key, swept = parse_sweep(option)
+        except ValueError as exc:
+            raise InputError(f"--sweep {option!r}: {exc}") from None
+        values[f"sweep.{key}"] = swept
+    return run_eval(_load(EvalConfig, "eval", config, set_, values))
+
+
 @verb()
 def export(
     checkpoint: Annotated[str, typer.Option(help="Training checkpoint folder (any fsspec URI), e.g. <storage>/<run>/checkpoint_*.")],
@@ -424,7 +448,7 @@ def config_show(
 
 
 @verb("fields", config_app)
-def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train, eval-sync or precompute.")]):
+def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train, eval-sync, eval or precompute.")]):
     """Every field of a config tree (dotted name, type, default, meaning) as a Markdown table."""
     from avsync_ray.config import describe_fields
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
+import re
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Sequence, TypeVar, Union, get_args, get_origin
@@ -53,8 +54,9 @@ PixelSize = Annotated[int, Field(ge=8), AfterValidator(_multiple_of_eight)]  # a
 
 def resolve_local_path(value):
     """A relative local path means relative to where the command runs: it is made absolute when the config is
-    validated, before any Ray worker (whose working folder is elsewhere) sees it. URIs (``s3://``, ...) stay."""
-    if value is None or "://" in value:
+    validated, before any Ray worker (whose working folder is elsewhere) sees it. URIs (``s3://``, ``models:/``,
+    ...) stay."""
+    if value is None or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", value):
         return value
     return os.path.abspath(os.path.expanduser(value))
 
@@ -80,23 +82,31 @@ DType = Literal["float32", "bfloat16", "float16"]  # torch dtypes by name (devic
 SchedulerName = Literal["pndm", "ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler"]  # avsync_ray.pipelines.schedulers
 
 
-class GenerateConfig(StrictModel):
-    """``avsync generate``: sampling settings (defaults are the official demo's)."""
+class SamplingConfig(StrictModel):
+    """How a clip is sampled: the fields every generating command shares (and ``avsync eval`` can sweep)."""
 
     scheduler: SchedulerName = Field("pndm", description="sampler: pndm (the official one), ddim, dpmpp-2m, dpmpp-2m-karras, euler")
-    num_inference_steps: int = Field(50, ge=1)
+    num_inference_steps: int = Field(50, ge=1, description="denoising steps (PNDM 50 = 51 UNet calls, as the official release)")
     guidance_scale: float = Field(1.0, description="text guidance; off at 1.0 as in the official release")
     audio_guidance_scale: float = Field(4.0, description="audio classifier-free guidance (1, 4 or 8 in the paper)")
-    seed: int = 123
-    num_frames: int = Field(12, ge=2)
-    fps: float = Field(6.0, gt=0)
+    seed: int = Field(123, description="noise seed")
+    num_frames: int = Field(12, ge=2, description="frames per clip (frame 0 is the input image)")
+    fps: float = Field(6.0, gt=0, description="frame rate: clips last num_frames / fps seconds")
     height: PixelSize | None = Field(None, description="output size (None: the model's own, from its training config, else 256)")
     width: PixelSize | None = Field(None, description="output width (None: the model's own, from its training config, else 256)")
-    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: DType = "float32"
     official_inplace_step: bool = Field(
         False, description="reproduce the official loop's in-place PNDM step exactly (see AVSyncDPipeline.__call__)"
     )
+
+
+class GenerateConfig(SamplingConfig):
+    """``avsync generate``: sampling settings (defaults are the official demo's) and where the model runs."""
+
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: DType = "float32"
+
+
+VIDEO_EXTENSIONS = [".mp4", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".m4v"]  # what a folder input contributes
 
 
 class RangeRule(StrictModel):
@@ -239,9 +249,7 @@ class CurateConfig(StrictModel):
 
     input: PathOrURI | list[PathOrURI] = Field(..., description="folder, glob, list of URIs, or a CSV/Parquet manifest (uri, label[, id])")
     output: PathOrURI = Field(..., description="output folder, any fsspec URI")
-    video_extensions: list[str] = Field(
-        [".mp4", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".m4v"], description="files a folder input contributes"
-    )
+    video_extensions: list[str] = Field(VIDEO_EXTENSIONS, description="files a folder input contributes")
     max_duration_s: float | None = Field(
         120.0, gt=0, description="longer videos are recorded as failed ('too_long'): a video's frames are held in memory"
     )
@@ -279,7 +287,8 @@ class DemoConfig(StrictModel):
     avsyncd_training_steps: int = Field(40, ge=1, description="AVSyncD optimizer steps")
     tracking_uri: TrackingURI = Field("sqlite:///mlruns.db", description="MLflow store of every run")
     ray_num_cpus: int | None = Field(2, ge=1, description="CPUs of the local Ray the demo starts")
-    generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the final video")
+    generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the final video (and of the evaluation)")
+    eval_videos: int = Field(2, ge=1, description="held-out videos the final `avsync eval` step evaluates (3 clips each)")
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -474,10 +483,92 @@ class EvalSyncConfig(StrictModel):
     ray: RayConfig = Field(RayConfig(), description="Ray")
 
 
+EvalTracking, EVAL_TRACKING = job_tracking("avsync/eval", "MLflow: one parent run, a nested run per setting and baseline")
+EvalMetric = Literal["fid", "fvd", "ia", "it", "relsync", "alignsync"]
+EVAL_METRICS: list[str] = ["fid", "fvd", "ia", "it", "relsync", "alignsync"]
+# Sampling fields a sweep may vary; the clip geometry (frames, fps, size) is the test set's and stays fixed.
+SWEEPABLE = ("scheduler", "num_inference_steps", "guidance_scale", "audio_guidance_scale", "seed", "official_inplace_step")
+
+
+class FeatureNetworksConfig(StrictModel):
+    """The evaluation's networks, each read from a path (nothing is downloaded)."""
+
+    fid_inception: PathOrURI | None = Field(None, description="pytorch-fid's FID Inception weights, pt_inception-2015-12-05-6726825d.pth (FID)")
+    i3d: PathOrURI | None = Field(None, description="StyleGAN-V's TorchScript I3D, i3d_torchscript.pt (FVD)")
+    imagebind: PathOrURI | None = Field(None, description="imagebind_huge.pth (IA, IT, AlignSync)")
+    imagebind_preset: str = Field("imagebind-huge", description="ImageBind size matching features.imagebind")
+    sync_classifier: PathOrURI | None = Field(None, description="SyncClassifier folder or the official modules/ folder (RelSync, AlignSync)")
+
+
+class BootstrapConfig(StrictModel):
+    samples: int = Field(100, ge=0, description="bootstrap replicates over test videos for the FID and FVD intervals (0: none)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="interval coverage")
+    seed: int = Field(0, description="resampling seed")
+
+
+class EvalConfig(StrictModel):
+    """``avsync eval``: generate the test clips and compute FID, FVD, IA, IT, RelSync and AlignSync (paper §3.4)."""
+
+    model: PathOrURI = Field(..., description="AVSyncD pipeline folder or an MLflow registry URI (models:/name@alias, models:/name/3)")
+    test: PathOrURI | list[PathOrURI] = Field(
+        ..., description="test shards (a folder with <test_split>.index.json), or raw videos: folder, glob, URI list, CSV/Parquet manifest"
+    )
+    test_split: str = Field("test", description="split of the test shards")
+    output: PathOrURI = Field(..., description="output folder (any fsspec URI): generated/, report/, per-clip table, config")
+    video_extensions: list[str] = Field(VIDEO_EXTENSIONS, description="files a folder of raw test videos contributes")
+    max_videos: int | None = Field(None, ge=1, description="evaluate only the first N test videos (in shard order, or by URI)")
+    clips_per_video: int = Field(3, ge=1, description="clips per test video at linspace(0, duration - 2 s, n): head, centre, tail")
+    protocol: Literal["official", "standard"] = Field(
+        "official", description="official: ASVA's 229-px FID and 224-px bicubic FVD inputs; standard: pytorch-fid's and StyleGAN-V's"
+    )
+    metrics: list[EvalMetric] = Field(EVAL_METRICS, description="metrics to compute")
+    sampling: SamplingConfig = Field(SamplingConfig(seed=0), description="generation settings (the official evaluation: seed 0)")
+    clip_seeds: Literal["derived", "shared"] = Field(
+        "derived", description="derived: a seed from (sampling.seed, video, clip); shared: sampling.seed for every clip (as animation_gen.py)"
+    )
+    sweep: dict[str, list[Any]] = Field({}, description="sampling field -> values; every combination is one setting (--sweep key=v1,v2)")
+    baselines: list[Literal["static", "no_audio"]] = Field(
+        [], description="static: the first frame repeated; no_audio: the model with the null audio (at the unswept settings)"
+    )
+    features: FeatureNetworksConfig = Field(FeatureNetworksConfig(), description="feature networks")
+    bootstrap: BootstrapConfig = Field(BootstrapConfig(), description="FID/FVD confidence intervals")
+    frechet: Literal["sqrtm", "eigen"] = Field(
+        "sqrtm", description="sqrtm: the official scipy.linalg.sqrtm with its 1e-6 retry; eigen: the same distance by symmetric eigenproblems (faster)"
+    )
+    cache: PathOrURI = Field("eval_cache", description="folder (any fsspec URI) of real-clip features, shared by every run on a test set")
+    generate_batch_size: int = Field(4, ge=1, description="clips per pipeline call")
+    feature_batch_size: int = Field(8, ge=1, description="clips per feature-network call")
+    generate_actor: ActorConfig = Field(ActorConfig(num_gpus=1.0), description="the generating actors (one pipeline each)")
+    feature_actor: ActorConfig = Field(ActorConfig(num_gpus=1.0), description="the feature actors (every feature network, once each)")
+    tracking: EvalTracking = EVAL_TRACKING
+    ray: RayConfig = Field(RayConfig(), description="Ray")
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweepable(cls, sweep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in sweep.items():
+            if key not in SWEEPABLE:
+                raise ValueError(f"cannot sweep {key!r}; sweepable sampling fields: {', '.join(SWEEPABLE)}")
+            if not values or len(set(map(str, values))) != len(values):
+                raise ValueError(f"sweep {key!r} needs distinct values, got {values}")
+            for value in values:  # each value must be valid for its field
+                SamplingConfig.model_validate({key: value})
+        return sweep
+
+    @model_validator(mode="after")
+    def _metrics_have_networks(self):
+        needs = {"fid": ["fid_inception"], "fvd": ["i3d"], "ia": ["imagebind"], "it": ["imagebind"], "relsync": ["sync_classifier"],
+                 "alignsync": ["imagebind", "sync_classifier"]}  # fmt: skip
+        missing = sorted({f"features.{n}" for m in self.metrics for n in needs[m] if not getattr(self.features, n)})
+        if missing:
+            raise missing_input(f"metrics {self.metrics} need {', '.join(missing)} (or leave those metrics out of `metrics`)")
+        return self
+
+
 def preset_schema(name: str) -> type[StrictModel]:
     """The config tree a packaged preset fills (presets named after a verb, optionally with a ``-suffix``)."""
     schemas = {"generate": GenerateConfig, "demo": DemoConfig, "curate": CurateConfig, "train-sync": TrainSyncConfig,
-               "train": TrainConfig, "eval-sync": EvalSyncConfig, "precompute": PrecomputeConfig}  # fmt: skip
+               "train": TrainConfig, "eval-sync": EvalSyncConfig, "precompute": PrecomputeConfig, "eval": EvalConfig}  # fmt: skip
     for verb in sorted(schemas, key=len, reverse=True):
         if name == verb or name.startswith(f"{verb}-"):
             return schemas[verb]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from avsync_ray.config import GenerateConfig, save_config
+from avsync_ray.config import GenerateConfig, SamplingConfig, save_config
 from avsync_ray.devices import resolve_device
 from avsync_ray.errors import InputError
 from avsync_ray.media import decode, encode_mp4, load_audio, load_image, probe
@@ -21,6 +22,8 @@ from avsync_ray.storage import filesystem
 
 logger = logging.getLogger(__name__)
 
+SamplingConfigT = TypeVar("SamplingConfigT", bound=SamplingConfig)
+
 
 @dataclass
 class Conditioning:
@@ -29,7 +32,7 @@ class Conditioning:
     source: dict
 
 
-def with_model_size(config: GenerateConfig, model_dir: str | Path) -> GenerateConfig:
+def with_model_size(config: SamplingConfigT, model_dir: str | Path) -> SamplingConfigT:
     """``config`` with the output size it leaves open set to the model's own (see ``model_frame_size``)."""
     height, width = model_frame_size(model_dir)
     return config.model_copy(update={"height": config.height or height, "width": config.width or width})
@@ -68,7 +71,7 @@ def load_conditioning(
     return Conditioning(image=frame, audio=waveform, source=source)
 
 
-def configure_pipeline(pipe, config: GenerateConfig):
+def configure_pipeline(pipe, config: SamplingConfig):
     """Apply a config's pipeline-wide settings (the sampler) to a loaded pipeline; returns it."""
     if scheduler_name(pipe.scheduler) != config.scheduler:
         pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
@@ -78,23 +81,34 @@ def configure_pipeline(pipe, config: GenerateConfig):
 def generate(pipe, conditioning: Conditioning, prompt: str, config: GenerateConfig) -> tuple[np.ndarray, np.ndarray]:
     """Run the pipeline once (configured by :func:`configure_pipeline`); returns uint8 frames (T, H, W, 3) and
     the 16 kHz conditioning clip."""
-    generator = torch.Generator(device=pipe.device).manual_seed(config.seed)
+    frames, audio = generate_batch(pipe, [conditioning.image], [conditioning.audio], [prompt], [config.seed], config)
+    return frames[0], audio[0]
+
+
+def generate_batch(
+    pipe, images: list[np.ndarray], audios: list[np.ndarray], prompts: list[str], seeds: list[int], config: SamplingConfig, null_audio: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pipeline call for a batch, each sample with its own generator seeded by ``seeds`` (so a sample does
+    not depend on the others of its batch); returns uint8 frames (B, T, H, W, 3) and the 16 kHz clips (B, samples).
+    ``null_audio`` conditions on the null audio instead (the model without its audio)."""
+    generators = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
     out = pipe(
-        image=conditioning.image,
-        audio=conditioning.audio,
+        image=list(images),
+        audio=list(audios),
         audio_sample_rate=DEFAULT_MEL.sample_rate,
-        prompt=prompt,
+        prompt=list(prompts),
         num_frames=config.num_frames,
         height=config.height,
         width=config.width,
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
         audio_guidance_scale=config.audio_guidance_scale,
-        generator=generator,
+        generator=generators,
         output_type="np",
         official_inplace_step=config.official_inplace_step,
+        null_audio=null_audio,
     )
-    return to_uint8_frames(out.frames[0]), out.audio[0]
+    return np.stack([to_uint8_frames(frames) for frames in out.frames]), out.audio
 
 
 def check_output(out: str | Path, suffix: str = ".mp4") -> str:

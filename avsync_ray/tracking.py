@@ -169,3 +169,35 @@ def resolve_model(uri: str, tracking_uri: str, download_to: str | None = None) -
         raise ValueError(f"{resolved} holds no '{PYFUNC_ARTIFACT}' artifact: register models with `avsync export --register`")
     folder = os.path.join(local, artifacts[PYFUNC_ARTIFACT]["path"])
     return ModelSource(path=folder, uri=uri, name=name, version=int(found.version), alias=alias, run_id=found.run_id)
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A nested run of a parent run: one setting of a sweep, or a baseline."""
+
+    name: str
+    params: dict
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def log_parent_with_children(
+    tracking: TrackingConfig, task: str, params: dict, metrics: dict[str, float], children: list[ChildRun], artifacts: str | None = None
+) -> tuple[str, list[str]]:
+    """A parent run (params, metrics, the folder ``artifacts`` logged as artifacts) with one nested run per child
+    (``mlflow.parentRunId`` set, so ``search_runs`` with ``tags.mlflow.parentRunId = '<id>'`` returns them as
+    comparable rows). Returns the parent's id and the children's ids, in order."""
+    mlflow = _mlflow(tracking.uri)
+    mlflow.set_experiment(tracking.experiment)
+    child_ids = []
+    with mlflow.start_run(run_name=tracking.run_name or task, tags={"avsync.task": task}) as parent:
+        mlflow.log_params({k: v[:6000] for k, v in flatten(params).items()})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+        for child in children:
+            with mlflow.start_run(run_name=child.name, nested=True, tags={"avsync.task": task, **child.tags}) as run:
+                mlflow.log_params({k: v[:6000] for k, v in flatten(child.params).items()})
+                mlflow.log_metrics({k: float(v) for k, v in child.metrics.items() if v is not None and v == v})
+                child_ids.append(run.info.run_id)
+        if artifacts:
+            mlflow.log_artifacts(artifacts)
+        return parent.info.run_id, child_ids

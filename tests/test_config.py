@@ -84,7 +84,7 @@ def test_resolved_snapshot_round_trips(tmp_path):
     assert load_config(DemoConfig, path=path) == config
 
 
-@pytest.mark.parametrize("verb", ["curate", "train", "train-sync", "eval-sync", "precompute"])
+@pytest.mark.parametrize("verb", ["curate", "train", "train-sync", "eval-sync", "precompute", "eval"])
 def test_readme_documents_every_field(verb):
     from pathlib import Path
 
@@ -100,6 +100,7 @@ def test_every_packaged_preset_validates():
 
     required = {"curate": ["input=x", "output=y", "filters.semantic.checkpoint=c", "filters.imagebind.checkpoint=i", "filters.sync.classifier=s"], "train-sync": ["data.root=x", "model.avid_cma=a.pth"],
                 "train": ["data.root=x", "model.sd15=sd", "model.imagebind=ib.pth"], "eval-sync": ["classifier=c", "data.root=x"],
+                "eval": ["model=m", "test=t", "output=o", "features.fid_inception=f", "features.i3d=i", "features.imagebind=b", "features.sync_classifier=s"],
                 "precompute": ["input.root=x", "output=y", "model.sd15=sd", "model.imagebind=ib.pth"]}  # fmt: skip
     for name in preset_names():
         schema = preset_schema(name)
