@@ -38,6 +38,7 @@ DType = Literal["float32", "bfloat16", "float16"]  # torch dtypes by name (devic
 
 
 SchedulerName = Literal["pndm", "ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler"]  # avsync_ray.pipelines.schedulers
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]  # torch.compile's modes
 
 
 class GenerateConfig(StrictModel):
@@ -54,6 +55,8 @@ class GenerateConfig(StrictModel):
     width: PixelSize = 256
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: DType = "float32"
+    compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (the first call at each shape compiles, for minutes)")
+    compile_mode: CompileMode = Field("reduce-overhead", description="torch.compile mode; reduce-overhead adds CUDA graphs on a GPU")
     official_inplace_step: bool = Field(
         False, description="reproduce the official loop's in-place PNDM step exactly (see AVSyncDPipeline.__call__)"
     )
