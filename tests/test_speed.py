@@ -88,20 +88,6 @@ def test_inductor_compiled_pipeline_matches_eager(own_pipe):
 # ------------------------------------------------------------------------------------------------ training
 
 
-@pytest.fixture(scope="module")
-def gloo_world_of_one(tmp_path_factory):
-    import os
-
-    import torch.distributed as dist
-
-    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(name, value)
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"file://{tmp_path_factory.mktemp('gloo') / 'store'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def _sync_config(tmp_path, *overrides) -> TrainSyncConfig:
     return load_config(TrainSyncConfig, "train-sync-tiny", overrides=[f"data.root={tmp_path}", f"run.storage_path={tmp_path}/runs", *overrides])
 
