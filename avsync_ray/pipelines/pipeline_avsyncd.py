@@ -152,10 +152,10 @@ class AVSyncDPipeline(DiffusionPipeline):
 
         ``mode="reduce-overhead"`` adds CUDA graphs on a GPU (a CPU runs it as ``"default"``). Shapes are static:
         the first call at each input shape (batch x guidance branches, frames, size) compiles, later calls replay.
-        Inductor lays convolutions out channels-last on GPUs where that is faster. The modules themselves are
-        not changed: :meth:`disable_torch_compile` returns to them, and the compiled graphs are kept for a later
-        enable with the same settings. ``backend`` is torch.compile's (``"eager"`` only traces: a quick check
-        that the model compiles as one graph)."""
+        Inductor's layout optimisation runs the convolutions channels-last where its heuristics expect a gain
+        (on CPUs always). The modules themselves are not changed: :meth:`disable_torch_compile` returns to them,
+        and the compiled graphs are kept for a later enable with the same settings. ``backend`` is torch.compile's
+        (``"eager"`` only traces: a quick check that the model compiles as one graph)."""
         compiled = self._compiled
         if compiled is None or (compiled.mode, compiled.backend) != (mode, backend) or not compiled.wraps(self):
             options = dict(backend=backend, fullgraph=True, dynamic=False, **({"mode": mode} if backend == "inductor" else {}))
