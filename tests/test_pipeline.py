@@ -236,3 +236,14 @@ def test_initial_noise_is_scaled_for_the_timesteps_it_samples(tiny_components):
     probe.set_timesteps(3)
     given = torch.cat([first, noise * probe.init_noise_sigma], dim=2)
     torch.testing.assert_close(drawn, pipe(**dummy_inputs(steps=3, output_type="latent", latents=given)).frames, rtol=0, atol=0)
+
+
+def test_ddim_by_name_never_clips_the_latents(tiny_pipe):
+    """DDIM's default clips its clean-sample estimate to [-1, 1], which latents exceed; by name it never clips, also
+    on a base config that does not say so (the presets', unlike SD1.5's scheduler_config.json)."""
+    from avsync_ray.pipelines.schedulers import make_scheduler, scheduler_name
+
+    assert "clip_sample" not in tiny_pipe.scheduler.config
+    ddim = make_scheduler("ddim", tiny_pipe.scheduler.config)
+    assert ddim.config.clip_sample is False and scheduler_name(ddim) == "ddim"
+    assert scheduler_name(DDIMScheduler.from_config(tiny_pipe.scheduler.config)) is None  # clipping: not the named one
