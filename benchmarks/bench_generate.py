@@ -6,7 +6,7 @@ off, VAE decode of all frames. Rows, each measured back to back in this process:
 - eager and compiled (``GenerateConfig.compile``: torch.compile of the UNet and the VAE decoder, CUDA graphs on a
   GPU with ``--compile-mode reduce-overhead``) at the official 50 PNDM steps; the compiled row's first call, which
   compiles, is reported separately from its steady state;
-- the same two with a few-step sampler (``--fast``, e.g. ``dpmpp-2m:20``; it reuses the compiled graphs);
+- the same two with a few-step sampler (``--fast``, default ``dpmpp-2m-karras:20``; it reuses the compiled graphs);
 - throughput: batches of animations per call (``--batch-sizes``), animations per second and peak GPU memory;
 - the eager UNet step with the two guidance branches stacked versus two separate calls.
 
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtypes", default="bfloat16", help="full preset only")
     parser.add_argument("--batch-sizes", default="1", help="animations per call; batch 1 also runs the --fast sampler")
-    parser.add_argument("--fast", default="dpmpp-2m:20", help="few-step sampler and steps (see bench_samplers.py)")
+    parser.add_argument("--fast", default="dpmpp-2m-karras:20", help="few-step sampler and steps (the match bench_samplers.py found)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="eager rows only")
     parser.add_argument("--compile-mode", default="reduce-overhead")
     parser.add_argument("--out", help="write the results as JSON here")
