@@ -34,6 +34,7 @@ AVSYNCD_INPUTS = Schema([ColSpec("string", "category"), ColSpec("string", "out")
 AVSYNCD_PARAMS = ParamSchema([
     ParamSpec("scheduler", "string", "pndm"), ParamSpec("num_inference_steps", "long", 50), ParamSpec("audio_guidance_scale", "double", 4.0),
     ParamSpec("guidance_scale", "double", 1.0), ParamSpec("seed", "long", 123), ParamSpec("height", "long", None), ParamSpec("width", "long", None),
+    ParamSpec("compile", "boolean", False),  # compiled graphs are kept for later calls at the same shapes
 ])  # fmt: skip
 SYNC_INPUTS = Schema([ColSpec("string", "audio"), ColSpec("string", "video")])
 

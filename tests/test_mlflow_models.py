@@ -26,7 +26,7 @@ def served(tiny_model_dir, tmp_path_factory):
 def test_signature_declares_the_request_columns_and_generation_params(served):
     model, _ = served
     signature = model.metadata.signature
-    assert {spec.name for spec in signature.params} >= {"num_inference_steps", "height", "width", "scheduler", "audio_guidance_scale"}
+    assert {spec.name for spec in signature.params} >= {"num_inference_steps", "height", "width", "scheduler", "audio_guidance_scale", "compile"}
     assert {col.name for col in signature.inputs} == {"category", "out", "video", "image", "audio", "seed"}
 
 
