@@ -277,6 +277,18 @@ class CurateConfig(StrictModel):
         return self
 
 
+class DemoLearningChecks(StrictModel):
+    """How far each model of ``avsync demo`` must have learned before it reports success (it fails otherwise)."""
+
+    min_heldout_accuracy: float = Field(
+        0.5, ge=0, le=1, description="the sync classifier's held-out a2v and v2a accuracy, each (chance: 11/31 = 0.35 at 31 clips, +-5)"
+    )
+    min_psync_margin: float = Field(
+        0.3, ge=0, le=1, description="share of the in-sync windows P_sync keeps minus the share of the shifted windows it keeps"
+    )
+    max_avsyncd_loss_ratio: float = Field(0.8, gt=0, description="AVSyncD's last logged training loss over its first one")
+
+
 class DemoConfig(StrictModel):
     """``avsync demo``: the embedded end-to-end run on a fresh machine."""
 
@@ -292,6 +304,7 @@ class DemoConfig(StrictModel):
     ray_num_cpus: int | None = Field(2, ge=1, description="CPUs of the local Ray the demo starts")
     generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the final video (and of the evaluation)")
     eval_videos: int = Field(2, ge=1, description="held-out videos the final `avsync eval` step evaluates (3 clips each)")
+    checks: DemoLearningChecks = Field(DemoLearningChecks(), description="how far each model must have learned")
 
 
 # ------------------------------------------------------------------------------------------------ training

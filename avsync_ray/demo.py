@@ -3,7 +3,8 @@
 Synthetic corpora -> curation on a local Ray -> the sync classifier trained with Ray Train + DeepSpeed and
 evaluated on held-out clips -> curation of the main corpus with its P_sync filter -> the tiny AVSyncD trained on
 the curated shards -> export -> a generated video -> ``avsync eval`` on held-out clips. Every step logs to the local
-MLflow store.
+MLflow store. After each training it checks that the model learned (``DemoConfig.checks``) and stops with one line
+naming the model that did not.
 """
 
 from __future__ import annotations
@@ -11,12 +12,82 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Iterable
 
-from avsync_ray.config import CurateConfig, DemoConfig, EvalConfig, EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config, save_config
+from avsync_ray.config import CurateConfig, DemoConfig, DemoLearningChecks, EvalConfig, EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config, save_config
+from avsync_ray.curation.windows import REASONS
 from avsync_ray.errors import WorkFailedError
 from avsync_ray.generate import run_generate
 from avsync_ray.shards import iter_samples, read_index, read_metadata
-from avsync_ray.synth import synthesize_corpus
+from avsync_ray.synth import EXPECTED, synthesize_corpus
+
+# A window reached the P_sync rules when it passed every earlier one: P_sync then kept or removed it.
+_PSYNC_REASONS = ("", *REASONS["psync_a2v"], *REASONS["psync_v2a"])
+
+
+def classifier_failure(checks: DemoLearningChecks, evaluation: dict) -> str | None:
+    """Why the sync classifier did not learn, judged by its ``eval-sync`` summary on held-out clips; None if it did."""
+    protocol = evaluation["protocol"]
+    chance = min(1.0, (2 * protocol["tolerance"] + 1) / protocol["num_clips"])
+    a2v, v2a = evaluation["a2v_accuracy"], evaluation["v2a_accuracy"]
+    if a2v is None or v2a is None:
+        return f"the sync classifier cannot be judged: no held-out clip was scored ({evaluation['skipped']} skipped)"
+    if min(a2v, v2a) < checks.min_heldout_accuracy:
+        return (
+            f"the sync classifier did not learn: held-out a2v {a2v:.3f}, v2a {v2a:.3f} "
+            f"(needs >= {checks.min_heldout_accuracy:g} each; chance is {chance:.2f})"
+        )
+    return None
+
+
+def psync_windows(labels: Iterable[str], reasons: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Of a curation's windows (labels = synthetic categories, reasons from its score table), how many in-sync and
+    shifted ones reached the P_sync rules and how many of those P_sync kept."""
+    counts = {"in_sync": {"reached": 0, "kept": 0}, "shifted": {"reached": 0, "kept": 0}}
+    for label, reason in zip(labels, reasons):
+        if label in EXPECTED and reason in _PSYNC_REASONS:
+            group = counts["in_sync" if EXPECTED[label]["synchronized"] else "shifted"]
+            group["reached"] += 1
+            group["kept"] += not reason
+    return counts
+
+
+def psync_failure(checks: DemoLearningChecks, windows: dict[str, dict[str, int]]) -> str | None:
+    """Why the P_sync filter does not tell in-sync from shifted windows (:func:`psync_windows`); None if it does."""
+    in_sync, shifted = windows["in_sync"], windows["shifted"]
+    if not in_sync["reached"] or not shifted["reached"]:
+        return f"the P_sync filter cannot be judged: {in_sync['reached']} in-sync and {shifted['reached']} shifted windows reached it"
+    margin = in_sync["kept"] / in_sync["reached"] - shifted["kept"] / shifted["reached"]
+    if margin < checks.min_psync_margin:
+        return (
+            f"the sync classifier's P_sync filter does not tell in-sync from shifted windows: it kept {in_sync['kept']}/{in_sync['reached']} "
+            f"in-sync and {shifted['kept']}/{shifted['reached']} shifted ones (margin {margin:.2f}; needs >= {checks.min_psync_margin:g})"
+        )
+    return None
+
+
+def avsyncd_failure(checks: DemoLearningChecks, losses: list[float]) -> str | None:
+    """Why AVSyncD did not learn, judged by its logged training losses in step order; None if it did."""
+    if len(losses) < 2:
+        return f"AVSyncD's training cannot be judged: {len(losses)} logged loss value(s)"
+    if losses[-1] > checks.max_avsyncd_loss_ratio * losses[0]:
+        return (
+            f"AVSyncD did not learn: its training loss went from {losses[0]:.4f} to {losses[-1]:.4f} "
+            f"(needs the last <= {checks.max_avsyncd_loss_ratio:g} x the first)"
+        )
+    return None
+
+
+def _stop_unless_learned(failure: str | None) -> None:
+    if failure:
+        raise WorkFailedError(f"demo: {failure}")
+
+
+def _logged_losses(tracking_uri: str, run_id: str) -> list[float]:
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(tracking_uri).get_metric_history(run_id, "loss")
+    return [metric.value for metric in sorted(history, key=lambda metric: metric.step)]
 
 
 def _curate(corpus: Path, shards: Path, split: str, config: DemoConfig, *overrides: str) -> dict:
@@ -81,7 +152,10 @@ def _step(name: str, started: float) -> None:
 
 
 def run_demo(config: DemoConfig) -> dict:
-    """Run every stage; returns where each output and MLflow run is."""
+    """Run every stage; returns where each output and MLflow run is and how far each model learned. Raises
+    :class:`WorkFailedError` as soon as a model did not learn as far as ``config.checks`` asks."""
+    import pyarrow.parquet as pq
+
     from avsync_ray.evaluation.batch import run_eval_sync
     from avsync_ray.training.engine import read_checkpoint_meta
     from avsync_ray.training.export import export_checkpoint
@@ -122,6 +196,7 @@ def run_demo(config: DemoConfig) -> dict:
                                                             f"tracking.uri={config.tracking_uri}"]),  # fmt: skip
         out=str(out / "eval_sync.json"),
     )
+    _stop_unless_learned(classifier_failure(config.checks, evaluation))
 
     # 3. The main corpus, curated with every rule the demo has weights for, P_sync from the new classifier.
     _step("curating the main corpus with the P_sync filter", started)
@@ -129,6 +204,9 @@ def run_demo(config: DemoConfig) -> dict:
     curated["main"] = _curate(
         corpora / "main", main_shards, "train", config, f"filters.sync.classifier={models / 'sync_classifier'}", "sync_actor.num_cpus=0.5"
     )
+    scores = pq.read_table(main_shards / "scores.parquet", columns=["label", "reason"]).to_pydict()
+    psync = psync_windows(scores["label"], scores["reason"])
+    _stop_unless_learned(psync_failure(config.checks, psync))
     index = read_index(str(main_shards), "train")
     if not index["shardlist"]:
         raise WorkFailedError(f"curation kept no clip of the main corpus; see the report in {main_shards / 'report'}")
@@ -140,6 +218,9 @@ def run_demo(config: DemoConfig) -> dict:
                                                           f"max_steps={config.avsyncd_training_steps}", *common]),  # fmt: skip
         "avsyncd",
     )
+    avsyncd_run_id = read_checkpoint_meta(avsyncd_run["checkpoint"])["mlflow_run_id"]
+    avsyncd_losses = _logged_losses(config.tracking_uri, avsyncd_run_id)
+    _stop_unless_learned(avsyncd_failure(config.checks, avsyncd_losses))
     export_checkpoint(avsyncd_run["checkpoint"], models / "avsyncd")
     _step("generating a video with the trained pipeline", started)
     sample = next(iter_samples([str(main_shards / index["shardlist"][0]["url"])]))
@@ -155,7 +236,7 @@ def run_demo(config: DemoConfig) -> dict:
         **{f"curation {name}": summary["mlflow_run_id"] for name, summary in curated.items()},
         "sync-classifier training": read_checkpoint_meta(sync_run["checkpoint"])["mlflow_run_id"],
         "sync-classifier evaluation": evaluation["mlflow_run_id"],
-        "avsyncd training": read_checkpoint_meta(avsyncd_run["checkpoint"])["mlflow_run_id"],
+        "avsyncd training": avsyncd_run_id,
         "evaluation": video_eval["mlflow_run_id"],
     }
     check_runs_in_store(config.tracking_uri, runs)
@@ -172,8 +253,14 @@ def run_demo(config: DemoConfig) -> dict:
             "heldout_a2v_accuracy": evaluation["a2v_accuracy"],
             "heldout_v2a_accuracy": evaluation["v2a_accuracy"],
             "heldout_clips": evaluation["clips"],
+            "psync_windows": psync,
         },
-        "avsyncd": {"checkpoint": avsyncd_run["checkpoint"], "model": str(models / "avsyncd"), "final_loss": avsyncd_run["metrics"].get("loss")},
+        "avsyncd": {
+            "checkpoint": avsyncd_run["checkpoint"],
+            "model": str(models / "avsyncd"),
+            "first_loss": avsyncd_losses[0],
+            "final_loss": avsyncd_losses[-1],
+        },
         "generated_video": result["output"],
         "eval": video_eval,
         "generated": {k: result[k] for k in ("frames", "fps", "size", "audio_seconds", "prompt")},

@@ -121,7 +121,8 @@ def test_window_metrics_match_the_expected_verdicts(corpus, decoded, category):
         pixel, peak = metrics[:, 0], metrics[:, 1]
         expected = record["expected"]
         if expected["pixel_rule"] == "pass":
-            assert pixel.min() >= 0.02 and pixel.max() <= 0.10, pixel  # inside [0.01, 0.15] with margin
+            # inside [0.01, 0.15] with margin; the top end is the floor's 1/6-s flash caught by the 0.3-s sampling
+            assert pixel.min() >= 0.02 and pixel.max() <= 0.14, pixel
         elif expected["pixel_rule"] == "too_static":
             # static: identical frames, but x264 (without its macroblock tree) refines the still picture over the
             # first second or so, by a level here and there
@@ -161,7 +162,8 @@ def test_shifted_audio_is_offset_by_more_than_half_a_second(corpus):
 
 @pytest.mark.parametrize("category", ["sync", "shifted", "silent", "cuts"])
 def test_floor_flashes_are_the_visual_events(corpus, decoded, category):
-    """The floor (bottom 18% of the picture) brightens exactly on the frame of each hit."""
+    """The floor (bottom 18% of the picture) brightens exactly on the frame of each hit and stays lit for 1/6 s:
+    one frame period of the tiny classifier's 6 fps, so every 6-fps sampling of a clip sees each hit."""
     for record in _records(corpus, category):
         av = decoded[record["video_id"]]
         floor = av.frames[:, int(96 * 0.82) + 1 :].astype(np.float32).mean(axis=(1, 2, 3))
@@ -169,6 +171,8 @@ def test_floor_flashes_are_the_visual_events(corpus, decoded, category):
         expected = np.round(np.asarray(record["visual_events"]) * record["fps"]).astype(int)
         np.testing.assert_allclose(av.frame_times[flashes], expected / record["fps"], atol=1e-6)
         assert len(expected) >= 4
+        lit = floor[flashes[:, None] + np.arange(4)]  # the hit's frame and the next three (4 x 1/24 s)
+        assert (lit > floor.min() + 30).all() and (floor[flashes + 4] < floor.min() + 30).all()
 
 
 def test_shot_cuts_change_the_whole_picture(corpus, decoded):
@@ -182,8 +186,8 @@ def test_shot_cuts_change_the_whole_picture(corpus, decoded):
         differences = _frame_differences(av.frames)
         at_cut = np.abs(av.frame_times[1:, None] - np.asarray(cuts)[None, :]).min(axis=1) < 1e-3
         assert at_cut.sum() == len(cuts)
-        # The floor flashes are the largest changes inside a shot; a cut is several times larger still.
-        assert differences[at_cut].min() > 3 * differences[~at_cut].max()
+        # The floor flashes (on and off) are the largest changes inside a shot; a cut is over twice as large.
+        assert differences[at_cut].min() > 2 * differences[~at_cut].max()
         assert differences[at_cut].min() > 10 * np.median(differences[~at_cut])
 
 
