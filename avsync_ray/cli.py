@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 from enum import Enum
 from typing import Annotated, Optional
@@ -105,13 +106,12 @@ def main_options(
 
     _Settings.debug = debug
     if debug:
-        import os
-
         os.environ[VERBOSE_ENV_VAR] = "1"  # Ray workers started by this command log everything too
     # This project's progress lines (INFO) on stderr; other libraries' warnings only, unless debugging.
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("avsync_ray").setLevel(logging.INFO)
-    if not debug:  # MLflow narrates its store's set-up and new experiments at INFO on its own handler
+    if not debug:  # MLflow narrates its store's set-up and new experiments at INFO on its own handler, set on import
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 

@@ -46,7 +46,7 @@ class FeatureNetworks:
         self.i3d = load_i3d(features.i3d).to(device) if "fvd" in wants else None
         modalities = [m for m, needed in ((VISION, wants & {"ia", "it", "alignsync"}), (AUDIO, wants & {"ia", "alignsync"}), (TEXT, wants & {"it"})) if needed]
         self.imagebind = ImageBind.from_checkpoint(features.imagebind, features.imagebind_preset, modalities).to(device, dtype) if modalities else None
-        self.classifier = load_sync_classifier(features.sync_classifier, device).to(dtype) if wants & {"relsync", "alignsync"} else None
+        self.classifier = load_sync_classifier(features.sync_classifier, device, dtype) if wants & {"relsync", "alignsync"} else None
         self._text: dict[str, torch.Tensor] = {}
 
     def _text_embedding(self, text: str) -> torch.Tensor:

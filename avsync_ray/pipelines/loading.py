@@ -49,13 +49,20 @@ def model_frame_size(model_dir: str | Path) -> tuple[int, int]:
     return DEFAULT_FRAME_SIZE
 
 
+def quiet_loading_bars() -> None:
+    """diffusers' and transformers' per-component loading and saving bars are noise on a command's output."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_pipeline(model_dir: str | Path, device: str = "auto", dtype: str = "float32") -> AVSyncDPipeline:
     """An :class:`AVSyncDPipeline` folder (``avsync init-model``, ``convert-official`` or ``export`` output) on
     ``device`` in ``dtype``, with its progress bar off (callers report progress their own way)."""
-    from diffusers.utils import logging as diffusers_logging
-
     target = resolve_device(device)
-    diffusers_logging.disable_progress_bar()  # its per-component loading bar is noise on a command's output
+    quiet_loading_bars()
     pipe = AVSyncDPipeline.from_pretrained(check_pipeline_folder(model_dir), dtype=torch_dtype(dtype), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(target)

@@ -169,7 +169,8 @@ def consolidated_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
         setup_deepspeed()
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with contextlib.redirect_stdout(io.StringIO()) as narration:  # it prints every step of the merge
+        # it prints every step of the merge, and a progress bar per file on stderr
+        with contextlib.redirect_stdout(io.StringIO()) as narration, contextlib.redirect_stderr(narration):
             state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=meta["tag"])
         logger.debug("zero_to_fp32: %s", narration.getvalue())
     else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from avsync_ray.config import TrainConfig, TrainSyncConfig, save_config
-from avsync_ray.pipelines.loading import TRAINING_CONFIG
+from avsync_ray.pipelines.loading import TRAINING_CONFIG, quiet_loading_bars
 from avsync_ray.storage import local_folder
 from avsync_ray.training.components import build_avsyncd_pipeline, build_sync_classifier
 from avsync_ray.training.engine import consolidated_state_dict, read_checkpoint_meta
@@ -25,6 +25,7 @@ def export_checkpoint(checkpoint: str, out: str | Path) -> dict:
         meta = read_checkpoint_meta(folder)
         state = consolidated_state_dict(folder)
     task = meta["task"]
+    quiet_loading_bars()
     if task == "sync-classifier":
         config = TrainSyncConfig.model_validate(meta["config"])
         model = build_sync_classifier(config.model, load_weights=False)

@@ -61,10 +61,10 @@ def _checkpoint_uri(root: str, path: str) -> str:
 
 def launch(config: TrainCommonConfig, task: str) -> dict:
     """Train on ``config.scaling.num_workers`` Ray Train workers; returns the final checkpoint and metrics."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from avsync_ray.ray_runtime import init_ray
+    from avsync_ray.ray_runtime import init_ray, is_verbose
     from avsync_ray.training.loops import train_loop_per_worker
 
     root = config.run.storage_path  # an absolute local path or a URI (config.PathOrURI), as Ray Train wants
@@ -89,6 +89,9 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
             storage_path=root,
             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.num_to_keep),
             failure_config=FailureConfig(max_failures=config.run.max_failures),
+            # Ray Train's controller and workers narrate every resource request and checkpoint report; this
+            # project logs its own steps and checkpoints
+            logging_config=LoggingConfig(log_level="INFO" if is_verbose(config.ray) else "WARNING"),
         ),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
     )
