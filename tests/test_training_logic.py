@@ -303,3 +303,12 @@ def test_grad_norm_is_known_for_every_zero_stage(tmp_path, gloo_world_of_one):
         norm = engine.get_global_grad_norm() if stage else measured
         assert norm is not None and float(norm) > 1e-3  # the norm before clipping to 1e-6
         assert (measured is None) == (stage > 0)
+
+
+def test_progress_line_shows_what_a_person_follows_and_leaves_the_rest_to_mlflow():
+    from avsync_ray.training.loops import progress_line
+
+    metrics = {"loss": 2.40531, "a2v_accuracy": 0.0989, "v2a_accuracy": 0.1023, "memory/peak_mb": 1248.2, "data/skipped_samples": 0.0,
+               "samples_per_s": 7.98, "lr": 0.001, "step": 20, "grad_norm": 1.1448}  # fmt: skip
+    assert progress_line(20, 400, metrics) == "step 20/400 loss 2.405 a2v_accuracy 0.0989 v2a_accuracy 0.1023 grad_norm 1.145 lr 0.001 samples_per_s 7.98"
+    assert progress_line(5, 40, {"loss": 0.9469}) == "step 5/40 loss 0.9469"

@@ -251,6 +251,13 @@ def _open_tracker(config: TrainCommonConfig, task: str, run_id: str | None):
     )  # fmt: skip
 
 
+def progress_line(step: int, max_steps: int, metrics: dict[str, float]) -> str:
+    """One line a person follows: the step, the loss, any accuracies, the learning rate and the throughput (the
+    rest, memory and data-loading figures, is in the MLflow run)."""
+    shown = ["loss", *sorted(k for k in metrics if k.endswith("accuracy")), "grad_norm", "lr", "samples_per_s"]
+    return f"step {step}/{max_steps} " + " ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
+
+
 def _inject_faults(plan: dict | None, step: int, rank: int, marker: str) -> None:
     """The crash-recovery tests' hook (:mod:`avsync_ray.faults`): raise once after the planned step, before its
     checkpoint (the marker in the run folder survives the restart)."""
@@ -311,7 +318,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 if tracker:
                     tracker.log_metrics({k: v for k, v in last_metrics.items() if k != "step"}, step)
                 if rank == 0:
-                    logger.info("step %d/%d %s", step, config.max_steps, {k: round(v, 4) for k, v in last_metrics.items()})
+                    logger.info(progress_line(step, config.max_steps, last_metrics))
             task.after_step(engine, step, tracker)
             if step % config.checkpoint.every_n_steps == 0 or step == config.max_steps:
                 with tempfile.TemporaryDirectory(prefix="avsync-ckpt-") as directory:
