@@ -16,6 +16,7 @@ from avsync_ray.config import (
     EvalSyncConfig,
     GenerateConfig,
     PrecomputeConfig,
+    ServeConfig,
     TrainConfig,
     TrainSyncConfig,
     dump_config,
@@ -299,6 +300,24 @@ def metric(
     _echo_json({"audio": audio, "video": video, **result})
 
 
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    print_config: Annotated[bool, typer.Option(help="Print the Ray Serve config (for `serve deploy` or a RayService's serveConfigV2) and exit.")] = False,
+):
+    """Serve AVSyncD with Ray Serve: the HTTP API (docs at /docs), a web page at /, jobs with progress, sync scores."""
+    from avsync_ray.serve.app import deploy_config, run_serve
+
+    cfg = _load(ServeConfig, "serve", config, set_)
+    if print_config:
+        import yaml
+
+        typer.echo(yaml.safe_dump(deploy_config(cfg), sort_keys=False), nl=False)
+        return
+    run_serve(cfg)
+
+
 @config_app.command("show")
 def config_show(
     preset: Annotated[str, typer.Argument(help="Preset name.")],
@@ -313,7 +332,7 @@ def config_show(
 
 
 @config_app.command("fields")
-def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train, eval-sync or precompute.")]):
+def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train, eval-sync, precompute or serve.")]):
     """Every field of a config tree (dotted name, type, default, meaning) as a Markdown table."""
     from avsync_ray.config import describe_fields
 
