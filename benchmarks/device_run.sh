@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (its image has torch; the rest travels as wheels in .whl/). Arguments
-# pick the steps: tests (the GPU tests), generate, sync, train, precompute; default: tests generate sync. Results land in $OUT.
+# pick the steps: tests (the GPU tests), generate, sync, train, precompute, serve; default: tests generate sync. Results land in $OUT.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -18,6 +18,8 @@ for step in "${steps[@]}"; do
       done ;;
     precompute)
       python3 benchmarks/bench_precompute.py --device cuda --dtype bfloat16 --samples 8 --windows 3 --out "${OUT:-/tmp}/bench_precompute_cuda.json" ;;
+    serve)
+      python3 benchmarks/bench_serve.py --preset full --steps 50 --requests 16 --out "${OUT:-/tmp}/bench_serve_full.json" ;;
     train)
       for batch in 1 4; do
         python3 benchmarks/bench_train.py --gpu --repeats 5 --batch-size "$batch" --out "${OUT:-/tmp}/bench_train_gpu_b${batch}.json"

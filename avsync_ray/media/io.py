@@ -484,7 +484,7 @@ def probe_image(uri: Source) -> ImageInfo:
     except PIL.Image.DecompressionBombError as exc:
         raise MediaError(uri, MediaErrorReason.TOO_LARGE, str(exc)) from None
     except PIL.UnidentifiedImageError:
-        raise MediaError(uri, MediaErrorReason.CORRUPT, "not an image Pillow reads (PNG, JPEG, WebP, GIF, BMP, TIFF, ...)") from None
+        raise MediaError(uri, MediaErrorReason.CORRUPT, "not an image Pillow reads, such as PNG, JPEG, WebP, GIF, BMP or TIFF") from None
     except OSError as exc:
         raise MediaError(uri, MediaErrorReason.CORRUPT, f"unreadable image: {exc}") from None
 

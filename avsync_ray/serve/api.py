@@ -210,49 +210,45 @@ def build_api(settings: ServeAppArgs, backend: Backend, token_sha256: str | None
     def upload():
         return File(description="image: PNG, JPEG, ...; audio: any format FFmpeg reads; video: its centred clip gives what is missing")
 
-    async def animation_inputs(category: str, files: list[UploadFile | None], audio_guidance_scale, seed, scheduler, num_inference_steps):
-        """The probed, decoded inputs and the job's settings, request values over the configured defaults."""
-        data = [await file.read() if file is not None else None for file in files]
-        conditioning = await asyncio.to_thread(prepare_animation_inputs, defaults, limits, *data)
-        return conditioning, {
-            "category": category,
-            "num_inference_steps": num_inference_steps or defaults.num_inference_steps,
-            "scheduler": scheduler or defaults.scheduler,
-            "audio_guidance_scale": defaults.audio_guidance_scale if audio_guidance_scale is None else audio_guidance_scale,
-            "seed": defaults.seed if seed is None else seed,
-        }
+    def animation_form(most_steps: int, where: str):
+        """The multipart fields of an animation request, as a dependency: the probed, decoded inputs and the
+        job's settings (request values over the configured defaults)."""
+
+        async def inputs(
+            category: Annotated[category_type, category_form()],
+            image: Annotated[UploadFile | None, upload()] = None,
+            audio: Annotated[UploadFile | None, upload()] = None,
+            video: Annotated[UploadFile | None, upload()] = None,
+            audio_guidance_scale: Annotated[float | None, guidance_form()] = None,
+            num_inference_steps: Annotated[int | None, steps_form(most_steps, where)] = None,
+            seed: Annotated[int | None, seed_form()] = None,
+            scheduler: Annotated[SchedulerName | None, scheduler_form()] = None,
+        ) -> tuple[Conditioning, dict]:
+            data = [await file.read() if file is not None else None for file in (image, audio, video)]
+            conditioning = await asyncio.to_thread(prepare_animation_inputs, defaults, limits, *data)
+            return conditioning, {
+                "category": category,
+                "num_inference_steps": num_inference_steps or defaults.num_inference_steps,
+                "scheduler": scheduler or defaults.scheduler,
+                "audio_guidance_scale": defaults.audio_guidance_scale if audio_guidance_scale is None else audio_guidance_scale,
+                "seed": defaults.seed if seed is None else seed,
+            }
+
+        return inputs
+
+    job_form = animation_form(limits.max_steps, "(limits.max_steps)")
+    sync_form = animation_form(limits.max_sync_steps, "here (limits.max_sync_steps): longer jobs go through POST /v1/animations")
 
     @api.post("/v1/animations", status_code=202, response_model=JobView, responses={k: ERRORS[k] for k in (413, 415, 422, 503)},
               summary="Submit an animation job (image + audio, or a video)")  # fmt: skip
-    async def submit(
-        response: Response,
-        category: Annotated[category_type, category_form()],
-        image: Annotated[UploadFile | None, upload()] = None,
-        audio: Annotated[UploadFile | None, upload()] = None,
-        video: Annotated[UploadFile | None, upload()] = None,
-        audio_guidance_scale: Annotated[float | None, guidance_form()] = None,
-        num_inference_steps: Annotated[int | None, steps_form(limits.max_steps, "(limits.max_steps)")] = None,
-        seed: Annotated[int | None, seed_form()] = None,
-        scheduler: Annotated[SchedulerName | None, scheduler_form()] = None,
-    ):
-        inputs = await animation_inputs(category, [image, audio, video], audio_guidance_scale, seed, scheduler, num_inference_steps)
+    async def submit(response: Response, inputs: Annotated[tuple[Conditioning, dict], Depends(job_form)]):
         view = await backend.submit(*inputs)
         response.headers["Location"] = f"/v1/animations/{view['id']}"
         return view
 
     @api.post("/v1/animations:sync", response_class=Response, responses={**VIDEO_RESPONSE, **{k: ERRORS[k] for k in (413, 415, 422, 503)}},
               summary="Animate and answer with the mp4 (short jobs)")  # fmt: skip
-    async def animate_now(
-        category: Annotated[category_type, category_form()],
-        image: Annotated[UploadFile | None, upload()] = None,
-        audio: Annotated[UploadFile | None, upload()] = None,
-        video: Annotated[UploadFile | None, upload()] = None,
-        audio_guidance_scale: Annotated[float | None, guidance_form()] = None,
-        num_inference_steps: Annotated[int | None, steps_form(limits.max_sync_steps, "here (limits.max_sync_steps): longer jobs go through POST /v1/animations")] = None,
-        seed: Annotated[int | None, seed_form()] = None,
-        scheduler: Annotated[SchedulerName | None, scheduler_form()] = None,
-    ):
-        inputs = await animation_inputs(category, [image, audio, video], audio_guidance_scale, seed, scheduler, num_inference_steps)
+    async def animate_now(inputs: Annotated[tuple[Conditioning, dict], Depends(sync_form)]):
         if inputs[1]["num_inference_steps"] > limits.max_sync_steps:
             raise ApiError(422, "invalid_request", f"num_inference_steps: the default ({defaults.num_inference_steps}) is above limits.max_sync_steps "
                            f"({limits.max_sync_steps}); pass fewer steps or use POST /v1/animations")  # fmt: skip

@@ -337,7 +337,7 @@ class HandleBackend:
         delay = 0.1
         while True:
             try:
-                return await self.model.generate.remote(request)
+                return await _call(self.model.generate, request)
             except BackPressureError:  # the model deployment's queue is full: the job waits here, bounded by the job book
                 if request.job_id in await _call(self.jobs.progress, [request.job_id], 0):
                     return GenerationResult(request.job_id, None, None)
