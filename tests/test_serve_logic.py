@@ -404,3 +404,13 @@ def test_the_page_carries_the_settings_and_cannot_be_broken_out_of():
             assert (await client.get("/nope")).json() == {"error": "not_found", "message": "GET /nope: not found"}
 
     run(scenario())
+
+
+def test_registry_uris_name_an_alias_or_a_version():
+    from avsync_ray.tracking import parse_registry_uri
+
+    assert parse_registry_uri("models:/avsyncd@champion") == ("avsyncd", "champion", None)
+    assert parse_registry_uri("models:/avsyncd/3") == ("avsyncd", None, 3)
+    for bad in ("models:/avsyncd", "models:/avsyncd/latest", "models:/@champion", "runs:/abc/model"):
+        with pytest.raises(ValueError, match="is not a registry URI"):
+            parse_registry_uri(bad)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from avsync_ray.config import ServeConfig, load_config
-from serve_support import free_port, png, serving
+from serve_support import free_port, serving
 
 CHROMIUM = "/usr/bin/chromium"
 # What runs here (closed network, root, no GPU): see the machine notes; the autoplay flag lets the test press play.
@@ -67,8 +67,12 @@ def browser_page(page_url, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, media_dir):
+    import PIL.Image
+
+    from avsync_ray.synth import generate_clip
+
     folder = tmp_path_factory.mktemp("page_inputs")
-    (folder / "frame.png").write_bytes(png(96, 72))
+    PIL.Image.fromarray(generate_clip("sync", seed=3, duration=3.0, size=(96, 128)).frames[0]).save(folder / "frame.png")  # a ball about to bounce
     (folder / "not-an-image.png").write_bytes(b"this is text")
     sound = media_dir / "audio_sfx" / "sonicpi_drum_roll.flac"
     return {"image": folder / "frame.png", "audio": sound, "bad_image": folder / "not-an-image.png"}
