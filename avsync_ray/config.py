@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import os
+import re
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Sequence, TypeVar, Union, get_args, get_origin
@@ -15,12 +17,26 @@ from typing import Annotated, Any, Literal, Sequence, TypeVar, Union, get_args, 
 import fsspec
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T", bound="StrictModel")
 
 
 class ConfigError(ValueError):
-    """A config that does not validate; the message lists every bad field by its dotted path."""
+    """A config that does not validate; the message lists every bad field by its dotted path, and ``problems``
+    holds them as (dotted field, message, pydantic error type)."""
+
+    problems: list[tuple[str, str, str]] = []
+
+
+def missing_input(message: str) -> PydanticCustomError:
+    """A field a job needs before it can run (a weight path, an input) that has no value yet; ``avsync config
+    show`` displays a preset without them."""
+    return PydanticCustomError("missing_input", message)
+
+
+# Validation errors that only say a required value is not given yet.
+MISSING_KINDS = ("missing", "missing_input")
 
 
 class StrictModel(BaseModel):
@@ -34,29 +50,63 @@ def _multiple_of_eight(value: int) -> int:
 
 
 PixelSize = Annotated[int, Field(ge=8), AfterValidator(_multiple_of_eight)]  # a frame side the VAE can encode
+
+
+def resolve_local_path(value):
+    """A relative local path means relative to where the command runs: it is made absolute when the config is
+    validated, before any Ray worker (whose working folder is elsewhere) sees it. URIs (``s3://``, ``models:/``,
+    ...) stay."""
+    if value is None or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", value):
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """An MLflow tracking URI with a relative local store (``sqlite:///mlruns.db``, ``mlruns``, ``file:mlruns``)
+    made absolute against the caller's working folder, so every process (Ray Train's rank 0, actors) logs to the
+    same store; server and absolute URIs stay."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and ":memory:" not in uri:
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
+    if uri.startswith("file:") and not uri.startswith("file://"):
+        return "file:" + os.path.abspath(uri[len("file:") :])
+    if "://" not in uri and not uri.startswith(("databricks", "file:", "sqlite:")):
+        return os.path.abspath(uri)
+    return uri
+
+
+PathOrURI = Annotated[str, AfterValidator(resolve_local_path)]  # a local path (made absolute) or a URI
+TrackingURI = Annotated[str, AfterValidator(resolve_tracking_uri)]
 DType = Literal["float32", "bfloat16", "float16"]  # torch dtypes by name (devices.torch_dtype maps them)
 
 
 SchedulerName = Literal["pndm", "ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler"]  # avsync_ray.pipelines.schedulers
 
 
-class GenerateConfig(StrictModel):
-    """``avsync generate``: sampling settings (defaults are the official demo's)."""
+class SamplingConfig(StrictModel):
+    """How a clip is sampled: the fields every generating command shares (and ``avsync eval`` can sweep)."""
 
     scheduler: SchedulerName = Field("pndm", description="sampler: pndm (the official one), ddim, dpmpp-2m, dpmpp-2m-karras, euler")
-    num_inference_steps: int = Field(50, ge=1)
+    num_inference_steps: int = Field(50, ge=1, description="denoising steps (PNDM 50 = 51 UNet calls, as the official release)")
     guidance_scale: float = Field(1.0, description="text guidance; off at 1.0 as in the official release")
     audio_guidance_scale: float = Field(4.0, description="audio classifier-free guidance (1, 4 or 8 in the paper)")
-    seed: int = 123
-    num_frames: int = Field(12, ge=2)
-    fps: float = Field(6.0, gt=0)
-    height: PixelSize = Field(256, description="output size; the input image is centre-cropped and resized to it")
-    width: PixelSize = 256
-    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: DType = "float32"
+    seed: int = Field(123, description="noise seed")
+    num_frames: int = Field(12, ge=2, description="frames per clip (frame 0 is the input image)")
+    fps: float = Field(6.0, gt=0, description="frame rate: clips last num_frames / fps seconds")
+    height: PixelSize | None = Field(None, description="output size (None: the model's own, from its training config, else 256)")
+    width: PixelSize | None = Field(None, description="output width (None: the model's own, from its training config, else 256)")
     official_inplace_step: bool = Field(
         False, description="reproduce the official loop's in-place PNDM step exactly (see AVSyncDPipeline.__call__)"
     )
+
+
+class GenerateConfig(SamplingConfig):
+    """``avsync generate``: sampling settings (defaults are the official demo's) and where the model runs."""
+
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: DType = "float32"
+
+
+VIDEO_EXTENSIONS = [".mp4", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".m4v"]  # what a folder input contributes
 
 
 class RangeRule(StrictModel):
@@ -65,6 +115,12 @@ class RangeRule(StrictModel):
     enabled: bool = Field(True, description="apply this rule")
     min: float | None = Field(None, description="lowest score kept (None: no lower bound)")
     max: float | None = Field(None, description="highest score kept (None: no upper bound)")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self):
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max}): the rule would reject every window")
+        return self
 
 
 class ShotsConfig(StrictModel):
@@ -82,7 +138,7 @@ class ImageBindStageConfig(StrictModel):
     """ImageBind image-audio (IA) and image-text (IT) alignment: min over 3 frames/audios of a window."""
 
     enabled: bool = Field(True, description="compute IA and IT (off: their columns stay empty and the rules are skipped)")
-    checkpoint: str | None = Field(None, description="path to imagebind_huge.pth (required when enabled)")
+    checkpoint: PathOrURI | None = Field(None, description="path to imagebind_huge.pth (required when enabled)")
     preset: str = Field("imagebind-huge", description="ImageBind size matching the checkpoint")
     ia: RangeRule = Field(RangeRule(min=0.15), description="image-audio cosine rule")
     it: RangeRule = Field(RangeRule(min=0.22), description="image-text (label) cosine rule")
@@ -93,7 +149,7 @@ class SemanticStageConfig(StrictModel):
 
     enabled: bool = Field(True, description="compute the semantic difference")
     model: Literal["clip", "imagebind"] = Field("clip", description="clip: a CLIP vision folder; imagebind: its vision branch")
-    checkpoint: str | None = Field(None, description="CLIP vision folder (transformers) or imagebind_huge.pth")
+    checkpoint: PathOrURI | None = Field(None, description="CLIP vision folder (transformers) or imagebind_huge.pth")
     preset: str = Field("imagebind-huge", description="ImageBind size when model=imagebind")
     rule: RangeRule = Field(RangeRule(min=0.17, max=0.55), description="semantic difference rule")
 
@@ -102,7 +158,7 @@ class SyncStageConfig(StrictModel):
     """P_sync from the sync classifier: 3 clips 0.25 s apart from the window's middle, both directions."""
 
     enabled: bool = Field(True, description="compute P_sync (e.g. off before a classifier is trained)")
-    classifier: str | None = Field(None, description="SyncClassifier folder or the official modules/ folder")
+    classifier: PathOrURI | None = Field(None, description="SyncClassifier folder or the official modules/ folder")
     a2v: RangeRule = Field(RangeRule(min=0.341), description="audio-to-video P_sync rule")
     v2a: RangeRule = Field(RangeRule(min=0.341), description="video-to-audio P_sync rule")
 
@@ -163,7 +219,7 @@ class TrackingConfig(StrictModel):
     """The MLflow run a job logs (from the driver, or rank 0 of a training run)."""
 
     enabled: bool = Field(True, description="log an MLflow run")
-    uri: str = Field("sqlite:///mlruns.db", description="any MLflow tracking URI")
+    uri: TrackingURI = Field("sqlite:///mlruns.db", description="any MLflow tracking URI (a relative SQLite or folder store is relative to where the command runs)")
     experiment: str = Field(..., description="MLflow experiment")
     run_name: str | None = Field(None, description="MLflow run name (None: named after the job's output or run name)")
 
@@ -187,19 +243,18 @@ EvalSyncTracking, EVAL_SYNC_TRACKING = job_tracking("avsync/sync-classifier")
 
 
 class RayConfig(StrictModel):
-    address: str | None = Field(None, description="None starts (or reuses) a local Ray; 'auto' joins a cluster")
+    address: str | None = Field(None, description="None starts a local Ray for this command; 'auto' or ray://... joins a cluster")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by this command")
-    progress_bars: bool = Field(True, description="Ray Data progress bars")
+    progress_bars: bool | None = Field(None, description="Ray Data progress bars (None: when the output is a terminal)")
+    verbose: bool = Field(False, description="also show Ray's own internal logs (off: only this job's progress and warnings)")
 
 
 class CurateConfig(StrictModel):
     """``avsync curate``: raw audio-video -> filtered WebDataset shards (paper §5.2 recipe and thresholds)."""
 
-    input: str | list[str] = Field(..., description="folder, glob, list of URIs, or a CSV/Parquet manifest (uri, label[, id])")
-    output: str = Field(..., description="output folder, any fsspec URI")
-    video_extensions: list[str] = Field(
-        [".mp4", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".m4v"], description="files a folder input contributes"
-    )
+    input: PathOrURI | list[PathOrURI] = Field(..., description="folder, glob, list of URIs, or a CSV/Parquet manifest (uri, label[, id])")
+    output: PathOrURI = Field(..., description="output folder, any fsspec URI")
+    video_extensions: list[str] = Field(VIDEO_EXTENSIONS, description="files a folder input contributes")
     max_duration_s: float | None = Field(
         120.0, gt=0, description="longer videos are recorded as failed ('too_long'): a video's frames are held in memory"
     )
@@ -216,18 +271,18 @@ class CurateConfig(StrictModel):
     def _models_have_weights(self):
         stages = self.filters
         if stages.imagebind.enabled and not stages.imagebind.checkpoint:
-            raise ValueError("filters.imagebind.enabled needs filters.imagebind.checkpoint (or set it to false)")
+            raise missing_input("filters.imagebind.enabled needs filters.imagebind.checkpoint (or set it to false)")
         if stages.semantic.enabled and not stages.semantic.checkpoint:
-            raise ValueError("filters.semantic.enabled needs filters.semantic.checkpoint (or set it to false)")
+            raise missing_input("filters.semantic.enabled needs filters.semantic.checkpoint (or set it to false)")
         if stages.sync.enabled and not stages.sync.classifier:
-            raise ValueError("filters.sync.enabled needs filters.sync.classifier (or set it to false)")
+            raise missing_input("filters.sync.enabled needs filters.sync.classifier (or set it to false)")
         return self
 
 
 class DemoConfig(StrictModel):
     """``avsync demo``: the embedded end-to-end run on a fresh machine."""
 
-    output_dir: str = Field("demo_out", description="everything the demo writes (its runs/ are replaced on each run)")
+    output_dir: PathOrURI = Field("demo_out", description="everything the demo writes (its runs/ are replaced on each run)")
     model_preset: Literal["tiny"] = Field("tiny", description="model sizes (tiny: CPU-fast, random init)")
     seed: int = Field(0, description="corpora, initial weights and data order")
     corpus_videos: int = Field(14, ge=1, description="synthetic videos of every category in the main corpus")
@@ -235,9 +290,10 @@ class DemoConfig(StrictModel):
     classifier_test_videos: int = Field(16, ge=1, description="held-out in-sync videos it is evaluated on")
     sync_training_steps: int = Field(400, ge=1, description="classifier optimizer steps")
     avsyncd_training_steps: int = Field(40, ge=1, description="AVSyncD optimizer steps")
-    tracking_uri: str = Field("sqlite:///mlruns.db", description="MLflow store of every run")
+    tracking_uri: TrackingURI = Field("sqlite:///mlruns.db", description="MLflow store of every run")
     ray_num_cpus: int | None = Field(2, ge=1, description="CPUs of the local Ray the demo starts")
-    generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the final video")
+    generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the final video (and of the evaluation)")
+    eval_videos: int = Field(2, ge=1, description="held-out videos the final `avsync eval` step evaluates (3 clips each)")
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -246,7 +302,7 @@ class DemoConfig(StrictModel):
 class ShardsInput(StrictModel):
     """Curated WebDataset shards: ``<root>/<split>.index.json`` lists them (see shards/README.md)."""
 
-    root: str = Field(..., description="shard folder (any fsspec URI) holding <split>.index.json")
+    root: PathOrURI = Field(..., description="shard folder (any fsspec URI) holding <split>.index.json")
     split: str = Field("train", description="which split's index to read")
 
 
@@ -289,11 +345,16 @@ class ScalingSettings(StrictModel):
 
 class RunSettings(StrictModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="run name: checkpoints go to <storage_path>/<name>")
-    storage_path: str = Field("runs", description="Ray Train storage (a local folder or s3://...)")
+    storage_path: PathOrURI = Field("runs", description="Ray Train storage (a local folder or s3://...)")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint before the run fails")
     resume: str | None = Field(
         None, description="'latest' continues this run from its newest checkpoint; a checkpoint URI starts from that one"
     )
+
+    @field_validator("resume")
+    @classmethod
+    def _checkpoint_path(cls, value: str | None) -> str | None:
+        return value if value == "latest" else resolve_local_path(value)
 
 
 class TrainCommonConfig(StrictModel):
@@ -315,8 +376,8 @@ class SyncModelSettings(StrictModel):
     base_width: int = Field(64, ge=1, description="encoder width: 64 is the official network, smaller ones are tiny presets")
     image_size: int = Field(224, ge=16, description="video frames are resized and centre-cropped to this")
     init: Literal["random", "avid_cma", "pretrained"] = Field("avid_cma", description="initial weights")
-    avid_cma: str | None = Field(None, description="AVID-CMA checkpoint (init=avid_cma)")
-    pretrained: str | None = Field(None, description="SyncClassifier folder or official modules/ folder (init=pretrained)")
+    avid_cma: PathOrURI | None = Field(None, description="AVID-CMA checkpoint (init=avid_cma)")
+    pretrained: PathOrURI | None = Field(None, description="SyncClassifier folder or official modules/ folder (init=pretrained)")
 
 
 class SyncClipsSettings(StrictModel):
@@ -337,9 +398,9 @@ class TrainSyncConfig(TrainCommonConfig):
         if self.deepspeed.gradient_checkpointing:
             raise ValueError("deepspeed.gradient_checkpointing applies to AVSyncD's UNet; the classifier does not support it")
         if self.model.init == "avid_cma" and not self.model.avid_cma:
-            raise ValueError("model.init=avid_cma needs model.avid_cma (the AVID-CMA checkpoint), or set model.init=random")
+            raise missing_input("model.init=avid_cma needs model.avid_cma (the AVID-CMA checkpoint), or set model.init=random")
         if self.model.init == "pretrained" and not self.model.pretrained:
-            raise ValueError("model.init=pretrained needs model.pretrained (a classifier folder)")
+            raise missing_input("model.init=pretrained needs model.pretrained (a classifier folder)")
         return self
 
 
@@ -347,10 +408,10 @@ class AVSyncDModelSettings(StrictModel):
     init: Literal["tiny", "sd15", "pipeline"] = Field(
         "sd15", description="tiny: random-init toy sizes; sd15: inflate SD1.5 + ImageBind; pipeline: an AVSyncD pipeline folder"
     )
-    sd15: str | None = Field(None, description="Stable Diffusion 1.5 diffusers folder (init=sd15)")
-    imagebind: str | None = Field(None, description="imagebind_huge.pth (init=sd15)")
+    sd15: PathOrURI | None = Field(None, description="Stable Diffusion 1.5 diffusers folder (init=sd15)")
+    imagebind: PathOrURI | None = Field(None, description="imagebind_huge.pth (init=sd15)")
     imagebind_preset: str = Field("imagebind-huge", description="ImageBind size matching model.imagebind")
-    pipeline: str | None = Field(None, description="AVSyncD pipeline folder: convert-official output or an export (init=pipeline)")
+    pipeline: PathOrURI | None = Field(None, description="AVSyncD pipeline folder: convert-official output or an export (init=pipeline)")
     frozen_dtype: Literal["float32", "bfloat16"] = Field("float32", description="VAE, text and audio encoders (bfloat16 on GPU)")
     train_image_layers: bool = Field(
         False, description="also train the Stable Diffusion layers (only sensible for random-init tiny models; the paper freezes them)"
@@ -372,7 +433,7 @@ class AVSyncDInputs(StrictModel):
         needs = {"sd15": ("sd15", "imagebind"), "pipeline": ("pipeline",), "tiny": ()}[self.model.init]
         missing = [f"model.{name}" for name in needs if not getattr(self.model, name)]
         if missing:
-            raise ValueError(f"model.init={self.model.init} needs {', '.join(missing)}")
+            raise missing_input(f"model.init={self.model.init} needs {', '.join(missing)}")
         return self
 
 
@@ -394,7 +455,7 @@ class PrecomputeConfig(AVSyncDInputs):
     so ``avsync train --set precomputed=true`` skips the VAE and ImageBind."""
 
     input: ShardsInput = Field(..., description="shards to read (curation output)")
-    output: str = Field(..., description="folder of the new shards and their index (any fsspec URI)")
+    output: PathOrURI = Field(..., description="folder of the new shards and their index (any fsspec URI)")
     seed: int = Field(123, description="the training run's seed (model.init=tiny draws its random encoders from it)")
     windows_per_clip: int = Field(3, ge=1, description="training windows per sample, evenly spread over it (1: the middle one)")
     flip_variants: bool = Field(True, description="also encode each window mirrored, so training keeps its random flip")
@@ -416,7 +477,7 @@ class PrecomputeConfig(AVSyncDInputs):
 class EvalSyncConfig(StrictModel):
     """``avsync eval-sync``: a2v and v2a accuracy, 31 clips 0.04 s apart, correct within +-5 (reference §7.4)."""
 
-    classifier: str = Field(..., description="SyncClassifier folder (an export) or the official modules/ folder")
+    classifier: PathOrURI = Field(..., description="SyncClassifier folder (an export) or the official modules/ folder")
     data: ShardsInput = Field(..., description="test shards")
     num_clips: int = Field(31, ge=3, description="clips centred in each test clip")
     shift_s: float = Field(0.04, gt=0, description="seconds between clip starts")
@@ -425,6 +486,88 @@ class EvalSyncConfig(StrictModel):
     actor: ActorConfig = Field(ActorConfig(), description="the scoring actors")
     tracking: EvalSyncTracking = EVAL_SYNC_TRACKING
     ray: RayConfig = Field(RayConfig(), description="Ray")
+
+
+EvalTracking, EVAL_TRACKING = job_tracking("avsync/eval", "MLflow: one parent run, a nested run per setting and baseline")
+EvalMetric = Literal["fid", "fvd", "ia", "it", "relsync", "alignsync"]
+EVAL_METRICS: list[str] = ["fid", "fvd", "ia", "it", "relsync", "alignsync"]
+# Sampling fields a sweep may vary; the clip geometry (frames, fps, size) is the test set's and stays fixed.
+SWEEPABLE = ("scheduler", "num_inference_steps", "guidance_scale", "audio_guidance_scale", "seed", "official_inplace_step")
+
+
+class FeatureNetworksConfig(StrictModel):
+    """The evaluation's networks, each read from a path (nothing is downloaded)."""
+
+    fid_inception: PathOrURI | None = Field(None, description="pytorch-fid's FID Inception weights, pt_inception-2015-12-05-6726825d.pth (FID)")
+    i3d: PathOrURI | None = Field(None, description="StyleGAN-V's TorchScript I3D, i3d_torchscript.pt (FVD)")
+    imagebind: PathOrURI | None = Field(None, description="imagebind_huge.pth (IA, IT, AlignSync)")
+    imagebind_preset: str = Field("imagebind-huge", description="ImageBind size matching features.imagebind")
+    sync_classifier: PathOrURI | None = Field(None, description="SyncClassifier folder or the official modules/ folder (RelSync, AlignSync)")
+
+
+class BootstrapConfig(StrictModel):
+    samples: int = Field(100, ge=0, description="bootstrap replicates over test videos for the FID and FVD intervals (0: none)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="interval coverage")
+    seed: int = Field(0, description="resampling seed")
+
+
+class EvalConfig(StrictModel):
+    """``avsync eval``: generate the test clips and compute FID, FVD, IA, IT, RelSync and AlignSync (paper §3.4)."""
+
+    model: PathOrURI = Field(..., description="AVSyncD pipeline folder or an MLflow registry URI (models:/name@alias, models:/name/3)")
+    test: PathOrURI | list[PathOrURI] = Field(
+        ..., description="test shards (a folder with <test_split>.index.json), or raw videos: folder, glob, URI list, CSV/Parquet manifest"
+    )
+    test_split: str = Field("test", description="split of the test shards")
+    output: PathOrURI = Field(..., description="output folder (any fsspec URI): generated/, report/, per-clip table, config")
+    video_extensions: list[str] = Field(VIDEO_EXTENSIONS, description="files a folder of raw test videos contributes")
+    max_videos: int | None = Field(None, ge=1, description="evaluate only the first N test videos (in shard order, or by URI)")
+    clips_per_video: int = Field(3, ge=1, description="clips per test video at linspace(0, duration - 2 s, n): head, centre, tail")
+    protocol: Literal["official", "standard"] = Field(
+        "official", description="official: ASVA's 229-px FID and 224-px bicubic FVD inputs; standard: pytorch-fid's and StyleGAN-V's"
+    )
+    metrics: list[EvalMetric] = Field(EVAL_METRICS, description="metrics to compute")
+    sampling: SamplingConfig = Field(SamplingConfig(seed=0), description="generation settings (the official evaluation: seed 0)")
+    clip_seeds: Literal["derived", "shared"] = Field(
+        "derived", description="derived: a seed from (sampling.seed, video, clip); shared: sampling.seed for every clip (as animation_gen.py)"
+    )
+    sweep: dict[str, list[Any]] = Field({}, description="sampling field -> values; every combination is one setting (--sweep key=v1,v2)")
+    baselines: list[Literal["static", "no_audio"]] = Field(
+        [], description="static: the first frame repeated; no_audio: the model with the null audio (at the unswept settings)"
+    )
+    features: FeatureNetworksConfig = Field(FeatureNetworksConfig(), description="feature networks")
+    bootstrap: BootstrapConfig = Field(BootstrapConfig(), description="FID/FVD confidence intervals")
+    frechet: Literal["sqrtm", "eigen"] = Field(
+        "sqrtm", description="sqrtm: the official scipy.linalg.sqrtm with its 1e-6 retry; eigen: the same distance by symmetric eigenproblems (faster)"
+    )
+    cache: PathOrURI = Field("eval_cache", description="folder (any fsspec URI) of real-clip features, shared by every run on a test set")
+    generate_batch_size: int = Field(4, ge=1, description="clips per pipeline call")
+    feature_batch_size: int = Field(8, ge=1, description="clips per feature-network call")
+    generate_actor: ActorConfig = Field(ActorConfig(num_gpus=1.0), description="the generating actors (one pipeline each)")
+    feature_actor: ActorConfig = Field(ActorConfig(num_gpus=1.0), description="the feature actors (every feature network, once each)")
+    tracking: EvalTracking = EVAL_TRACKING
+    ray: RayConfig = Field(RayConfig(), description="Ray")
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweepable(cls, sweep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in sweep.items():
+            if key not in SWEEPABLE:
+                raise ValueError(f"cannot sweep {key!r}; sweepable sampling fields: {', '.join(SWEEPABLE)}")
+            if not values or len(set(map(str, values))) != len(values):
+                raise ValueError(f"sweep {key!r} needs distinct values, got {values}")
+            for value in values:  # each value must be valid for its field
+                SamplingConfig.model_validate({key: value})
+        return sweep
+
+    @model_validator(mode="after")
+    def _metrics_have_networks(self):
+        needs = {"fid": ["fid_inception"], "fvd": ["i3d"], "ia": ["imagebind"], "it": ["imagebind"], "relsync": ["sync_classifier"],
+                 "alignsync": ["imagebind", "sync_classifier"]}  # fmt: skip
+        missing = sorted({f"features.{n}" for m in self.metrics for n in needs[m] if not getattr(self.features, n)})
+        if missing:
+            raise missing_input(f"metrics {self.metrics} need {', '.join(missing)} (or leave those metrics out of `metrics`)")
+        return self
 
 
 def nested_default(default: StrictModel, description: str):
@@ -447,14 +590,25 @@ AVSYNC15_CATEGORIES = [
 ]  # fmt: skip
 
 
+PRESET_PREFIX = "preset:"  # a model built at start from a named preset (preset:tiny), not read from anywhere
+
+
+def _model_source(value):
+    """A model folder relative to the caller made absolute (replicas run elsewhere); URIs and presets stay."""
+    return value if value is None or value.startswith(PRESET_PREFIX) else resolve_local_path(value)
+
+
+ModelSourceURI = Annotated[str, AfterValidator(_model_source)]
+
+
 class ModelSourceConfig(StrictModel):
     """What a model deployment serves. It is that deployment's Serve ``user_config``: a change swaps the model in
     ``reconfigure`` without restarting replicas."""
 
-    source: str | None = Field(
+    source: ModelSourceURI | None = Field(
         ..., description="a model folder, models:/<name>@<alias> or models:/<name>/<version> (MLflow registry), or preset:tiny (random init, built at start)"
     )
-    tracking_uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI that resolves models:/ sources")
+    tracking_uri: TrackingURI = Field("sqlite:///mlruns.db", description="MLflow tracking URI that resolves models:/ sources")
     poll_registry_s: float | None = Field(
         None, gt=0, description="re-read the alias of a models:/<name>@<alias> source this often and swap in the version it points at (None: only on reconfigure)"
     )
@@ -545,13 +699,19 @@ class ServeHttp(StrictModel):
 class ServeAppSettings(StrictModel):
     """What every replica of the app is built with (the Serve application's ``args``: a change restarts it)."""
 
-    generate: GenerateConfig = Field(
-        GenerateConfig(), description="output size, frames, fps, dtype, device and the defaults of a request's sampling fields"
+    sampling: SamplingConfig = Field(
+        SamplingConfig(), description="clip geometry (frames, fps, size: None is the model's own) and the defaults of a request's sampling fields"
     )
+    device: str = Field("auto", description="where the animation model runs: 'auto' (cuda when its replica has a GPU), 'cpu', 'cuda', ...")
+    dtype: DType = Field("float32", description="the animation model's precision")
     batching: BatchingConfig = Field(BatchingConfig(), description="@serve.batch of the model deployment")
     limits: ServeLimits = Field(ServeLimits(), description="request bounds")
     auth: AuthConfig = Field(AuthConfig(), description="bearer-token auth")
     categories: list[str] = Field(AVSYNC15_CATEGORIES, description="the category prompts a request may use (empty: any text)")
+
+
+SERVE_BUILDER = "avsync_ray.serve.app:build_app"  # the application builder a Serve config's import_path names
+MODEL_DEPLOYMENTS = ("AVSyncDModel", "SyncScorer")  # the deployments whose user_config is a ModelSourceConfig
 
 
 class ServeAppArgs(ServeAppSettings):
@@ -593,7 +753,7 @@ class ServeConfig(ServeAppSettings):
 def preset_schema(name: str) -> type[StrictModel]:
     """The config tree a packaged preset fills (presets named after a verb, optionally with a ``-suffix``)."""
     schemas = {"generate": GenerateConfig, "demo": DemoConfig, "curate": CurateConfig, "train-sync": TrainSyncConfig,
-               "train": TrainConfig, "eval-sync": EvalSyncConfig, "precompute": PrecomputeConfig,
+               "train": TrainConfig, "eval-sync": EvalSyncConfig, "precompute": PrecomputeConfig, "eval": EvalConfig,
                "serve": ServeConfig}  # fmt: skip
     for verb in sorted(schemas, key=len, reverse=True):
         if name == verb or name.startswith(f"{verb}-"):
@@ -640,6 +800,7 @@ def _leaf_annotation(schema: type[BaseModel], parts: Sequence[str]):
 def _string_kinds(annotation) -> tuple[bool, bool, bool]:
     """(takes a plain string, also takes None, also takes a list) for a field annotation."""
     options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    options = [get_args(a)[0] if get_origin(a) is Annotated else a for a in options]
     text = any(a is str or (get_origin(a) is Literal and all(isinstance(v, str) for v in get_args(a))) for a in options)
     return text, type(None) in options, any(get_origin(a) is list for a in options)
 
@@ -704,8 +865,32 @@ def validate_config(schema: type[T], data: dict[str, Any]) -> T:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid {schema.__name__}:\n{problems}") from None
+        problems = [(".".join(map(str, e["loc"])) or "<root>", e["msg"], e["type"]) for e in exc.errors()]
+        error = ConfigError(f"invalid {schema.__name__}: " + "; ".join(f"{where}: {message}" for where, message, _ in problems))
+        error.problems = problems
+        raise error from None
+
+
+def show_config(schema: type[T], preset: str | None = None, path: str | None = None, overrides: Sequence[str] = ()) -> tuple[str, list[str]]:
+    """A preset (with a file and overrides) as YAML, and what must still be set before it can run. A preset that
+    lacks only its inputs (paths, weights: the job's arguments) is shown with those fields empty; any other
+    problem is a :class:`ConfigError`."""
+    try:
+        return dump_config(load_config(schema, preset, path, overrides)), []
+    except ConfigError as error:
+        if not error.problems or any(kind not in MISSING_KINDS for _, _, kind in error.problems):
+            raise
+        missing = [f"{where}: {message}" if kind == "missing_input" else where for where, message, kind in error.problems]
+    data: dict[str, Any] = {}
+    for name, _, default, _ in describe_fields(schema):
+        data = set_value(data, name.split("."), None if default == "(required)" else json.loads(default))
+    data = deep_merge(data, read_preset(preset) if preset else {})
+    if path:
+        with fsspec.open(path, "r") as handle:
+            data = deep_merge(data, _read_yaml(handle))
+    for override in overrides:
+        data = apply_override(data, override, schema)
+    return yaml.safe_dump(data, sort_keys=False), missing
 
 
 def dump_config(config: BaseModel) -> str:

@@ -2,7 +2,8 @@
 
 Synthetic corpora -> curation on a local Ray -> the sync classifier trained with Ray Train + DeepSpeed and
 evaluated on held-out clips -> curation of the main corpus with its P_sync filter -> the tiny AVSyncD trained on
-the curated shards -> export -> a generated video. Every step logs to the local MLflow store.
+the curated shards -> export -> a generated video -> ``avsync eval`` on held-out clips. Every step logs to the local
+MLflow store.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from avsync_ray.config import CurateConfig, DemoConfig, EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config, save_config
+from avsync_ray.config import CurateConfig, DemoConfig, EvalConfig, EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config, save_config
+from avsync_ray.errors import WorkFailedError
 from avsync_ray.generate import run_generate
 from avsync_ray.shards import iter_samples, read_index, read_metadata
 from avsync_ray.synth import synthesize_corpus
@@ -33,6 +35,47 @@ def _curate(corpus: Path, shards: Path, split: str, config: DemoConfig, *overrid
     return {k: summary[k] for k in ("videos", "done", "zero_survivors", "failed", "windows", "kept_windows", "clips", "shards", "mlflow_run_id")}
 
 
+def check_runs_in_store(tracking_uri: str, runs: dict[str, str | None]) -> None:
+    """Every run the demo made must be in its one MLflow store (a training run logged from a Ray worker into a
+    store relative to that worker's folder would be lost)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    missing = []
+    for name, run_id in runs.items():
+        try:
+            client.get_run(run_id or "")
+        except MlflowException:
+            missing.append(name)
+    if missing:
+        raise WorkFailedError(f"the MLflow store {tracking_uri} lacks the runs of: {', '.join(missing)}")
+
+
+def _evaluate(out: Path, models: Path, test_shards: Path, config: DemoConfig) -> dict:
+    """``avsync eval`` of the demo's pipeline on held-out shards: an audio-guidance sweep and both baselines, with
+    random feature networks in the real file formats (the numbers exercise the code, they mean nothing)."""
+    from avsync_ray.evaluation.batch import run_eval
+    from avsync_ray.models.feature_networks import write_tiny_feature_networks
+
+    networks = write_tiny_feature_networks(out / "feature_networks", config.seed)
+    sampling = config.generate
+    eval_config = load_config(
+        EvalConfig, "eval", values={"model": str(models / "avsyncd"), "test": str(test_shards), "output": str(out / "eval"),
+                                    "sweep.audio_guidance_scale": [1.0, sampling.audio_guidance_scale]},
+        overrides=[
+            *(f"features.{name}={path}" for name, path in networks.items()), f"features.sync_classifier={models / 'sync_classifier'}",
+            f"max_videos={config.eval_videos}", "baselines=[static, no_audio]", f"sampling.num_inference_steps={sampling.num_inference_steps}",
+            "frechet=eigen", "bootstrap.samples=20",
+            f"cache={out / 'eval_cache'}", f"tracking.uri={config.tracking_uri}", f"ray.num_cpus={config.ray_num_cpus}",
+            *(f"{actor}.{key}" for actor in ("generate_actor", "feature_actor") for key in ("num_gpus=0", "num_cpus=0.5", f"device={sampling.device}")),
+        ],
+    )  # fmt: skip
+    shutil.rmtree(out / "eval", ignore_errors=True)  # the pipeline is retrained on each run: its clips are new
+    summary = run_eval(eval_config)
+    return {k: summary[k] for k in ("output", "report", "per_clip", "clips", "metrics", "mlflow_run_id")}
+
+
 def _step(name: str, started: float) -> None:
     print(f"[demo {time.perf_counter() - started:6.0f} s] {name}", flush=True)
 
@@ -40,6 +83,7 @@ def _step(name: str, started: float) -> None:
 def run_demo(config: DemoConfig) -> dict:
     """Run every stage; returns where each output and MLflow run is."""
     from avsync_ray.evaluation.batch import run_eval_sync
+    from avsync_ray.training.engine import read_checkpoint_meta
     from avsync_ray.training.export import export_checkpoint
     from avsync_ray.training.launcher import launch
 
@@ -87,7 +131,7 @@ def run_demo(config: DemoConfig) -> dict:
     )
     index = read_index(str(main_shards), "train")
     if not index["shardlist"]:
-        raise RuntimeError(f"curation kept no clip; see the report in {main_shards / 'report'}")
+        raise WorkFailedError(f"curation kept no clip of the main corpus; see the report in {main_shards / 'report'}")
 
     # 4. AVSyncD on the curated clips, exported as a pipeline, animating a curated clip.
     _step("training the tiny AVSyncD (Ray Train + DeepSpeed, 2 workers)", started)
@@ -103,6 +147,18 @@ def run_demo(config: DemoConfig) -> dict:
     clip.parent.mkdir(exist_ok=True)
     clip.write_bytes(sample["mp4"])
     result = run_generate(models / "avsyncd", out / "generated.mp4", read_metadata(sample)["label"], config.generate, video=str(clip))
+
+    # 5. The paper's evaluation of the trained pipeline on held-out clips, with tiny random feature networks.
+    _step("evaluating the pipeline on held-out clips (avsync eval: FID, FVD, IA, IT, RelSync, AlignSync)", started)
+    video_eval = _evaluate(out, models, shards / "classifier-test", config)
+    runs = {
+        **{f"curation {name}": summary["mlflow_run_id"] for name, summary in curated.items()},
+        "sync-classifier training": read_checkpoint_meta(sync_run["checkpoint"])["mlflow_run_id"],
+        "sync-classifier evaluation": evaluation["mlflow_run_id"],
+        "avsyncd training": read_checkpoint_meta(avsyncd_run["checkpoint"])["mlflow_run_id"],
+        "evaluation": video_eval["mlflow_run_id"],
+    }
+    check_runs_in_store(config.tracking_uri, runs)
     _step("done", started)
     return {
         "corpora": str(corpora),
@@ -119,10 +175,12 @@ def run_demo(config: DemoConfig) -> dict:
         },
         "avsyncd": {"checkpoint": avsyncd_run["checkpoint"], "model": str(models / "avsyncd"), "final_loss": avsyncd_run["metrics"].get("loss")},
         "generated_video": result["output"],
+        "eval": video_eval,
         "generated": {k: result[k] for k in ("frames", "fps", "size", "audio_seconds", "prompt")},
         "mlflow": {
             "tracking_uri": config.tracking_uri,
-            "experiments": ["avsync/curation", "avsync/sync-classifier", "avsync/avsyncd"],
+            "runs": runs,
+            "experiments": ["avsync/curation", "avsync/sync-classifier", "avsync/avsyncd", "avsync/eval"],
             "ui": f"mlflow ui --backend-store-uri {config.tracking_uri}",
         },
         "seconds": round(time.perf_counter() - started, 1),

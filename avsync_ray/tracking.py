@@ -43,20 +43,23 @@ def log_job_run(tracking: TrackingConfig, task: str, params: dict, metrics: dict
 
 
 def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: dict, resolved_yaml: str) -> str:
-    """One run in ``config.tracking.experiment``: thresholds and model paths as params, the funnel and
-    outcomes as metrics, the report (with histograms), stats, shard index and resolved config as artifacts.
-    Returns the run id."""
+    """One run in ``config.tracking.experiment``, named after the output unless ``tracking.run_name`` is set:
+    thresholds and model paths as params, the funnel (of the stages that ran) and outcomes as metrics, the
+    report (with histograms), stats, shard index and resolved config as artifacts. Returns the run id."""
     from avsync_ray.storage import filesystem, join_uri
 
     mlflow = _mlflow(config.tracking.uri)
     mlflow.set_experiment(config.tracking.experiment)
     params = flatten({"filters": config.model_dump(mode="json")["filters"], "windows": config.windows.model_dump(), "shots": config.shots.model_dump()})
     params.update({"input": str(config.input), "output": config.output, "split": config.shards.split})
-    with mlflow.start_run(run_name=config.tracking.run_name) as run:
-        mlflow.set_tags({"avsync.task": "curation", "avsync.curation_id": index.get("curation_id", "")})
+    run_name = config.tracking.run_name or f"curate-{config.output.rstrip('/').rsplit('/', 1)[-1]}"
+    disabled = {f"removed_by_{name}" for name in report["skipped_rules"]}  # a stage that did not run removed nothing
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"avsync.task": "curation", "avsync.curation_id": index.get("curation_id", ""), "avsync.output": config.output})
         mlflow.log_params(params)
-        mlflow.log_metrics({f"funnel.{k}": v for k, v in report["funnel"].items()})
+        mlflow.log_metrics({f"funnel.{k}": v for k, v in report["funnel"].items() if k not in disabled})
         mlflow.log_metrics({f"videos.{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+        mlflow.log_metrics({f"skipped_inputs.{k}": v for k, v in summary["skipped_inputs"].items()})
         with tempfile.TemporaryDirectory() as folder:
             for name, content in (("curate.config.yaml", resolved_yaml), ("stats.json", json.dumps(report["stats"], indent=2)),
                                   (f"{index['name']}.index.json", json.dumps(index, indent=2))):  # fmt: skip
@@ -185,3 +188,35 @@ def resolve_model(uri: str, tracking_uri: str, download_to: str | None = None) -
         raise ValueError(f"{resolved} holds no '{PYFUNC_ARTIFACT}' artifact: register models with `avsync export --register`")
     folder = os.path.join(local, artifacts[PYFUNC_ARTIFACT]["path"])
     return ModelSource(path=folder, uri=uri, name=name, version=int(found.version), alias=alias, run_id=found.run_id)
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A nested run of a parent run: one setting of a sweep, or a baseline."""
+
+    name: str
+    params: dict
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def log_parent_with_children(
+    tracking: TrackingConfig, task: str, params: dict, metrics: dict[str, float], children: list[ChildRun], artifacts: str | None = None
+) -> tuple[str, list[str]]:
+    """A parent run (params, metrics, the folder ``artifacts`` logged as artifacts) with one nested run per child
+    (``mlflow.parentRunId`` set, so ``search_runs`` with ``tags.mlflow.parentRunId = '<id>'`` returns them as
+    comparable rows). Returns the parent's id and the children's ids, in order."""
+    mlflow = _mlflow(tracking.uri)
+    mlflow.set_experiment(tracking.experiment)
+    child_ids = []
+    with mlflow.start_run(run_name=tracking.run_name or task, tags={"avsync.task": task}) as parent:
+        mlflow.log_params({k: v[:6000] for k, v in flatten(params).items()})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+        for child in children:
+            with mlflow.start_run(run_name=child.name, nested=True, tags={"avsync.task": task, **child.tags}) as run:
+                mlflow.log_params({k: v[:6000] for k, v in flatten(child.params).items()})
+                mlflow.log_metrics({k: float(v) for k, v in child.metrics.items() if v is not None and v == v})
+                child_ids.append(run.info.run_id)
+        if artifacts:
+            mlflow.log_artifacts(artifacts)
+        return parent.info.run_id, child_ids

@@ -89,7 +89,7 @@ def measure(base: list[str], batch_size: int, args, port: int) -> dict:
     url = f"http://127.0.0.1:{port}"
     deploy(deploy_config(config), timeout_s=1800)
     try:
-        files = request_files(config.generate.height)
+        files = request_files(config.sampling.height)
         asyncio.run(closed_loop(url, args.concurrency, args.concurrency, args.steps, files))  # warm-up: first calls, allocator, kernels
         before = model_stats(url)
         seconds, latencies, codes = asyncio.run(closed_loop(url, args.requests, args.concurrency, args.steps, files))
@@ -130,8 +130,8 @@ def main() -> None:
             "deployments.ingress.num_cpus=0", f"deployments.model.max_ongoing_requests={max(8, 2 * args.batch_size)}"]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         if args.preset == "full":
-            base += [f"model.source={full_pipeline_folder(Path(tmp) / 'avsyncd-full-random')}", "generate.height=256", "generate.width=256",
-                     "generate.dtype=bfloat16", "deployments.model.num_gpus=1", "deployments.model.num_cpus=1"]  # fmt: skip
+            base += [f"model.source={full_pipeline_folder(Path(tmp) / 'avsyncd-full-random')}", "sampling.height=256", "sampling.width=256",
+                     "dtype=bfloat16", "deployments.model.num_gpus=1", "deployments.model.num_cpus=1"]  # fmt: skip
             ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
         else:
             base += ["deployments.model.num_cpus=2"]  # every core for the one pipeline

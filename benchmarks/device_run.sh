@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (its image has torch; the rest travels as wheels in .whl/). Arguments
-# pick the steps: tests (the GPU tests), generate, sync, train, precompute, serve; default: tests generate sync. Results land in $OUT.
+# pick the steps: tests (the GPU tests), generate, sync, train, precompute, eval, serve; default: tests generate sync. Results land in $OUT.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -16,6 +16,9 @@ for step in "${steps[@]}"; do
         python3 benchmarks/bench_sync.py --device cuda --dtype "$dtype" --image-size 224 --videos 8 --naive-pairs 32 \
           --out "${OUT:-/tmp}/bench_sync_${dtype}.json"
       done ;;
+    eval)
+      python3 benchmarks/bench_eval.py --preset full --device cuda --dtype bfloat16 --videos 8 --steps 50 --size 256 --actors 1 2 \
+        --out "${OUT:-/tmp}/bench_eval_cuda.json" ;;
     precompute)
       python3 benchmarks/bench_precompute.py --device cuda --dtype bfloat16 --samples 8 --windows 3 --out "${OUT:-/tmp}/bench_precompute_cuda.json" ;;
     serve)

@@ -61,24 +61,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_imagebind_checkpoint(tmp_path_factory):
     """A file in imagebind_huge.pth's format (modality_{preprocessors,trunks,heads,postprocessors}.<m>.*), made by
     the `imagebind` package's own ImageBindModel at the tiny sizes; returns (path, that model)."""
-    from avsync_ray.models.imagebind import IMAGEBIND_PRESETS, imagebind_code
+    from avsync_ray.models.imagebind import tiny_official_imagebind
 
-    imagebind_code()  # the torchvision alias `imagebind` needs
-    from imagebind.models.imagebind_model import ImageBindModel
-
-    c = IMAGEBIND_PRESETS["imagebind-tiny"]
-    torch.manual_seed(0)
-    official = ImageBindModel(
-        out_embed_dim=c.out_embed_dim, vision_embed_dim=c.vision_embed_dim, vision_num_blocks=c.vision_num_blocks,
-        vision_num_heads=c.vision_num_heads, text_embed_dim=c.text_embed_dim, text_num_blocks=c.text_num_blocks,
-        text_num_heads=c.text_num_heads, audio_embed_dim=c.audio_embed_dim, audio_num_blocks=c.audio_num_blocks,
-        audio_num_heads=c.audio_num_heads, audio_drop_path=c.audio_drop_path, depth_embed_dim=16, depth_num_blocks=1,
-        depth_num_heads=2, thermal_embed_dim=16, thermal_num_blocks=1, thermal_num_heads=2, imu_embed_dim=16,
-        imu_num_blocks=1, imu_num_heads=2,
-    ).eval()  # fmt: skip
-    with torch.no_grad():  # move every weight away from its init so a wrong mapping cannot pass
-        for parameter in official.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
+    official = tiny_official_imagebind(seed=0)
     path = tmp_path_factory.mktemp("imagebind") / "imagebind_tiny.pth"
     torch.save(official.state_dict(), path)
     return path, official

@@ -72,7 +72,7 @@ def test_config_show_and_probe(tmp_path):
     probed = runner.invoke(app, ["probe", str(path)])
     assert probed.exit_code == 0 and _json(probed.output)["audio"]["sample_rate"] == 16_000
     missing = runner.invoke(app, ["probe", str(tmp_path / "nope.mp4")])
-    assert missing.exit_code == 1 and "not_found" in missing.output
+    assert missing.exit_code == 2 and "nope.mp4: not found" in missing.output
 
 
 def test_convert_official_assembles_a_pipeline_that_generates(tiny_components, tiny_imagebind_checkpoint, write_official_unet, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from avsync_ray.config import (
@@ -20,7 +22,7 @@ from avsync_ray.config import (
 def test_generate_preset_is_the_official_demo():
     config = load_config(GenerateConfig, "generate")
     assert (config.num_inference_steps, config.audio_guidance_scale, config.guidance_scale, config.seed) == (50, 4.0, 1.0, 123)
-    assert (config.num_frames, config.fps, config.height, config.width) == (12, 6.0, 256, 256)
+    assert (config.num_frames, config.fps, config.height, config.width, config.scheduler) == (12, 6.0, None, None, "pndm")
 
 
 def test_unknown_keys_and_bad_values_fail_with_their_path():
@@ -38,7 +40,7 @@ def test_precedence_defaults_preset_file_overrides(tmp_path):
     config = load_config(DemoConfig, "demo", str(user), ["generate.seed=9"])
     assert config.generate.seed == 9  # --set beats the file
     assert config.generate.num_inference_steps == 7  # the file beats the preset (25)
-    assert config.generate.height == 64  # the preset beats the schema default (256)
+    assert config.generate.device == "cpu"  # the preset beats the schema default ("auto")
     assert config.generate.guidance_scale == 1.0  # schema default where nobody says otherwise
 
 
@@ -55,7 +57,7 @@ def test_override_values_are_parsed_by_the_type_of_their_field():
         overrides=["run.name=2024", "data.root=runs/a #1", "tracking.run_name=null", "max_steps=7", "loader.randflip=false",
                    "optimizer.betas=[0.8, 0.9]", "tracking.experiment=true"],
     )  # fmt: skip
-    assert config.run.name == "2024" and config.data.root == "runs/a #1"  # a number and a YAML comment stay text
+    assert config.run.name == "2024" and config.data.root == os.path.abspath("runs/a #1")  # a number and a YAML comment stay text
     assert config.tracking.run_name is None and config.tracking.experiment == "true"
     assert config.max_steps == 7 and config.loader.randflip is False and config.optimizer.betas == (0.8, 0.9)
     with pytest.raises(ConfigError, match="max_steps"):
@@ -70,10 +72,10 @@ def test_string_or_list_fields_take_a_yaml_list_or_any_text():
 
 
 def test_positional_values_are_taken_verbatim():
-    config = load_config(TrainSyncConfig, "train-sync-tiny", values={"data.root": "2024 #raw", "run.name": "007"})
-    assert config.data.root == "2024 #raw" and config.run.name == "007"
-    overridden = load_config(TrainSyncConfig, "train-sync-tiny", overrides=["data.root=other"], values={"data.root": "given"})
-    assert overridden.data.root == "other"  # --set applies after the positionals, as after the file
+    config = load_config(TrainSyncConfig, "train-sync-tiny", values={"data.root": "s3://b/2024 #raw", "run.name": "007"})
+    assert config.data.root == "s3://b/2024 #raw" and config.run.name == "007"
+    overridden = load_config(TrainSyncConfig, "train-sync-tiny", overrides=["data.root=s3://b/other"], values={"data.root": "s3://b/given"})
+    assert overridden.data.root == "s3://b/other"  # --set applies after the positionals, as after the file
 
 
 def test_resolved_snapshot_round_trips(tmp_path):
@@ -82,7 +84,7 @@ def test_resolved_snapshot_round_trips(tmp_path):
     assert load_config(DemoConfig, path=path) == config
 
 
-@pytest.mark.parametrize("verb", ["curate", "train", "train-sync", "eval-sync", "precompute", "serve"])
+@pytest.mark.parametrize("verb", ["curate", "train", "train-sync", "eval-sync", "precompute", "eval", "serve"])
 def test_readme_documents_every_field(verb):
     from pathlib import Path
 
@@ -98,6 +100,7 @@ def test_every_packaged_preset_validates():
 
     required = {"curate": ["input=x", "output=y", "filters.semantic.checkpoint=c", "filters.imagebind.checkpoint=i", "filters.sync.classifier=s"], "train-sync": ["data.root=x", "model.avid_cma=a.pth"],
                 "train": ["data.root=x", "model.sd15=sd", "model.imagebind=ib.pth"], "eval-sync": ["classifier=c", "data.root=x"],
+                "eval": ["model=m", "test=t", "output=o", "features.fid_inception=f", "features.i3d=i", "features.imagebind=b", "features.sync_classifier=s"],
                 "precompute": ["input.root=x", "output=y", "model.sd15=sd", "model.imagebind=ib.pth"]}  # fmt: skip
     for name in preset_names():
         schema = preset_schema(name)
@@ -110,8 +113,35 @@ def test_a_partial_tracking_section_keeps_the_jobs_experiment():
 
     curate = CurateConfig.model_validate({"input": "a", "output": "b", "tracking": {"uri": "sqlite:///x.db"},
                                           "filters": {n: {"enabled": False} for n in ("semantic", "imagebind", "sync")}})  # fmt: skip
-    assert (curate.tracking.uri, curate.tracking.experiment) == ("sqlite:///x.db", "avsync/curation")
+    assert (curate.tracking.uri, curate.tracking.experiment) == (f"sqlite:///{os.path.abspath('x.db')}", "avsync/curation")
     train = load_config(TrainConfig, "train-tiny", overrides=["tracking.uri=sqlite:///y.db"], values={"data.root": "s"})
     assert train.tracking.experiment == "avsync/avsyncd"
     precompute = load_config(PrecomputeConfig, "precompute-tiny", overrides=["tracking.enabled=false"], values={"input.root": "s", "output": "o"})
     assert precompute.tracking.experiment == "avsync/precompute"
+
+
+def test_relative_paths_and_stores_mean_relative_to_where_the_command_runs(tmp_path, monkeypatch):
+    """Resolved when the config is validated, so a Ray worker (in its own working folder) sees the same files."""
+    from avsync_ray.config import EvalSyncConfig, resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(
+        TrainSyncConfig, "train-sync-tiny",
+        overrides=["run.storage_path=runs", "tracking.uri=sqlite:///mlruns.db", "run.resume=ckpt/checkpoint_1"],
+        values={"data.root": "shards"},
+    )  # fmt: skip
+    assert config.data.root == str(tmp_path / "shards") and config.run.storage_path == str(tmp_path / "runs")
+    assert config.tracking.uri == f"sqlite:///{tmp_path}/mlruns.db" and config.run.resume == str(tmp_path / "ckpt/checkpoint_1")
+    assert load_config(TrainSyncConfig, "train-sync-tiny", overrides=["run.resume=latest"], values={"data.root": "x"}).run.resume == "latest"
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # what a worker does with the resolved config: the same paths
+    assert TrainSyncConfig.model_validate(config.model_dump(mode="json")) == config
+    curate = load_config(CurateConfig, "curate", overrides=[f"filters.{n}.enabled=false" for n in ("semantic", "imagebind", "sync")],
+                         values={"input": ["../a.mp4", "s3://b/c.mp4"], "output": "out"})  # fmt: skip
+    assert curate.input == [str(tmp_path / "a.mp4"), "s3://b/c.mp4"] and curate.output == str(elsewhere / "out")
+    eval_sync = load_config(EvalSyncConfig, "eval-sync", values={"classifier": "cls", "data.root": "gs://b/test"})
+    assert eval_sync.classifier == str(elsewhere / "cls") and eval_sync.data.root == "gs://b/test"
+    for uri in ("http://mlflow:5000", "sqlite:////abs/m.db", "databricks", "sqlite:///:memory:"):
+        assert resolve_tracking_uri(uri) == uri
+    assert resolve_tracking_uri("mlruns") == str(elsewhere / "mlruns") and resolve_tracking_uri("file:mlruns") == f"file:{elsewhere}/mlruns"

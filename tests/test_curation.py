@@ -209,6 +209,8 @@ def test_mlflow_run_records_the_curation(reference):
     assert mlflow.get_experiment(run.info.experiment_id).name == "avsync/curation"
     assert run.data.params["filters.pixel_diff.min"] == "0.01"
     assert run.data.metrics["funnel.windows"] == reference["summary"]["windows"]
+    assert run.info.run_name == "curate-out" and "funnel.removed_by_pixel_diff" in run.data.metrics
+    assert not {f"funnel.removed_by_{name}" for name in ("semantic_diff", "ia", "it", "psync_a2v", "psync_v2a")} & set(run.data.metrics)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"curate.config.yaml", "train.index.json", "stats.json", "report"} <= artifacts
 
@@ -331,3 +333,75 @@ def test_s3_input_and_output(s3_server, corpus, tmp_path):
     keys = [s["__key__"] for s in wds.WebDataset(str(local), shardshuffle=False)]
     assert len(keys) == index["shardlist"][0]["nsamples"]
     assert fs.exists(f"{output}/scores.parquet") and fs.exists(f"{output}/report/report.json")
+
+
+def test_a_video_shorter_than_a_window_beside_a_long_one_keeps_the_score_table_typed(tmp_path):
+    """A zero-window video whose id sorts first used to write a null-typed score table that the run then read
+    as the schema of every table (ArrowNotImplementedError: cast from string to null); nothing was recorded."""
+    folder = tmp_path / "in" / "ball"
+    folder.mkdir(parents=True)
+    short = bouncing_ball(duration=2.0, fps=24, size=(64, 96), hit_times=(0.5, 1.5), seed=11)
+    encode_mp4(short.frames, short.fps, short.audio, short.sample_rate, str(folder / "a-short.mp4"))
+    long = bouncing_ball(duration=4.0, fps=24, size=(64, 96), hit_times=(0.5, 1.5, 2.5, 3.5), seed=12)
+    encode_mp4(long.frames, long.fps, long.audio, long.sample_rate, str(folder / "b-long.mp4"))
+    summary = run_curation(make_config(str(tmp_path / "in"), tmp_path / "out"))
+    entries = ledger(tmp_path / "out")
+    assert sorted(e["reason"] for e in entries.values()) == ["", "no_window"] and summary["videos"] == 2
+    table = pq.read_table(tmp_path / "out" / "scores.parquet")
+    assert table.schema.field("reason").type == "string" and table.num_rows == summary["windows"] > 0
+
+
+def test_every_shared_media_file_and_every_bad_file_is_accounted_for(media_dir, tmp_path):
+    """Real folders: short GRID clips, long films, video without sound, sound without video, and the bad files a
+    user's folder holds; the run finishes and every entry is in the ledger or among the skipped inputs, once."""
+    folder = tmp_path / "in"
+    for path in sorted(p for p in media_dir.rglob("*") if p.is_file() and p.parent.name != "LICENSES"):
+        link = folder / path.parent.name / path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)  # the media stay where they are
+    bad = folder / "bad"
+    bad.mkdir()
+    (bad / "zero.mp4").write_bytes(b"")
+    (bad / "text.mp4").write_text("not a video\n" * 40)
+    (bad / "truncated.mp4").write_bytes((media_dir / "video_scene_cuts" / "tears_of_steel_clip01.mp4").read_bytes()[:50_000])
+    import PIL.Image
+
+    PIL.Image.new("RGB", (32, 32), (9, 90, 200)).save(bad / "picture.png", format="PNG")
+    (bad / "picture.png").rename(bad / "picture.mp4")
+    (bad / "folder.mp4").mkdir()
+    (bad / "broken-link.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    summary = run_curation(make_config(str(folder), tmp_path / "out"))
+    entries = ledger(tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    listed = [e["uri"] for e in entries.values()] + [s["uri"] for s in report["skipped_inputs"]]
+    every = sorted(str(p) for p in folder.rglob("*") if p.is_file() or p.is_symlink() or p.name.endswith(".mp4"))
+    assert sorted(listed) == every and len(set(listed)) == len(listed)
+    reasons = {Path(e["uri"]).name: e["reason"] for e in entries.values()}
+    assert reasons["bbaf2n.mpg"] == "no_window" and reasons["zero.mp4"] == "zero_bytes" and reasons["broken-link.mp4"] == "not_found"
+    assert reasons["tears_of_steel_clip01.mp4"] == "no_audio_stream" and reasons["text.mp4"] == "corrupt"
+    statuses = {Path(e["uri"]).name: e["status"] for e in entries.values()}
+    assert statuses["picture.mp4"] == statuses["truncated.mp4"] == "failed"  # a still image has no audio; the cut film neither
+    assert statuses["big_buck_bunny_0_30.webm"] in ("done", "zero_survivors") and summary["failed"] >= 8
+    assert summary["skipped_inputs"] == {"not_a_video": sum(1 for s in report["skipped_inputs"] if s["reason"] == "not_a_video"), "folder_with_video_suffix": 1}
+
+
+def test_two_runs_in_separate_processes_write_the_same_shard_bytes(corpus, reference, tmp_path):
+    """Each run starts its own local Ray (fresh worker processes), as two users' runs would."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    config = make_config(corpus["manifest"], tmp_path / "unused")
+    for name in ("first", "second"):
+        output = tmp_path / name
+        data = {**config.model_dump(mode="json"), "output": str(output), "ray": {"num_cpus": 2, "progress_bars": False}}
+        (tmp_path / f"{name}.yaml").write_text(json.dumps(data))
+        done = subprocess.run([sys.executable, "-m", "avsync_ray", "curate", corpus["manifest"], str(output), "--config", str(tmp_path / f"{name}.yaml")],
+                              env=env, capture_output=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert shard_digests(output) == reference["digests"], name
+
+
+def test_a_resume_with_other_encoding_settings_is_refused_with_the_differences(corpus, reference):
+    with pytest.raises(CurationError, match=r"shards.crf: the output has 30, this run 18") as error:
+        run_curation(make_config(corpus["manifest"], reference["output"], shards__crf=18))
+    assert "another output folder" in str(error.value)
+    with pytest.raises(CurationError, match=r"filters.audio_peak.min: the output has 0.03, this run 0.05"):
+        run_curation(make_config(corpus["manifest"], reference["output"], filters__audio_peak={"min": 0.05}))

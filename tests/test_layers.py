@@ -11,7 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "avsync_ray"
 FEATURES = ("curation", "training", "evaluation", "serve")
-APPS = ("cli", "demo", "mlflow_models", "__main__")  # mlflow_models: the pyfunc wrappers use evaluation code
+# mlflow_models: the pyfunc wrappers use evaluation code; jobs, cluster_configs: submitting and checking cluster jobs.
+APPS = ("cli", "demo", "mlflow_models", "jobs", "cluster_configs", "__main__")
 # Lower layers: what every feature may use. None of them may import a feature or an app.
 SHARED = ("config", "devices", "faults", "storage", "sources", "media", "models", "pipelines", "shards", "examples", "synth",
           "generate", "tracking", "ray_runtime", "batch_jobs")  # fmt: skip
@@ -22,6 +23,7 @@ SHARED_ACROSS_FEATURES = {"avsync_ray.evaluation.sync_metrics", "avsync_ray.eval
 RAY_MODULES = {
     "avsync_ray.cli", "avsync_ray.demo", "avsync_ray.ray_runtime", "avsync_ray.batch_jobs", "avsync_ray.curation.pipeline",
     "avsync_ray.training.loops", "avsync_ray.training.launcher", "avsync_ray.training.precompute", "avsync_ray.evaluation.batch",
+    "avsync_ray.jobs", "avsync_ray.cluster_configs",
 }  # fmt: skip
 RAY_PACKAGES = ("avsync_ray.serve",)
 

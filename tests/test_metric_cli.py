@@ -66,7 +66,7 @@ def test_official_classifier_folder_and_bad_arguments(media_dir, tiny_classifier
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"")
     failed = runner.invoke(app, ["metric", "score", "--classifier", str(tiny_classifier_dir), "--audio", str(broken), "--video", str(video)])
-    assert failed.exit_code == 1 and "zero_bytes" in failed.output
+    assert failed.exit_code == 2 and "zero bytes" in failed.output
 
 
 def test_pair_scores_squash_frames_like_the_official_metric_script(media_dir, tiny_classifier_dir):

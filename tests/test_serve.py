@@ -41,7 +41,7 @@ def registry(tmp_path_factory):
 def app_config(port: int = 8000, tracking_uri: str = "sqlite:///unused.db") -> ServeConfig:
     return load_config(ServeConfig, "serve", overrides=[
         f"http.port={port}", f"model.source=models:/{MODEL}@champion", f"model.tracking_uri={tracking_uri}", "auth.token_env=AVSYNC_SERVE_TEST_TOKEN",
-        f"generate.num_inference_steps={STEPS}", "limits.max_upload_mb=2", "limits.max_image_pixels=40000", "limits.max_video_pixels=110000",
+        f"sampling.num_inference_steps={STEPS}", "limits.max_upload_mb=2", "limits.max_image_pixels=40000", "limits.max_video_pixels=110000",
         "limits.max_audio_s=8", "limits.max_video_s=5", f"limits.max_steps={LONG}", "limits.max_sync_steps=30", "limits.max_active_jobs=8",
         "limits.retry_after_s=3", "deployments.ingress.num_cpus=0.1", "deployments.sync_score.num_cpus=0.1",
     ])  # fmt: skip

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from avsync_ray.config import ConfigError, GenerateConfig, ServeConfig, ServeLimits, load_config
+from avsync_ray.config import ConfigError, SamplingConfig, ServeConfig, ServeLimits, load_config
 from avsync_ray.serve.jobs import JobBook
 from avsync_ray.serve.schemas import ApiError, GenerationRequest, group_compatible
 from serve_support import mp4, png, wav
@@ -127,11 +127,13 @@ def test_compatible_requests_group_in_arrival_order():
 def test_a_batched_pipeline_call_gives_each_request_what_it_gives_alone(tiny_pipe):
     from avsync_ray.generate import Conditioning, generate, generate_batch
 
-    config = GenerateConfig(num_inference_steps=2, height=64, width=64)
+    config = SamplingConfig(num_inference_steps=2, height=64, width=64)
     items = [request(str(i), seed=i) for i in range(3)]
     conditionings = [Conditioning(r.image, r.audio, {}) for r in items]
-    batched = generate_batch(tiny_pipe, conditionings, ["dog barking", "hammering", "dog barking"], [5, 6, 7], config)
-    alone = [generate(tiny_pipe, c, p, config.model_copy(update={"seed": s})) for c, p, s in zip(conditionings, ["dog barking", "hammering", "dog barking"], [5, 6, 7])]
+    prompts = ["dog barking", "hammering", "dog barking"]
+    frames_b, audio_b = generate_batch(tiny_pipe, [c.image for c in conditionings], [c.audio for c in conditionings], prompts, [5, 6, 7], config)
+    batched = list(zip(frames_b, audio_b))
+    alone = [generate(tiny_pipe, c, p, config.model_copy(update={"seed": s})) for c, p, s in zip(conditionings, prompts, [5, 6, 7])]
     for (frames, audio), (solo_frames, solo_audio) in zip(batched, alone):
         assert frames.shape == (12, 64, 64, 3) and frames.dtype == np.uint8
         assert np.abs(frames.astype(int) - solo_frames.astype(int)).max() <= 1 and np.array_equal(audio, solo_audio)
@@ -139,7 +141,7 @@ def test_a_batched_pipeline_call_gives_each_request_what_it_gives_alone(tiny_pip
 
 
 def test_a_step_callback_that_raises_stops_the_denoising_loop_between_steps(tiny_pipe):
-    from avsync_ray.generate import Conditioning, generate_batch
+    from avsync_ray.generate import generate_batch
     from avsync_ray.serve.deployments import GroupCancelled
 
     steps_seen = []
@@ -152,15 +154,32 @@ def test_a_step_callback_that_raises_stops_the_denoising_loop_between_steps(tiny
 
     item = request("a")
     with pytest.raises(GroupCancelled):
-        generate_batch(tiny_pipe, [Conditioning(item.image, item.audio, {})], ["dog barking"], [0], GenerateConfig(num_inference_steps=10, height=64, width=64), stop_after_two)
+        generate_batch(tiny_pipe, [item.image], [item.audio], ["dog barking"], [0], SamplingConfig(num_inference_steps=10, height=64, width=64),
+                       callback_on_step_end=stop_after_two)  # fmt: skip
     assert steps_seen == [0, 1]
+
+
+def test_a_frame_cropped_for_another_size_is_cropped_again_for_the_model(tiny_pipe):
+    """After a swap to a model of another size, a request the ingress sized for the old one gets the clip the
+    new model gives a frame cropped for it (a replica re-crops; it never fails on a shape)."""
+    from avsync_ray.generate import generate_batch
+    from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
+    from avsync_ray.serve.deployments import AVSyncDModel
+
+    config = SamplingConfig(num_inference_steps=2, height=64, width=64)
+    stale = request("old", seed=4)
+    stale.image = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    (frames, audio), = AVSyncDModel.func_or_class._generate_group(tiny_pipe, config, [stale], None)
+    recropped = to_uint8_frames(center_crop_resize(stale.image, (64, 64)))[0]
+    expected, _ = generate_batch(tiny_pipe, [recropped], [stale.audio], [stale.prompt], [stale.seed], config)
+    assert frames.shape == (12, 64, 64, 3) and np.array_equal(frames, expected[0])
 
 
 # ------------------------------------------------------------------------------------------------ uploads
 
 
 SMALL = ServeLimits(max_image_pixels=100 * 100, max_video_pixels=96 * 96, max_audio_s=8.0, max_video_s=5.0)
-SIZES = GenerateConfig(height=64, width=64)
+SIZES = SamplingConfig(height=64, width=64)
 
 
 def prepare(image=None, audio=None, video=None, limits=SMALL):
@@ -319,34 +338,51 @@ def test_serve_config_mistakes_name_their_field():
 
 
 def test_paths_are_taken_relative_to_where_the_command_runs(tmp_path, monkeypatch):
-    from avsync_ray.serve.app import with_local_paths
-
     monkeypatch.chdir(tmp_path)
-    config = with_local_paths(serve_config("model.source=models/avsyncd", "sync_classifier.source=models:/sync@champion"))
+    config = serve_config("model.source=models/avsyncd", "sync_classifier.source=models:/sync@champion")
     assert config.model.source == str(tmp_path / "models" / "avsyncd")
     assert config.model.tracking_uri == f"sqlite:///{tmp_path / 'mlruns.db'}"
     assert config.sync_classifier.source == "models:/sync@champion"
+    assert serve_config("model.source=preset:tiny").model.source == "preset:tiny"  # a preset is not a path
 
 
-def test_the_cluster_serve_config_is_a_valid_ray_serve_config_of_this_app():
-    from ray.serve.schema import DeploymentSchema, ServeDeploySchema
+SERVE_FILE = ROOT / "cluster" / "serve" / "avsyncd.yaml"
 
-    from avsync_ray.config import ModelSourceConfig, ServeAppArgs
-    from avsync_ray.serve.app import BUILDER
 
-    data = yaml.safe_load((ROOT / "cluster" / "serve" / "avsyncd.yaml").read_text())
-    schema = ServeDeploySchema.model_validate(data)
-    for application in schema.applications:
-        assert application.import_path == BUILDER
-        args = ServeAppArgs.model_validate(application.args)
-        names = {"AnimationIngress", "AVSyncDModel"} | ({"SyncScorer"} if args.sync_score else set())
-        entries = {entry["name"]: entry for entry in next(a for a in data["applications"] if a["name"] == application.name)["deployments"]}
-        assert set(entries) <= names, f"unknown deployments {set(entries) - names}"
-        for entry in entries.values():  # Ray's schema ignores unknown keys; a typo would be silently dropped
-            assert set(entry) <= set(DeploymentSchema.model_fields), set(entry) - set(DeploymentSchema.model_fields)
-            if "user_config" in entry:
-                ModelSourceConfig.model_validate(entry["user_config"])
-        assert "user_config" in entries["AVSyncDModel"]
+def test_the_cluster_serve_config_validates_with_avsync_cluster_validate_and_typos_are_found(tmp_path):
+    from typer.testing import CliRunner
+
+    from avsync_ray.cli import app
+
+    crds = str(ROOT / "cluster" / "kuberay" / "crds")
+    good = CliRunner().invoke(app, ["cluster", "validate", str(SERVE_FILE), "--crds", crds])
+    assert good.exit_code == 0 and "1 file(s) valid" in good.output, good.output
+
+    data = yaml.safe_load(SERVE_FILE.read_text())
+    application = data["applications"][0]
+    application["args"]["sampling"]["num_inference_step"] = 20  # each a typo Serve itself would pass or drop
+    application["deployments"][1]["max_ongoing_request"] = 4
+    application["deployments"][1]["user_config"]["tracking"] = "http://mlflow:5000"
+    bad = tmp_path / "serve.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["cluster", "validate", str(bad), "--crds", crds])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines() == [
+        f"{bad}: applications[0].deployments[1].max_ongoing_request: unknown field (not a Serve deployment option)",
+        f"{bad}: applications[0].deployments[1].user_config.tracking: Extra inputs are not permitted",
+        f"{bad}: applications[0].args.sampling.num_inference_step: Extra inputs are not permitted",
+        "error: 3 problem(s) in 1 file(s), listed above",
+    ]
+
+
+def test_the_cluster_serve_config_goes_into_a_valid_rayservice():
+    from avsync_ray.cluster_configs import load_crd_schemas, manifest_problems, rayservice_manifest, read_cluster
+
+    service = rayservice_manifest("avsyncd", SERVE_FILE.read_text(), read_cluster(ROOT / "cluster" / "kuberay" / "raycluster.yaml"))
+    schemas = load_crd_schemas(ROOT / "cluster" / "kuberay" / "crds")
+    assert manifest_problems(service, schemas) == []
+    service["spec"]["serveConfigV2"] = SERVE_FILE.read_text().replace("max_batch_size: 4", "max_batch_size: 0")
+    assert manifest_problems(service, schemas) == ["spec.serveConfigV2.applications[0].args.batching.max_batch_size: Input should be greater than or equal to 1"]
 
 
 def test_avsync_serve_print_config_writes_the_serve_config(tmp_path):
@@ -367,6 +403,9 @@ def test_avsync_serve_print_config_writes_the_serve_config(tmp_path):
 class NoBackend:
     async def models(self):
         return []
+
+    async def frame_size(self):
+        return 64, 64
 
 
 def api_client(**limits):

@@ -44,7 +44,7 @@ def chromium() -> str:
 def page_url(ray_session):
     port = free_port()
     config = load_config(ServeConfig, "serve", overrides=[
-        f"http.port={port}", f"generate.num_inference_steps={STEPS}", "sync_classifier.source=null", "deployments.ingress.num_cpus=0.1",
+        f"http.port={port}", f"sampling.num_inference_steps={STEPS}", "sync_classifier.source=null", "deployments.ingress.num_cpus=0.1",
         f"deployments.ingress.max_ongoing_requests={INGRESS_ONGOING}", "deployments.ingress.max_queued_requests=1",
     ])  # fmt: skip
     with serving(config):

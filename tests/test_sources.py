@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from avsync_ray.sources import list_sources, source_id_for
+from avsync_ray.errors import InputError
+from avsync_ray.sources import SkippedInput, list_inputs, list_sources, source_id_for
 
 EXTENSIONS = [".mp4", ".mpg"]
 
@@ -47,7 +48,24 @@ def test_manifests_give_labels_and_ids(tree, kind):
     assert sources["lions"].source_id == source_id_for(str(tree / "lions roaring" / "a.mp4"))
 
 
-def test_manifest_without_uri_column_is_an_error(tmp_path):
+def test_manifest_without_uri_column_or_rows_is_an_error_naming_it(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.mp4,x\n")
-    with pytest.raises(ValueError, match="'uri' column"):
+    with pytest.raises(InputError, match="needs a 'uri' column.*columns are \\['path', 'label'\\]"):
         list_sources(str(tmp_path / "m.csv"), EXTENSIONS)
+    (tmp_path / "header.csv").write_text("uri,label\n")
+    with pytest.raises(InputError, match="lists no videos"):
+        list_sources(str(tmp_path / "header.csv"), EXTENSIONS)
+
+
+def test_a_missing_input_is_an_error_and_a_glob_may_match_nothing(tmp_path):
+    with pytest.raises(InputError, match="no such file or folder"):
+        list_sources(str(tmp_path / "nope"), EXTENSIONS)
+    assert list_sources(str(tmp_path / "*.mp4"), EXTENSIONS) == []
+
+
+def test_what_a_folder_holds_besides_videos_is_reported(tree):
+    (tree / "folder.mp4").mkdir()
+    (tree / "broken.mp4").symlink_to(tree / "nowhere.mp4")
+    listing = list_inputs(str(tree), EXTENSIONS)
+    assert set(listing.skipped) == {SkippedInput(str(tree / "notes.txt"), "not_a_video"), SkippedInput(str(tree / "folder.mp4"), "folder_with_video_suffix")}
+    assert str(tree / "broken.mp4") in [s.uri for s in listing.sources]  # a broken link is a source: the ledger says not found

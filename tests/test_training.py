@@ -102,6 +102,13 @@ def test_export_writes_the_trained_weights(resumed_run, exported_classifier, cla
 
     folder, exported = exported_classifier
     assert exported["step"] == 8 and exported["mlflow_run_id"] == classifier_run["run_id"]
+    # The CLI keeps stdout for its JSON result (DeepSpeed's import-time lines go to stderr).
+    from typer.testing import CliRunner
+
+    from avsync_ray.cli import app
+
+    result = CliRunner().invoke(app, ["export", "--checkpoint", resumed_run["checkpoint"], "--out", str(classifier_run["tmp"] / "by-cli")])
+    assert result.exit_code == 0 and json.loads(result.stdout)["step"] == 8, result.output
     classifier = SyncClassifier.from_pretrained(folder)
     trained = consolidated_state_dict(resumed_run["checkpoint"])
     for name, value in classifier.state_dict().items():
@@ -122,7 +129,7 @@ def test_registered_classifier_serves_through_mlflow(exported_classifier, classi
     clip.write_bytes(read_samples(str(synthetic_shards["root"] / "test-000000.tar"))[0]["mp4"])
     mlflow.set_tracking_uri(tracking)
     served = mlflow.pyfunc.load_model("models:/tiny-sync@candidate").predict(pd.DataFrame([{"audio": str(clip), "video": str(clip)}]))
-    assert list(served.columns) == ["psync_a2v", "psync_v2a"] and 0 < served.iloc[0]["psync_a2v"] < 1
+    assert list(served.columns) == ["psync_a2v", "psync_v2a", "error"] and 0 < served.iloc[0]["psync_a2v"] < 1 and pd.isna(served.iloc[0]["error"])
 
     # The registry URI resolves to its version and the exported folder, which loads as the export does.
     from avsync_ray.models.sync_classifier import load_sync_classifier
@@ -146,15 +153,17 @@ def test_eval_sync_scores_every_held_out_clip(exported_classifier, classifier_ru
     assert 0 <= evaluation["a2v_accuracy"] <= 1 and 0 <= evaluation["v2a_accuracy"] <= 1
 
 
-def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synthetic_shards, tmp_path):
-    """ZeRO-3, checkpoints on S3 (every rank's shards gathered there by Ray Train), an MLflow preview video, and an
-    export from the S3 checkpoint that the pipeline loads."""
+def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synthetic_shards, tmp_path, monkeypatch):
+    """ZeRO-3, checkpoints on S3 (every rank's shards gathered there by Ray Train), an MLflow preview video in the
+    caller's relative SQLite store (not one in rank 0's working folder), and an export from the S3 checkpoint that
+    the pipeline loads."""
+    monkeypatch.chdir(tmp_path)
     tracking = f"sqlite:///{tmp_path}/mlruns.db"
     config = load_config(
         TrainConfig,
         "train-tiny",
         overrides=[
-            f"data.root={synthetic_shards['root']}", f"run.storage_path={s3_server}/runs", f"tracking.uri={tracking}",
+            f"data.root={synthetic_shards['root']}", f"run.storage_path={s3_server}/runs", "tracking.uri=sqlite:///mlruns.db",
             "max_steps=4", "checkpoint.every_n_steps=2", "log_every_n_steps=1", "height=32", "width=32",
             "deepspeed.zero_stage=3", "preview_every_n_steps=4", "preview_inference_steps=2",
         ],

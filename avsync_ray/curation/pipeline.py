@@ -14,9 +14,12 @@ from the staged bundles in a fixed order, so an interrupted and an uninterrupted
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -25,10 +28,12 @@ from ray.util.annotations import RayDeprecationWarning
 
 from avsync_ray import faults
 from avsync_ray.batch_jobs import actor_placement
-from avsync_ray.config import CurateConfig, dump_config, save_config
+from avsync_ray.config import ConfigError, CurateConfig, dump_config, load_config, save_config
+from avsync_ray.errors import InputError
 from avsync_ray.curation import report as report_module
 from avsync_ray.curation.scorers import EmbeddingScorer, SyncScorer
 from avsync_ray.curation.stages import (
+    LEDGER_SCHEMA,
     WORK,
     curation_id,
     finalize_video,
@@ -36,12 +41,13 @@ from avsync_ray.curation.stages import (
     record_video,
     rematerialize_video,
     scoring_id,
+    setting_differences,
     write_parquet,
 )
 from avsync_ray.ray_runtime import init_ray
 from avsync_ray.shards import SCORE_TABLE_SCHEMA, plan_bundles, shard_stats, write_bundled_shard, write_index
-from avsync_ray.sources import list_sources
-from avsync_ray.storage import filesystem, join_uri, list_files, write_json_atomic
+from avsync_ray.sources import list_inputs
+from avsync_ray.storage import exists, filesystem, join_uri, list_files, uri_prefix, write_json_atomic
 from avsync_ray.tracking import log_curation_run
 
 logger = logging.getLogger(__name__)
@@ -59,8 +65,11 @@ def _map_task(ds: ray.data.Dataset, fn, **fn_kwargs) -> ray.data.Dataset:
         return ds.map(fn, fn_kwargs=fn_kwargs, num_cpus=1, max_retries=TASK_RETRIES)
 
 
-class CurationError(RuntimeError):
-    """The output folder cannot continue this run (e.g. it holds scores made with other settings)."""
+CONFIG_NAME = "curate.config.yaml"  # the resolved config of the output's latest run
+
+
+class CurationError(InputError):
+    """The output folder cannot continue this run (it holds videos curated with other settings)."""
 
 
 def _ledger_entries(output: str) -> dict[str, dict]:
@@ -77,14 +86,38 @@ def _ledger_entries(output: str) -> dict[str, dict]:
     return {entry["source_id"]: entry for entry in entries}
 
 
-def _check_resumable(entries: dict[str, dict], config: CurateConfig) -> None:
-    expected = scoring_id(config)
-    other = {e["scoring_id"] for e in entries.values()} - {expected}
-    if other:
+def _check_resumable(entries: dict[str, dict], config: CurateConfig, rethreshold: bool) -> None:
+    """An output with recorded videos continues only with the settings that made them: the scores' (checked per
+    video) and every other setting that changes a shard's bytes (against the output's saved config)."""
+    if not entries:
+        return
+    saved_uri = join_uri(config.output, CONFIG_NAME)
+    differences = []
+    if exists(saved_uri):
+        try:
+            differences = setting_differences(load_config(CurateConfig, path=saved_uri), config, rethreshold)
+        except ConfigError:  # written by another version of this package: the per-video scoring ids still decide
+            logger.warning("%s does not validate with this version; checking the scoring settings only", saved_uri)
+    other = {e["scoring_id"] for e in entries.values()} - {scoring_id(config)}
+    if other and not differences:
+        differences = [f"the scoring settings (shots, windows or models; ids {sorted(other)}, this run {scoring_id(config)})"]
+    if differences:
+        hint = "" if rethreshold else ", or --rethreshold to change only thresholds"
         raise CurationError(
-            f"{config.output} holds videos scored with other settings (shots, windows or models; ids {sorted(other)}, "
-            f"this run {expected}). Use another output folder, or --rethreshold to change only thresholds."
+            f"{config.output} holds {len(entries)} videos curated with other settings ({'; '.join(differences)}); "
+            f"use those settings again, another output folder{hint}"
         )
+
+
+def _check_output(output: str) -> None:
+    """The output must be a folder this process can write (checked before any video is read)."""
+    fs, path = filesystem(output)
+    if fs.isfile(path):
+        raise InputError(f"output {output} is a file; give a folder (new or from an earlier run)")
+    if not uri_prefix(fs):
+        existing = next(p for p in [path, *map(str, Path(path).parents)] if os.path.exists(p))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"output {output}: {existing} is not writable")
 
 
 def _map_videos(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
@@ -100,10 +133,14 @@ def _map_videos(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
     return _map_task(ds, finalize_video, config=config)
 
 
-def _drain(ds: ray.data.Dataset, total: int) -> str:
-    """Run the graph; the driver only counts finished videos (their state is already on storage)."""
-    finished = sum(1 for _ in ds.iter_rows())
-    logger.info("recorded %d of %d videos", finished, total)
+def _drain(ds: ray.data.Dataset, total: int, verb: str) -> str:
+    """Run the graph; the driver only counts finished videos (their state is already on storage), with a
+    progress line every tenth of them."""
+    finished, step = 0, math.ceil(total / 10)
+    for _ in ds.iter_rows():
+        finished += 1
+        if finished % step == 0 or finished == total:
+            logger.info("%s %d of %d videos", verb, finished, total)
     try:
         return ds.stats()
     except Exception:  # noqa: BLE001 - stats are a report nicety
@@ -126,7 +163,7 @@ def _score(config: CurateConfig, sources: list[dict], entries: dict[str, dict]) 
     # A video that keeps crashing its worker is recorded, not fatal.
     ray.data.DataContext.get_current().max_errored_blocks = len(pending)
     ds = _map_videos(ray.data.from_items(pending, override_num_blocks=len(pending)), config)
-    stats = _drain(ds, len(pending))
+    stats = _drain(ds, len(pending), "curated")
     _record_crashed(pending, _ledger_entries(config.output), config)
     return stats
 
@@ -137,7 +174,7 @@ def _rethreshold(config: CurateConfig, entries: dict[str, dict]) -> str:
         raise CurationError(f"{config.output} has no scored videos to re-threshold")
     ds = ray.data.from_items(scored, override_num_blocks=len(scored))
     ds = _map_task(ds, rematerialize_video, config=config)
-    return _drain(ds, len(scored))
+    return _drain(ds, len(scored), "re-thresholded")
 
 
 def _score_table(output: str) -> pa.Table:
@@ -163,21 +200,25 @@ def _assemble(config: CurateConfig, entries: dict[str, dict]) -> tuple[dict, dic
 def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     """Curate ``config.input`` into shards at ``config.output``; returns the run summary."""
     started = time.perf_counter()
-    init_ray(config.ray)
-    sources = [asdict(s) for s in list_sources(config.input, config.video_extensions)]
-    if not sources:
-        raise CurationError(f"no input videos found at {config.input} (extensions {config.video_extensions})")
+    _check_output(config.output)
+    listing = list_inputs(config.input, config.video_extensions)
+    if not listing.sources:
+        raise InputError(f"no input videos found at {config.input} (extensions {config.video_extensions})")
+    if listing.skipped:
+        logger.warning("%d entries of the input are not videos and are skipped (listed in the report)", len(listing.skipped))
+    sources = [asdict(s) for s in listing.sources]
     recorded = _ledger_entries(config.output)
-    _check_resumable(recorded, config)  # before the saved config is replaced
-    save_config(config, join_uri(config.output, "curate.config.yaml"))
+    _check_resumable(recorded, config, rethreshold)  # before the saved config is replaced
+    init_ray(config.ray)
+    save_config(config, join_uri(config.output, CONFIG_NAME))
     ray_stats = _rethreshold(config, recorded) if rethreshold else _score(config, sources, recorded)
     entries = _ledger_entries(config.output)
     scores = _score_table(config.output)
     write_parquet(join_uri(config.output, "scores.parquet"), scores)
-    write_parquet(join_uri(config.output, "ledger.parquet"), pa.Table.from_pylist(sorted(entries.values(), key=lambda e: e["source_id"])))
+    write_parquet(join_uri(config.output, "ledger.parquet"), pa.Table.from_pylist(sorted(entries.values(), key=lambda e: e["source_id"]), schema=LEDGER_SCHEMA))
     index, stats = _assemble(config, entries)
     write_json_atomic(join_uri(config.output, f"{config.shards.split}.stats.json"), stats)
-    report = report_module.build_report(config, scores, list(entries.values()), index, stats, ray_stats)
+    report = report_module.build_report(config, scores, list(entries.values()), index, stats, ray_stats, listing.skipped)
     summary = report_module.summarize(report, time.perf_counter() - started)
     summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config)) if config.tracking.enabled else None
     write_json_atomic(join_uri(config.output, "report", "summary.json"), summary)

@@ -36,8 +36,9 @@ def _histogram_png(name: str, values: np.ndarray, minimum: float | None, maximum
     return buffer.getvalue()
 
 
-def build_report(config: CurateConfig, scores: pa.Table, ledger: list[dict], index: dict, stats: dict, ray_stats: str) -> dict:
-    """Write ``<output>/report/`` (report.json, report.md, one histogram PNG per score, Ray Data stats)."""
+def build_report(config: CurateConfig, scores: pa.Table, ledger: list[dict], index: dict, stats: dict, ray_stats: str, skipped_inputs=()) -> dict:
+    """Write ``<output>/report/`` (report.json, report.md, one histogram PNG per score, Ray Data stats).
+    ``skipped_inputs`` are the input folder's entries that are not videos (:class:`~avsync_ray.sources.SkippedInput`)."""
     folder = join_uri(config.output, "report")
     columns = scores.to_pydict() if scores.num_rows else {}
     reasons = columns.get("reason", [])
@@ -65,6 +66,7 @@ def build_report(config: CurateConfig, scores: pa.Table, ledger: list[dict], ind
         "skipped_rules": [name for name, rule in active.items() if not rule.enabled],
         "stats": stats,
         "histograms": histograms,
+        "skipped_inputs": [{"uri": item.uri, "reason": item.reason} for item in skipped_inputs],
     }
     write_json_atomic(join_uri(folder, "report.json"), report)
     write_bytes_atomic(join_uri(folder, "report.md"), _markdown(report).encode())
@@ -84,6 +86,8 @@ def _markdown(report: dict) -> str:
     lines += [f"- {status}: {count}" for status, count in report["videos"].items()]
     if report["failure_reasons"]:
         lines += ["", "Failure reasons:", ""] + [f"- {reason}: {count}" for reason, count in report["failure_reasons"].items()]
+    if report["skipped_inputs"]:
+        lines += ["", "Input entries that are not videos (not curated):", ""] + [f"- {s['uri']} ({s['reason']})" for s in report["skipped_inputs"]]
     lines += ["", "## Score histograms", ""] + [f"![{name}]({png})" for name, png in report["histograms"].items()]
     return "\n".join(lines) + "\n"
 
@@ -99,5 +103,6 @@ def summarize(report: dict, seconds: float) -> dict:
         "kept_windows": report["funnel"]["kept"],
         "clips": report["clips"],
         "shards": report["shards"],
+        "skipped_inputs": dict(Counter(item["reason"] for item in report["skipped_inputs"])),
         "seconds": round(seconds, 1),
     }

@@ -124,7 +124,7 @@ class SyncScorer:
         from avsync_ray.models.sync_classifier import load_sync_classifier
 
         self.device = resolve_device(actor.device, actor.num_gpus)
-        self.classifier = load_sync_classifier(sync.classifier, self.device).to(torch_dtype(actor.dtype))
+        self.classifier = load_sync_classifier(sync.classifier, self.device, torch_dtype(actor.dtype))
 
     @torch.no_grad()
     def score(self, frames, frame_times, audio, audio_start, window_start) -> dict[str, np.ndarray]:

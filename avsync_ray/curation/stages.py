@@ -39,6 +39,12 @@ from avsync_ray.shards import SCORE_TABLE_SCHEMA, read_samples, sample_key, samp
 from avsync_ray.storage import exists, join_uri, local_copy, read_json, remove, write_bytes_atomic, write_json_atomic
 
 WORK = "_work"
+# One row per source video (``ledger.parquet``; each video's entry is ``_work/ledger/<id>.json``).
+LEDGER_SCHEMA = pa.schema(
+    [("source_id", pa.string()), ("uri", pa.string()), ("label", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+     ("detail", pa.string()), ("scoring_id", pa.string()), ("windows", pa.int64()), ("kept", pa.int64()), ("clips", pa.int64()),
+     ("decoded_frames", pa.int64())]
+)  # fmt: skip
 MODEL_SCORES = ("semantic_diff", "ia", "it", "psync_a2v", "psync_v2a")
 
 
@@ -47,23 +53,58 @@ def work_uri(output: str, kind: str, source_id: str) -> str:
     return join_uri(output, WORK, kind, f"{source_id}.{extension}")
 
 
-def scoring_id(config: CurateConfig) -> str:
-    """What determines the scores (not the thresholds): resuming needs it unchanged."""
+MODEL_FIELDS = ("enabled", "checkpoint", "classifier", "model", "preset")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def _scoring(config: CurateConfig) -> dict:
     data = config.model_dump(mode="json")
-    stages = data["filters"]
-    scoring = {
-        "shots": data["shots"],
-        "windows": data["windows"],
-        "short_side": data["shards"]["short_side"],
-        "models": {name: {k: v for k, v in stages[name].items() if k in ("enabled", "checkpoint", "classifier", "model", "preset")} for name in ("semantic", "imagebind", "sync")},
-    }
-    return hashlib.sha256(json.dumps(scoring, sort_keys=True).encode()).hexdigest()[:16]
+    models = {name: {k: v for k, v in data["filters"][name].items() if k in MODEL_FIELDS} for name in ("semantic", "imagebind", "sync")}
+    return {"shots": data["shots"], "windows": data["windows"], "short_side": data["shards"]["short_side"], "models": models}
+
+
+def scoring_settings(config: CurateConfig) -> dict:
+    """What determines the scores (dotted field -> value): shots, windows, the decode size, the model stages."""
+    scoring = _scoring(config)
+    return _flat({"shots": scoring["shots"], "windows": scoring["windows"], "shards": {"short_side": scoring["short_side"]}, "filters": scoring["models"]})
+
+
+def encoding_settings(config: CurateConfig) -> dict:
+    """What else changes a shard's bytes besides the thresholds: clip encoding, splitting and shard layout."""
+    return _flat({"shards": config.shards.model_dump(mode="json")})
+
+
+def threshold_settings(config: CurateConfig) -> dict:
+    """Every rule's bounds (what ``--rethreshold`` may change)."""
+    return _flat({"filters": {name: rule.model_dump(mode="json") for name, rule in rules(config).items()}})
+
+
+def scoring_id(config: CurateConfig) -> str:
+    """A hash of the scoring settings, kept in each video's ledger entry."""
+    return hashlib.sha256(json.dumps(_scoring(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def curation_id(config: CurateConfig) -> str:
     """Scoring settings plus thresholds and clip encoding: stamped into every shard sample."""
     data = config.model_dump(mode="json")
     return hashlib.sha256(json.dumps([scoring_id(config), data["filters"], data["shards"]], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def setting_differences(saved: CurateConfig, config: CurateConfig, rethreshold: bool) -> list[str]:
+    """The settings of ``config`` that a resume of an output curated with ``saved`` cannot change: scoring and
+    encoding always, thresholds unless re-thresholding (``field: output has X, this run Y``)."""
+    getters = (scoring_settings, encoding_settings) if rethreshold else (scoring_settings, encoding_settings, threshold_settings)
+    before, after = {}, {}
+    for get in getters:
+        before.update(get(saved))
+        after.update(get(config))
+    return [f"{key}: the output has {before.get(key)!r}, this run {value!r}" for key, value in sorted(after.items()) if before.get(key) != value]
 
 
 # ------------------------------------------------------------------------------------------------ prepare

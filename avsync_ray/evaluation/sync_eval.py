@@ -69,7 +69,7 @@ class SyncEvaluator:
     """Ray Data actor: loads the classifier once, scores batches of shard samples."""
 
     def __init__(self, classifier: str, actor: ActorConfig, spec: MultiClipSpec, tolerance: int):
-        self.classifier = load_sync_classifier(classifier, resolve_device(actor.device, actor.num_gpus)).to(torch_dtype(actor.dtype))
+        self.classifier = load_sync_classifier(classifier, resolve_device(actor.device, actor.num_gpus), torch_dtype(actor.dtype))
         self.spec, self.tolerance = spec, tolerance
 
     def __call__(self, batch: dict) -> dict:

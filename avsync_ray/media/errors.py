@@ -31,7 +31,7 @@ class MediaError(Exception):
         self.uri = source_name(uri)
         self.reason = MediaErrorReason(reason)
         self.detail = detail
-        message = f"{self.uri}: {self.reason.value}"
+        message = f"{self.uri}: {self.reason.value.replace('_', ' ')}"
         super().__init__(f"{message} ({detail})" if detail else message)
 
     def __reduce__(self):  # picklable across Ray workers

@@ -432,6 +432,8 @@ def _decode(
         audio_start = audio_t0 + first / audio_rate
         last = native.shape[1] if covered_end == math.inf else min(native.shape[1], first + round((covered_end - audio_start) * audio_rate))
         mono = to_mono(native[:, first:last])
+        if not bool(mono.isfinite().all()):  # float WAV/FLAC can hold NaN or infinity; no model may see them
+            raise MediaError(uri, MediaErrorReason.CORRUPT, "the audio holds NaN or infinite samples")
         waveform = resample(mono, audio_rate, sample_rate).numpy().astype(np.float32, copy=False)
         if covered_end == math.inf:
             covered_end = audio_start + len(waveform) / sample_rate

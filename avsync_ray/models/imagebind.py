@@ -281,6 +281,37 @@ class ImageBind(nn.Module):
         return self._embed(TEXT, tokenize(texts, self.config.text_context_length).to(device))
 
 
+def tiny_official_imagebind(seed: int = 0) -> nn.Module:
+    """Meta's own ``ImageBindModel`` (all six modalities) at the ``imagebind-tiny`` sizes, with every weight moved
+    away from its initialisation, so a wrong key mapping cannot pass a comparison against it."""
+    imagebind_code()  # the torchvision alias `imagebind` needs
+    from imagebind.models.imagebind_model import ImageBindModel
+
+    c = IMAGEBIND_PRESETS["imagebind-tiny"]
+    torch.manual_seed(seed)
+    official = ImageBindModel(
+        out_embed_dim=c.out_embed_dim, vision_embed_dim=c.vision_embed_dim, vision_num_blocks=c.vision_num_blocks,
+        vision_num_heads=c.vision_num_heads, text_embed_dim=c.text_embed_dim, text_num_blocks=c.text_num_blocks,
+        text_num_heads=c.text_num_heads, audio_embed_dim=c.audio_embed_dim, audio_num_blocks=c.audio_num_blocks,
+        audio_num_heads=c.audio_num_heads, audio_drop_path=c.audio_drop_path, depth_embed_dim=16, depth_num_blocks=1,
+        depth_num_heads=2, thermal_embed_dim=16, thermal_num_blocks=1, thermal_num_heads=2, imu_embed_dim=16,
+        imu_num_blocks=1, imu_num_heads=2,
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for parameter in official.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return official
+
+
+def write_tiny_imagebind_checkpoint(path: str | Path, seed: int = 0) -> Path:
+    """A file in ``imagebind_huge.pth``'s format (``modality_{preprocessors,trunks,heads,postprocessors}.<m>.*``)
+    holding :func:`tiny_official_imagebind`; load it with ``preset="imagebind-tiny"``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_official_imagebind(seed).state_dict(), path)
+    return path
+
+
 def tokenize(texts: Iterable[str], context_length: int = 77) -> torch.Tensor:
     """ImageBind's BPE tokenizer (vocabulary shipped inside the ``imagebind`` package) -> (b, context_length) ids."""
     bpe = importlib.resources.files("imagebind") / "bpe" / "bpe_simple_vocab_16e6.txt.gz"
@@ -314,5 +345,7 @@ __all__ = [
     "load_imagebind_state_dict",
     "preprocess_images",
     "select_modality",
+    "tiny_official_imagebind",
     "tokenize",
+    "write_tiny_imagebind_checkpoint",
 ]

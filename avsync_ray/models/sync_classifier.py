@@ -235,9 +235,9 @@ class SyncClassifier(ModelMixin, ConfigMixin):
         return self.score_embeddings(audio_embeds, video_embeds)
 
 
-def load_sync_classifier(path: str | Path, device: str | torch.device = "cpu") -> SyncClassifier:
-    """A trained classifier, frozen in eval mode on ``device``: our saved folder (``config.json`` + safetensors,
-    what ``avsync export`` writes) or the official ``modules/`` folder with its three sub-folders."""
+def load_sync_classifier(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SyncClassifier:
+    """A trained classifier, frozen in eval mode on ``device`` in ``dtype``: our saved folder (``config.json`` +
+    safetensors, what ``avsync export`` writes) or the official ``modules/`` folder with its three sub-folders."""
     path = Path(path)
     if is_official_layout(path):
         model = SyncClassifier.from_official(path)
@@ -245,6 +245,8 @@ def load_sync_classifier(path: str | Path, device: str | torch.device = "cpu") -
         model = SyncClassifier.from_pretrained(path)
     else:
         raise FileNotFoundError(f"{path} is neither a SyncClassifier folder (config.json) nor an official classifier modules/ folder")
+    if model.dtype != dtype:
+        model = model.to(dtype)
     return model.to(device).eval().requires_grad_(False)
 
 

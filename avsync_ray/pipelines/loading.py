@@ -30,10 +30,32 @@ def check_pipeline_folder(model_dir: str | Path) -> Path:
     return model_dir
 
 
+# What a pipeline folder without a training config (official conversions, init-model) generates: the official
+# AVSync15 size.
+DEFAULT_FRAME_SIZE = (256, 256)
+TRAINING_CONFIG = "training.config.yaml"  # what `avsync export` writes beside the pipeline
+
+
+def model_frame_size(model_dir: str | Path) -> tuple[int, int]:
+    """(height, width) the pipeline in ``model_dir`` was trained at (its exported training config), else the
+    official default."""
+    import yaml
+
+    saved = Path(model_dir) / TRAINING_CONFIG
+    if saved.is_file():
+        config = yaml.safe_load(saved.read_text()) or {}
+        if config.get("height") and config.get("width"):
+            return int(config["height"]), int(config["width"])
+    return DEFAULT_FRAME_SIZE
+
+
 def load_pipeline(model_dir: str | Path, device: str = "auto", dtype: str = "float32") -> AVSyncDPipeline:
     """An :class:`AVSyncDPipeline` folder (``avsync init-model``, ``convert-official`` or ``export`` output) on
     ``device`` in ``dtype``, with its progress bar off (callers report progress their own way)."""
+    from diffusers.utils import logging as diffusers_logging
+
     target = resolve_device(device)
+    diffusers_logging.disable_progress_bar()  # its per-component loading bar is noise on a command's output
     pipe = AVSyncDPipeline.from_pretrained(check_pipeline_folder(model_dir), dtype=torch_dtype(dtype), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(target)

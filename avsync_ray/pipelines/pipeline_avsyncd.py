@@ -211,6 +211,7 @@ class AVSyncDPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         decode_chunk_size: int = 16,
         official_inplace_step: bool = False,
+        null_audio: bool = False,
     ) -> AVSyncDPipelineOutput | tuple:
         r"""Generate ``num_frames`` frames that animate ``image`` in sync with ``audio``.
 
@@ -232,6 +233,9 @@ class AVSyncDPipeline(DiffusionPipeline):
                 (warm-up) step; writing in place overwrites it, so the official warm-up step starts from the
                 wrong sample. Off (the correct PNDM) by default; on only to reproduce the official outputs and
                 published numbers exactly. Other schedulers are unaffected.
+            null_audio: condition on the null audio (the encoding the audio drop of training feeds) instead of
+                ``audio``, with audio guidance off: the model without its audio, to measure what the audio buys.
+                ``audio`` is still prepared and returned (for muxing).
 
         Examples:
 
@@ -247,7 +251,7 @@ class AVSyncDPipeline(DiffusionPipeline):
             raise ValueError(f"callback tensors must be among {self._callback_tensor_inputs}")
         if num_frames < 2:
             raise ValueError("num_frames must be at least 2 (frame 0 is the input image)")
-        self._guidance_scale, self._audio_guidance_scale = guidance_scale, audio_guidance_scale
+        self._guidance_scale, self._audio_guidance_scale = guidance_scale, 1.0 if null_audio else audio_guidance_scale
         device = self._execution_device
         dtype = self.unet.dtype
         if latents is not None:
@@ -281,6 +285,8 @@ class AVSyncDPipeline(DiffusionPipeline):
         audio_clips = self.prepare_audio(audio, audio_sample_rate, batch_size)
         audio_embeds, audio_masks = self.encode_audio(audio_clips, num_frames, device, dtype)
         null_audio_embeds = self.audio_encoder.null_audio_encodings(device, dtype).expand_as(audio_embeds)
+        if null_audio:
+            audio_embeds = null_audio_embeds
 
         # 4. Guidance branches, batched into one UNet call: [text-uncond?, audio-uncond?, full]
         text_branches, audio_branches = [prompt_embeds], [audio_embeds]

@@ -33,6 +33,7 @@ VIDEO_RESPONSE = {200: {"content": {"video/mp4": {}}, "description": "the mp4 (H
 class Backend(Protocol):
     """What the routes need from the rest of the app. Failures are :class:`ApiError`."""
 
+    async def frame_size(self) -> tuple[int, int]: ...  # (height, width) of the clips: the uploaded image is cropped to it
     async def submit(self, conditioning: Conditioning, settings: dict) -> dict: ...  # a queued job's view
     async def run_sync(self, conditioning: Conditioning, settings: dict) -> tuple[bytes, dict]: ...  # (mp4, view)
     async def job(self, job_id: str) -> dict: ...
@@ -121,11 +122,12 @@ def _page(settings: ServeAppArgs) -> str:
 
 def public_settings(settings: ServeAppArgs) -> dict:
     """What a client may know of the configuration: output format, request defaults and bounds."""
-    g = settings.generate
+    g = settings.sampling
     return {
+        # height and width None: each model's own (GET /v1/models shows it per model).
         "generation": {"height": g.height, "width": g.width, "num_frames": g.num_frames, "fps": g.fps, "num_inference_steps": g.num_inference_steps,
                        "scheduler": g.scheduler, "audio_guidance_scale": g.audio_guidance_scale, "guidance_scale": g.guidance_scale, "seed": g.seed,
-                       "dtype": g.dtype},  # fmt: skip
+                       "dtype": settings.dtype},  # fmt: skip
         "categories": list(settings.categories),
         "limits": settings.limits.model_dump(),
         "auth_required": settings.auth.token_env is not None,
@@ -136,7 +138,7 @@ def public_settings(settings: ServeAppArgs) -> dict:
 def build_api(settings: ServeAppArgs, backend: Backend, token_sha256: str | None) -> FastAPI:
     """The app's FastAPI routes over ``backend``; ``token_sha256`` (None: no auth) guards all but the health
     check, the page and the docs (the page asks for the token and sends it with every call)."""
-    limits, defaults = settings.limits, settings.generate
+    limits, defaults = settings.limits, settings.sampling
     app = FastAPI(
         title="AVSyncD",
         version="1",
@@ -225,7 +227,9 @@ def build_api(settings: ServeAppArgs, backend: Backend, token_sha256: str | None
             scheduler: Annotated[SchedulerName | None, scheduler_form()] = None,
         ) -> tuple[Conditioning, dict]:
             data = [await file.read() if file is not None else None for file in (image, audio, video)]
-            conditioning = await asyncio.to_thread(prepare_animation_inputs, defaults, limits, *data)
+            height, width = await backend.frame_size()
+            sized = defaults.model_copy(update={"height": height, "width": width})
+            conditioning = await asyncio.to_thread(prepare_animation_inputs, sized, limits, *data)
             return conditioning, {
                 "category": category,
                 "num_inference_steps": num_inference_steps or defaults.num_inference_steps,

@@ -13,15 +13,25 @@ from __future__ import annotations
 import os
 import time
 
-from avsync_ray.config import ConfigError, ModelSourceConfig, ReplicaSettings, ServeAppArgs, ServeConfig, ServeDeployments, validate_config
+from avsync_ray.config import (
+    PRESET_PREFIX,
+    SERVE_BUILDER,
+    ConfigError,
+    ModelSourceConfig,
+    ReplicaSettings,
+    ServeAppArgs,
+    ServeConfig,
+    ServeDeployments,
+    validate_config,
+)
+from avsync_ray.errors import WorkFailedError
 from avsync_ray.serve.deployments import INGRESS, MODEL, SCORER, AnimationIngress, AnimationJobs, AVSyncDModel, SyncScorer
-from avsync_ray.serve.model_slot import PRESET_PREFIX
 from avsync_ray.tracking import is_registry_uri
 
-BUILDER = "avsync_ray.serve.app:build_app"
+BUILDER = SERVE_BUILDER
 
 
-class ServeDeployError(RuntimeError):
+class ServeDeployError(WorkFailedError):
     """The application did not reach RUNNING (a replica failed to start: bad model source, missing token, ...)."""
 
 
@@ -51,9 +61,7 @@ def build_app(args: dict):
     defaults = ServeDeployments()
     tiny = ModelSourceConfig(source=f"{PRESET_PREFIX}tiny").model_dump()
     jobs = AnimationJobs.bind(settings.limits.model_dump())
-    model = AVSyncDModel.options(**deployment_options(defaults.model), user_config=tiny).bind(
-        settings.generate.model_dump(), settings.batching.model_dump(), jobs
-    )
+    model = AVSyncDModel.options(**deployment_options(defaults.model), user_config=tiny).bind(settings.model_dump(mode="json"), jobs)
     scorer = SyncScorer.options(**deployment_options(defaults.sync_score), user_config=tiny).bind() if settings.sync_score else None
     ingress = AnimationIngress.options(**deployment_options(defaults.ingress, settings.limits.retry_after_s))
     return ingress.bind(settings.model_dump(mode="json"), model, jobs, scorer)
@@ -75,30 +83,6 @@ def deploy_config(config: ServeConfig) -> dict:
         "http_options": config.http.model_dump(mode="json"),
         "applications": [{"name": config.name, "route_prefix": "/", "import_path": BUILDER, "args": app_args(config), "deployments": deployments}],
     }
-
-
-def _local_path(value: str | None) -> str | None:
-    """A folder given relative to where the user ran the command, made absolute (replicas run elsewhere)."""
-    if not value or is_registry_uri(value) or value.startswith(PRESET_PREFIX) or "://" in value:
-        return value
-    return os.path.abspath(value)
-
-
-def _local_tracking_uri(uri: str) -> str:
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix) :])
-    return uri
-
-
-def with_local_paths(config: ServeConfig) -> ServeConfig:
-    """``config`` with its model folders and SQLite tracking stores resolved against this process's directory."""
-    sources = {
-        name: getattr(config, name).model_copy(update={"source": _local_path(getattr(config, name).source),
-                                                       "tracking_uri": _local_tracking_uri(getattr(config, name).tracking_uri)})  # fmt: skip
-        for name in ("model", "sync_classifier")
-    }
-    return config.model_copy(update=sources)
 
 
 def check_local_sources(config: ServeConfig) -> None:
@@ -150,13 +134,13 @@ def _last_line(message: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-def run_serve(config: ServeConfig) -> None:
-    """``avsync serve``: start (or join) Ray, deploy, print where it answers, and keep serving until Ctrl-C."""
+def run_serve(config: ServeConfig) -> dict:
+    """``avsync serve``: start (or join) Ray, deploy, print where it answers, and keep serving until Ctrl-C;
+    returns what was served. Model folders and SQLite stores are already absolute (the config's path types)."""
     from ray import serve
 
     from avsync_ray.ray_runtime import init_ray
 
-    config = with_local_paths(config)
     if config.ray.address is None:
         check_local_sources(config)
     init_ray(config.ray)
@@ -171,3 +155,4 @@ def run_serve(config: ServeConfig) -> None:
             serve.shutdown()
         else:
             serve.delete(config.name)
+    return {"application": config.name, "url": f"{url}/", "stopped": True}

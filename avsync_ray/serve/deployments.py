@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -23,18 +25,20 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from avsync_ray.config import GenerateConfig, ServeAppArgs, ServeLimits
+from avsync_ray.config import MODEL_DEPLOYMENTS, SamplingConfig, ServeAppArgs, ServeLimits
 from avsync_ray.devices import resolve_device
-from avsync_ray.generate import Conditioning, configure_pipeline, generate_batch
+from avsync_ray.generate import Conditioning, configure_pipeline, generate_batch, with_model_size
 from avsync_ray.media import DEFAULT_MEL, MediaError, encode_mp4
 from avsync_ray.media.clips import ClipSamplingError
+from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
 from avsync_ray.serve.api import build_api, configured_token_digest
 from avsync_ray.serve.jobs import JobBook
 from avsync_ray.serve.model_slot import ModelSlot
-from avsync_ray.serve.schemas import ApiError, GenerationRequest, GenerationResult, group_compatible
+from avsync_ray.serve.schemas import ApiError, GenerationRequest, GenerationResult, group_compatible, overloaded
 from avsync_ray.serve.uploads import SyncInputs, media_error
 
-JOBS, MODEL, SCORER, INGRESS = "AnimationJobs", "AVSyncDModel", "SyncScorer", "AnimationIngress"
+JOBS, INGRESS = "AnimationJobs", "AnimationIngress"
+MODEL, SCORER = MODEL_DEPLOYMENTS
 logger = logging.getLogger("ray.serve")
 
 
@@ -140,28 +144,32 @@ class StepReporter:
         self._wake.set()
 
 
+@dataclass
+class ServedPipeline:
+    pipe: object  # AVSyncDPipeline
+    config: SamplingConfig  # the app's sampling settings with the output size this model leaves open set to its own
+
+
 @serve.deployment(name=MODEL)
 class AVSyncDModel:
     """One AVSyncD pipeline per replica; batched calls of compatible requests."""
 
-    def __init__(self, generate: dict, batching: dict, jobs):
-        from avsync_ray.config import BatchingConfig
-
-        self.config = GenerateConfig(**generate)
-        self.device = resolve_device(self.config.device, num_gpus=len(ray.get_gpu_ids()))
+    def __init__(self, args: dict, jobs):
+        settings = ServeAppArgs(**args)
+        self.sampling, self.dtype = settings.sampling, settings.dtype
+        self.device = resolve_device(settings.device, num_gpus=len(ray.get_gpu_ids()))
         self.jobs = jobs
-        batch = BatchingConfig(**batching)
-        self.generate.set_max_batch_size(batch.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
+        self.generate.set_max_batch_size(settings.batching.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
         self.slot = ModelSlot("animation", loader=self._load, presets={"tiny": _write_tiny_pipeline})
         # What this replica ran: batches from @serve.batch, jobs skipped because they were cancelled before they
         # started, pipeline calls (one per compatible group) and the last call's steps (a cancelled call ends early).
         self.stats = {"batches": 0, "requests": 0, "skipped_jobs": 0, "pipeline_calls": 0, "cancelled_calls": 0, "last_call": None}
 
-    def _load(self, path: str):
+    def _load(self, path: str) -> ServedPipeline:
         from avsync_ray.pipelines.loading import load_pipeline
 
-        return load_pipeline(path, str(self.device), self.config.dtype)
+        return ServedPipeline(load_pipeline(path, str(self.device), self.dtype), with_model_size(self.sampling, path))
 
     async def reconfigure(self, user_config: dict) -> None:
         await self.slot.apply(user_config)
@@ -175,10 +183,18 @@ class AVSyncDModel:
             raise RuntimeError(f"no animation model loaded (source {self.slot.config.source if self.slot.config else None})")
 
     def _describe(self, loaded) -> dict:
-        pipe = loaded.model
+        pipe, config = loaded.model.pipe, loaded.model.config
         components = {name: type(module).__name__ for name, module in pipe.components.items() if module is not None}
-        return {**self.slot.describe(), "device": str(self.device), "dtype": self.config.dtype, "replica": _replica_id(),
-                "config": {"components": components, "scheduler": type(pipe.scheduler).__name__}, **_gpu_memory(self.device)}  # fmt: skip
+        return {**self.slot.describe(), "device": str(self.device), "dtype": self.dtype, "replica": _replica_id(),
+                "config": {"components": components, "scheduler": type(pipe.scheduler).__name__, "height": config.height, "width": config.width},
+                **_gpu_memory(self.device)}  # fmt: skip
+
+    async def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the clips this replica makes: the app's, or its model's own where the app leaves it open."""
+        loaded = self.slot.loaded
+        if loaded is None:
+            raise ApiError(503, "not_ready", "the animation model is still loading; retry shortly", {"Retry-After": "5"})
+        return loaded.model.config.height, loaded.model.config.width
 
     async def describe(self) -> dict:
         loaded = self.slot.loaded
@@ -207,16 +223,16 @@ class AVSyncDModel:
                 results.setdefault(request.job_id, GenerationResult(request.job_id, None, None, model))
         return [results[r.job_id] for r in requests]
 
-    async def _run_group(self, pipe, requests: list[GenerationRequest]) -> tuple[list, set[str]]:
+    async def _run_group(self, served: ServedPipeline, requests: list[GenerationRequest]) -> tuple[list, set[str]]:
         """One pipeline call in a worker thread (the event loop keeps batching, reporting and health checks);
         returns the outputs and the jobs cancelled while it ran."""
         first = requests[0]
-        config = self.config.model_copy(update={"num_inference_steps": first.num_inference_steps, "scheduler": first.scheduler,
+        config = served.config.model_copy(update={"num_inference_steps": first.num_inference_steps, "scheduler": first.scheduler,
                                                 "audio_guidance_scale": first.audio_guidance_scale})  # fmt: skip
         reporter = StepReporter(self.jobs, [r.job_id for r in requests])
         forwarding = asyncio.create_task(reporter.forward())
         try:
-            outputs = await asyncio.to_thread(self._generate_group, pipe, config, requests, reporter.on_step)
+            outputs = await asyncio.to_thread(self._generate_group, served.pipe, config, requests, reporter.on_step)
         except GroupCancelled:
             outputs = []
         finally:
@@ -228,11 +244,15 @@ class AVSyncDModel:
         return outputs, reporter.stopped
 
     @staticmethod
-    def _generate_group(pipe, config: GenerateConfig, requests: list[GenerationRequest], on_step) -> list:
+    def _generate_group(pipe, config: SamplingConfig, requests: list[GenerationRequest], on_step) -> list:
         configure_pipeline(pipe, config)
-        # Arrays arrive read-only from Ray's object store; torch wants its own copies.
-        conditionings = [Conditioning(image=np.array(r.image), audio=np.array(r.audio), source={}) for r in requests]
-        return generate_batch(pipe, conditionings, [r.prompt for r in requests], [r.seed for r in requests], config, on_step)
+        # Arrays arrive read-only from Ray's object store; torch wants its own copies. A frame cropped for another
+        # size (the ingress asked before a model swap changed it) is cropped again for this model.
+        size = (config.height, config.width)
+        images = [np.array(r.image) if r.image.shape[:2] == size else to_uint8_frames(center_crop_resize(r.image, size))[0] for r in requests]
+        frames, audios = generate_batch(pipe, images, [np.array(r.audio) for r in requests], [r.prompt for r in requests],
+                                        [r.seed for r in requests], config, callback_on_step_end=on_step)  # fmt: skip
+        return list(zip(frames, audios))
 
 
 def _write_tiny_pipeline(folder):
@@ -300,9 +320,26 @@ class HandleBackend:
     """What the routes do, through the other deployments' handles. A job runs as a task of the ingress replica
     that accepted it: the model call (retried while the model deployment's queue is full), then the mp4 encode."""
 
+    # How long the model's frame size is trusted before it is asked again (a swap may change it; a replica
+    # re-crops a frame made for another size, so a stale size costs a second resize, never a wrong clip).
+    FRAME_SIZE_TTL_S = 30.0
+
     def __init__(self, settings: ServeAppArgs, model, jobs, scorer):
         self.settings, self.model, self.jobs, self.scorer = settings, model, jobs, scorer
         self._tasks: set[asyncio.Task] = set()
+        self._frame_size: tuple[tuple[int, int], float] | None = None  # (size, when asked)
+
+    async def frame_size(self) -> tuple[int, int]:
+        sampling = self.settings.sampling
+        if sampling.height and sampling.width:
+            return sampling.height, sampling.width
+        if self._frame_size is None or time.monotonic() - self._frame_size[1] > self.FRAME_SIZE_TTL_S:
+            try:
+                self._frame_size = (tuple(await _call(self.model.frame_size)), time.monotonic())
+            except BackPressureError:
+                if self._frame_size is None:
+                    raise overloaded("the animation model is busy; retry shortly", self.settings.limits.retry_after_s) from None
+        return self._frame_size[0]
 
     @staticmethod
     def _request(job: dict, conditioning: Conditioning) -> GenerationRequest:
@@ -349,7 +386,7 @@ class HandleBackend:
             result = await self._generate(request)
             if result.cancelled:
                 return
-            fps = self.settings.generate.fps
+            fps = self.settings.sampling.fps
             mp4 = await asyncio.to_thread(encode_mp4, result.frames, fps, result.audio, DEFAULT_MEL.sample_rate)
             await _call(self.jobs.succeed, request.job_id, mp4, result.model)
         except asyncio.CancelledError:

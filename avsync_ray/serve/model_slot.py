@@ -16,10 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from avsync_ray.config import ModelSourceConfig, validate_config
+from avsync_ray.config import PRESET_PREFIX, ModelSourceConfig, validate_config
 from avsync_ray.tracking import ModelSource, is_registry_uri, registry_version, resolve_model
 
-PRESET_PREFIX = "preset:"
 logger = logging.getLogger("ray.serve")
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from avsync_ray.config import GenerateConfig, ServeLimits
+from avsync_ray.config import SamplingConfig, ServeLimits
+from avsync_ray.errors import InputError
 from avsync_ray.generate import Conditioning, load_conditioning
 from avsync_ray.media import DEFAULT_MEL, MediaError, MediaErrorReason, MediaInfo, probe, probe_image
 from avsync_ray.media.audio import center_crop
@@ -85,7 +86,7 @@ def model_clip(audio: np.ndarray) -> np.ndarray:
 
 
 def prepare_animation_inputs(
-    config: GenerateConfig, limits: ServeLimits, image: bytes | None, audio: bytes | None, video: bytes | None
+    config: SamplingConfig, limits: ServeLimits, image: bytes | None, audio: bytes | None, video: bytes | None
 ) -> Conditioning:
     """Probe, bound and decode an animation request's files: an image and a sound, or a video (optionally with
     an image or a sound that replaces its own)."""
@@ -103,6 +104,8 @@ def prepare_animation_inputs(
         conditioning = load_conditioning(config, image=image, audio=audio, video=video)
     except MediaError as exc:  # the image decoded when it was probed; the audio or the video clip did not
         raise media_error(" or ".join(name for name, data in (("audio", audio), ("video", video)) if data is not None), exc) from None
+    except InputError as exc:  # decoded, but not usable (an audio track too short for the model's front end)
+        raise ApiError(422, "unusable_media", f"{'audio' if audio is not None else 'video'}: {exc}") from None
     seconds = len(conditioning.audio) / DEFAULT_MEL.sample_rate
     if seconds < limits.min_audio_s:
         raise ApiError(422, "too_short", f"{'audio' if audio is not None else 'video'}: its audio lasts {seconds:.2f} s, "

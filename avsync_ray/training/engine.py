@@ -8,7 +8,10 @@ run id, and the settings a resume must not change).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,11 @@ from typing import Any
 import torch
 
 from avsync_ray.config import TrainCommonConfig
+from avsync_ray.errors import InputError
 from avsync_ray.storage import exists, join_uri, read_json
 
 CHECKPOINT_META = "avsync_checkpoint.json"
+logger = logging.getLogger(__name__)
 
 
 def setup_deepspeed():
@@ -34,7 +39,7 @@ def setup_deepspeed():
     return deepspeed
 
 
-class IncompatibleResumeError(ValueError):
+class IncompatibleResumeError(InputError):
     """The checkpoint was written under settings that this config changes in a way a resume cannot honour."""
 
 
@@ -147,7 +152,9 @@ def consolidated_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
         setup_deepspeed()
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=meta["tag"])
+        with contextlib.redirect_stdout(io.StringIO()) as narration:  # it prints every step of the merge
+            state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=meta["tag"])
+        logger.debug("zero_to_fp32: %s", narration.getvalue())
     else:
         model_file = Path(directory) / meta["tag"] / "mp_rank_00_model_states.pt"
         state = torch.load(model_file, map_location="cpu", weights_only=False)["module"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from avsync_ray.config import TrainConfig, TrainSyncConfig, save_config
+from avsync_ray.pipelines.loading import TRAINING_CONFIG
 from avsync_ray.storage import local_folder
 from avsync_ray.training.components import build_avsyncd_pipeline, build_sync_classifier
 from avsync_ray.training.engine import consolidated_state_dict, read_checkpoint_meta
@@ -39,5 +40,5 @@ def export_checkpoint(checkpoint: str, out: str | Path) -> dict:
         pipe.save_pretrained(out, safe_serialization=True)
     else:
         raise ValueError(f"unknown task {task!r} in {checkpoint}")
-    save_config(config, out / "training.config.yaml")
+    save_config(config, out / TRAINING_CONFIG)
     return {"task": task, "step": meta["step"], "checkpoint": str(checkpoint), "out": str(out), "mlflow_run_id": meta.get("mlflow_run_id")}

@@ -29,6 +29,7 @@ import torch
 
 from avsync_ray.config import AVSyncDInputs, PrecomputeConfig
 from avsync_ray.devices import resolve_device
+from avsync_ray.errors import InputError
 from avsync_ray.examples import SAMPLE_ERRORS, avsyncd_clip, clip_source
 from avsync_ray.media.clips import ClipSamplingError
 from avsync_ray.shards import AUDIO_TOKENS_MEMBER, VAE_MOMENTS_MEMBER, iter_samples, write_shard
@@ -40,7 +41,7 @@ FEATURES_FORMAT = 1
 FEATURES_KEY = "precomputed_features"  # where the index describes the features
 
 
-class PrecomputedFeaturesError(ValueError):
+class PrecomputedFeaturesError(InputError):
     """Shards without features, or with features made for other settings than the training run's."""
 
 

@@ -8,22 +8,15 @@ checkpoint's settings before any worker starts.
 
 from __future__ import annotations
 
-import os
-
 from avsync_ray import faults
 from avsync_ray.config import TrainCommonConfig
+from avsync_ray.errors import InputError
 from avsync_ray.storage import filesystem, join_uri, uri_prefix
 from avsync_ray.training.engine import CHECKPOINT_META, check_resume, read_checkpoint_meta
 
 
-class RunExistsError(ValueError):
+class RunExistsError(InputError):
     """A new run would silently continue an old one of the same name."""
-
-
-def storage_root(config: TrainCommonConfig) -> str:
-    """Ray Train wants an absolute local path or a URI."""
-    path = config.run.storage_path
-    return path if "://" in path else os.path.abspath(path)
 
 
 def run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
@@ -74,7 +67,7 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
     from avsync_ray.ray_runtime import init_ray
     from avsync_ray.training.loops import train_loop_per_worker
 
-    root = storage_root(config)
+    root = config.run.storage_path  # an absolute local path or a URI (config.PathOrURI), as Ray Train wants
     run_dir = join_uri(root, config.run.name)
     resume_from = resolve_resume(config, task, run_dir)
     init_ray(config.ray)

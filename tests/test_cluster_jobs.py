@@ -1,0 +1,204 @@
+"""Jobs on a running two-node Ray cluster, submitted as a user does: `ray start --head` and a second node with
+`ray start --address` (1 CPU each, loopback, free ports), then `avsync submit jobs/curate-tiny.yaml` (default
+suite, about a minute) and `avsync submit jobs/train-sync-tiny.yaml` (slow) through the Ray Jobs API, their
+paths pointed at temporary folders with `--set`. The curation's shards, index and ledger, the training's
+checkpoint and both jobs' logs are checked. The two training workers need 1 CPU each, so they run one on each
+node: a multi-node run. The cluster is stopped by the pids this test started (never `ray stop`, which would stop
+every Ray on the machine).
+
+Ray's job supervisor hands each driver the GCS address with 127.0.0.1 replaced by the node's interface address
+(`resolve_ip_for_localhost`): the drivers reach the head through this machine's own address, never another."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from avsync_ray.synth import synthesize_corpus
+from avsync_ray.training.engine import read_checkpoint_meta
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: `ray`, and `avsync` for the job drivers
+
+
+def _free_ports(count: int) -> list[int]:
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+
+
+def _node_ports() -> list[str]:
+    names = ["node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "metrics-export-port", "runtime-env-agent-port"]  # fmt: skip
+    return [f"--{name}={port}" for name, port in zip(names, _free_ports(len(names)))]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM a `ray start --block` and every process under it (GCS, raylet, workers...), SIGKILL what is left."""
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+def _wait_for_nodes(address: str, count: int, processes: list[subprocess.Popen], timeout: float = 120) -> None:
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes:
+            assert process.poll() is None, f"`ray start` exited with {process.returncode}"
+        try:
+            if len(list_nodes(address=address, filters=[("state", "=", "ALIVE")])) == count:
+                return
+        except Exception:  # the dashboard is not up yet
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{count} Ray nodes not alive at {address} after {timeout} s")
+
+
+@contextmanager
+def two_node_cluster():
+    """A head and a worker node, each with 1 CPU and its own ports; yields (dashboard URL, env for clients)."""
+    # One temp dir per node, as on separate machines: nodes sharing one would share runtime_resources/, where
+    # one node's agent deletes the job's working_dir while the other's driver runs in it. Short paths: Ray's
+    # socket paths must stay under 108 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="avr-", dir="/tmp")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "RAY_ADDRESS"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="120",
+    )  # fmt: skip
+    gcs, dashboard, client = _free_ports(3)
+    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", f"--object-store-memory={300 * 2**20}", "--disable-usage-stats"]
+    logs = open(Path(temp_dir) / "ray-start.log", "w")
+    started = []
+    try:
+        started.append(subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+             f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}/head", *common, *_node_ports()],
+            env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True,
+        ))  # fmt: skip
+        address = f"http://127.0.0.1:{dashboard}"
+        _wait_for_nodes(address, 1, started)
+        started.append(subprocess.Popen(
+            [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={temp_dir}/worker", *common, *_node_ports()],
+            env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True,
+        ))  # fmt: skip
+        _wait_for_nodes(address, 2, started)
+        yield address, env
+    finally:
+        for process in reversed(started):
+            _stop(process)
+        logs.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with two_node_cluster() as running:
+        yield running
+
+
+def _submit(spec: str, address: str, env: dict, *overrides: str, wait: bool = True) -> subprocess.CompletedProcess:
+    """`avsync submit` from the repository root, as a user runs it (working_dir `.` uploads this checkout)."""
+    args = [sys.executable, "-m", "avsync_ray", "submit", spec, "--address", address, "--wait" if wait else "--no-wait"]
+    for override in overrides:
+        args += ["--set", override]
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _job_id(output: str) -> str:
+    return output.split("submitted ", 1)[1].split()[0]
+
+
+def _last_json(logs: str) -> dict:
+    """The JSON summary a verb prints last (Ray may log lines after it)."""
+    return json.JSONDecoder().raw_decode(logs, logs.rindex("\n{") + 1)[0]
+
+
+def test_curation_job_on_a_two_node_cluster(cluster, tmp_path):
+    """`avsync submit --no-wait`, then the printed `ray job logs --follow` command, as a user follows a job."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address, env = cluster
+    corpus, shards = tmp_path / "corpus", tmp_path / "shards"
+    synthesize_corpus(corpus, num_videos=4, seed=0, categories=["sync"], duration=6.0)
+    submitted = _submit(
+        "jobs/curate-tiny.yaml", address, env, f"input={corpus}", f"output={shards}", f"tracking.uri=sqlite:///{tmp_path}/mlruns.db",
+        wait=False,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = _job_id(submitted.stdout)
+    assert re.fullmatch(r"curate-tiny-\d{8}-\d{6}", job_id)
+    follow = f"ray job logs --follow {job_id} --address {address}"
+    assert f"follow its logs: {follow}" in submitted.stdout
+
+    followed = subprocess.run(follow.split(), env=env, capture_output=True, text=True, timeout=600)  # returns when the job ends
+    assert followed.returncode == 0, followed.stderr
+    client = JobSubmissionClient(address)
+    info = client.get_job_info(job_id)
+    assert info.status == JobStatus.SUCCEEDED, info.message
+    assert info.metadata["task"] == "curate-tiny"
+    curated = re.compile(rf"curated 4 videos \(4 with clips, 0 without, 0 failed, \d+ other files skipped\): \d+ windows -> \d+ kept -> 4 clips in 1 shards at {re.escape(str(shards))} \(")
+    assert curated.search(followed.stdout) and curated.search(client.get_job_logs(job_id))  # the --set output won over the spec's path
+
+    index = json.loads((shards / "train.index.json").read_text())
+    assert index["shardlist"] and sum(entry["nsamples"] for entry in index["shardlist"]) == 4
+    for entry in index["shardlist"]:
+        assert hashlib.sha256((shards / entry["url"]).read_bytes()).hexdigest() == entry["sha256"]
+    ledger = pq.read_table(shards / "ledger.parquet").to_pylist()
+    assert sorted(row["status"] for row in ledger) == ["done"] * 4
+
+
+@pytest.mark.slow
+def test_training_job_spans_both_nodes(cluster, synthetic_shards, tmp_path):
+    """`avsync submit` waiting for the job: 2 Ray Train workers of 1 CPU each, so one on each node."""
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_actors
+
+    address, env = cluster
+    runs = tmp_path / "runs"
+    result = _submit(
+        "jobs/train-sync-tiny.yaml", address, env,
+        f"data.root={synthetic_shards['root']}", f"run.storage_path={runs}", f"tracking.uri=sqlite:///{tmp_path}/mlruns.db",
+        "run.name=cluster-test", "max_steps=4", "checkpoint.every_n_steps=2", "model.base_width=4", "clips.num_clips=5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    job_id = _job_id(result.stderr)  # said on stderr as soon as it is submitted; the result line is on stdout
+    assert result.stdout.strip() == f"job {job_id} SUCCEEDED"  # the logs were streamed (to stderr) to the end
+    client = JobSubmissionClient(address)
+    summary = _last_json(client.get_job_logs(job_id))
+    assert read_checkpoint_meta(summary["checkpoint"])["step"] == 4
+    assert Path(summary["checkpoint"]).is_relative_to(runs / "cluster-test")
+    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("job_id", "=", client.get_job_info(job_id).job_id)], detail=True)
+    assert len({worker.node_id for worker in workers}) == 2  # the gloo process group spanned the two nodes

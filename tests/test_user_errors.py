@@ -1,0 +1,189 @@
+"""What a user gets wrong gets one clear line naming the input or config field (exit 2), never a traceback; and
+arguments that used to be accepted silently (a .gif output, NaN or too-short audio, min above max) are checked
+before any work."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from avsync_ray.cli import app
+from avsync_ray.media import encode_mp4, encode_wav
+from avsync_ray.synth import bouncing_ball
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user_inputs")
+    clip = bouncing_ball(duration=3.0, fps=24, size=(64, 64), seed=3)
+    encode_mp4(clip.frames, clip.fps, clip.audio, clip.sample_rate, str(folder / "video.mp4"))
+    encode_mp4(clip.frames, clip.fps, None, path=str(folder / "silent.mp4"))
+    (folder / "sound.wav").write_bytes(encode_wav(clip.audio, clip.sample_rate))
+    soundfile.write(folder / "nan.wav", np.full(32_000, np.nan, dtype=np.float32), 16_000, subtype="FLOAT")
+    (folder / "short.wav").write_bytes(encode_wav(clip.audio[:8_000], clip.sample_rate))
+    (folder / "blip.wav").write_bytes(encode_wav(clip.audio[:100], clip.sample_rate))
+    (folder / "folder.mp4").mkdir()
+    return folder
+
+
+def _one_line_error(result, *fragments: str, code: int = 2) -> None:
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def _generate(model, files, *args):
+    return runner.invoke(app, ["generate", "--model", str(model), "--category", "ball", "--steps", "1", *map(str, args)])
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--video", "{f}/missing.mp4", "--out", "{f}/o.mp4"], ["missing.mp4: not found"]),
+        (["--video", "{f}/silent.mp4", "--out", "{f}/o.mp4"], ["silent.mp4: no audio stream"]),
+        (["--video", "{f}/sound.wav", "--out", "{f}/o.mp4"], ["sound.wav: no video stream"]),
+        (["--video", "{f}/video.mp4", "--image", "{f}/video.mp4", "--audio", "{f}/sound.wav", "--out", "{f}/o.mp4"], ["at most two"]),
+        (["--audio", "{f}/sound.wav", "--out", "{f}/o.mp4"], ["need an image"]),
+        (["--video", "{f}/video.mp4", "--out", "{f}/o.gif"], ["o.gif", "must end in .mp4"]),
+        (["--video", "{f}/video.mp4", "--out", "{f}/folder.mp4"], ["folder.mp4 is a folder"]),
+        (["--video", "{f}/video.mp4", "--audio", "{f}/nan.wav", "--out", "{f}/o.mp4"], ["nan.wav", "NaN"]),
+        (["--video", "{f}/video.mp4", "--audio", "{f}/blip.wav", "--out", "{f}/o.mp4"], ["blip.wav", "at least 0.025 s"]),
+    ],
+    ids=["missing-input", "no-audio-stream", "audio-as-video", "three-inputs", "one-input", "gif-output", "output-folder", "nan-audio", "too-short-audio"],
+)
+def test_generate_refuses_bad_inputs_in_one_line(tiny_model_dir, files, args, fragments):
+    _one_line_error(_generate(tiny_model_dir, files, *[a.format(f=files) for a in args]), *fragments)
+    assert not (files / "o.mp4").exists()
+
+
+def test_generate_refuses_a_missing_or_wrong_model_folder_and_a_missing_gpu(files):
+    _one_line_error(_generate(files / "nope", files, "--video", files / "video.mp4", "--out", files / "o.mp4"), "nope", "does not exist")
+    _one_line_error(_generate(files, files, "--video", files / "video.mp4", "--out", files / "o.mp4"), "has no model_index.json")
+    if not torch.cuda.is_available():
+        result = _generate(files, files, "--video", files / "video.mp4", "--out", files / "o.mp4", "--set", "device=cuda")
+        _one_line_error(result, "device='cuda' needs a CUDA GPU")
+
+
+def test_debug_shows_the_traceback(files):
+    result = runner.invoke(app, ["--debug", "generate", "--model", str(files / "nope"), "--category", "c", "--video", "v.mp4", "--out", "o.mp4"])
+    assert result.exit_code != 0 and isinstance(result.exception, FileNotFoundError)
+
+
+def test_short_audio_is_padded_with_silence_and_reported(tiny_model_dir, files, tmp_path, caplog):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "training.config.yaml").write_text(yaml.safe_dump({"height": 32, "width": 48}))  # as `avsync export` writes it
+    out = tmp_path / "o.mp4"
+    result = _generate(model, files, "--video", files / "video.mp4", "--audio", files / "short.wav", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = __import__("json").loads(result.stdout)
+    assert summary["size"] == [32, 48]  # the model's own size, not 256x256
+    assert summary["audio_seconds"] == 0.5 and summary["audio_padded_s"] == 1.5 and "padded with 1.50 s of silence" in caplog.text
+    from avsync_ray.media import decode
+
+    assert len(decode(str(out), video=False).audio) == pytest.approx(32_000, abs=1100)
+
+
+def test_config_show_displays_every_preset_without_its_inputs():
+    from avsync_ray.config import preset_names
+
+    for name in preset_names():
+        result = runner.invoke(app, ["config", "show", name])
+        assert result.exit_code == 0, (name, result.output)
+        assert yaml.safe_load(result.stdout), name
+    shown = runner.invoke(app, ["config", "show", "curate"])
+    assert "to run it, also set: input; output" in shown.output and "input: null" in shown.stdout
+    bad = runner.invoke(app, ["config", "show", "curate", "--set", "filters.pixel_diff.min=0.5"])
+    _one_line_error(bad, "filters.pixel_diff")
+
+
+def test_each_verbs_help_example_is_a_valid_override_for_it():
+    import re
+
+    from typer.main import get_command
+
+    from avsync_ray.config import ConfigError, apply_override, preset_schema
+
+    commands = get_command(app).commands
+    for name in ("generate", "curate", "train", "train-sync", "precompute", "eval-sync", "demo"):
+        help_text = next(p.help for p in commands[name].params if "--set" in p.opts)
+        example = re.search(r"--set (\S+)", help_text).group(1)
+        schema = preset_schema(name)
+        key = example.split("=")[0]
+        node = schema
+        for part in key.split("."):
+            assert part in node.model_fields, (name, example)
+            node = node.model_fields[part].annotation
+        try:
+            apply_override({}, example, schema)
+        except ConfigError as error:  # pragma: no cover - the assertion below says which
+            pytest.fail(f"{name}: {example}: {error}")
+
+
+def test_min_above_max_is_refused(tmp_path):
+    result = runner.invoke(app, ["curate", str(tmp_path), str(tmp_path / "out"), "--set", "filters.audio_peak.min=0.5", "--set", "filters.audio_peak.max=0.1"])
+    _one_line_error(result, "filters.audio_peak", "above max")
+
+
+@pytest.mark.parametrize("case", ["missing-input", "output-is-a-file", "read-only-output", "manifest-without-uri", "header-only-manifest"])
+def test_curate_refuses_bad_arguments_before_starting_ray(tmp_path, case):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    output = tmp_path / "out"
+    source, expected = str(videos), []
+    if case == "missing-input":
+        source, expected = str(tmp_path / "nope"), ["nope: no such file or folder"]
+    elif case == "output-is-a-file":
+        output.write_text("x")
+        expected = ["is a file"]
+    elif case == "read-only-output":
+        import os
+
+        if os.geteuid() == 0:
+            pytest.skip("root can write into a read-only folder")
+        output.mkdir(mode=0o500)
+        expected = ["not writable"]
+    elif case == "manifest-without-uri":
+        (tmp_path / "m.csv").write_text("path,label\na.mp4,x\n")
+        source, expected = str(tmp_path / "m.csv"), ["needs a 'uri' column"]
+    else:
+        (tmp_path / "m.csv").write_text("uri,label\n")
+        source, expected = str(tmp_path / "m.csv"), ["lists no videos"]
+    args = ["curate", source, str(output), *[f"--set=filters.{n}.enabled=false" for n in ("semantic", "imagebind", "sync")]]
+    _one_line_error(runner.invoke(app, args), *expected)
+
+
+def test_metric_and_eval_sync_name_what_is_missing(tmp_path, files, tiny_classifier_dir):
+    video = files / "video.mp4"
+    result = runner.invoke(app, ["metric", "score", "--classifier", str(tmp_path / "nope"), "--audio", str(video), "--video", str(video)])
+    _one_line_error(result, "nope", "neither a SyncClassifier folder")
+    result = runner.invoke(app, ["metric", "alignsync", "--classifier", str(tiny_classifier_dir), "--audio", str(video), "--video", str(video),
+                                 "--ref-video", str(video), "--imagebind", str(tmp_path / "ib.pth")])  # fmt: skip
+    _one_line_error(result, "ib.pth", "ImageBind weights not found")
+    result = runner.invoke(app, ["metric", "score", "--classifier", str(tiny_classifier_dir), "--audio", str(files / "nan.wav"), "--video", str(video)])
+    _one_line_error(result, "NaN")
+    result = runner.invoke(app, ["eval-sync", str(tiny_classifier_dir), str(tmp_path)])
+    _one_line_error(result, "no test.index.json")
+
+
+def test_the_demo_checks_its_store_holds_every_run(tmp_path):
+    from avsync_ray.demo import check_runs_in_store
+    from avsync_ray.errors import WorkFailedError
+    from avsync_ray.tracking import log_job_run
+    from avsync_ray.config import TrackingConfig
+
+    store = f"sqlite:///{tmp_path}/mlruns.db"
+    run_id = log_job_run(TrackingConfig(uri=store, experiment="avsync/x"), "x", {}, {}, {})
+    check_runs_in_store(store, {"x": run_id})
+    with pytest.raises(WorkFailedError, match="lacks the runs of: training, eval"):
+        check_runs_in_store(store, {"x": run_id, "training": "0" * 32, "eval": None})
