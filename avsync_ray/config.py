@@ -80,6 +80,7 @@ DType = Literal["float32", "bfloat16", "float16"]  # torch dtypes by name (devic
 
 
 SchedulerName = Literal["pndm", "ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler"]  # avsync_ray.pipelines.schedulers
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]  # torch.compile's modes
 
 
 class SamplingConfig(StrictModel):
@@ -94,6 +95,8 @@ class SamplingConfig(StrictModel):
     fps: float = Field(6.0, gt=0, description="frame rate: clips last num_frames / fps seconds")
     height: PixelSize | None = Field(None, description="output size (None: the model's own, from its training config, else 256)")
     width: PixelSize | None = Field(None, description="output width (None: the model's own, from its training config, else 256)")
+    compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (the first call at each shape compiles, for minutes)")
+    compile_mode: CompileMode = Field("reduce-overhead", description="torch.compile mode; reduce-overhead adds CUDA graphs on a GPU")
     official_inplace_step: bool = Field(
         False, description="reproduce the official loop's in-place PNDM step exactly (see AVSyncDPipeline.__call__)"
     )
@@ -323,6 +326,9 @@ class OptimizerConfig(StrictModel):
     warmup_steps: int = Field(0, ge=0, description="linear warm-up over this many optimizer steps, then constant")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping (global L2 norm)")
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    implementation: Literal["auto", "fused", "foreach", "for-loop"] = Field(
+        "auto", description="AdamW kernels: fused (one kernel), foreach (multi-tensor) or for-loop; auto: fused on CUDA, foreach on CPU"
+    )
 
 
 class DeepSpeedSettings(StrictModel):
@@ -330,6 +336,7 @@ class DeepSpeedSettings(StrictModel):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="engine precision (fp16 is not offered: CPUs lack it)")
     bucket_size: int = Field(5_000_000, ge=1, description="ZeRO reduce/allgather bucket elements (small buckets cap the peak)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
+    compile: bool = Field(False, description="torch.compile the trained UNet's forward and backward inside the engine (AVSyncD)")
 
 
 class CheckpointSettings(StrictModel):
@@ -395,8 +402,9 @@ class TrainSyncConfig(TrainCommonConfig):
 
     @model_validator(mode="after")
     def _init_has_weights(self):
-        if self.deepspeed.gradient_checkpointing:
-            raise ValueError("deepspeed.gradient_checkpointing applies to AVSyncD's UNet; the classifier does not support it")
+        for setting in ("gradient_checkpointing", "compile"):
+            if getattr(self.deepspeed, setting):
+                raise ValueError(f"deepspeed.{setting} applies to AVSyncD's UNet; the classifier does not support it")
         if self.model.init == "avid_cma" and not self.model.avid_cma:
             raise missing_input("model.init=avid_cma needs model.avid_cma (the AVID-CMA checkpoint), or set model.init=random")
         if self.model.init == "pretrained" and not self.model.pretrained:

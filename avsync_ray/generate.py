@@ -76,9 +76,14 @@ def load_conditioning(
 
 
 def configure_pipeline(pipe, config: SamplingConfig):
-    """Apply a config's pipeline-wide settings (the sampler) to a loaded pipeline; returns it."""
+    """Apply a config's pipeline-wide settings (the sampler, compilation) to a loaded pipeline; returns it.
+    Compiling is lazy: the first call at each input shape pays for it."""
     if scheduler_name(pipe.scheduler) != config.scheduler:
         pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
+    if config.compile:
+        pipe.enable_torch_compile(config.compile_mode)
+    else:
+        pipe.disable_torch_compile()
     return pipe
 
 

@@ -1,11 +1,20 @@
-"""Time per animation, and the speed-up of running the guidance branches as one batched UNet call.
+"""Time per animation, eager against compiled, side by side in one process.
 
-CPU: the ``tiny`` preset. GPU (when present): the full-size AVSyncD architecture (SD1.5 UNet + FF conv /
-temporal / audio modules, SD1.5 VAE, ImageBind-huge audio branch) with random weights, in bf16 and fp16.
-Both numbers of each ratio come from the same process, back to back.
+One animation = 12 frames at 6 fps, audio guidance 4.0 (two branches batched into one UNet call), text guidance
+off, VAE decode of all frames. Rows, each measured back to back in this process:
 
-    python benchmarks/bench_generate.py                 # tiny preset on CPU
-    python benchmarks/bench_generate.py --preset full   # full size on the GPU (needs CUDA)
+- eager and compiled (``GenerateConfig.compile``: torch.compile of the UNet and the VAE decoder, CUDA graphs on a
+  GPU with ``--compile-mode reduce-overhead``) at the official 50 PNDM steps; the compiled row's first call, which
+  compiles, is reported separately from its steady state;
+- the same two with a few-step sampler (``--fast``, default ``dpmpp-2m-karras:20``; it reuses the compiled graphs);
+- throughput: batches of animations per call (``--batch-sizes``), animations per second and peak GPU memory;
+- the eager UNet step with the two guidance branches stacked versus two separate calls.
+
+CPU: the ``tiny`` preset. GPU: the full-size AVSyncD architecture (SD1.5 UNet + FF conv / temporal / audio
+modules, SD1.5 VAE, ImageBind-huge audio branch) with random weights (speed does not depend on them).
+
+    python benchmarks/bench_generate.py                                  # tiny preset on CPU
+    python benchmarks/bench_generate.py --preset full --dtypes bfloat16  # full size on the GPU (needs CUDA)
 """
 
 from __future__ import annotations
@@ -13,15 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
 
 import numpy as np
 import torch
 
+from avsync_ray.config import GenerateConfig
+from avsync_ray.generate import configure_pipeline
 from avsync_ray.models.audio_encoder import ImageBindAudioEncoder
 from avsync_ray.models.presets import SD15_SCHEDULER_CONFIG, tiny_components
 from avsync_ray.models.unet_avsyncd import AVSyncDUNet3DModel
 from avsync_ray.pipelines import AVSyncDPipeline
-from timing import median_seconds
+from timing import median_seconds, report, synchronize
 
 
 def full_frozen_encoders(dtype: torch.dtype, device: str) -> dict:
@@ -68,30 +80,72 @@ def guidance_ratio(unet, text_dim: int, audio_dim: int, size: int, device: str, 
     return {"unet_step_batched_s": batched_s, "unet_step_two_calls_s": separate_s, "batched_speedup": separate_s / batched_s}
 
 
-@torch.no_grad()
-def animation_seconds(pipe, size: int, text_dim: int, steps: int, device: str, repeats: int) -> float:
+def animation_call(pipe, batch: int, size: int, text_dim: int, steps: int, device: str):
+    """A call that makes ``batch`` animations (random image, audio and prompt embeddings; seeded)."""
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-    audio = (rng.standard_normal(40_000) * 0.1).astype(np.float32)
-    prompt_embeds = torch.randn(1, 77, text_dim, generator=torch.Generator().manual_seed(0))
+    images = [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(batch)]
+    audios = [(rng.standard_normal(40_000) * 0.1).astype(np.float32) for _ in range(batch)]
+    prompt_embeds = torch.randn(batch, 77, text_dim, generator=torch.Generator().manual_seed(0))
 
     def animate():
-        pipe(image=image, audio=audio, prompt_embeds=prompt_embeds, num_inference_steps=steps, audio_guidance_scale=4.0,
-             generator=torch.Generator(device=device).manual_seed(123), output_type="np")  # fmt: skip
+        generators = [torch.Generator(device=device).manual_seed(123 + i) for i in range(batch)]
+        pipe(image=images, audio=audios, prompt_embeds=prompt_embeds, num_inference_steps=steps, audio_guidance_scale=4.0,
+             generator=generators, output_type="np")  # fmt: skip
 
-    return median_seconds(animate, device, repeats)
+    return animate
+
+
+def measure(pipe, config: GenerateConfig, batch: int, size: int, text_dim: int, device: str, repeats: int) -> dict:
+    """Configure ``pipe`` by ``config``; time its first call (which compiles, when compiled) and the steady state."""
+    configure_pipeline(pipe, config)
+    animate = animation_call(pipe, batch, size, text_dim, config.num_inference_steps, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    synchronize(device)
+    started = time.perf_counter()
+    animate()
+    synchronize(device)
+    first_call = time.perf_counter() - started
+    steady = median_seconds(animate, device, repeats, warmup=1 if config.compile else 0)
+    return {
+        "mode": f"compiled ({config.compile_mode})" if config.compile else "eager",
+        "scheduler": config.scheduler, "steps": config.num_inference_steps, "batch": batch,
+        "first_call_s": round(first_call, 3), "compile_s": round(first_call - steady, 1) if config.compile else None,
+        "seconds_per_call": round(steady, 4), "seconds_per_animation": round(steady / batch, 4),
+        "animations_per_s": round(batch / steady, 3),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+    }  # fmt: skip
+
+
+def rows_for(pipe, args, size: int, text_dim: int, device: str) -> list[dict]:
+    fast_name, fast_steps = args.fast.split(":")
+    official = GenerateConfig(compile_mode=args.compile_mode)
+    fast = official.model_copy(update={"scheduler": fast_name, "num_inference_steps": int(fast_steps)})
+    variants = [official, official.model_copy(update={"compile": True})] if args.compile else [official]
+    rows = []
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        for base in variants:
+            configs = [base, fast.model_copy(update={"compile": base.compile})] if batch == 1 else [base]
+            for config in configs:
+                rows.append(measure(pipe, config, batch, size, text_dim, device, args.repeats))
+                print(json.dumps(rows[-1]), flush=True)
+    configure_pipeline(pipe, official)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=["tiny", "full"], default="tiny")
-    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtypes", default="bfloat16,float16", help="full preset only")
+    parser.add_argument("--dtypes", default="bfloat16", help="full preset only")
+    parser.add_argument("--batch-sizes", default="1", help="animations per call; batch 1 also runs the --fast sampler")
+    parser.add_argument("--fast", default="dpmpp-2m-karras:20", help="few-step sampler and steps (the match bench_samplers.py found)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="eager rows only")
+    parser.add_argument("--compile-mode", default="reduce-overhead")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
-    results = {"preset": args.preset, "steps": args.steps, "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
+    results = {"preset": args.preset, "machine": platform.processor() or platform.machine()}
     rows = []
     if args.preset == "tiny":
         device, size = "cpu", 64
@@ -100,10 +154,10 @@ def main() -> None:
         pipe = AVSyncDPipeline(**components)
         pipe.set_progress_bar_config(disable=True)
         audio_dim = components["audio_encoder"].imagebind_config.audio_embed_dim
-        ratio = guidance_ratio(pipe.unet, 32, audio_dim, size // 8, device, torch.float32, args.repeats * 5)
-        rows.append({"dtype": "float32", "device": device, "size": size, **ratio,
-                     "animation_s": animation_seconds(pipe, size, 32, args.steps, device, args.repeats)})  # fmt: skip
+        results["guidance_batching"] = {"float32": guidance_ratio(pipe.unet, 32, audio_dim, size // 8, device, torch.float32, args.repeats * 5)}
+        rows += [{"dtype": "float32", "size": size, **row} for row in rows_for(pipe, args, size, 32, device)]
     else:
+        results["guidance_batching"] = {}
         if not torch.cuda.is_available():
             raise SystemExit("--preset full needs a CUDA GPU")
         device, size = "cuda", 256
@@ -112,24 +166,28 @@ def main() -> None:
             dtype = getattr(torch, name)
             pipe = AVSyncDPipeline(**full_components(dtype, device))
             pipe.set_progress_bar_config(disable=True)
-            torch.cuda.reset_peak_memory_stats()
-            ratio = guidance_ratio(pipe.unet, 768, 768, size // 8, device, dtype, args.repeats * 5)
-            animation = animation_seconds(pipe, size, 768, args.steps, device, args.repeats)
-            rows.append({"dtype": name, "device": device, "size": size, **ratio, "animation_s": animation,
-                         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30})  # fmt: skip
+            results["guidance_batching"][name] = guidance_ratio(pipe.unet, 768, 768, size // 8, device, dtype, args.repeats * 5)
+            rows += [{"dtype": name, "size": size, **row} for row in rows_for(pipe, args, size, 768, device)]
             del pipe
             torch.cuda.empty_cache()
     results["rows"] = rows
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=2)
-    print(json.dumps({k: v for k, v in results.items() if k != "rows"}))
-    print(f"{'dtype':9} {'size':>5} {'animation (s)':>14} {'UNet step batched (ms)':>23} {'two calls (ms)':>15} {'speed-up':>9}")
+    report(results, args.out)
+    print(f"\n{'dtype':9} {'mode':26} {'sampler':>16} {'batch':>5} {'s/animation':>12} {'anim/s':>8} {'compile (s)':>12} {'peak GiB':>9}")
     for row in rows:
-        print(
-            f"{row['dtype']:9} {row['size']:5d} {row['animation_s']:14.3f} {row['unet_step_batched_s'] * 1e3:23.2f} "
-            f"{row['unet_step_two_calls_s'] * 1e3:15.2f} {row['batched_speedup']:8.2f}x"
-        )
+        compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
+        memory = "" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f}"
+        print(f"{row['dtype']:9} {row['mode']:26} {row['scheduler'] + '-' + str(row['steps']):>16} {row['batch']:5d} "
+              f"{row['seconds_per_animation']:12.3f} {row['animations_per_s']:8.2f} {compile_s:>12} {memory:>9}")  # fmt: skip
+    for dtype, ratio in results["guidance_batching"].items():
+        print(f"{dtype}: eager UNet step, branches batched {ratio['unet_step_batched_s'] * 1e3:.1f} ms, two calls "
+              f"{ratio['unet_step_two_calls_s'] * 1e3:.1f} ms ({ratio['batched_speedup']:.2f}x)")  # fmt: skip
+    for dtype in dict.fromkeys(row["dtype"] for row in rows):
+        by_key = {(r["mode"].startswith("compiled"), r["scheduler"], r["steps"], r["batch"]): r for r in rows if r["dtype"] == dtype}
+        for (compiled, scheduler, steps, batch), row in by_key.items():
+            eager = by_key.get((False, scheduler, steps, batch))
+            if compiled and eager:
+                print(f"{dtype}: {scheduler}-{steps} batch {batch}: compiled / eager time per animation = "
+                      f"{row['seconds_per_animation'] / eager['seconds_per_animation']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -178,6 +178,21 @@ def tiny_classifier_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def gloo_world_of_one(tmp_path_factory):
+    """A one-process gloo group and the launcher's variables, as Ray Train gives each worker (DeepSpeed needs both)."""
+    import os
+
+    import torch.distributed as dist
+
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    if not dist.is_initialized():
+        store = tmp_path_factory.mktemp("gloo") / "store"
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
 
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory):

@@ -91,3 +91,85 @@ def test_precomputed_features_on_cuda_match_cpu(synthetic_shards, tiny_component
     assert latents.is_cuda and latents.shape == (1, 4, 12, 4, 4) and torch.isfinite(latents).all()
     for module in (tiny_components["vae"], tiny_components["audio_encoder"]):
         module.to("cpu")  # the components are shared by the session
+
+
+# ------------------------------------------------------------------------------------------------ compiled (issue 14)
+
+
+def _cuda_tiny_pipeline(dtype=torch.float32):
+    """A tiny pipeline of its own on the GPU (the session's components stay where other tests expect them)."""
+    from avsync_ray.pipelines.presets import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0).to("cuda", dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latent_call(pipe, steps: int = 10, seed: int = 0, **overrides):
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(2, 4, 12, 4, 4, generator=generator)
+    embeds = torch.randn(2, 77, 32, generator=generator)
+    audio = [np.random.default_rng(seed + i).standard_normal(32_000).astype(np.float32) * 0.1 for i in range(2)]
+    return pipe(audio=audio, latents=latents, prompt_embeds=embeds, num_inference_steps=steps, output_type="latent", **overrides).frames
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-3), (torch.bfloat16, 3e-2)])
+def test_compiled_tiny_pipeline_with_cuda_graphs_matches_eager(dtype, tolerance):
+    """torch.compile (Triton kernels, CUDA graphs) against the eager pipeline, 10 steps, TF32 off: within float32
+    rounding in float32 and within bf16 rounding in bf16, also when a second call at the same shapes replays the graphs."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    pipe = _cuda_tiny_pipeline(dtype)
+    eager = _latent_call(pipe).float().cpu()
+    pipe.enable_torch_compile("reduce-overhead")
+    compiled = _latent_call(pipe).float().cpu()
+    replayed = _latent_call(pipe).float().cpu()
+    assert relative_error(compiled, eager) < tolerance and relative_error(replayed, eager) < tolerance
+
+
+def test_compiled_full_size_unet_bf16_matches_eager():
+    """The full-size UNet at the pipeline's shapes (two guidance branches, 12 frames, 32x32 latents) in bf16:
+    compiled with CUDA graphs within bf16 rounding of eager (the same shapes bench_generate compiles, so its
+    compile is in inductor's cache afterwards)."""
+    from avsync_ray.models.audio_encoder import segment_token_masks
+
+    torch.manual_seed(0)
+    model = AVSyncDUNet3DModel(sample_size=32).cuda().to(torch.bfloat16).eval()
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, 12, 32, 32, generator=generator).cuda().bfloat16()
+    text = torch.randn(2, 77, 768, generator=generator).cuda().bfloat16()
+    audio = torch.randn(2, 229, 768, generator=generator).cuda().bfloat16()
+    masks = segment_token_masks(12, 19, 12).unsqueeze(0).repeat(2, 1, 1).cuda()
+    timestep = torch.tensor(981, device="cuda")
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        eager = model(sample, timestep, text, audio, audio_attention_mask=masks).sample.float()
+        for _ in range(3):  # warm-up, CUDA-graph recording, replay
+            out = compiled(sample, timestep, text, audio, audio_attention_mask=masks).sample.float().clone()
+    assert torch.isfinite(out).all() and relative_error(out, eager) < 2e-2
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_denoising_loop_never_waits_for_the_gpu(compiled):
+    """Every sampler: from the second step on, no operation in the loop (UNet, guidance, scheduler step)
+    synchronises the host with the GPU (CUDA's sync debug mode turns any such sync into an error)."""
+    from avsync_ray.pipelines.schedulers import SCHEDULERS, make_scheduler
+
+    pipe = _cuda_tiny_pipeline()
+    base = pipe.scheduler.config
+    if compiled:
+        pipe.enable_torch_compile("reduce-overhead")
+
+    def watch_from_step_one(pipe, step, timestep, tensors):
+        if step == 0:
+            torch.cuda.set_sync_debug_mode("error")
+        return {}
+
+    for name in SCHEDULERS:
+        pipe.scheduler = make_scheduler(name, base)
+        if compiled:
+            _latent_call(pipe, steps=6)  # compile and record first: that may synchronise
+        try:
+            _latent_call(pipe, steps=6, callback_on_step_end=watch_from_step_one)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

@@ -218,3 +218,32 @@ def test_schedulers_by_name_keep_the_pipelines_noise_schedule(tiny_pipe):
         assert configure_pipeline(tiny_pipe, GenerateConfig(scheduler="dpmpp-2m-karras")).scheduler.config.use_karras_sigmas
     finally:
         tiny_pipe.scheduler = original
+
+
+def test_initial_noise_is_scaled_for_the_timesteps_it_samples(tiny_components):
+    """Euler's initial sigma depends on the step count; the noise the pipeline draws is scaled by the sigma of the
+    timesteps it then samples, exactly as when the same noise is passed in scaled by hand (scaling it by the
+    full 1000-step schedule's sigma, 14.6 instead of 3.1 at 3 steps, would start far off the first step's level)."""
+    config = tiny_components["scheduler"].config
+    pipe = AVSyncDPipeline(**dict(tiny_components, scheduler=EulerDiscreteScheduler.from_config(config)))
+    pipe.set_progress_bar_config(disable=True)
+    drawn = pipe(**dummy_inputs(steps=3, output_type="latent")).frames
+    generator = torch.Generator().manual_seed(0)  # the pipeline's draws: the noise first, then the image latent
+    noise = randn_tensor((1, 4, 11, SIZE // 8, SIZE // 8), generator=generator)
+    image = pipe.image_processor.preprocess(dummy_inputs()["image"], height=SIZE, width=SIZE)
+    first = pipe.encode_image(image, generator, torch.device("cpu")).unsqueeze(2)
+    probe = EulerDiscreteScheduler.from_config(config)
+    probe.set_timesteps(3)
+    given = torch.cat([first, noise * probe.init_noise_sigma], dim=2)
+    torch.testing.assert_close(drawn, pipe(**dummy_inputs(steps=3, output_type="latent", latents=given)).frames, rtol=0, atol=0)
+
+
+def test_ddim_by_name_never_clips_the_latents(tiny_pipe):
+    """DDIM's default clips its clean-sample estimate to [-1, 1], which latents exceed; by name it never clips, also
+    on a base config that does not say so (the presets', unlike SD1.5's scheduler_config.json)."""
+    from avsync_ray.pipelines.schedulers import make_scheduler, scheduler_name
+
+    assert "clip_sample" not in tiny_pipe.scheduler.config
+    ddim = make_scheduler("ddim", tiny_pipe.scheduler.config)
+    assert ddim.config.clip_sample is False and scheduler_name(ddim) == "ddim"
+    assert scheduler_name(DDIMScheduler.from_config(tiny_pipe.scheduler.config)) is None  # clipping: not the named one

@@ -197,22 +197,6 @@ def test_deepspeed_config_from_the_typed_config(tmp_path):
     assert "fp16" not in ds
 
 
-@pytest.fixture(scope="module")
-def gloo_world_of_one(tmp_path_factory):
-    """A one-process gloo group and the launcher's variables, as Ray Train gives each worker (DeepSpeed needs both)."""
-    import os
-
-    import torch.distributed as dist
-
-    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(name, value)
-    if not dist.is_initialized():
-        store = tmp_path_factory.mktemp("gloo") / "store"
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("zero_stage", [0, 2, 3])
 def test_checkpoint_round_trip_and_export_weights(tmp_path, gloo_world_of_one, zero_stage):
     """Save after 3 AdamW steps, load into a fresh engine: same weights, optimizer moments and schedule; the

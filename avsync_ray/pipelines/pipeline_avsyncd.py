@@ -48,6 +48,21 @@ class AVSyncDPipelineOutput(BaseOutput):
     audio: np.ndarray
 
 
+@dataclass
+class CompiledModules:
+    """``torch.compile`` wrappers of a pipeline's UNet and VAE decoder, with the settings and modules they wrap."""
+
+    mode: str
+    backend: str
+    unet_module: torch.nn.Module
+    vae_module: torch.nn.Module
+    unet: Callable
+    vae_decode: Callable
+
+    def wraps(self, pipe: "AVSyncDPipeline") -> bool:
+        return self.unet_module is pipe.unet and self.vae_module is pipe.vae
+
+
 class AVSyncDPipeline(DiffusionPipeline):
     r"""Animate an image with an audio clip (AVSyncD, ECCV 2024).
 
@@ -80,6 +95,8 @@ class AVSyncDPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._compiled: CompiledModules | None = None
+        self._use_compiled = False
 
     @classmethod
     def from_stable_diffusion(
@@ -128,6 +145,41 @@ class AVSyncDPipeline(DiffusionPipeline):
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
+    # ------------------------------------------------------------------------------------------ compilation
+
+    def enable_torch_compile(self, mode: str = "reduce-overhead", backend: str = "inductor") -> None:
+        """Run the UNet and the VAE decoder through ``torch.compile``, each as one graph (no graph breaks).
+
+        ``mode="reduce-overhead"`` adds CUDA graphs on a GPU (a CPU runs it as ``"default"``). Shapes are static:
+        the first call at each input shape (batch x guidance branches, frames, size) compiles, later calls replay.
+        Inductor's layout optimisation runs the convolutions channels-last where its heuristics expect a gain
+        (on CPUs always). The modules themselves are not changed: :meth:`disable_torch_compile` returns to them,
+        and the compiled graphs are kept for a later enable with the same settings. ``backend`` is torch.compile's
+        (``"eager"`` only traces: a quick check that the model compiles as one graph)."""
+        compiled = self._compiled
+        if compiled is None or (compiled.mode, compiled.backend) != (mode, backend) or not compiled.wraps(self):
+            options = dict(backend=backend, fullgraph=True, dynamic=False, **({"mode": mode} if backend == "inductor" else {}))
+            self._compiled = CompiledModules(mode, backend, self.unet, self.vae, torch.compile(self.unet, **options),
+                                             torch.compile(self.vae.decode, **options))  # fmt: skip
+        self._use_compiled = True
+
+    def disable_torch_compile(self) -> None:
+        """Back to the eager UNet and VAE decoder: outputs bit-identical to a pipeline never compiled."""
+        self._use_compiled = False
+
+    @property
+    def torch_compile_mode(self) -> str | None:
+        """The ``torch.compile`` mode in use, or None when the pipeline runs eagerly."""
+        return self._compiled.mode if self._use_compiled else None
+
+    def _denoiser_and_decoder(self) -> tuple[Callable, Callable]:
+        """The UNet and ``vae.decode`` to call: compiled when compilation is on, else the modules' own."""
+        if not self._use_compiled:
+            return self.unet, self.vae.decode
+        if not self._compiled.wraps(self):
+            raise RuntimeError("the pipeline's unet or vae was replaced after enable_torch_compile(); call it again")
+        return self._compiled.unet, self._compiled.vae_decode
+
     # ------------------------------------------------------------------------------------------ conditions
 
     def encode_prompt(self, prompt: list[str], device: torch.device) -> torch.Tensor:
@@ -171,7 +223,8 @@ class AVSyncDPipeline(DiffusionPipeline):
         """(b, c, f, h, w) latents -> (b, 3, f, H, W) video in [-1, 1], decoded frame by frame."""
         batch, channels, num_frames, height, width = latents.shape
         flat = latents.transpose(1, 2).reshape(batch * num_frames, channels, height, width) / self.vae.config.scaling_factor
-        images = torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample for chunk in flat.split(decode_chunk_size)])
+        decode = self._denoiser_and_decoder()[1]
+        images = torch.cat([decode(chunk.to(self.vae.dtype)).sample for chunk in flat.split(decode_chunk_size)])
         return images.reshape(batch, num_frames, *images.shape[1:]).transpose(1, 2).float()
 
     def _extra_step_kwargs(self, generator, eta: float) -> dict:
@@ -301,7 +354,14 @@ class AVSyncDPipeline(DiffusionPipeline):
         audio_condition = torch.cat(audio_branches)
         mask_condition = audio_masks.repeat(num_branches, 1, 1)
 
-        # 5. Initial latents: clean image latent (frame 0) + noise for frames 1.. (noise drawn first)
+        # 5. Timesteps, then the initial latents: clean image latent (frame 0) + noise for frames 1.. (noise
+        # drawn first), scaled by the scheduler's initial sigma for these timesteps (Euler's depends on them).
+        # The scheduler works on host-side timesteps (its per-step scalar math then needs no device sync);
+        # the UNet gets a device copy made once.
+        self.scheduler.set_timesteps(num_inference_steps, device="cpu")
+        timesteps = self.scheduler.timesteps
+        unet_timesteps = timesteps.to(device)
+        self._num_timesteps = len(timesteps)
         if latents is None:
             if isinstance(image, list):
                 image = [np.asarray(i) if isinstance(i, PIL.Image.Image) else i for i in image]
@@ -317,9 +377,7 @@ class AVSyncDPipeline(DiffusionPipeline):
             first, noise = latents[:, :, :1], latents[:, :, 1:]
 
         # 6. Denoising loop: the scheduler only ever sees frames 1..
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
+        unet = self._denoiser_and_decoder()[0]
         extra_step_kwargs = self._extra_step_kwargs(generator, eta)
         noisy = noise
         # The official loop writes each step into one video tensor (see ``official_inplace_step``).
@@ -327,19 +385,21 @@ class AVSyncDPipeline(DiffusionPipeline):
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([first, self.scheduler.scale_model_input(noisy, t)], dim=2)
-                noise_pred = self.unet(
+                noise_pred = unet(
                     model_input.repeat(num_branches, 1, 1, 1, 1),
-                    t,
+                    unet_timesteps[i],
                     encoder_hidden_states=text_condition,
                     audio_encoder_hidden_states=audio_condition,
                     audio_attention_mask=mask_condition,
                 ).sample
-                noise_pred = self._combine_guidance(noise_pred.chunk(num_branches))
+                # A copy of frames 1..: schedulers keep past model outputs, and a CUDA-graph UNet reuses its
+                # output buffer in the next step.
+                model_output = self._combine_guidance(noise_pred.chunk(num_branches))[:, :, 1:].clone()
                 if official_inplace_step:
-                    video[:, :, 1:] = self.scheduler.step(noise_pred[:, :, 1:], t, video[:, :, 1:], **extra_step_kwargs).prev_sample
+                    video[:, :, 1:] = self.scheduler.step(model_output, t, video[:, :, 1:], **extra_step_kwargs).prev_sample
                     noisy = video[:, :, 1:]
                 else:
-                    noisy = self.scheduler.step(noise_pred[:, :, 1:], t, noisy, **extra_step_kwargs).prev_sample
+                    noisy = self.scheduler.step(model_output, t, noisy, **extra_step_kwargs).prev_sample
 
                 if callback_on_step_end is not None:
                     tensors = {"latents": torch.cat([first, noisy], dim=2), "prompt_embeds": prompt_embeds, "audio_embeds": audio_embeds}

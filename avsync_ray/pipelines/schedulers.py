@@ -8,7 +8,9 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 # name -> (scheduler class, settings over the base config); the names are config.SchedulerName's
 SCHEDULERS: dict[str, tuple[type, dict]] = {
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),  # the official sampler (PLMS steps only)
-    "ddim": (DDIMScheduler, {}),
+    # Latents are not in [-1, 1]: never clip the predicted clean sample (SD1.5's own scheduler config says so, but a
+    # base config without the key, like the presets', would leave DDIM's default clip_sample=True).
+    "ddim": (DDIMScheduler, {"clip_sample": False}),
     "dpmpp-2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
     "dpmpp-2m-karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
     "euler": (EulerDiscreteScheduler, {}),

@@ -1,7 +1,8 @@
 """DeepSpeed: the engine config from the typed config, the engine itself, its checkpoints, and their export.
 
 Only the trainable module goes through ``deepspeed.initialize``, with a client ``torch.optim.AdamW`` over its
-trainable parameters (no compiled optimizer ops, so the same code runs on CPU with gloo and on GPUs).
+trainable parameters (torch's own kernels, fused on CUDA; no DeepSpeed compiled ops, so the same code runs on CPU
+with gloo and on GPUs), optionally ``torch.compile``-d inside the engine.
 Checkpoints are DeepSpeed's own layout plus ``avsync_checkpoint.json`` (task, step, resolved config, MLflow
 run id, and the settings a resume must not change).
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from avsync_ray.config import TrainCommonConfig
+from avsync_ray.config import OptimizerConfig, TrainCommonConfig
 from avsync_ray.errors import InputError
 from avsync_ray.storage import exists, join_uri, read_json
 
@@ -63,9 +64,21 @@ def deepspeed_config(config: TrainCommonConfig, world_size: int) -> dict[str, An
     }
 
 
-def initialize(model: torch.nn.Module, config: TrainCommonConfig, world_size: int):
+def adamw(parameters: list[torch.nn.Parameter], settings: OptimizerConfig) -> torch.optim.AdamW:
+    """torch's AdamW with the configured kernels (``optimizer.implementation``; auto: fused on CUDA, where it is one
+    kernel per step, and foreach on CPU). All three compute the same update."""
+    implementation = settings.implementation
+    if implementation == "auto":
+        implementation = "fused" if torch.cuda.is_available() else "foreach"
+    kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False, "fused": False}}[implementation]
+    return torch.optim.AdamW(parameters, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay, eps=settings.eps, **kernels)
+
+
+def initialize(model: torch.nn.Module, config: TrainCommonConfig, world_size: int, compile_backend: str = "inductor"):
     """Wrap ``model`` in a DeepSpeed engine with AdamW over its trainable parameters and the config's schedule
-    (constant, or constant after a linear warm-up, stepped once per optimizer step)."""
+    (constant, or constant after a linear warm-up, stepped once per optimizer step). With ``deepspeed.compile``
+    the module's forward (and so its backward) runs through ``torch.compile`` with ``compile_backend`` (one
+    graph, static shapes: the first step compiles, for minutes)."""
     from diffusers.optimization import get_scheduler
 
     deepspeed = setup_deepspeed()
@@ -73,12 +86,16 @@ def initialize(model: torch.nn.Module, config: TrainCommonConfig, world_size: in
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay, eps=settings.eps)
+    optimizer = adamw(parameters, settings)
     schedule = "constant_with_warmup" if settings.warmup_steps else "constant"
     lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=settings.warmup_steps)
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=deepspeed_config(config, world_size), dist_init_required=False
     )
+    if config.deepspeed.compile:
+        # The module's forward, not its call: DeepSpeed's module hooks around it stay eager (they are Python
+        # bookkeeping that dynamo cannot trace into the graph), the forward and its backward are one graph each.
+        engine.module.forward = torch.compile(engine.module.forward, backend=compile_backend, fullgraph=True, dynamic=False)
     return engine
 
 
