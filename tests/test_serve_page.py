@@ -23,6 +23,10 @@ STEPS = 12
 INGRESS_ONGOING = 2
 
 
+# apt-get's time, all told, stays well under pytest's per-test --timeout (600 s), so a slow mirror skips, not fails.
+APT_TIMEOUTS_S = {"update": 120, "install": 300}
+
+
 def chromium() -> str:
     """Debian's Chromium, installed with apt-get where it is missing and this process may; else skip with why."""
     if Path(CHROMIUM).exists():
@@ -31,10 +35,11 @@ def chromium() -> str:
         pytest.skip(f"{CHROMIUM} is missing and apt-get cannot install it here (not root, or no apt-get)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        timeout = APT_TIMEOUTS_S[command[1]]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
-            pytest.skip(f"`{' '.join(command)}` did not finish in 15 minutes")
+            pytest.skip(f"`{' '.join(command)}` did not finish in {timeout} s")
         if done.returncode:
             pytest.skip(f"`{' '.join(command)}` failed: {done.stderr.strip().splitlines()[-1:]}")
     return CHROMIUM
@@ -52,9 +57,15 @@ def page_url(ray_session):
 
 
 @pytest.fixture(scope="module")
-def browser_page(page_url, tmp_path_factory):
+def browser():
+    """Playwright and the browser, checked before the app is deployed, so a machine without them skips at once."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package (the dev extra) is not installed")
-    executable = chromium()
+    return sync_api, chromium()
+
+
+@pytest.fixture(scope="module")
+def browser_page(browser, page_url, tmp_path_factory):
+    sync_api, executable = browser
     profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh profile each run
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(str(profile), executable_path=executable, headless=True, args=FLAGS,
