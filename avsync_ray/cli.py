@@ -29,6 +29,7 @@ from avsync_ray.config import (
     EvalSyncConfig,
     GenerateConfig,
     PrecomputeConfig,
+    ServeConfig,
     TrainConfig,
     TrainSyncConfig,
     load_config,
@@ -431,6 +432,23 @@ def metric(
     return {"audio": audio, "video": video, **result}
 
 
+@verb()
+def serve(
+    config: ConfigOption = None,
+    set_: set_option("model.source=models:/avsyncd@champion") = None,
+    print_config: Annotated[bool, typer.Option(help="Print the Ray Serve config (for `serve deploy` or a RayService's serveConfigV2) and exit.")] = False,
+):
+    """Serve AVSyncD with Ray Serve: the HTTP API (docs at /docs), a web page at /, jobs with progress, sync scores."""
+    from avsync_ray.serve.app import deploy_config, run_serve
+
+    cfg = _load(ServeConfig, "serve", config, set_)
+    if print_config:
+        import yaml
+
+        return yaml.safe_dump(deploy_config(cfg), sort_keys=False).rstrip("\n")
+    return run_serve(cfg)
+
+
 @verb("show", config_app)
 def config_show(
     preset: Annotated[str, typer.Argument(help="Preset name.")],
@@ -448,7 +466,7 @@ def config_show(
 
 
 @verb("fields", config_app)
-def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train, eval-sync, eval or precompute.")]):
+def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train, eval-sync, eval, precompute or serve.")]):
     """Every field of a config tree (dotted name, type, default, meaning) as a Markdown table."""
     from avsync_ray.config import describe_fields
 

@@ -6,7 +6,8 @@
 - KubeRay ``ray.io/v1`` manifests (RayCluster, RayJob, RayService) are checked against the OpenAPI v3 schemas
   of KubeRay's CRDs (vendored in ``cluster/kuberay/crds/``) with ``jsonschema``. Unknown fields are errors
   here, where the API server would silently drop them (kubeconform's ``-strict``). A RayService's
-  ``serveConfigV2`` is a string to the CRD, so it is parsed and checked with Ray Serve's own schema.
+  ``serveConfigV2`` is a string to the CRD, so it is parsed and checked with Ray Serve's own schema (and an
+  ``avsync serve`` application's args with the project's types); so is a Serve config file (``serve deploy``).
 - Beyond the schemas: a ``rayVersion`` must be the Ray version in its images' tags, worker replicas must lie
   in their min/max range, a RayJob needs a cluster and a ``ttlSecondsAfterFinished`` that can take effect,
   and a launcher image must carry the Ray version of the client that runs ``ray up``.
@@ -179,16 +180,43 @@ def _cluster_spec_problems(spec: dict[str, Any], prefix: str) -> list[str]:
 
 
 def _serve_config_problems(text: Any, prefix: str) -> list[str]:
-    from pydantic import ValidationError
-    from ray.serve.schema import ServeDeploySchema
-
     try:
-        ServeDeploySchema.model_validate(yaml.safe_load(text))
+        config = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         return [f"{prefix}: not YAML ({exc})"]
-    except ValidationError as exc:
-        return [f"{prefix}.{_dotted(e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return []
+    return serve_config_problems(config, prefix)
+
+
+def serve_config_problems(config: Any, prefix: str = "") -> list[str]:
+    """Every problem of a Ray Serve config (``serve deploy`` file, a RayService's ``serveConfigV2``): Serve's own
+    schema, then, for an application of ``avsync serve``, its ``args`` and its model deployments' ``user_config``
+    with the project's types (what a replica would refuse at start, found before anything is deployed)."""
+    from pydantic import ValidationError
+    from ray.serve.schema import DeploymentSchema, ServeDeploySchema
+
+    from avsync_ray.config import MODEL_DEPLOYMENTS, SERVE_BUILDER, ModelSourceConfig, ServeAppArgs
+
+    def check(schema, value, where: str) -> list[str]:
+        try:
+            schema.model_validate(value)
+        except ValidationError as exc:
+            return [f"{'.'.join(p for p in (prefix, where, _dotted(e['loc'])) if p) or '<root>'}: {e['msg']}" for e in exc.errors()]
+        return []
+
+    problems = check(ServeDeploySchema, config, "")
+    if problems:
+        return problems
+    known = set(DeploymentSchema.model_fields)  # Serve's schema drops unknown deployment options without a word
+    for index, application in enumerate(config["applications"]):
+        where = f"applications[{index}]"
+        for number, deployment in enumerate(application.get("deployments") or []):
+            place = ".".join(p for p in (prefix, f"{where}.deployments[{number}]") if p)
+            problems += [f"{place}.{key}: unknown field (not a Serve deployment option)" for key in sorted(set(deployment) - known)]
+            if application.get("import_path") == SERVE_BUILDER and deployment["name"] in MODEL_DEPLOYMENTS and "user_config" in deployment:
+                problems += check(ModelSourceConfig, deployment["user_config"], f"{where}.deployments[{number}].user_config")
+        if application.get("import_path") == SERVE_BUILDER:
+            problems += check(ServeAppArgs, application.get("args") or {}, f"{where}.args")
+    return problems
 
 
 def manifest_problems(manifest: Any, schemas: dict[str, dict[str, Any]]) -> list[str]:
@@ -261,7 +289,7 @@ def launcher_problems(config: Any) -> list[str]:
 
 
 def file_problems(path: str | Path, schemas: dict[str, dict[str, Any]]) -> list[str]:
-    """Every problem of a YAML file of launcher configs or KubeRay manifests, each line prefixed by the file."""
+    """Every problem of a YAML file of launcher configs, KubeRay manifests or Serve configs, each line prefixed by the file."""
     try:
         documents = [doc for doc in yaml.safe_load_all(Path(path).read_text()) if doc is not None]
     except (OSError, yaml.YAMLError) as exc:
@@ -275,8 +303,10 @@ def file_problems(path: str | Path, schemas: dict[str, dict[str, Any]]) -> list[
             found = manifest_problems(document, schemas)
         elif isinstance(document, dict) and "provider" in document:
             found = launcher_problems(document)
+        elif isinstance(document, dict) and "applications" in document:
+            found = serve_config_problems(document)
         else:
-            found = ["<root>: neither a ray.io/v1 manifest (apiVersion, kind) nor a cluster-launcher config (provider)"]
+            found = ["<root>: neither a ray.io/v1 manifest (apiVersion, kind), a cluster-launcher config (provider) nor a Ray Serve config (applications)"]
         problems += [f"{where}: {line}" for line in found]
     return problems
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -15,7 +16,9 @@ from avsync_ray.devices import resolve_device
 from avsync_ray.errors import InputError
 from avsync_ray.media import decode, encode_mp4, load_audio, load_image, probe
 from avsync_ray.media.audio import DEFAULT_MEL
+from avsync_ray.media.errors import source_name
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
+from avsync_ray.media.io import Source
 from avsync_ray.pipelines.loading import check_pipeline_folder, load_pipeline, model_frame_size
 from avsync_ray.pipelines.schedulers import make_scheduler, scheduler_name
 from avsync_ray.storage import filesystem
@@ -39,11 +42,12 @@ def with_model_size(config: SamplingConfigT, model_dir: str | Path) -> SamplingC
 
 
 def load_conditioning(
-    config: GenerateConfig, image: str | None = None, audio: str | None = None, video: str | None = None
+    config: GenerateConfig, image: Source | None = None, audio: Source | None = None, video: Source | None = None
 ) -> Conditioning:
     """The first frame and audio clip, following the official demo: ``image`` and ``audio`` files win;
     otherwise both come from the centred ``num_frames / fps``-second clip of ``video``. Every input is
-    decoded (and so checked) here; audio too short for the mel front end is refused."""
+    decoded (and so checked) here; audio too short for the mel front end is refused. Each input is a URI or the
+    file's bytes."""
     if image and audio and video:
         raise InputError("give at most two of --image, --audio and --video")
     if not ((image or video) and (audio or video)):
@@ -51,7 +55,7 @@ def load_conditioning(
     if config.height is None or config.width is None:
         raise InputError("the output size is not set: use with_model_size(config, model) or set height and width")
     clip_seconds = config.num_frames / config.fps
-    source: dict = {"image": image, "audio": audio, "video": video}
+    source: dict = {name: value and source_name(value) for name, value in (("image", image), ("audio", audio), ("video", video))}
     clip = None
     if video and not (image and audio):
         info = probe(video)
@@ -66,7 +70,7 @@ def load_conditioning(
     waveform = np.asarray(load_audio(audio) if audio else clip.audio, dtype=np.float32)
     shortest = int(DEFAULT_MEL.sample_rate * DEFAULT_MEL.frame_length_ms / 1000)
     if len(waveform) < shortest:
-        raise InputError(f"{audio or video}: the audio lasts {len(waveform) / DEFAULT_MEL.sample_rate:.3f} s; at least {shortest / DEFAULT_MEL.sample_rate} s is needed")
+        raise InputError(f"{source_name(audio or video)}: the audio lasts {len(waveform) / DEFAULT_MEL.sample_rate:.3f} s; at least {shortest / DEFAULT_MEL.sample_rate} s is needed")
     frame = to_uint8_frames(center_crop_resize(first_frame, (config.height, config.width)))[0]
     return Conditioning(image=frame, audio=waveform, source=source)
 
@@ -91,11 +95,19 @@ def generate(pipe, conditioning: Conditioning, prompt: str, config: GenerateConf
 
 
 def generate_batch(
-    pipe, images: list[np.ndarray], audios: list[np.ndarray], prompts: list[str], seeds: list[int], config: SamplingConfig, null_audio: bool = False
+    pipe,
+    images: list[np.ndarray],
+    audios: list[np.ndarray],
+    prompts: list[str],
+    seeds: list[int],
+    config: SamplingConfig,
+    null_audio: bool = False,
+    callback_on_step_end: Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One pipeline call for a batch, each sample with its own generator seeded by ``seeds`` (so a sample does
     not depend on the others of its batch); returns uint8 frames (B, T, H, W, 3) and the 16 kHz clips (B, samples).
-    ``null_audio`` conditions on the null audio instead (the model without its audio)."""
+    ``null_audio`` conditions on the null audio instead (the model without its audio); ``callback_on_step_end``
+    runs between denoising steps (``pipe(...)``'s argument: progress, cancellation)."""
     generators = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
     out = pipe(
         image=list(images),
@@ -112,6 +124,7 @@ def generate_batch(
         output_type="np",
         official_inplace_step=config.official_inplace_step,
         null_audio=null_audio,
+        callback_on_step_end=callback_on_step_end,
     )
     return np.stack([to_uint8_frames(frames) for frames in out.frames]), out.audio
 

@@ -136,29 +136,48 @@ def is_registry_uri(uri: str) -> bool:
     return str(uri).startswith(REGISTRY_SCHEME)
 
 
-def resolve_model(uri: str, tracking_uri: str, download_to: str | None = None) -> ModelSource:
-    """A model folder as it is, or a registered model (``models:/name@alias`` or ``models:/name/3``, as
-    ``avsync export --register`` logs them) resolved to its version and downloaded (to ``download_to``, else a
-    temporary folder); the exported folder inside the pyfunc model's artifacts is returned."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    if not is_registry_uri(uri):
-        return ModelSource(path=str(uri), uri=str(uri))
-    reference = uri[len(REGISTRY_SCHEME) :]
+def parse_registry_uri(uri: str) -> tuple[str, str | None, int | None]:
+    """(name, alias, version) of ``models:/name@alias`` or ``models:/name/3``; exactly one of alias and version is set."""
+    reference = uri[len(REGISTRY_SCHEME) :] if is_registry_uri(uri) else ""
     name, alias, version = reference, None, None
     if "@" in reference:
         name, alias = reference.split("@", 1)
     elif "/" in reference:
         name, number = reference.split("/", 1)
         version = int(number) if number.isdigit() else None
-    if not name or (alias is None and version is None):
+    if not name or not (alias or version is not None):
         raise ValueError(f"{uri!r} is not a registry URI of the form models:/<name>@<alias> or models:/<name>/<version>")
+    return name, alias, version
+
+
+def _registry_entry(uri: str, tracking_uri: str):
+    """The MLflow ``ModelVersion`` a registry URI names (an alias is looked up now)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    name, alias, version = parse_registry_uri(uri)
     client = MlflowClient(tracking_uri)
     try:
-        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
     except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"{uri} is not in the model registry at {tracking_uri}: {exc.message}") from None
+
+
+def registry_version(uri: str, tracking_uri: str) -> int:
+    """The version a registry URI points at now (an alias may have moved), without downloading anything."""
+    return int(_registry_entry(uri, tracking_uri).version)
+
+
+def resolve_model(uri: str, tracking_uri: str, download_to: str | None = None) -> ModelSource:
+    """A model folder as it is, or a registered model (``models:/name@alias`` or ``models:/name/3``, as
+    ``avsync export --register`` logs them) resolved to its version and downloaded (to ``download_to``, else a
+    temporary folder); the exported folder inside the pyfunc model's artifacts is returned."""
+    import mlflow
+
+    if not is_registry_uri(uri):
+        return ModelSource(path=str(uri), uri=str(uri))
+    name, alias, _ = parse_registry_uri(uri)
+    found = _registry_entry(uri, tracking_uri)
     resolved = f"{REGISTRY_SCHEME}{name}/{found.version}"
     mlflow.set_tracking_uri(tracking_uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=resolved, dst_path=download_to or tempfile.mkdtemp(prefix="avsync-model-"))

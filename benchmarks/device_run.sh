@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (its image has torch; the rest travels as wheels in .whl/). Arguments
-# pick the steps: tests (the GPU tests), generate, throughput, samplers, sync, train, precompute, eval; default: tests
+# pick the steps: tests (the GPU tests), generate, throughput, samplers, sync, train, precompute, eval, serve; default: tests
 # generate sync. Results land in $OUT. Each step has its own time limit (STEP_TIMEOUT seconds, default 540), so one
 # call of a few steps fits the 10-minute command limit only when the steps are few: see benchmarks/RESULTS.md.
 # TRAIN_BATCHES (default "4 8 16") picks the training micro-batches; TRAIN_ARGS adds bench_train.py options.
@@ -34,6 +34,8 @@ for step in "${steps[@]}"; do
         --out "${OUT:-/tmp}/bench_eval_cuda.json" ;;
     precompute)
       python3 benchmarks/bench_precompute.py --device cuda --dtype bfloat16 --samples 8 --windows 3 --out "${OUT:-/tmp}/bench_precompute_cuda.json" ;;
+    serve)  # @serve.batch against batch size 1 at concurrency 8, full-size random weights
+      "${limit[@]}" python3 benchmarks/bench_serve.py --preset full --steps 50 --requests 16 --out "${OUT:-/tmp}/bench_serve_full.json" ;;
     train)  # eager and optimized (compiled UNet, fused AdamW, checkpointing only if needed), one process per batch
       for batch in ${TRAIN_BATCHES:-4 8 16}; do
         # shellcheck disable=SC2086

@@ -325,7 +325,7 @@ def test_validate_cli_prints_one_line_per_problem(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.splitlines() == [
         f"{bad}: spec.workerGroupSpecs[1].maxReplica: unknown field (not in the RayCluster schema)",
-        f"{other}: <root>: neither a ray.io/v1 manifest (apiVersion, kind) nor a cluster-launcher config (provider)",
+        f"{other}: <root>: neither a ray.io/v1 manifest (apiVersion, kind), a cluster-launcher config (provider) nor a Ray Serve config (applications)",
         "error: 2 problem(s) in 2 file(s), listed above",
     ]
 

@@ -84,7 +84,7 @@ def test_resolved_snapshot_round_trips(tmp_path):
     assert load_config(DemoConfig, path=path) == config
 
 
-@pytest.mark.parametrize("verb", ["curate", "train", "train-sync", "eval-sync", "precompute", "eval"])
+@pytest.mark.parametrize("verb", ["curate", "train", "train-sync", "eval-sync", "precompute", "eval", "serve"])
 def test_readme_documents_every_field(verb):
     from pathlib import Path
 

@@ -16,8 +16,9 @@ APPS = ("cli", "demo", "mlflow_models", "jobs", "cluster_configs", "__main__")
 # Lower layers: what every feature may use. None of them may import a feature or an app.
 SHARED = ("config", "devices", "faults", "storage", "sources", "media", "models", "pipelines", "shards", "examples", "synth",
           "generate", "tracking", "ray_runtime", "batch_jobs")  # fmt: skip
-# The paper's synchronisation formulas are pure functions that curation and training use too.
-SHARED_ACROSS_FEATURES = {"avsync_ray.evaluation.sync_metrics"}
+# The paper's synchronisation formulas are pure functions that curation and training use too; the sync metrics
+# of one pair (what `avsync metric` computes) are what the serving app's sync-score route answers.
+SHARED_ACROSS_FEATURES = {"avsync_ray.evaluation.sync_metrics", "avsync_ray.evaluation.pair_metrics"}
 # The only modules that run Ray (or start it through ray_runtime / batch_jobs).
 RAY_MODULES = {
     "avsync_ray.cli", "avsync_ray.demo", "avsync_ray.ray_runtime", "avsync_ray.batch_jobs", "avsync_ray.curation.pipeline",

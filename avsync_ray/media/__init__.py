@@ -5,6 +5,7 @@ from avsync_ray.media.errors import MediaError, MediaErrorReason
 from avsync_ray.media.io import (
     AudioInfo,
     DecodedAV,
+    ImageInfo,
     MediaInfo,
     VideoInfo,
     decode,
@@ -13,6 +14,7 @@ from avsync_ray.media.io import (
     load_audio,
     load_image,
     probe,
+    probe_image,
 )
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "TARGET_SAMPLE_RATE",
     "AudioInfo",
     "DecodedAV",
+    "ImageInfo",
     "MediaError",
     "MediaErrorReason",
     "MediaInfo",
@@ -31,6 +34,7 @@ __all__ = [
     "load_audio",
     "load_image",
     "probe",
+    "probe_image",
     "resample",
     "to_mono",
     "waveform_to_mel",

@@ -13,6 +13,7 @@ class MediaErrorReason(str, Enum):
     NO_VIDEO_STREAM = "no_video_stream"
     NO_AUDIO_STREAM = "no_audio_stream"
     OUT_OF_RANGE = "out_of_range"
+    TOO_LARGE = "too_large"
 
 
 def source_name(source: str | bytes) -> str:

@@ -1,0 +1,56 @@
+"""What the `avsync serve` tests share: small media made on the spot, a free loopback port, and one Serve app
+deployed on the session's Ray for a test module (shut down at its end)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+
+import numpy as np
+import PIL.Image
+
+
+def png(width: int = 80, height: int = 60, seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def wav(seconds: float) -> bytes:
+    from avsync_ray.media import encode_wav
+
+    t = np.arange(int(seconds * 16000)) / 16000
+    return encode_wav((0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32))
+
+
+def mp4(seconds: float, size: int = 64, audio: bool = True) -> bytes:
+    from avsync_ray.media import encode_mp4
+
+    frames = np.random.default_rng(1).integers(0, 255, (int(seconds * 6), size, size, 3), dtype=np.uint8)
+    waveform = (0.3 * np.sin(np.arange(int(seconds * 16000)) / 5)).astype(np.float32) if audio else None
+    return encode_mp4(frames, 6, waveform, 16000, preset="ultrafast")
+
+
+def free_port() -> int:
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(config, env_vars: dict[str, str] | None = None, timeout_s: float = 600):
+    """Deploy ``config`` (a ServeConfig) as ``avsync serve`` does, on the Ray already running; ``env_vars`` go to
+    the replicas through the application's runtime_env (as a Serve config file would set them)."""
+    from ray import serve
+
+    from avsync_ray.serve.app import deploy, deploy_config
+
+    serve_config = deploy_config(config)
+    if env_vars:
+        serve_config["applications"][0]["runtime_env"] = {"env_vars": env_vars}
+    try:
+        deploy(serve_config, timeout_s=timeout_s)
+        yield serve_config
+    finally:
+        serve.shutdown()

@@ -1,0 +1,455 @@
+"""`avsync serve` without Ray: the job book's bounds, request grouping, batched generation, upload probing and
+limits, model sources and swaps, the Serve config it deploys (checked with Ray's own schema) and the cluster's."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from avsync_ray.config import ConfigError, SamplingConfig, ServeConfig, ServeLimits, load_config
+from avsync_ray.serve.jobs import JobBook
+from avsync_ray.serve.schemas import ApiError, GenerationRequest, group_compatible
+from serve_support import mp4, png, wav
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"category": "dog barking", "num_inference_steps": 4, "scheduler": "pndm", "audio_guidance_scale": 4.0, "seed": 1}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def book(clock=None, **overrides) -> JobBook:
+    bounds = dict(max_active=3, job_timeout_s=100.0, result_ttl_s=50.0, max_stored_results=2, retry_after_s=7.0)
+    return JobBook(**{**bounds, **overrides}, clock=clock or Clock())
+
+
+def status_of(error: ApiError) -> tuple[int, str]:
+    return error.status, error.code
+
+
+# ------------------------------------------------------------------------------------------------ job book
+
+
+def test_the_job_book_refuses_past_its_bound_with_503_and_retry_after():
+    jobs = book()
+    ids = [jobs.submit(SETTINGS, 4)["id"] for _ in range(3)]
+    with pytest.raises(ApiError) as refused:
+        jobs.submit(SETTINGS, 4)
+    assert status_of(refused.value) == (503, "overloaded") and refused.value.headers == {"Retry-After": "7"}
+    assert "3 unfinished jobs" in refused.value.message
+    jobs.succeed(ids[0], b"mp4", {})  # a finished job frees its slot
+    assert jobs.submit(SETTINGS, 4)["status"] == "queued"
+
+
+def test_a_job_goes_queued_running_succeeded_with_its_progress():
+    jobs = book()
+    job = jobs.submit(SETTINGS, 4)
+    other = jobs.submit(SETTINGS, 4)
+    assert (job["status"], job["queue_position"], other["queue_position"]) == ("queued", 0, 1)
+    assert jobs.start([job["id"]], {"name": "tiny"}) == []
+    assert jobs.progress([job["id"]], 3) == []
+    running = jobs.view(job["id"])
+    assert running["status"] == "running" and running["progress"] == {"step": 3, "total_steps": 4, "fraction": 0.75}
+    assert running["queue_position"] is None and jobs.view(other["id"])["queue_position"] == 0
+    with pytest.raises(ApiError) as early:
+        jobs.video(job["id"])
+    assert status_of(early.value) == (409, "not_ready") and "running (step 3/4)" in early.value.message
+    jobs.succeed(job["id"], b"mp4-bytes", {"name": "tiny", "version": 2})
+    video, view = jobs.video(job["id"])
+    assert video == b"mp4-bytes" and view["status"] == "succeeded" and view["progress"]["step"] == 4
+    assert view["video_url"] == f"/v1/animations/{job['id']}/video" and view["model"]["version"] == 2
+
+
+def test_cancelling_stops_a_running_job_skips_a_queued_one_and_deletes_a_finished_one():
+    jobs = book(max_stored_results=10)
+    running, queued, done = (jobs.submit(SETTINGS, 4)["id"] for _ in range(3))
+    jobs.start([running, done], {})
+    jobs.succeed(done, b"x", {})
+    assert jobs.cancel(running)["status"] == "cancelled"
+    assert jobs.progress([running], 2) == [running]  # the model's next step report tells it to stop
+    assert jobs.cancel(queued)["status"] == "cancelled"
+    assert jobs.start([queued], {}) == [queued]  # never runs
+    assert jobs.view(queued)["started_at"] is None
+    jobs.succeed(running, b"late", {})  # a result arriving after the cancel is dropped
+    assert jobs.view(running)["status"] == "cancelled"
+    assert jobs.cancel(done)["status"] == "succeeded"
+    with pytest.raises(ApiError) as gone:
+        jobs.view(done)
+    assert status_of(gone.value) == (404, "not_found")
+
+
+def test_results_expire_the_oldest_go_first_and_stuck_jobs_time_out():
+    clock = Clock()
+    jobs = book(clock)
+    first, second, third = (jobs.submit(SETTINGS, 4)["id"] for _ in range(3))
+    for job_id in (first, second, third):
+        clock.now += 1
+        jobs.succeed(job_id, b"x", {})
+    with pytest.raises(ApiError):  # max_stored_results=2: the oldest result went
+        jobs.view(first)
+    assert jobs.view(third)["status"] == "succeeded"
+    clock.now += 51  # result_ttl_s=50
+    with pytest.raises(ApiError):
+        jobs.view(third)
+    stuck = jobs.submit(SETTINGS, 4)["id"]
+    clock.now += 101  # job_timeout_s=100
+    timed_out = jobs.view(stuck)
+    assert timed_out["status"] == "failed" and "timed out" in timed_out["error"]
+    assert jobs.progress([stuck], 1) == [stuck]
+
+
+# ------------------------------------------------------------------------------------------------ batching
+
+
+def request(job_id, steps=4, scheduler="pndm", guidance=4.0, samples=32000, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    audio = (rng.standard_normal(samples) * 0.1).astype(np.float32)
+    return GenerationRequest(job_id, image, audio, "dog barking", seed, steps, scheduler, guidance)
+
+
+def test_compatible_requests_group_in_arrival_order():
+    requests = [request("a"), request("b", steps=8), request("c"), request("d", scheduler="ddim"), request("e", guidance=1.0),
+                request("f", samples=16000), request("g", steps=8)]  # fmt: skip
+    groups = group_compatible(requests, GenerationRequest.batch_key)
+    assert [[requests[i].job_id for i in group] for group in groups] == [["a", "c"], ["b", "g"], ["d"], ["e"], ["f"]]
+
+
+def test_a_batched_pipeline_call_gives_each_request_what_it_gives_alone(tiny_pipe):
+    from avsync_ray.generate import Conditioning, generate, generate_batch
+
+    config = SamplingConfig(num_inference_steps=2, height=64, width=64)
+    items = [request(str(i), seed=i) for i in range(3)]
+    conditionings = [Conditioning(r.image, r.audio, {}) for r in items]
+    prompts = ["dog barking", "hammering", "dog barking"]
+    frames_b, audio_b = generate_batch(tiny_pipe, [c.image for c in conditionings], [c.audio for c in conditionings], prompts, [5, 6, 7], config)
+    batched = list(zip(frames_b, audio_b))
+    alone = [generate(tiny_pipe, c, p, config.model_copy(update={"seed": s})) for c, p, s in zip(conditionings, prompts, [5, 6, 7])]
+    for (frames, audio), (solo_frames, solo_audio) in zip(batched, alone):
+        assert frames.shape == (12, 64, 64, 3) and frames.dtype == np.uint8
+        assert np.abs(frames.astype(int) - solo_frames.astype(int)).max() <= 1 and np.array_equal(audio, solo_audio)
+    assert not np.array_equal(batched[0][0], batched[2][0])  # same prompt, other seed
+
+
+def test_a_step_callback_that_raises_stops_the_denoising_loop_between_steps(tiny_pipe):
+    from avsync_ray.generate import generate_batch
+    from avsync_ray.serve.deployments import GroupCancelled
+
+    steps_seen = []
+
+    def stop_after_two(pipe, index, timestep, tensors):
+        steps_seen.append(index)
+        if index == 1:
+            raise GroupCancelled
+        return {}
+
+    item = request("a")
+    with pytest.raises(GroupCancelled):
+        generate_batch(tiny_pipe, [item.image], [item.audio], ["dog barking"], [0], SamplingConfig(num_inference_steps=10, height=64, width=64),
+                       callback_on_step_end=stop_after_two)  # fmt: skip
+    assert steps_seen == [0, 1]
+
+
+def test_a_frame_cropped_for_another_size_is_cropped_again_for_the_model(tiny_pipe):
+    """After a swap to a model of another size, a request the ingress sized for the old one gets the clip the
+    new model gives a frame cropped for it (a replica re-crops; it never fails on a shape)."""
+    from avsync_ray.generate import generate_batch
+    from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
+    from avsync_ray.serve.deployments import AVSyncDModel
+
+    config = SamplingConfig(num_inference_steps=2, height=64, width=64)
+    stale = request("old", seed=4)
+    stale.image = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    (frames, audio), = AVSyncDModel.func_or_class._generate_group(tiny_pipe, config, [stale], None)
+    recropped = to_uint8_frames(center_crop_resize(stale.image, (64, 64)))[0]
+    expected, _ = generate_batch(tiny_pipe, [recropped], [stale.audio], [stale.prompt], [stale.seed], config)
+    assert frames.shape == (12, 64, 64, 3) and np.array_equal(frames, expected[0])
+
+
+# ------------------------------------------------------------------------------------------------ uploads
+
+
+SMALL = ServeLimits(max_image_pixels=100 * 100, max_video_pixels=96 * 96, max_audio_s=8.0, max_video_s=5.0)
+SIZES = SamplingConfig(height=64, width=64)
+
+
+def prepare(image=None, audio=None, video=None, limits=SMALL):
+    from avsync_ray.serve.uploads import prepare_animation_inputs
+
+    return prepare_animation_inputs(SIZES, limits, image, audio, video)
+
+
+def refusal(**files) -> tuple[int, str, str]:
+    with pytest.raises(ApiError) as refused:
+        prepare(**files)
+    return refused.value.status, refused.value.code, refused.value.message
+
+
+def test_an_image_and_a_sound_become_the_model_inputs_at_the_output_size():
+    conditioning = prepare(image=png(), audio=wav(5.0))
+    assert conditioning.image.shape == (64, 64, 3) and conditioning.image.dtype == np.uint8
+    assert conditioning.audio.dtype == np.float32 and conditioning.audio.shape == (32000,)  # the centred 2 s only
+
+
+def test_a_video_gives_both_inputs(media_dir):
+    limits = ServeLimits(max_video_pixels=400 * 300)
+    conditioning = prepare(video=(media_dir / "av_speech_grid" / "bbaf2n.mpg").read_bytes(), limits=limits)
+    assert conditioning.image.shape == (64, 64, 3) and conditioning.audio.shape == (32000,)
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        (dict(audio=b"sound"), (422, "invalid_request", "give an image and an audio file, or a video")),
+        (dict(image=b"i", audio=b"a", video=b"v"), (422, "invalid_request", "not all three")),
+        (dict(image=b"not an image", audio=b"a"), (415, "unsupported_media", "image: corrupt (not an image Pillow reads")),
+        (dict(image="big", audio="wav"), (413, "upload_too_large", "image: 120x90 is 10,800 pixels, above the limit of 10,000 (limits.max_image_pixels)")),
+        (dict(image="png", audio=b"\x00garbage" * 100), (415, "unsupported_media", "audio: corrupt")),
+        (dict(image="png", audio="long wav"), (422, "too_long", "audio: lasts 9.0 s, longer than the limit of 8 s (limits.max_audio_s)")),
+        (dict(image="png", audio="short wav"), (422, "too_short", "audio: its audio lasts 0.30 s, shorter than 0.5 s (limits.min_audio_s)")),
+        (dict(video="silent mp4"), (422, "unusable_media", "video: has no audio track")),
+        (dict(video="large mp4"), (413, "upload_too_large", "video: 128x128 frames are 16,384 pixels, above the limit of 9,216 (limits.max_video_pixels)")),
+        (dict(video="long mp4"), (422, "too_long", "video: lasts 6.0 s, longer than the limit of 5 s (limits.max_video_s)")),
+        (dict(video="short mp4"), (422, "unusable_media", "video: out of range")),
+        (dict(image="png", video=b"\x00" * 64), (415, "unsupported_media", "video: corrupt")),
+    ],
+)
+def test_bad_uploads_are_refused_before_decoding_with_a_message(files, expected):
+    made = {"big": png(120, 90), "wav": wav(3.0), "png": png(), "long wav": wav(9.0), "short wav": wav(0.3), "silent mp4": mp4(3.0, audio=False),
+            "large mp4": mp4(3.0, size=128), "long mp4": mp4(6.0), "short mp4": mp4(1.0)}  # fmt: skip
+    status, code, message = refusal(**{k: made.get(v, v) if isinstance(v, str) else v for k, v in files.items()})
+    assert (status, code) == expected[:2] and expected[2] in message, message
+
+
+def test_a_sync_score_request_scores_the_videos_own_track_unless_given_a_sound():
+    from avsync_ray.serve.uploads import prepare_sync_inputs
+
+    video = mp4(3.0)
+    assert prepare_sync_inputs(SMALL, None, video).audio is video
+    assert prepare_sync_inputs(SMALL, wav(3.0), video).audio != video
+    with pytest.raises(ApiError) as refused:
+        prepare_sync_inputs(SMALL, wav(3.0), None)
+    assert refused.value.status == 422 and "give a video" in refused.value.message
+
+
+# ------------------------------------------------------------------------------------------------ model sources
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_a_model_slot_loads_presets_and_folders_and_keeps_the_model_when_a_swap_fails(tmp_path):
+    from avsync_ray.serve.model_slot import ModelSlot
+
+    loads = []
+
+    def loader(path):
+        if "broken" in path:
+            raise OSError(f"cannot load {path}")
+        loads.append(path)
+        return f"model at {path}"
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "broken").mkdir()
+    slot = ModelSlot("animation", loader, presets={"tiny": lambda folder: folder.mkdir()})
+
+    async def scenario():
+        await slot.apply({"source": "preset:tiny"})
+        assert slot.describe()["name"] == "tiny" and Path(slot.describe()["path"]).is_dir()
+        await slot.apply({"source": "preset:tiny", "poll_registry_s": 5})  # same model: not loaded again
+        assert len(loads) == 1
+        await slot.apply({"source": str(tmp_path / "other")})
+        assert slot.loaded.model == f"model at {tmp_path / 'other'}" and slot.describe()["name"] == "other"
+        with pytest.raises(OSError):
+            await slot.apply({"source": str(tmp_path / "broken")})
+        assert slot.describe()["name"] == "other"  # the old model keeps serving
+        with pytest.raises(FileNotFoundError, match="is not a folder on this machine"):
+            await slot.apply({"source": str(tmp_path / "missing")})
+        with pytest.raises(ValueError, match="no such preset"):
+            await slot.apply({"source": "preset:huge"})
+        with pytest.raises(ConfigError, match="poll_registry_s"):
+            await slot.apply({"source": "preset:tiny", "poll_registry_s": -1})
+        await slot.apply({"source": None})
+        assert slot.loaded is None and slot.describe() == {"role": "animation", "source": None}
+
+    run(scenario())
+    slot.close()
+
+
+def test_auth_refuses_to_start_open_when_it_names_a_missing_variable(monkeypatch):
+    from avsync_ray.config import AuthConfig
+    from avsync_ray.serve.api import configured_token_digest, token_digest
+
+    monkeypatch.delenv("AVSYNC_TEST_MISSING_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="AVSYNC_TEST_MISSING_TOKEN, which is unset"):
+        configured_token_digest(AuthConfig(token_env="AVSYNC_TEST_MISSING_TOKEN"))
+    monkeypatch.setenv("AVSYNC_TEST_MISSING_TOKEN", "s3cret")
+    assert configured_token_digest(AuthConfig(token_env="AVSYNC_TEST_MISSING_TOKEN")) == token_digest("s3cret") != "s3cret"
+    assert configured_token_digest(AuthConfig()) is None
+
+
+# ------------------------------------------------------------------------------------------------ Serve configs
+
+
+def serve_config(*overrides) -> ServeConfig:
+    return load_config(ServeConfig, "serve", overrides=list(overrides))
+
+
+def test_the_serve_config_validates_with_rays_schema_and_puts_the_model_in_user_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    from avsync_ray.config import ServeAppArgs
+    from avsync_ray.serve.app import deploy_config
+
+    config = serve_config("deployments.model.replicas=[1, 3]", "model.source=models:/avsyncd@champion", "http.port=8123")
+    deployed = deploy_config(config)
+    schema = ServeDeploySchema.model_validate(deployed)
+    application = schema.applications[0]
+    assert application.import_path == "avsync_ray.serve.app:build_app" and schema.http_options.port == 8123
+    assert ServeAppArgs.model_validate(application.args).sync_score is True
+    deployments = {d.name: d for d in application.deployments}
+    assert set(deployments) == {"AnimationIngress", "AVSyncDModel", "SyncScorer"}
+    model = deployments["AVSyncDModel"]
+    assert model.user_config["source"] == "models:/avsyncd@champion"
+    assert model.autoscaling_config["min_replicas"] == 1 and model.autoscaling_config["max_replicas"] == 3
+    assert model.max_queued_requests == 16 and deployments["AnimationIngress"].backpressure_config.retry_after_s == 5
+    no_scorer = deploy_config(serve_config("sync_classifier.source=null"))
+    assert [d["name"] for d in no_scorer["applications"][0]["deployments"]] == ["AnimationIngress", "AVSyncDModel"]
+    assert no_scorer["applications"][0]["args"]["sync_score"] is False
+
+
+def test_serve_config_mistakes_name_their_field():
+    with pytest.raises(ConfigError, match="max_ongoing_requests .2. must be at least batching.max_batch_size .4."):
+        serve_config("deployments.model.max_ongoing_requests=2")
+    with pytest.raises(ConfigError, match="model.source is required"):
+        serve_config("model.source=null")
+    with pytest.raises(ConfigError, match="deployments.ingress.replicas"):
+        serve_config("deployments.ingress.replicas=[3, 1]")
+
+
+def test_paths_are_taken_relative_to_where_the_command_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = serve_config("model.source=models/avsyncd", "sync_classifier.source=models:/sync@champion")
+    assert config.model.source == str(tmp_path / "models" / "avsyncd")
+    assert config.model.tracking_uri == f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert config.sync_classifier.source == "models:/sync@champion"
+    assert serve_config("model.source=preset:tiny").model.source == "preset:tiny"  # a preset is not a path
+
+
+SERVE_FILE = ROOT / "cluster" / "serve" / "avsyncd.yaml"
+
+
+def test_the_cluster_serve_config_validates_with_avsync_cluster_validate_and_typos_are_found(tmp_path):
+    from typer.testing import CliRunner
+
+    from avsync_ray.cli import app
+
+    crds = str(ROOT / "cluster" / "kuberay" / "crds")
+    good = CliRunner().invoke(app, ["cluster", "validate", str(SERVE_FILE), "--crds", crds])
+    assert good.exit_code == 0 and "1 file(s) valid" in good.output, good.output
+
+    data = yaml.safe_load(SERVE_FILE.read_text())
+    application = data["applications"][0]
+    application["args"]["sampling"]["num_inference_step"] = 20  # each a typo Serve itself would pass or drop
+    application["deployments"][1]["max_ongoing_request"] = 4
+    application["deployments"][1]["user_config"]["tracking"] = "http://mlflow:5000"
+    bad = tmp_path / "serve.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["cluster", "validate", str(bad), "--crds", crds])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines() == [
+        f"{bad}: applications[0].deployments[1].max_ongoing_request: unknown field (not a Serve deployment option)",
+        f"{bad}: applications[0].deployments[1].user_config.tracking: Extra inputs are not permitted",
+        f"{bad}: applications[0].args.sampling.num_inference_step: Extra inputs are not permitted",
+        "error: 3 problem(s) in 1 file(s), listed above",
+    ]
+
+
+def test_the_cluster_serve_config_goes_into_a_valid_rayservice():
+    from avsync_ray.cluster_configs import load_crd_schemas, manifest_problems, rayservice_manifest, read_cluster
+
+    service = rayservice_manifest("avsyncd", SERVE_FILE.read_text(), read_cluster(ROOT / "cluster" / "kuberay" / "raycluster.yaml"))
+    schemas = load_crd_schemas(ROOT / "cluster" / "kuberay" / "crds")
+    assert manifest_problems(service, schemas) == []
+    service["spec"]["serveConfigV2"] = SERVE_FILE.read_text().replace("max_batch_size: 4", "max_batch_size: 0")
+    assert manifest_problems(service, schemas) == ["spec.serveConfigV2.applications[0].args.batching.max_batch_size: Input should be greater than or equal to 1"]
+
+
+def test_avsync_serve_print_config_writes_the_serve_config(tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+    from typer.testing import CliRunner
+
+    from avsync_ray.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--print-config", "--set", "model.source=models:/avsyncd@champion"])
+    assert result.exit_code == 0, result.output
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(result.output))
+    assert {d.name: d.user_config for d in schema.applications[0].deployments}["AVSyncDModel"]["source"] == "models:/avsyncd@champion"
+
+
+# ------------------------------------------------------------------------------------------------ HTTP layer
+
+
+class NoBackend:
+    async def models(self):
+        return []
+
+    async def frame_size(self):
+        return 64, 64
+
+
+def api_client(**limits):
+    import httpx
+
+    from avsync_ray.config import ServeAppArgs
+    from avsync_ray.serve.api import build_api
+
+    settings = ServeAppArgs(limits=limits, categories=["dog barking", "</script><b>"])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(settings, NoBackend(), None)), base_url="http://test")
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams():
+    async def scenario():
+        async with api_client(max_upload_mb=0.01) as client:
+            head = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+
+            async def chunks():  # no Content-Length: only counting the bytes can stop it
+                yield head
+                for _ in range(20):
+                    yield b"x" * 1024
+                yield b"\r\n--x--\r\n"
+
+            response = await client.post("/v1/animations", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+            assert response.status_code == 413 and response.json()["error"] == "upload_too_large"
+
+    run(scenario())
+
+
+def test_the_page_carries_the_settings_and_cannot_be_broken_out_of():
+    async def scenario():
+        async with api_client() as client:
+            page = (await client.get("/")).text
+            assert '"categories": ["dog barking", "<\\/script><b>"]' in page and "</script><b>" not in page
+            assert (await client.get("/nope")).json() == {"error": "not_found", "message": "GET /nope: not found"}
+
+    run(scenario())
+
+
+def test_registry_uris_name_an_alias_or_a_version():
+    from avsync_ray.tracking import parse_registry_uri
+
+    assert parse_registry_uri("models:/avsyncd@champion") == ("avsyncd", "champion", None)
+    assert parse_registry_uri("models:/avsyncd/3") == ("avsyncd", None, 3)
+    for bad in ("models:/avsyncd", "models:/avsyncd/latest", "models:/@champion", "runs:/abc/model"):
+        with pytest.raises(ValueError, match="is not a registry URI"):
+            parse_registry_uri(bad)

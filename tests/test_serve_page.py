@@ -1,0 +1,166 @@
+"""The web page of `avsync serve` in a real browser: Debian's Chromium driven by Playwright (never a browser of
+Playwright's own), against the Serve app on loopback. A person's path: choose an image and a sound, animate,
+watch the progress, play the clip with its sound, download it; and the messages for mistakes. The same app has a
+small ingress queue, to see Serve itself refuse the overflow with 503 and Retry-After."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from avsync_ray.config import ServeConfig, load_config
+from serve_support import free_port, serving
+
+CHROMIUM = "/usr/bin/chromium"
+# What runs here (closed network, root, no GPU): see the machine notes; the autoplay flag lets the test press play.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
+STEPS = 12
+INGRESS_ONGOING = 2
+
+
+# apt-get's time, all told, stays well under pytest's per-test --timeout (600 s), so a slow mirror skips, not fails.
+APT_TIMEOUTS_S = {"update": 120, "install": 300}
+
+
+def chromium() -> str:
+    """Debian's Chromium, installed with apt-get where it is missing and this process may; else skip with why."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"{CHROMIUM} is missing and apt-get cannot install it here (not root, or no apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        timeout = APT_TIMEOUTS_S[command[1]]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"`{' '.join(command)}` did not finish in {timeout} s")
+        if done.returncode:
+            pytest.skip(f"`{' '.join(command)}` failed: {done.stderr.strip().splitlines()[-1:]}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def page_url(ray_session):
+    port = free_port()
+    config = load_config(ServeConfig, "serve", overrides=[
+        f"http.port={port}", f"sampling.num_inference_steps={STEPS}", "sync_classifier.source=null", "deployments.ingress.num_cpus=0.1",
+        f"deployments.ingress.max_ongoing_requests={INGRESS_ONGOING}", "deployments.ingress.max_queued_requests=1",
+    ])  # fmt: skip
+    with serving(config):
+        yield f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Playwright and the browser, checked before the app is deployed, so a machine without them skips at once."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package (the dev extra) is not installed")
+    return sync_api, chromium()
+
+
+@pytest.fixture(scope="module")
+def browser_page(browser, page_url, tmp_path_factory):
+    sync_api, executable = browser
+    profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh profile each run
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(str(profile), executable_path=executable, headless=True, args=FLAGS,
+                                                                viewport={"width": 1100, "height": 900}, accept_downloads=True)  # fmt: skip
+        page = context.new_page()
+        page.goto(page_url)
+        yield page
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, media_dir):
+    import PIL.Image
+
+    from avsync_ray.synth import generate_clip
+
+    folder = tmp_path_factory.mktemp("page_inputs")
+    PIL.Image.fromarray(generate_clip("sync", seed=3, duration=3.0, size=(96, 128)).frames[0]).save(folder / "frame.png")  # a ball about to bounce
+    (folder / "not-an-image.png").write_bytes(b"this is text")
+    sound = media_dir / "audio_sfx" / "sonicpi_drum_roll.flac"
+    return {"image": folder / "frame.png", "audio": sound, "bad_image": folder / "not-an-image.png"}
+
+
+def test_the_page_animates_an_uploaded_image_with_an_uploaded_sound(browser_page, inputs, tmp_path):
+    page = browser_page
+    assert page.locator("#auth").is_hidden()  # this server needs no token
+    assert page.locator("#category option").count() == 15
+    page.set_input_files("#image", str(inputs["image"]))
+    page.set_input_files("#audio", str(inputs["audio"]))
+    assert page.locator("#image-preview img").is_visible() and page.locator("#audio-preview audio").count() == 1
+    page.select_option("#category", "hammering")
+    page.locator("#guidance").fill("6")
+    assert page.locator("#guidance-value").inner_text() == "6.0"
+    page.fill("#seed", "42")
+    # Keep every status line the page shows, to see the per-step progress afterwards.
+    page.evaluate("""() => { window.statuses = []; new MutationObserver(() => statuses.push(document.getElementById("status").textContent))
+                        .observe(document.getElementById("status"), {childList: true, characterData: true, subtree: true}); }""")
+    page.click("#animate")
+    page.wait_for_selector("#result", state="visible", timeout=240_000)
+    assert page.locator("#error").inner_text() == ""
+    statuses = page.evaluate("() => statuses")
+    assert any(f"of {STEPS}" in s for s in statuses), statuses
+    playback = page.evaluate("""async () => {
+        const video = document.getElementById("clip");
+        if (video.readyState < 2) await new Promise((done) => video.addEventListener("loadeddata", done, {once: true}));
+        video.muted = false;
+        await video.play();
+        await new Promise((done) => setTimeout(done, 1500));
+        video.pause();
+        return {duration: video.duration, width: video.videoWidth, height: video.videoHeight, error: video.error && video.error.message,
+                audioBytes: video.webkitAudioDecodedByteCount, videoBytes: video.webkitVideoDecodedByteCount, played: video.currentTime};
+    }""")
+    assert playback["error"] is None and abs(playback["duration"] - 2.0) < 0.1, playback
+    assert (playback["width"], playback["height"]) == (64, 64) and playback["played"] > 0.5
+    assert playback["audioBytes"] > 0 and playback["videoBytes"] > 0, playback  # its sound was decoded and played
+    details = page.locator("#details").inner_text()
+    assert "seed 42" in details and f"{STEPS} steps" in details and "guidance 6" in details
+    with page.expect_download() as download:
+        page.click("#download")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    from avsync_ray.media import probe
+
+    info = probe(str(saved))
+    assert saved.name == "avsyncd-hammering-seed42.mp4" and info.video.num_frames == 12 and info.audio is not None
+    screenshot = page.screenshot(path=str(tmp_path / "serve-page.png"), full_page=True)
+    if os.environ.get("AVSYNC_SERVE_SCREENSHOT"):  # how the README's picture is made
+        Path(os.environ["AVSYNC_SERVE_SCREENSHOT"]).write_bytes(screenshot)
+
+
+def test_the_page_says_what_is_missing_or_wrong(browser_page, inputs):
+    page = browser_page
+    page.reload()
+    page.click("#animate")
+    assert page.locator("#error").inner_text() == "Choose an image and a sound first."
+    page.set_input_files("#image", str(inputs["bad_image"]))
+    page.set_input_files("#audio", str(inputs["audio"]))
+    page.click("#animate")
+    page.wait_for_function("() => document.getElementById('error').textContent.length > 0", timeout=60_000)
+    assert page.locator("#error").inner_text().startswith("image: corrupt (not an image Pillow reads")
+    assert page.locator("#animate").is_enabled()
+
+
+def test_a_full_ingress_queue_is_refused_by_serve_with_503_and_retry_after(page_url, inputs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    files = {"image": ("frame.png", inputs["image"].read_bytes()), "audio": ("roll.flac", inputs["audio"].read_bytes())}
+
+    def send(_):  # threads: Playwright's loop owns this thread's asyncio
+        return httpx.post(f"{page_url}v1/animations:sync", data={"category": "hammering"}, files=files, timeout=300)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(send, range(8)))
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 503} and codes.count(200) >= INGRESS_ONGOING and 503 in codes, codes
+    assert all(r.headers.get("retry-after") == "5" for r in responses if r.status_code == 503)  # limits.retry_after_s
