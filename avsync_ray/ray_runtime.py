@@ -26,10 +26,18 @@ NOISY_RAY_LOGGERS = {
 }
 
 
+def _train_report_logger() -> str:
+    """Ray Train's workers narrate every report at INFO under a logger named by its file's path (not under
+    ``ray.train``, so Train's own log level does not reach it)."""
+    import ray
+
+    return os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
+
+
 def quiet_ray_internals() -> None:
     """Every Ray worker's setup hook (``runtime_env.worker_process_setup_hook``), and the driver's, when not
     verbose."""
-    for name, level in NOISY_RAY_LOGGERS.items():
+    for name, level in {**NOISY_RAY_LOGGERS, _train_report_logger(): logging.WARNING}.items():
         logging.getLogger(name).setLevel(level)
 
 

@@ -312,3 +312,14 @@ def test_progress_line_shows_what_a_person_follows_and_leaves_the_rest_to_mlflow
                "samples_per_s": 7.98, "lr": 0.001, "step": 20, "grad_norm": 1.1448}  # fmt: skip
     assert progress_line(20, 400, metrics) == "step 20/400 loss 2.405 a2v_accuracy 0.0989 v2a_accuracy 0.1023 grad_norm 1.145 lr 0.001 samples_per_s 7.98"
     assert progress_line(5, 40, {"loss": 0.9469}) == "step 5/40 loss 0.9469"
+
+
+def test_ray_trains_report_narration_is_quieted_under_the_name_it_logs_with():
+    import logging
+
+    import ray.train.v2._internal.execution.context as train_context
+
+    from avsync_ray.ray_runtime import quiet_ray_internals
+
+    quiet_ray_internals()
+    assert train_context.logger.getEffectiveLevel() == logging.WARNING  # "Reporting training result N: ..." is INFO
