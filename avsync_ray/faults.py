@@ -8,12 +8,16 @@ file beside the job's output records that it did, so the retried task or restart
   (as an out-of-memory kill would); Ray retries the task.
 - ``{"fail_training_at_step": N, "fail_rank": r}``: training rank ``r`` raises after optimizer step ``N``,
   before that step's checkpoint; Ray Train restarts the worker group from the last checkpoint.
+- ``{"slow_video_s": S}``: every curation task sleeps ``S`` seconds before preparing its video, and
+  ``{"slow_step_s": S}``: every training rank sleeps ``S`` seconds after each step (and its checkpoint), so the
+  elastic tests can remove or add a node while work is in flight. These delays fire on every call, not once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 
 from avsync_ray.storage import exists, write_bytes_atomic
@@ -26,6 +30,8 @@ class FaultPlan:
     kill_worker_on_source: str | None = None
     fail_training_at_step: int | None = None
     fail_rank: int = 0
+    slow_video_s: float = 0.0
+    slow_step_s: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +55,12 @@ def fire_once(marker_uri: str, note: str) -> bool:
         return False
     write_bytes_atomic(marker_uri, f"{note}\n".encode())
     return True
+
+
+def pause(seconds: float) -> None:
+    """A test's delay (``slow_video_s``, ``slow_step_s``): nothing when 0."""
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def kill_this_process() -> None:

@@ -3,8 +3,7 @@
 suite, about a minute) and `avsync submit jobs/train-sync-tiny.yaml` (slow) through the Ray Jobs API, their
 paths pointed at temporary folders with `--set`. The curation's shards, index and ledger, the training's
 checkpoint and both jobs' logs are checked. The two training workers need 1 CPU each, so they run one on each
-node: a multi-node run. The cluster is stopped by the pids this test started (never `ray stop`, which would stop
-every Ray on the machine).
+node: a multi-node run. The cluster (`tests/local_cluster.py`) is stopped by the pids this test started.
 
 Ray's job supervisor hands each driver the GCS address with 127.0.0.1 replaced by the node's interface address
 (`resolve_ip_for_localhost`): the drivers reach the head through this machine's own address, never another."""
@@ -13,120 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from avsync_ray.synth import synthesize_corpus
 from avsync_ray.training.engine import read_checkpoint_meta
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv's bin: `ray`, and `avsync` for the job drivers
-
-
-def _free_ports(count: int) -> list[int]:
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in sockets]
-
-
-def _node_ports() -> list[str]:
-    names = ["node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-             "metrics-export-port", "runtime-env-agent-port"]  # fmt: skip
-    return [f"--{name}={port}" for name, port in zip(names, _free_ports(len(names)))]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM a `ray start --block` and every process under it (GCS, raylet, workers...), SIGKILL what is left."""
-    try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in tree:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-
-
-def _wait_for_nodes(address: str, count: int, processes: list[subprocess.Popen], timeout: float = 120) -> None:
-    from ray.util.state import list_nodes
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for process in processes:
-            assert process.poll() is None, f"`ray start` exited with {process.returncode}"
-        try:
-            if len(list_nodes(address=address, filters=[("state", "=", "ALIVE")])) == count:
-                return
-        except Exception:  # the dashboard is not up yet
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{count} Ray nodes not alive at {address} after {timeout} s")
-
-
-@contextmanager
-def two_node_cluster():
-    """A head and a worker node, each with 1 CPU and its own ports; yields (dashboard URL, env for clients)."""
-    # One temp dir per node, as on separate machines: nodes sharing one would share runtime_resources/, where
-    # one node's agent deletes the job's working_dir while the other's driver runs in it. Short paths: Ray's
-    # socket paths must stay under 108 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="avr-", dir="/tmp")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "RAY_ADDRESS"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled",
-        RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="120",
-    )  # fmt: skip
-    gcs, dashboard, client = _free_ports(3)
-    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", f"--object-store-memory={300 * 2**20}", "--disable-usage-stats"]
-    logs = open(Path(temp_dir) / "ray-start.log", "w")
-    started = []
-    try:
-        started.append(subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}/head", *common, *_node_ports()],
-            env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True,
-        ))  # fmt: skip
-        address = f"http://127.0.0.1:{dashboard}"
-        _wait_for_nodes(address, 1, started)
-        started.append(subprocess.Popen(
-            [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={temp_dir}/worker", *common, *_node_ports()],
-            env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True,
-        ))  # fmt: skip
-        _wait_for_nodes(address, 2, started)
-        yield address, env
-    finally:
-        for process in reversed(started):
-            _stop(process)
-        logs.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
+from local_cluster import REPO, LocalCluster
 
 @pytest.fixture(scope="module")
 def cluster():
-    with two_node_cluster() as running:
-        yield running
+    """A head and a worker node, 1 CPU each; yields (dashboard URL, env for clients)."""
+    with LocalCluster() as running:
+        running.add_node()
+        yield running.address, running.env
 
 
 def _submit(spec: str, address: str, env: dict, *overrides: str, wait: bool = True) -> subprocess.CompletedProcess:

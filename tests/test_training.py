@@ -13,6 +13,7 @@ from avsync_ray.config import EvalSyncConfig, TrainConfig, TrainSyncConfig, load
 from avsync_ray.faults import ENV_VAR as FAULTS_ENV_VAR
 from avsync_ray.training.engine import IncompatibleResumeError, read_checkpoint_meta
 from avsync_ray.training.launcher import launch
+from training_checks import optimizer_steps
 
 # A leaked placement group must make the next trainer fail fast, not wait forever (stack_feasibility.md).
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
@@ -22,13 +23,6 @@ def _metric_history(tracking_uri: str, run_id: str, name: str) -> dict[int, floa
     from mlflow.tracking import MlflowClient
 
     return {m.step: m.value for m in MlflowClient(tracking_uri).get_metric_history(run_id, name)}
-
-
-def _optimizer_steps(checkpoint: str) -> int:
-    """DeepSpeed's own count of optimizer steps, as saved in the checkpoint."""
-    meta = read_checkpoint_meta(checkpoint)
-    states = torch.load(os.path.join(checkpoint, meta["tag"], "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
-    return states["global_steps"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def test_an_injected_failure_restarts_from_the_last_checkpoint(classifier_run):
     first = classifier_run["first"]
     assert (classifier_run["tmp"] / "runs" / "sync" / ".injected-failure").read_text() == "step 3\n"
     meta = read_checkpoint_meta(first["checkpoint"])
-    assert meta["step"] == 6 and _optimizer_steps(first["checkpoint"]) == 6
+    assert meta["step"] == 6 and optimizer_steps(first["checkpoint"]) == 6
 
 
 def test_one_mlflow_run_holds_every_step_across_the_restart(classifier_run):
@@ -85,7 +79,7 @@ def test_a_corrupt_clip_is_skipped_and_counted(classifier_run):
 
 def test_resume_latest_continues_the_same_run_and_mlflow_run(classifier_run, resumed_run):
     meta = read_checkpoint_meta(resumed_run["checkpoint"])
-    assert meta["step"] == 8 and _optimizer_steps(resumed_run["checkpoint"]) == 8
+    assert meta["step"] == 8 and optimizer_steps(resumed_run["checkpoint"]) == 8
     assert meta["mlflow_run_id"] == classifier_run["run_id"]
     assert sorted(_metric_history(classifier_run["tracking"], classifier_run["run_id"], "loss")) == list(range(1, 9))
 

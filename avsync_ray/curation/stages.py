@@ -134,7 +134,10 @@ def _empty_row(source: dict) -> dict:
 
 def _inject_faults(plan: dict | None, config: CurateConfig, source_id: str) -> None:
     """The crash-recovery tests' hook (:mod:`avsync_ray.faults`): end this worker the first time it prepares
-    the planned video, so Ray's retry is exercised."""
+    the planned video, so Ray's retry is exercised; or slow every video down, so a node can leave or join
+    mid-run."""
+    if plan:
+        faults.pause(plan.get("slow_video_s", 0.0))
     if plan and plan.get("kill_worker_on_source") == source_id and faults.fire_once(join_uri(config.output, WORK, f"killed-{source_id}"), "worker killed"):
         faults.kill_this_process()
 

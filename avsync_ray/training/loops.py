@@ -324,6 +324,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 with tempfile.TemporaryDirectory(prefix="avsync-ckpt-") as directory:
                     ds.save_checkpoint(engine, directory, step, checkpoint_meta)
                     ray.train.report({**last_metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(directory))
+            faults.pause((loop_config.get("faults") or {}).get("slow_step_s", 0.0))
     except BaseException:
         if tracker:
             tracker.finish("FAILED")
