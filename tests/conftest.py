@@ -178,9 +178,11 @@ def tiny_classifier_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gloo_world_of_one(tmp_path_factory):
-    """A one-process gloo group and the launcher's variables, as Ray Train gives each worker (DeepSpeed needs both)."""
+    """A one-process gloo group and the launcher's variables, as Ray Train gives each worker (DeepSpeed needs both).
+    One per session: DeepSpeed caches the groups it derives from the first one, so a second group would be unknown
+    to it."""
     import os
 
     import torch.distributed as dist
