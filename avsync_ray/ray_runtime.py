@@ -15,9 +15,10 @@ from avsync_ray.config import RayConfig
 
 VERBOSE_ENV_VAR = "AVSYNC_RAY_VERBOSE"
 # Ray internals' log lines a person following a run does not need, and the level they are cut at: Ray Train's
-# placement-group cleaner warns once a second without the dashboard (whose State API it polls); Ray Train's
-# controller and workers narrate every resource request and checkpoint report (this project logs its own steps
-# and checkpoints); Ray Data says it was told to hide its progress bars.
+# placement-group cleaner warns once a second without the dashboard (whose State API it polls); Ray Train narrates
+# every resource request and checkpoint report (this project logs its own steps and checkpoints): this level holds
+# in the driver, while in its controller and workers Train resets its loggers, so the launcher sets its
+# LoggingConfig instead; Ray Data says it was told to hide its progress bars.
 NOISY_RAY_LOGGERS = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "ray.train": logging.WARNING,
