@@ -252,3 +252,115 @@ def test_encode_mp4_gives_the_same_bytes_in_separate_processes(media_dir):
     source = str(media_dir / "video_scene_cuts" / "tears_of_steel_clip01.mp4")
     runs = [subprocess.run([sys.executable, "-c", _ENCODE_DIGEST, source], capture_output=True, text=True, check=True).stdout.split() for _ in range(3)]
     assert len({digest for run in runs for digest in run}) == 1, runs
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+
+
+@pytest.mark.parametrize("rate", [8_000, 11_025, 16_000, 22_050, 32_000, 44_100, 48_000, 96_000])
+def test_streaming_resampler_equals_resampling_the_whole_signal(rate):
+    """Bit for bit, for signals shorter and longer than one convolution's input, fed in pieces of any size."""
+    import torch
+    import torchaudio
+
+    from avsync_ray.media.audio import StreamingResampler
+
+    rng = np.random.default_rng(rate)
+    for length in (0, 5, 20_000, StreamingResampler.MIN_CONV_INPUT + 1, 700_003):
+        signal = torch.from_numpy(rng.standard_normal(length).astype(np.float32))
+        whole = torchaudio.functional.resample(signal, rate, 16_000) if length else torch.zeros(0)
+        for piece in (1_000, 65_536, 10**6):
+            resampler = StreamingResampler(rate)
+            streamed = torch.cat([resampler.push(signal[i : i + piece]) for i in range(0, length, piece)] + [resampler.finish()])
+            assert streamed.shape == whole.shape and torch.equal(streamed, whole), (length, piece)
+
+
+def _stream(path, size=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, object]:
+    """(frames, their times, 16 kHz audio, summary) of two whole-file passes, as curation makes them."""
+    from avsync_ray.media.io import AudioBlock, WholeFileReader
+
+    first = WholeFileReader(str(path), size=size)
+    frames = [item.rgb() for item in first]
+    second = WholeFileReader(str(path), size=size, video_end=first.summary.video_end)
+    audio = []
+    for item in second:
+        if isinstance(item, AudioBlock):
+            assert item.offset == sum(len(block) for block in audio)
+            audio.append(item.samples)
+    return np.stack(frames), first.summary.frame_times, np.concatenate(audio), first.summary
+
+
+def _long_stereo_video(path, rate: int) -> None:
+    """40 s of stereo at `rate` with distinct channels: several of the resampler's convolutions."""
+    from avsync_ray.synth import bouncing_ball
+
+    clip = bouncing_ball(duration=40.0, fps=8, size=(48, 64), hit_times=(5.0, 23.0, 31.0), seed=9)
+    t = np.arange(int(40.0 * rate)) / rate
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 97 * t)]).astype(np.float32)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=8)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = container.add_stream("aac", rate=rate, layout="stereo")
+        for image in clip.frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode(None))
+        for start in range(0, stereo.shape[1], rate):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo[:, start : start + rate]), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+
+
+def _check_passes_equal_decode(paths) -> None:
+    for path in paths:
+        frames, times, audio, summary = _stream(path, size=64)
+        whole = decode(str(path), fps=None, size=64)
+        np.testing.assert_array_equal(frames, whole.frames)
+        np.testing.assert_array_equal(times, whole.source_frame_times)
+        assert audio.dtype == whole.audio.dtype and np.array_equal(audio, whole.audio), path.name
+        assert (summary.num_decoded_frames, summary.audio_start, summary.video_end) == (whole.num_decoded_frames, whole.audio_start, whole.end)
+
+
+def test_whole_file_passes_see_what_one_decode_holds(tmp_path, media_dir):
+    """Frames, timestamps, frame count, audio start and every 16 kHz sample equal those of decode(fps=None), for a
+    long 48 kHz stereo file, a variable-frame-rate one, and a real MPEG-1 clip (44.1 kHz MP2)."""
+    from test_curation import _vfr_video
+
+    _long_stereo_video(tmp_path / "long.mp4", 48_000)
+    _vfr_video(tmp_path / "vfr.mp4")
+    _check_passes_equal_decode([tmp_path / "long.mp4", tmp_path / "vfr.mp4", media_dir / "av_speech_grid" / "bbaf2n.mpg"])
+
+
+@pytest.mark.slow
+def test_whole_file_passes_of_a_real_film_see_what_one_decode_holds(media_dir):
+    """The same for 30 s of 720p VP8 with 44.1 kHz Vorbis (three full decodes, about 15 s here)."""
+    _check_passes_equal_decode([media_dir / "av_animation" / "big_buck_bunny_0_30.webm"])
+
+
+def test_whole_file_passes_raise_the_errors_of_a_decode(tmp_path):
+    from avsync_ray.media.io import WholeFileReader
+
+    full = tmp_path / "full.mp4"
+    _indexed_video(full)
+    (tmp_path / "truncated.mp4").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    _indexed_video(tmp_path / "silent.mp4", audio=False)
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    for name, reason in [("truncated.mp4", MediaErrorReason.TRUNCATED), ("silent.mp4", MediaErrorReason.NO_AUDIO_STREAM), ("zero.mp4", MediaErrorReason.ZERO_BYTES)]:
+        with pytest.raises(MediaError) as streamed:
+            list(WholeFileReader(str(tmp_path / name)))
+        with pytest.raises(MediaError) as whole:
+            decode(str(tmp_path / name), fps=None)
+        assert (streamed.value.reason, streamed.value.detail) == (whole.value.reason, whole.value.detail) == (reason, whole.value.detail), name
+
+
+def test_mp4_encoder_fed_in_pieces_writes_the_bytes_of_encode_mp4():
+    from avsync_ray.media.io import Mp4Encoder
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 255, (25, 48, 64, 3), dtype=np.uint8)
+    audio = (0.2 * np.sin(2 * np.pi * 200 * np.arange(40_000) / 16_000)).astype(np.float32)
+    with Mp4Encoder(10, with_audio=True, crf=28, preset="faster") as encoder:
+        for start in range(0, 25, 4):
+            encoder.add(frames[start : start + 4])
+        pieces = encoder.finish(audio)
+    assert pieces == encode_mp4(frames, 10, audio, 16_000, crf=28, preset="faster")

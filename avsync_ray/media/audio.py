@@ -5,6 +5,7 @@ Pure tensor code: no file I/O here (decoding lives in :mod:`avsync_ray.media.io`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,79 @@ def resample(waveform, orig_sample_rate: int, new_sample_rate: int = TARGET_SAMP
     if int(orig_sample_rate) == int(new_sample_rate):
         return waveform
     return torchaudio.functional.resample(waveform, int(orig_sample_rate), int(new_sample_rate))
+
+
+class StreamingResampler:
+    """:func:`resample` of one long signal that arrives in pieces, sample for sample (bit for bit) what resampling
+    the whole signal gives, in memory that does not grow with its length (curation's passes over a long source).
+
+    torchaudio resamples with one strided convolution over the zero-padded signal; output block ``j`` (``new``
+    samples after reducing the rates by their gcd) is a dot product of the kernel with ``padded[j*orig : j*orig +
+    kernel]``. Torch's CPU convolution gives every output the same sum whatever the input's length and offset once
+    the input is long enough (shorter inputs take another code path, whose sums differ in the last bit), so every
+    convolution here sees at least ``MIN_CONV_INPUT`` samples; a signal shorter than that is resampled in one
+    call, as a whole, like torchaudio's. ``tests/test_media.py`` checks the equality for the common rates."""
+
+    MIN_CONV_INPUT = 2**17
+
+    def __init__(self, orig_sample_rate: int, new_sample_rate: int = TARGET_SAMPLE_RATE):
+        self.identity = int(orig_sample_rate) == int(new_sample_rate)
+        self.length = 0
+        if self.identity:
+            return
+        # torchaudio.functional.resample computes its kernel in the waveform's dtype; the transform does the same
+        # when given that dtype.
+        transform = torchaudio.transforms.Resample(int(orig_sample_rate), int(new_sample_rate), dtype=torch.float32)
+        self.orig, self.new = int(orig_sample_rate) // transform.gcd, int(new_sample_rate) // transform.gcd
+        self.kernel, self.width = transform.kernel, transform.width
+        self.buffer = torch.zeros(self.width)  # the padded signal from padded index ``self.base`` on ...
+        self.pending: list[torch.Tensor] = []  # ... followed by these pieces (joined when a convolution is due)
+        self.pending_length = 0
+        self.base = 0
+        self.next_block = 0
+
+    def _blocks(self, first: int, stop: int) -> torch.Tensor:
+        """Output blocks ``first`` .. ``stop - 1`` in one convolution."""
+        start = first * self.orig - self.base
+        piece = self.buffer[start : start + (stop - 1 - first) * self.orig + self.kernel.shape[-1]]
+        return torch.nn.functional.conv1d(piece[None, None], self.kernel, stride=self.orig)[0].T.reshape(-1)
+
+    def push(self, samples) -> torch.Tensor:
+        """Add the next samples; returns the output samples they complete (possibly none)."""
+        samples = _as_tensor(samples).float()
+        if self.identity:
+            self.length += len(samples)
+            return samples
+        self.pending.append(samples)
+        self.pending_length += len(samples)
+        self.length += len(samples)
+        stop = (self.base + len(self.buffer) + self.pending_length - self.kernel.shape[-1]) // self.orig + 1
+        if (stop - 1 - self.next_block) * self.orig + self.kernel.shape[-1] < self.MIN_CONV_INPUT:
+            return torch.zeros(0)
+        self._join()
+        out = self._blocks(self.next_block, stop)
+        self.next_block = stop
+        # Keep MIN_CONV_INPUT samples before the next block, so the last convolution can be that long too.
+        keep = max(self.base, self.next_block * self.orig - -(-self.MIN_CONV_INPUT // self.orig) * self.orig)
+        self.buffer, self.base = self.buffer[keep - self.base :], keep
+        return out
+
+    def _join(self) -> None:
+        self.buffer = torch.cat([self.buffer, *self.pending])
+        self.pending, self.pending_length = [], 0
+
+    def finish(self) -> torch.Tensor:
+        """The remaining output samples (the signal has ended): ``ceil(length * new / orig)`` in all."""
+        if self.identity:
+            return torch.zeros(0)
+        self.pending.append(torch.zeros(self.width + self.orig))
+        self._join()
+        stop = self.length // self.orig + 1
+        end = (stop - 1) * self.orig + self.kernel.shape[-1]  # padded index after the last block's input
+        first = min(self.next_block, max(self.base // self.orig, -(-(end - self.MIN_CONV_INPUT) // self.orig)))
+        out = self._blocks(first, stop)[(self.next_block - first) * self.new :]
+        total = math.ceil(self.new * self.length / self.orig)
+        return out[: total - self.next_block * self.new]
 
 
 def center_crop(waveform: torch.Tensor, num_samples: int) -> torch.Tensor:

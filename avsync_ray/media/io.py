@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import av
 import fsspec
@@ -22,7 +22,7 @@ import numpy as np
 import PIL.Image
 import soundfile
 
-from avsync_ray.media.audio import TARGET_SAMPLE_RATE, resample, to_mono
+from avsync_ray.media.audio import TARGET_SAMPLE_RATE, StreamingResampler, resample, to_mono
 from avsync_ray.media.errors import MediaError, MediaErrorReason, source_name
 from avsync_ray.storage import uri_prefix
 
@@ -314,6 +314,52 @@ def decode(
         return _decode(uri, seek=False, **kwargs)
 
 
+def _streams(uri: Source, container, info: MediaInfo, video: bool, audio: bool, start: float) -> list:
+    """The first video and audio streams to decode (video frame-threaded), checked to exist and to reach ``start``."""
+    streams = []
+    if video:
+        if not container.streams.video:
+            raise MediaError(uri, MediaErrorReason.NO_VIDEO_STREAM)
+        video_stream = container.streams.video[0]
+        video_stream.thread_type = "AUTO"
+        streams.append(video_stream)
+    if audio:
+        if not container.streams.audio:
+            raise MediaError(uri, MediaErrorReason.NO_AUDIO_STREAM)
+        streams.append(container.streams.audio[0])
+    if info.duration is not None and start >= info.duration:
+        raise MediaError(uri, MediaErrorReason.OUT_OF_RANGE, f"start {start:.3f} s is past the end ({info.duration:.3f} s)")
+    return streams
+
+
+def _rgb_converter(size, info: MediaInfo, interpolation: str):
+    """``frame -> RGB uint8 (H, W, 3)`` at the decode's size (see :func:`_output_size`)."""
+    out_size = _output_size(size, info.video.width, info.video.height)
+
+    def to_rgb(frame: av.VideoFrame) -> np.ndarray:
+        if out_size is None:
+            return frame.to_ndarray(format="rgb24")
+        return frame.reformat(width=out_size[0], height=out_size[1], format="rgb24", interpolation=interpolation).to_ndarray()
+
+    return to_rgb
+
+
+def _check_decoded(uri: Source, demuxer: "_Demuxer", decoded_anything) -> None:
+    if demuxer.error and not decoded_anything:
+        raise MediaError(uri, MediaErrorReason.CORRUPT, f"decode failed: {demuxer.error}")
+
+
+def _audio_origin(start: float, first_frame_time: float, rate: int) -> tuple[int, float]:
+    """(native samples of the first decoded audio frame to drop, time of the first kept sample)."""
+    first = max(0, round((start - first_frame_time) * rate))
+    return first, first_frame_time + first / rate
+
+
+def _check_finite(uri: Source, finite: bool) -> None:
+    if not finite:  # float WAV/FLAC can hold NaN or infinity; no model may see them
+        raise MediaError(uri, MediaErrorReason.CORRUPT, "the audio holds NaN or infinite samples")
+
+
 class _SeekOvershoot(Exception):
     """A seek landed after the requested start, or decoding broke right after it."""
 
@@ -339,29 +385,10 @@ def _decode(
     container, size_bytes = _open_container(uri)
     with container:
         info = _info(uri, container, size_bytes)
-        streams = []
-        if video:
-            if not container.streams.video:
-                raise MediaError(uri, MediaErrorReason.NO_VIDEO_STREAM)
-            video_stream = container.streams.video[0]
-            video_stream.thread_type = "AUTO"
-            streams.append(video_stream)
-        if audio:
-            if not container.streams.audio:
-                raise MediaError(uri, MediaErrorReason.NO_AUDIO_STREAM)
-            streams.append(container.streams.audio[0])
-        if info.duration is not None and start >= info.duration:
-            raise MediaError(uri, MediaErrorReason.OUT_OF_RANGE, f"start {start:.3f} s is past the end ({info.duration:.3f} s)")
+        streams = _streams(uri, container, info, video, audio, start)
         if seek:
             container.seek(int((info.start_time + start - _SEEK_PREROLL) * av.time_base), backward=True)
-
-        out_size = _output_size(size, info.video.width, info.video.height) if video else None
-
-        def to_rgb(frame: av.VideoFrame) -> np.ndarray:
-            if out_size is None:
-                return frame.to_ndarray(format="rgb24")
-            return frame.reformat(width=out_size[0], height=out_size[1], format="rgb24", interpolation=interpolation).to_ndarray()
-
+        to_rgb = _rgb_converter(size, info, interpolation) if video else None
         sampler = _FrameSampler(start, end, fps, frame_selection, to_rgb)
         audio_chunks: list[np.ndarray] = []
         audio_t0: float | None = None
@@ -397,8 +424,7 @@ def _decode(
 
     if demuxer.error and seek:
         raise _SeekOvershoot
-    if demuxer.error and not (sampler.decoded or audio_chunks):
-        raise MediaError(uri, MediaErrorReason.CORRUPT, f"decode failed: {demuxer.error}")
+    _check_decoded(uri, demuxer, sampler.decoded or audio_chunks)
     covered_end = end if end is not None else math.inf
     frames = frame_times = source_times = None
     if video:
@@ -428,12 +454,10 @@ def _decode(
         if not audio_chunks:
             raise MediaError(uri, MediaErrorReason.TRUNCATED, f"no audio in [{start:.3f}, {end}) s")
         native = np.concatenate(audio_chunks, axis=1)
-        first = max(0, round((start - audio_t0) * audio_rate))
-        audio_start = audio_t0 + first / audio_rate
+        first, audio_start = _audio_origin(start, audio_t0, audio_rate)
         last = native.shape[1] if covered_end == math.inf else min(native.shape[1], first + round((covered_end - audio_start) * audio_rate))
         mono = to_mono(native[:, first:last])
-        if not bool(mono.isfinite().all()):  # float WAV/FLAC can hold NaN or infinity; no model may see them
-            raise MediaError(uri, MediaErrorReason.CORRUPT, "the audio holds NaN or infinite samples")
+        _check_finite(uri, bool(mono.isfinite().all()))
         waveform = resample(mono, audio_rate, sample_rate).numpy().astype(np.float32, copy=False)
         if covered_end == math.inf:
             covered_end = audio_start + len(waveform) / sample_rate
@@ -459,6 +483,114 @@ def _decode(
         audio_start=float(audio_start),
         num_decoded_frames=sampler.decoded,
     )
+
+
+@dataclass(frozen=True)
+class VideoFrameItem:
+    """A decoded source frame of a whole-file pass: its number among the kept frames, its timestamp, and its
+    RGB pixels at the reader's size on demand (converting only the frames a consumer keeps is most of the saving)."""
+
+    index: int
+    time: float
+    frame: av.VideoFrame
+    to_rgb: Callable[[av.VideoFrame], np.ndarray]
+
+    def rgb(self) -> np.ndarray:
+        return self.to_rgb(self.frame)
+
+
+@dataclass(frozen=True)
+class AudioBlock:
+    """The next audio samples at the reader's sample rate: ``samples[i]`` is track sample ``offset + i``."""
+
+    offset: int
+    samples: np.ndarray
+
+
+@dataclass(frozen=True)
+class WholeFileSummary:
+    """What a whole-file pass found: every kept frame's timestamp, the decoded frame count, where the video (and so
+    the audio a decode keeps) ends, and the time of the first audio sample."""
+
+    frame_times: np.ndarray
+    num_decoded_frames: int
+    video_end: float
+    audio_start: float
+
+
+class WholeFileReader:
+    """Every video frame and the whole audio track of a file in one pass, in file order, without holding them.
+
+    For consumers whose memory must not grow with the file (curation's passes over an hour-long source): the
+    frames, their timestamps, the audio samples and the errors raised are those of
+    ``decode(uri, fps=None, size=size)``, which holds the whole file instead (``tests/test_media.py`` compares
+    them). Iterating yields a :class:`VideoFrameItem` per decoded frame at or after t=0 and, once ``video_end`` is
+    known (a first pass's :attr:`summary`, which ends the audio as a decode does), :class:`AudioBlock`s of the
+    track resampled to ``sample_rate`` (bit-identical to resampling it whole: :class:`StreamingResampler`).
+    Without ``video_end`` the audio is only checked. After the iteration, :attr:`summary` holds what it found.
+    """
+
+    def __init__(self, uri: Source, *, size: int | tuple[int, int] | None = None, video_end: float | None = None,
+                 sample_rate: int = TARGET_SAMPLE_RATE, interpolation: str = "AREA"):  # fmt: skip
+        self.uri, self.size, self.video_end, self.sample_rate, self.interpolation = uri, size, video_end, sample_rate, interpolation
+        self.summary: WholeFileSummary | None = None
+
+    def __iter__(self) -> Iterator[VideoFrameItem | AudioBlock]:
+        uri = self.uri
+        container, size_bytes = _open_container(uri)
+        with container:
+            info = _info(uri, container, size_bytes)
+            demuxer = _Demuxer(container, _streams(uri, container, info, True, True, 0.0))
+            to_rgb = _rgb_converter(self.size, info, self.interpolation)
+            rate, audio_rate = info.video.fps or 25.0, info.audio.sample_rate
+            times: list[float] = []
+            decoded, last_decoded = 0, None
+            resampler = StreamingResampler(audio_rate, self.sample_rate) if self.video_end is not None else None
+            first = limit = None  # native samples to drop at the start; the native sample the audio stops at
+            native_seen, audio_offset, nonfinite_at = 0, 0, math.inf  # the first NaN/inf native sample
+            for frame in demuxer:
+                if frame.time is None:
+                    continue
+                time = frame.time - info.start_time
+                if isinstance(frame, av.VideoFrame):
+                    decoded, last_decoded = decoded + 1, time
+                    if time >= -_TIME_EPS:  # what decode(fps=None) keeps of [0, end of stream)
+                        times.append(time)
+                        yield VideoFrameItem(len(times) - 1, time, frame, to_rgb)
+                    continue
+                if time + frame.samples / frame.sample_rate <= 0.0:
+                    continue
+                if first is None:
+                    first, audio_start = _audio_origin(0.0, time, audio_rate)
+                    if self.video_end is not None:
+                        limit = first + round((self.video_end - audio_start) * audio_rate)
+                data = _audio_frame_to_float(frame)
+                lo, hi = max(first - native_seen, 0), data.shape[1] if limit is None else min(data.shape[1], limit - native_seen)
+                native_seen += data.shape[1]
+                if hi <= lo:
+                    continue
+                mono = to_mono(data[:, lo:hi])
+                if nonfinite_at == math.inf and not bool(mono.isfinite().all()):
+                    nonfinite_at = native_seen - data.shape[1] + lo + int(np.argmin(mono.isfinite().numpy()))
+                if resampler is not None:
+                    out = resampler.push(mono)
+                    if len(out):
+                        yield AudioBlock(audio_offset, out.numpy())
+                        audio_offset += len(out)
+        _check_decoded(uri, demuxer, decoded or first is not None)
+        if not times:
+            raise MediaError(uri, MediaErrorReason.TRUNCATED, "no video frame in [0.000, None) s")
+        _check_complete(uri, "video", last_decoded + 1.0 / rate, info.video.duration or info.duration)
+        if first is None:
+            raise MediaError(uri, MediaErrorReason.TRUNCATED, "no audio in [0.000, None) s")
+        video_end = times[-1] + 1.0 / rate
+        # A decode keeps the audio up to the video's end; only a NaN/inf before it counts.
+        _check_finite(uri, nonfinite_at >= first + round((video_end - audio_start) * audio_rate))
+        if resampler is not None:
+            out = resampler.finish()
+            if len(out):
+                yield AudioBlock(audio_offset, out.numpy())
+        self.summary = WholeFileSummary(np.asarray(times, dtype=np.float64), decoded, video_end, float(audio_start))
 
 
 def load_audio(uri: Source, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
@@ -536,40 +668,77 @@ def encode_mp4(
     lower PSNR for the same ``crf`` (measured on ``tears_of_steel_clip01.mp4``).
     """
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    if frames.ndim != 4:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"H.264 yuv420p needs even height and width, got {frames.shape[1]}x{frames.shape[2]}")
-    with tempfile.TemporaryDirectory(prefix="avsync-mp4-") as tmp:
-        local = os.path.join(tmp, "out.mp4")
-        _mux_mp4(local, frames, fps, audio, sample_rate, crf, preset, audio_bitrate)
-        with open(local, "rb") as handle:
-            return _write(handle.read(), path)
+    with Mp4Encoder(fps, with_audio=audio is not None, sample_rate=sample_rate, crf=crf, preset=preset, audio_bitrate=audio_bitrate) as encoder:
+        encoder.add(frames)
+        return _write(encoder.finish(audio), path)
 
 
-def _mux_mp4(local: str, frames, fps, audio, sample_rate, crf, preset, audio_bitrate) -> None:
-    height, width = frames.shape[1:3]
-    # faststart (a second pass over a real file) puts the index first: the mp4 streams over HTTP and a
-    # cut copy still opens.
-    with av.open(local, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-        video_stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        video_stream.width, video_stream.height, video_stream.pix_fmt = width, height, "yuv420p"
-        video_stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": X264_PARAMS}
-        audio_stream = None
-        if audio is not None:
-            audio_stream = container.add_stream("aac", rate=int(sample_rate), layout="mono")
-            audio_stream.bit_rate = audio_bitrate
-        for index, image in enumerate(frames):
+class Mp4Encoder:
+    """:func:`encode_mp4` for frames that arrive a few at a time (a long clip never held whole): ``add`` them in
+    order, then ``finish`` with the clip's audio; the same frames and audio give the same bytes as
+    :func:`encode_mp4`. Use as a context manager (it owns a temporary file)."""
+
+    def __init__(self, fps: float, *, with_audio: bool, sample_rate: int = TARGET_SAMPLE_RATE, crf: int = 18,
+                 preset: str = "medium", audio_bitrate: int = 128_000):  # fmt: skip
+        self.fps, self.with_audio, self.sample_rate = fps, with_audio, sample_rate
+        self.crf, self.preset, self.audio_bitrate = crf, preset, audio_bitrate
+        self.container = self.video_stream = None
+        self.count = 0
+
+    def __enter__(self) -> "Mp4Encoder":
+        self.tmp = tempfile.TemporaryDirectory(prefix="avsync-mp4-")
+        self.local = os.path.join(self.tmp.name, "out.mp4")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.container is not None:
+            self.container.close()
+        self.tmp.cleanup()
+
+    def _open(self, height: int, width: int) -> None:
+        # faststart (a second pass over a real file) puts the index first: the mp4 streams over HTTP and a
+        # cut copy still opens.
+        self.container = av.open(self.local, mode="w", format="mp4", options={"movflags": "+faststart"})
+        self.video_stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        self.video_stream.width, self.video_stream.height, self.video_stream.pix_fmt = width, height, "yuv420p"
+        self.video_stream.options = {"crf": str(self.crf), "preset": self.preset, "threads": "1", "x264-params": X264_PARAMS}
+        self.audio_stream = None
+        if self.with_audio:
+            self.audio_stream = self.container.add_stream("aac", rate=int(self.sample_rate), layout="mono")
+            self.audio_stream.bit_rate = self.audio_bitrate
+
+    def add(self, frames: np.ndarray) -> None:
+        """The next RGB uint8 frames, (T, H, W, 3) with even H and W (the first ones fix the size)."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        if frames.shape[1] % 2 or frames.shape[2] % 2:
+            raise ValueError(f"H.264 yuv420p needs even height and width, got {frames.shape[1]}x{frames.shape[2]}")
+        if self.container is None:
+            self._open(*frames.shape[1:3])
+        for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame.pts = index
-            container.mux(video_stream.encode(frame))
-        container.mux(video_stream.encode(None))
-        if audio_stream is not None:
+            frame.pts = self.count
+            self.count += 1
+            self.container.mux(self.video_stream.encode(frame))
+
+    def finish(self, audio: np.ndarray | None = None) -> bytes:
+        """Flush the video, mux ``audio`` (mono float32 in [-1, 1], given iff ``with_audio``) and return the mp4."""
+        if self.container is None:
+            raise ValueError("an mp4 needs at least one frame")
+        self.container.mux(self.video_stream.encode(None))
+        if self.audio_stream is not None:
             samples = np.clip(np.asarray(audio, dtype=np.float32).reshape(1, -1), -1.0, 1.0)
             frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-            frame.sample_rate, frame.pts = int(sample_rate), 0
-            container.mux(audio_stream.encode(frame))
-            container.mux(audio_stream.encode(None))
+            frame.sample_rate, frame.pts = int(self.sample_rate), 0
+            self.container.mux(self.audio_stream.encode(frame))
+            self.container.mux(self.audio_stream.encode(None))
+        self.container.close()
+        self.container = None
+        with open(self.local, "rb") as handle:
+            return handle.read()
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE, path: str | None = None) -> bytes:
