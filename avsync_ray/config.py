@@ -259,7 +259,7 @@ class CurateConfig(StrictModel):
     output: PathOrURI = Field(..., description="output folder, any fsspec URI")
     video_extensions: list[str] = Field(VIDEO_EXTENSIONS, description="files a folder input contributes")
     max_duration_s: float | None = Field(
-        120.0, gt=0, description="longer videos are recorded as failed ('too_long'): a video's frames are held in memory"
+        None, gt=0, description="longer videos are recorded as failed ('too_long'); None: any length (memory does not grow with it)"
     )
     shots: ShotsConfig = Field(ShotsConfig(), description="shot detection")
     windows: WindowsConfig = Field(WindowsConfig(), description="windows inside shots")

@@ -99,7 +99,8 @@ def local_folder(uri: str):
         yield folder
 
 
-def remove(uri: str) -> None:
+def remove(uri: str, recursive: bool = False) -> None:
+    """Delete a file (or a folder and what it holds, with ``recursive``) if it exists."""
     fs, path = filesystem(uri)
     if fs.exists(path):
-        fs.rm(path)
+        fs.rm(path, recursive=recursive)

@@ -1,8 +1,8 @@
 """Synthetic audio-video with known ground truth (demo, tests, benchmarks).
 
 The generators (:func:`bouncing_ball`, :func:`generate_clip`) are pure numpy; only :func:`synthesize_corpus`
-does I/O (it encodes a corpus of mp4 files with their ground truth). Each corpus category targets one verdict
-of the curation filters: ``sync`` and ``cuts`` pass everything, ``shifted`` fails only the sync classifier,
+(a corpus of mp4 files with their ground truth) and :func:`synthesize_long_video` do I/O. Each corpus category
+targets one verdict of the curation filters: ``sync`` and ``cuts`` pass everything, ``shifted`` fails only the sync classifier,
 ``ambient`` and ``static`` are too static, ``sharp`` too sharp, ``silent`` too quiet.
 """
 
@@ -493,6 +493,41 @@ def synthesize_corpus(
         writer.writerows([str((root / r["uri"]).resolve()), r["label"], r["video_id"]] for r in records)
     (root / "ground_truth.json").write_text(json.dumps(records, indent=2) + "\n")
     return records
+
+
+def synthesize_long_video(
+    path: str | Path,
+    duration: float,
+    seed: int = 0,
+    scene_s: float = 10.0,
+    kept_every: int = 10,
+    fps: float = 24.0,
+    size: tuple[int, int] = (96, 128),
+    crf: int = 23,
+) -> Path:
+    """One long H.264+AAC source of ``scene_s`` scenes (each its own shot, cut to the next): one scene in
+    ``kept_every`` is ``sync`` (its windows pass the cheap rules), the others alternate ``static`` and ``silent``
+    (rejected by them), so about 1 / ``kept_every`` of the windows survive, a realistic keep rate. The
+    ``kept_every`` distinct scenes repeat in that order (rendering is the slow part); the file is encoded scene by
+    scene and never held whole. The same arguments give the same bytes."""
+    from avsync_ray.media.io import Mp4Encoder
+
+    scenes = max(1, int(round(duration / scene_s)))
+    rendered: dict[int, SynthClip] = {}
+    audio = []
+    with Mp4Encoder(fps, with_audio=True, crf=crf, preset="veryfast") as encoder:
+        for index in range(scenes):
+            scene = index % kept_every
+            if scene not in rendered:
+                category = "sync" if scene == kept_every // 2 or scenes == 1 else ("static", "silent")[scene % 2]
+                rendered[scene] = generate_clip(category, seed=seed, index=scene, duration=scene_s, fps=fps, size=_check_size(size))
+            encoder.add(rendered[scene].frames)
+            audio.append(rendered[scene].audio)
+        data = encoder.finish(np.concatenate(audio))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
 
 
 def synthesize_shards(

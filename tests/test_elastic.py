@@ -109,7 +109,7 @@ def _video_tasks(cluster: LocalCluster, node_id: str, state: str | None = None) 
     from ray.util.state import list_tasks
 
     tasks = list_tasks(address=cluster.address, filters=[("node_id", "=", node_id)], detail=True, limit=10_000, raise_on_missing_output=False)
-    return [t for t in tasks if "prepare_video" in t.name and (state is None or t.state == state)]
+    return [t for t in tasks if "scan_video" in t.name and (state is None or t.state == state)]
 
 
 def _assert_complete_and_identical(output: Path, reference: dict[str, str]) -> None:

@@ -1,18 +1,23 @@
 """``avsync curate`` on Ray Data: the only curation module that imports Ray.
 
-    sources -> prepare (CPU task: shots, one decode, windows, cheap scores)
-            -> embedding scorer (actor pool: semantic difference, ImageBind IA/IT)
-            -> sync scorer (actor pool: P_sync)
-            -> finalize (CPU task: thresholds, merge, encode clips; bundle + scores + ledger per video)
+    scoring:  sources -> scan (CPU task: shots, windows, cheap scores; yields the windows chunk by chunk)
+                      -> embedding scorer (actor pool: semantic difference, ImageBind IA/IT)
+                      -> sync scorer (actor pool: P_sync)
+                      -> record (CPU task: the chunk's scores, stored)
+    clips:    scanned sources -> materialize (CPU task: thresholds, merge, encode clips; bundle + scores + ledger)
     then: score table, ledger table, shards (Ray tasks), index, stats, report, MLflow run.
 
-Each video is one block, so retries, progress and resume are per video. A video with a ledger entry is done
-(clips staged, zero survivors, or failed with a reason) and is skipped by a rerun; the shards are then rebuilt
-from the staged bundles in a fixed order, so an interrupted and an uninterrupted run end with the same bytes.
+A task holds one chunk of a video's windows (10 s of window starts, with the frames and audio they sample) or
+one clip being encoded, never a whole video, so hour-long sources curate in bounded memory. Each video is one
+block of the scan, so retries, progress and resume are per video. A video with a ledger entry is done (clips
+staged, zero survivors, or failed with a reason) and is skipped by a rerun; a video whose scan and chunks are
+stored goes straight to its clips. The shards are then rebuilt from the staged bundles in a fixed order, so an
+interrupted and an uninterrupted run end with the same bytes, on any number of nodes.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -36,10 +41,12 @@ from avsync_ray.curation.stages import (
     LEDGER_SCHEMA,
     WORK,
     curation_id,
-    finalize_video,
-    prepare_video,
+    materialize_video,
+    record_chunk,
     record_video,
     rematerialize_video,
+    scan_complete,
+    scan_video,
     scoring_id,
     setting_differences,
     write_parquet,
@@ -56,13 +63,13 @@ logger = logging.getLogger(__name__)
 TASK_RETRIES = 3
 
 
-def _map_task(ds: ray.data.Dataset, fn, **fn_kwargs) -> ray.data.Dataset:
-    """A per-video CPU task with bounded retries. Ray Data retries crashed tasks forever by default, so a video
-    that always kills its worker would hang the run. Ray 2.60 deprecates ``max_retries`` as a remote arg
-    without a named replacement yet; the warning is silenced here on purpose."""
+def _map_task(ds: ray.data.Dataset, fn, flat: bool = False, **fn_kwargs) -> ray.data.Dataset:
+    """A per-video (or, ``flat``, one video to many rows) CPU task with bounded retries. Ray Data retries crashed
+    tasks forever by default, so a video that always kills its worker would hang the run. Ray 2.60 deprecates
+    ``max_retries`` as a remote arg without a named replacement yet; the warning is silenced here on purpose."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RayDeprecationWarning)
-        return ds.map(fn, fn_kwargs=fn_kwargs, num_cpus=1, max_retries=TASK_RETRIES)
+        return (ds.flat_map if flat else ds.map)(fn, fn_kwargs=fn_kwargs, num_cpus=1, max_retries=TASK_RETRIES)
 
 
 CONFIG_NAME = "curate.config.yaml"  # the resolved config of the output's latest run
@@ -120,27 +127,31 @@ def _check_output(output: str) -> None:
             raise PermissionError(f"output {output}: {existing} is not writable")
 
 
-def _map_videos(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
-    """The scoring graph on a dataset of sources (one video per block)."""
+def _scoring(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
+    """The scoring graph on a dataset of sources (one video per block); its rows are the recorded chunks."""
     plan = faults.plan_from_env()
-    ds = _map_task(ds, prepare_video, config=config, faults_plan=plan.to_dict() if plan else None)
-    stages = config.filters
+    ds = _map_task(ds, scan_video, flat=True, config=config, faults_plan=plan.to_dict() if plan else None)
+    stages, length = config.filters, config.windows.length_s
     if stages.semantic.enabled or stages.imagebind.enabled:
-        kwargs = {"semantic": stages.semantic, "imagebind": stages.imagebind, "actor": config.imagebind_actor}
+        kwargs = {"semantic": stages.semantic, "imagebind": stages.imagebind, "actor": config.imagebind_actor, "window_length": length}
         ds = ds.map(EmbeddingScorer, fn_constructor_kwargs=kwargs, **actor_placement(config.imagebind_actor))
     if stages.sync.enabled:
-        ds = ds.map(SyncScorer, fn_constructor_kwargs={"sync": stages.sync, "actor": config.sync_actor}, **actor_placement(config.sync_actor))
-    return _map_task(ds, finalize_video, config=config)
+        kwargs = {"sync": stages.sync, "actor": config.sync_actor, "window_length": length}
+        ds = ds.map(SyncScorer, fn_constructor_kwargs=kwargs, **actor_placement(config.sync_actor))
+    return _map_task(ds, record_chunk, config=config)
 
 
 def _drain(ds: ray.data.Dataset, total: int, verb: str) -> str:
-    """Run the graph; the driver only counts finished videos (their state is already on storage), with a
-    progress line every tenth of them."""
+    """Run the graph; the driver only counts finished videos (their state is already on storage), with a progress
+    line every tenth of them. A scoring row is one chunk of a video (``chunk``, ``chunks``); others one video."""
+    rows: collections.Counter = collections.Counter()
     finished, step = 0, math.ceil(total / 10)
-    for _ in ds.iter_rows():
-        finished += 1
-        if finished % step == 0 or finished == total:
-            logger.info("%s %d of %d videos", verb, finished, total)
+    for row in ds.iter_rows():
+        rows[row["source_id"]] += 1
+        if rows[row["source_id"]] == max(1, row.get("chunks", 1)):
+            finished += 1
+            if finished % step == 0 or finished == total:
+                logger.info("%s %d of %d videos", verb, finished, total)
     try:
         return ds.stats()
     except Exception:  # noqa: BLE001 - stats are a report nicety
@@ -155,17 +166,31 @@ def _record_crashed(sources: list[dict], entries: dict[str, dict], config: Curat
             record_video(source, config, "failed", "worker_crashed", f"its task failed {TASK_RETRIES + 1} times", counts)
 
 
+def _scanned(config: CurateConfig, sources: list[dict]) -> list[dict]:
+    """The sources whose scan and every chunk of it are stored."""
+    recorded = {uri.rsplit("/", 1)[-1][: -len(".json")] for uri in list_files(join_uri(config.output, WORK, "scans"), ".json")}
+    return [s for s in sources if s["source_id"] in recorded and scan_complete(config.output, s["source_id"])]
+
+
 def _score(config: CurateConfig, sources: list[dict], entries: dict[str, dict]) -> str:
     pending = [s for s in sources if s["source_id"] not in entries]
     logger.info("%d videos, %d already recorded, %d to curate", len(sources), len(sources) - len(pending), len(pending))
     if not pending:
         return ""
-    # A video that keeps crashing its worker is recorded, not fatal.
-    ray.data.DataContext.get_current().max_errored_blocks = len(pending)
-    ds = _map_videos(ray.data.from_items(pending, override_num_blocks=len(pending)), config)
-    stats = _drain(ds, len(pending), "curated")
+    # A block that keeps failing (its worker dying) is dropped rather than fatal: its video then lacks a scan or a
+    # chunk, and is recorded as failed below, never lost silently.
+    ray.data.DataContext.get_current().max_errored_blocks = -1
+    scanned = {s["source_id"] for s in _scanned(config, pending)}
+    to_scan = [s for s in pending if s["source_id"] not in scanned]
+    stats = []
+    if to_scan:
+        stats.append(_drain(_scoring(ray.data.from_items(to_scan, override_num_blocks=len(to_scan)), config), len(to_scan), "scored"))
+    ready = _scanned(config, pending)
+    if ready:
+        clips = _map_task(ray.data.from_items(ready, override_num_blocks=len(ready)), materialize_video, config=config)
+        stats.append(_drain(clips, len(ready), "curated"))
     _record_crashed(pending, _ledger_entries(config.output), config)
-    return stats
+    return "\n".join(stats)
 
 
 def _rethreshold(config: CurateConfig, entries: dict[str, dict]) -> str:

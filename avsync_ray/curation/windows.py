@@ -78,6 +78,55 @@ def clip_frame_times(clip_start: float) -> np.ndarray:
     return clip_start + np.arange(CLIP_FRAMES) / CLIP_FPS
 
 
+class TimeLookup:
+    """Distinct times (rounded to the microsecond) and the index of each query among them: a model stage embeds
+    each distinct frame or clip of its windows once (overlapping windows share most of them)."""
+
+    def __init__(self, values: np.ndarray):
+        rounded = np.round(np.asarray(values, dtype=np.float64), 6)
+        self.unique, self.inverse = np.unique(rounded.ravel(), return_inverse=True)
+        self.inverse = self.inverse.reshape(rounded.shape)
+
+
+def pixel_grid(starts: np.ndarray, length: float) -> np.ndarray:
+    """(windows, 10) times of the raw pixel and semantic differences."""
+    return np.stack([pixel_times(s, length) for s in starts])
+
+
+def ia_frame_grid(starts: np.ndarray) -> np.ndarray:
+    """(windows, 3) times of the IA/IT frames."""
+    return np.stack([ia_frame_times(s) for s in starts])
+
+
+def ia_audio_grid(starts: np.ndarray, length: float) -> np.ndarray:
+    return np.stack([ia_audio_starts(s, length) for s in starts])
+
+
+def psync_grid(starts: np.ndarray, length: float) -> np.ndarray:
+    """(windows, 3) starts of the P_sync clips."""
+    return np.stack([psync_clip_starts(s, length) for s in starts])
+
+
+def psync_frame_times(clip_starts: np.ndarray) -> np.ndarray:
+    """The frame times of each clip in turn (``len(clip_starts) * CLIP_FRAMES``)."""
+    return np.concatenate([clip_frame_times(s) for s in clip_starts])
+
+
+def model_frame_times(starts: np.ndarray, length: float, semantic: bool, imagebind: bool, sync: bool) -> np.ndarray:
+    """Every time whose nearest frame an enabled model stage reads for these windows, as the stage looks it up
+    (:mod:`avsync_ray.curation.scorers`): what curation must hand the stages, and no more."""
+    if not len(starts):
+        return np.zeros(0)
+    times = []
+    if semantic:
+        times.append(TimeLookup(pixel_grid(starts, length)).unique)
+    if imagebind:
+        times.append(TimeLookup(ia_frame_grid(starts)).unique)
+    if sync:
+        times.append(psync_frame_times(TimeLookup(psync_grid(starts, length)).unique))
+    return np.concatenate(times) if times else np.zeros(0)
+
+
 def pixel_difference(frames: np.ndarray) -> float:
     """Mean over consecutive sampled frames of their mean absolute RGB difference, in [0, 1]."""
     values = np.abs(np.diff(frames.astype(np.float32) / 255.0, axis=0)).mean(axis=(1, 2, 3))
