@@ -6,7 +6,8 @@ Sources are synthetic, made of 10-s scenes (each its own shot): one scene in ten
 
   * memory: each source curated by one worker process, the per-video steps called as a Ray worker calls them
     (scan, the chunks recorded, clips encoded), with every model stage marked enabled so the chunks carry the
-    frames the stages would read (the stages themselves are not run); its peak RSS. Beside it, the peak RSS of
+    frames the stages would read (the stages themselves are not run, and the clips are chosen by the cheap rules);
+    its peak RSS. Beside it, the peak RSS of
     holding one decode of the whole file (what a task held before chunking) for the shorter sources.
   * throughput: ``avsync curate`` on a local Ray (model stages off) against Ray tasks that decode every frame
     to RGB at the working size and encode the clips curation kept, same corpus, same CPUs, same process.
@@ -71,7 +72,8 @@ def worker_memory(source: str, output: str, mode: str) -> dict:
         largest = max(largest, row["frames"].nbytes + row["audio"].nbytes)
         record_chunk(row, cfg)
         del row
-    entry = materialize_video(item, cfg)
+    # The stages' scores are missing (not run), so the clips are chosen by the cheap rules alone.
+    entry = materialize_video(item, config(source, output, model_stages=False))
     return {"peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": before, "chunks": chunks, "largest_row_mb": largest / 2**20,
             "windows": entry["windows"], "kept": entry["kept"], "clips": entry["clips"], "seconds": time.perf_counter() - started}  # fmt: skip
 

@@ -19,7 +19,6 @@ import io
 import json
 from collections import deque
 from collections.abc import Iterator
-from contextlib import ExitStack
 
 import fsspec
 import numpy as np
@@ -178,12 +177,13 @@ class AudioBuffer:
         """Samples ``[lo, hi)`` (fewer where the track ends first)."""
         joined = np.concatenate(self.blocks) if self.blocks else np.zeros(0, dtype=np.float32)
         self.blocks = [joined]
-        return joined[lo - self.start : hi - self.start]
+        return joined[lo - self.start : hi - self.start].copy()  # a row or a clip must not pin the buffer
 
     def drop_before(self, sample: int) -> None:
-        joined = np.concatenate(self.blocks) if self.blocks else np.zeros(0, dtype=np.float32)
         cut = max(0, min(sample, self.end) - self.start)
-        self.blocks, self.start = [joined[cut:]], self.start + cut
+        if cut:
+            joined = np.concatenate(self.blocks)
+            self.blocks, self.start = [joined[cut:].copy()], self.start + cut  # a copy: the dropped samples are freed
 
 
 def _row(source: dict, number: int, chunks: int, windows: list[Window], pixel: np.ndarray, peak: np.ndarray, frames: list[np.ndarray],
@@ -404,34 +404,39 @@ def _record_outcome(source: dict, config: CurateConfig, windows: list[Window], k
 def _clip_samples(path: str, clips: list[Window], config: CurateConfig, info, fps: float, video_end: float, audio_start: float) -> tuple[list[tuple], int]:
     """(mp4, wav, frame count, frame size) of each clip (in order, not overlapping), from one pass over the file up
     to the last clip that converts only the frames inside a clip and streams them into its encoder; and the number
-    of frames that pass decoded."""
+    of frames that pass decoded. At most two encoders are open (a clip waiting for its audio, the next one's
+    frames) and the audio is kept from the next clip's first sample on, so memory does not grow with the video."""
     sample_rate = TARGET_SAMPLE_RATE
     spans = []
     for clip in clips:
         first = int(round((clip.start - audio_start) * sample_rate))
         spans.append((max(first, 0), first + int(round((clip.end - clip.start) * sample_rate))))
-    with ExitStack() as stack:
-        encoders = [stack.enter_context(Mp4Encoder(fps, with_audio=True, crf=config.shards.crf, preset=config.shards.x264_preset)) for _ in clips]
-        counts, sizes, done = [0] * len(clips), [None] * len(clips), []
-        audio, current, last_time = AudioBuffer(), 0, -np.inf  # current: the clip the next frame may fall in
-        decoded = 0
+    encoders: dict[int, Mp4Encoder] = {}
+    counts, sizes, done = [0] * len(clips), [None] * len(clips), []
+    audio, current, last_time, decoded = AudioBuffer(), 0, -np.inf, 0  # current: the clip the next frame may fall in
 
-        def finish_ready(at_end: bool) -> None:
-            """Finish, in order, the clips whose frames and audio have all been read."""
-            while len(done) < len(clips) and (at_end or (last_time >= clips[len(done)].end - 1e-6 and audio.end >= spans[len(done)][1])):
-                k = len(done)
-                sound = audio.take(*spans[k])
-                done.append((encoders[k].finish(sound), encode_wav(sound, sample_rate), counts[k], sizes[k]))
-                audio.drop_before(spans[k + 1][0] if k + 1 < len(clips) else audio.end)
+    def finish_ready(at_end: bool) -> None:
+        """Finish, in order, the clips whose frames and audio have all been read."""
+        while len(done) < len(clips) and (at_end or (last_time >= clips[len(done)].end - 1e-6 and audio.end >= spans[len(done)][1])):
+            k = len(done)
+            sound = audio.take(*spans[k])
+            encoder = encoders.pop(k)
+            done.append((encoder.finish(sound), encode_wav(sound, sample_rate), counts[k], sizes[k]))
+            encoder.__exit__(None, None, None)
 
+    try:
         for item in WholeFileReader(path, size=_decode_size(info, config), video_end=video_end):
             if isinstance(item, AudioBlock):
                 audio.add(item)
+                if len(done) < len(clips):
+                    audio.drop_before(spans[len(done)][0])
             else:
                 last_time, decoded = item.time, item.index + 1
                 while current < len(clips) and item.time >= clips[current].end - 1e-6:
                     current += 1
                 if current < len(clips) and item.time >= clips[current].start - 1e-6:
+                    if current not in encoders:
+                        encoders[current] = Mp4Encoder(fps, with_audio=True, crf=config.shards.crf, preset=config.shards.x264_preset).__enter__()
                     image = item.rgb()
                     encoders[current].add(image[None])
                     counts[current], sizes[current] = counts[current] + 1, image.shape[:2]
@@ -439,6 +444,9 @@ def _clip_samples(path: str, clips: list[Window], config: CurateConfig, info, fp
             if len(done) == len(clips):
                 break  # nothing after the last clip is read
         finish_ready(at_end=True)
+    finally:
+        for encoder in encoders.values():
+            encoder.__exit__(None, None, None)
     return done, decoded
 
 

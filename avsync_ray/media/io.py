@@ -736,7 +736,7 @@ class Mp4Encoder:
             self.container.mux(self.audio_stream.encode(frame))
             self.container.mux(self.audio_stream.encode(None))
         self.container.close()
-        self.container = None
+        self.container = self.video_stream = self.audio_stream = None  # the codec contexts (x264's buffers) go too
         with open(self.local, "rb") as handle:
             return handle.read()
 
