@@ -127,7 +127,7 @@ def throughput(corpus: list[Path], work: Path, cpus: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=float, nargs="+", default=[10, 120, 1200], help="source lengths (s) for the memory runs")
+    parser.add_argument("--lengths", type=float, nargs="*", default=[10, 120, 1200], help="source lengths (s) for the memory runs")
     parser.add_argument("--one-decode-up-to", type=float, default=120, help="hold one whole decode only for sources up to this long (s)")
     parser.add_argument("--corpus", default="4x120", help="throughput corpus: <sources>x<seconds>")
     parser.add_argument("--cpus", type=int, default=2)

@@ -8,7 +8,8 @@
     then: score table, ledger table, shards (Ray tasks), index, stats, report, MLflow run.
 
 A task holds one chunk of a video's windows (10 s of window starts, with the frames and audio they sample) or
-one clip being encoded, never a whole video, so hour-long sources curate in bounded memory. Each video is one
+the clip being encoded (with the encoded bytes of the video's clips until its bundle is written), never a whole
+video's frames, so hour-long sources curate in bounded memory. Each video is one
 block of the scan, so retries, progress and resume are per video. A video with a ledger entry is done (clips
 staged, zero survivors, or failed with a reason) and is skipped by a rerun; a video whose scan and chunks are
 stored goes straight to its clips. The shards are then rebuilt from the staged bundles in a fixed order, so an
