@@ -215,3 +215,28 @@ def test_tiny_models_learn_on_synthetic_shards(ray_session, tmp_path_factory, tm
     losses = _metric_history(tracking, read_checkpoint_meta(avsyncd["checkpoint"])["mlflow_run_id"], "loss")
     first, last = [losses[s] for s in range(1, 11)], [losses[s] for s in range(31, 41)]
     assert sum(last) / 10 < 0.8 * sum(first) / 10, losses
+
+
+@pytest.mark.slow  # three launches, about 2 min on 2 CPUs; the conversion's exactness is in the fast suite
+def test_a_zero_run_continues_on_one_worker_then_on_two_again(ray_session, synthetic_shards, tmp_path):
+    """A ZeRO-2 run of 2 workers resumed on 1 (a node lost for good), then on 2 again: each resume converts the
+    latest checkpoint to DeepSpeed's universal format, the steps continue (DeepSpeed's own count too) and
+    one MLflow run holds steps 1-6."""
+    tracking = f"sqlite:///{tmp_path}/mlruns.db"
+    common = [
+        f"data.root={synthetic_shards['root']}", f"run.storage_path={tmp_path}/runs", f"tracking.uri={tracking}", "run.name=regroup",
+        "model.base_width=4", "model.image_size=32", "clips.num_clips=5", "checkpoint.every_n_steps=2", "log_every_n_steps=1",
+        "deepspeed.zero_stage=2",
+    ]  # fmt: skip
+    metas = []
+    for workers, steps, resume in ((2, 2, []), (1, 4, ["run.resume=latest"]), (2, 6, ["run.resume=latest"])):
+        config = load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*common, f"scaling.num_workers={workers}", f"max_steps={steps}", *resume])
+        last = launch(config, "sync-classifier")["checkpoint"]
+        metas.append(read_checkpoint_meta(last))  # now: checkpoint.num_to_keep prunes the older ones
+    assert [m["step"] for m in metas] == [2, 4, 6] and [m["signature"]["scaling.num_workers"] for m in metas] == [2, 1, 2]
+    for step, workers in ((2, 2), (4, 1)):
+        universal = read_checkpoint_meta(str(tmp_path / "runs" / "regroup" / f"universal-step_{step:08d}"))
+        assert universal["universal"] and universal["step"] == step and universal["signature"]["scaling.num_workers"] == workers
+    assert optimizer_steps(last) == 6
+    assert len({m["mlflow_run_id"] for m in metas}) == 1
+    assert sorted(_metric_history(tracking, metas[0]["mlflow_run_id"], "loss")) == list(range(1, 7))

@@ -251,8 +251,57 @@ def test_resume_signature_rejects_incompatible_changes(tmp_path):
         check_resume(meta, _sync_config(tmp_path, "deepspeed.zero_stage=3", "model.base_width=16"), "sync-classifier")
     message = str(error.value)
     assert "deepspeed.zero_stage: checkpoint has 2, config has 3" in message and "base_width" in message and "step 40" in message
-    with pytest.raises(IncompatibleResumeError, match="scaling.num_workers"):
-        check_resume(meta, _sync_config(tmp_path, "scaling.num_workers=4"), "sync-classifier")
+    # Another worker count is not a refusal: the ZeRO checkpoint must become a universal one first ...
+    assert check_resume(meta, _sync_config(tmp_path, "scaling.num_workers=4"), "sync-classifier") is True
+    assert check_resume(meta, _sync_config(tmp_path), "sync-classifier") is False
+    # ... which then loads on any count, and still refuses other changes.
+    assert check_resume({**meta, "universal": True}, _sync_config(tmp_path, "scaling.num_workers=1"), "sync-classifier") is False
+    with pytest.raises(IncompatibleResumeError, match="deepspeed.zero_stage"):
+        check_resume({**meta, "universal": True}, _sync_config(tmp_path, "deepspeed.zero_stage=1", "scaling.num_workers=1"), "sync-classifier")
+
+
+@pytest.mark.parametrize("zero_stage", [1, 2])
+def test_a_universal_conversion_resumes_exactly(tmp_path, gloo_world_of_one, zero_stage):
+    """A ZeRO checkpoint converted to DeepSpeed's universal format and loaded by a universal engine gives the
+    weights, the Adam moments and the schedule back: the next step equals the original engine's next step (the
+    loss curve goes on where it was). The launcher converts once and reuses the conversion."""
+    from avsync_ray.training import engine as ds
+    from avsync_ray.training.components import build_sync_classifier
+    from avsync_ray.training.launcher import resolve_resume
+    from avsync_ray.training.loops import PairwiseScores
+
+    config = _sync_config(tmp_path, f"deepspeed.zero_stage={zero_stage}", "model.base_width=4", "model.image_size=32", "optimizer.warmup_steps=5",
+                          "scaling.num_workers=1")  # fmt: skip
+
+    def fresh_engine(load_universal: bool):
+        torch.manual_seed(0)
+        return ds.initialize(PairwiseScores(build_sync_classifier(config.model)), config, world_size=1, load_universal=load_universal)
+
+    engine = fresh_engine(False)
+    audio, video = torch.randn(2, 3, 1, 128, 204), torch.randn(2, 3, 3, 12, 32, 32)
+    for _ in range(3):
+        engine.backward(contrastive_loss(engine(audio, video), 0.1).loss)
+        engine.step()
+    # Written by two workers: its signature says so, and a resume on this one-worker config converts it.
+    two_workers = _sync_config(tmp_path, f"deepspeed.zero_stage={zero_stage}", "model.base_width=4", "model.image_size=32", "scaling.num_workers=2")
+    run_dir = tmp_path / "runs" / config.run.name
+    checkpoint = run_dir / "checkpoint_2026-01-01_00-00-00.000000"
+    ds.save_checkpoint(engine, checkpoint, 3, {"task": "sync-classifier", "signature": ds.resume_signature(two_workers, "sync-classifier")})
+    universal = resolve_resume(_sync_config(tmp_path, f"deepspeed.zero_stage={zero_stage}", "model.base_width=4", "model.image_size=32",
+                                            "scaling.num_workers=1", "run.resume=latest"), "sync-classifier", str(run_dir))  # fmt: skip
+    assert universal == str(run_dir / "universal-step_00000003")
+    meta = ds.read_checkpoint_meta(universal)
+    assert meta["universal"] and meta["step"] == 3 and meta["tag"] == "step_00000003_universal" and meta["converted_from"] == str(checkpoint)
+    assert ds.to_universal(str(checkpoint), universal) == universal  # reused, not converted again
+
+    restored = fresh_engine(True)
+    assert ds.load_checkpoint(restored, universal)["step"] == 3
+    assert restored.global_steps == 3 and restored.get_lr() == engine.get_lr()
+    for each in (engine, restored):
+        each.backward(contrastive_loss(each(audio, video), 0.1).loss)
+        each.step()
+    for (name, a), b in zip(engine.module.state_dict().items(), restored.module.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name, rtol=0, atol=0)
 
 
 def test_launcher_refuses_to_continue_a_run_silently(tmp_path):

@@ -4,16 +4,20 @@ Only the trainable module goes through ``deepspeed.initialize``, with a client `
 trainable parameters (torch's own kernels, fused on CUDA; no DeepSpeed compiled ops, so the same code runs on CPU
 with gloo and on GPUs), optionally ``torch.compile``-d inside the engine.
 Checkpoints are DeepSpeed's own layout plus ``avsync_checkpoint.json`` (task, step, resolved config, MLflow
-run id, and the settings a resume must not change).
+run id, and the settings a resume must not change). A ZeRO checkpoint resumes on another number of workers
+through DeepSpeed's universal checkpoint format (:func:`to_universal`; the engine then loads with
+``checkpoint.load_universal``).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ import torch
 
 from avsync_ray.config import OptimizerConfig, TrainCommonConfig
 from avsync_ray.errors import InputError
-from avsync_ray.storage import exists, join_uri, read_json
+from avsync_ray.storage import exists, filesystem, join_uri, local_folder, read_json, uri_prefix
 
 CHECKPOINT_META = "avsync_checkpoint.json"
 logger = logging.getLogger(__name__)
@@ -44,8 +48,9 @@ class IncompatibleResumeError(InputError):
     """The checkpoint was written under settings that this config changes in a way a resume cannot honour."""
 
 
-def deepspeed_config(config: TrainCommonConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed JSON config: ZeRO stage and buckets, bf16 or fp32, clipping, accumulation, batch sizes."""
+def deepspeed_config(config: TrainCommonConfig, world_size: int, load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed JSON config: ZeRO stage and buckets, bf16 or fp32, clipping, accumulation, batch sizes; with
+    ``load_universal``, the checkpoint to load is in DeepSpeed's universal format."""
     settings, optimizer = config.deepspeed, config.optimizer
     zero: dict[str, Any] = {"stage": settings.zero_stage, "reduce_bucket_size": settings.bucket_size}
     if settings.zero_stage in (1, 2):
@@ -61,6 +66,7 @@ def deepspeed_config(config: TrainCommonConfig, world_size: int) -> dict[str, An
         "bf16": {"enabled": settings.precision == "bf16"},
         "steps_per_print": 2**31 - 1,  # progress goes to MLflow and the Ray logs, not DeepSpeed's prints
         "wall_clock_breakdown": False,
+        **({"checkpoint": {"load_universal": True}} if load_universal else {}),
     }
 
 
@@ -74,11 +80,12 @@ def adamw(parameters: list[torch.nn.Parameter], settings: OptimizerConfig) -> to
     return torch.optim.AdamW(parameters, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay, eps=settings.eps, **kernels)
 
 
-def initialize(model: torch.nn.Module, config: TrainCommonConfig, world_size: int, compile_backend: str = "inductor"):
+def initialize(model: torch.nn.Module, config: TrainCommonConfig, world_size: int, compile_backend: str = "inductor", load_universal: bool = False):
     """Wrap ``model`` in a DeepSpeed engine with AdamW over its trainable parameters and the config's schedule
     (constant, or constant after a linear warm-up, stepped once per optimizer step). With ``deepspeed.compile``
     the module's forward (and so its backward) runs through ``torch.compile`` with ``compile_backend`` (one
-    graph, static shapes: the first step compiles, for minutes)."""
+    graph, static shapes: the first step compiles, for minutes). ``load_universal``: the engine will load a
+    universal checkpoint (:func:`to_universal`)."""
     from diffusers.optimization import get_scheduler
 
     deepspeed = setup_deepspeed()
@@ -90,7 +97,7 @@ def initialize(model: torch.nn.Module, config: TrainCommonConfig, world_size: in
     schedule = "constant_with_warmup" if settings.warmup_steps else "constant"
     lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=settings.warmup_steps)
     engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=deepspeed_config(config, world_size), dist_init_required=False
+        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=deepspeed_config(config, world_size, load_universal), dist_init_required=False
     )
     if config.deepspeed.compile:
         # The module's forward, not its call: DeepSpeed's module hooks around it stay eager (they are Python
@@ -119,15 +126,23 @@ def resume_signature(config: TrainCommonConfig, task: str) -> dict[str, Any]:
 _ARCHITECTURE_FIELDS = {"sync-classifier": {"base_width", "image_size"}, "avsyncd": {"init", "imagebind_preset"}}
 
 
-def check_resume(meta: dict, config: TrainCommonConfig, task: str) -> None:
-    """Raise :class:`IncompatibleResumeError` naming every setting the config changes against the checkpoint."""
+def check_resume(meta: dict, config: TrainCommonConfig, task: str) -> bool:
+    """Raise :class:`IncompatibleResumeError` naming every setting the config changes against the checkpoint.
+    Returns whether the checkpoint must first become a universal one: a ZeRO run resumed on another number of
+    workers (its optimizer states are partitioned over the old count)."""
     saved, wanted = meta["signature"], resume_signature(config, task)
-    changes = [f"{key}: checkpoint has {saved.get(key)!r}, config has {value!r}" for key, value in wanted.items() if saved.get(key) != value]
+    regroup = bool(meta.get("universal")) or "scaling.num_workers" in saved and saved.get("scaling.num_workers") != wanted.get("scaling.num_workers")
+    changes = [
+        f"{key}: checkpoint has {saved.get(key)!r}, config has {value!r}"
+        for key, value in wanted.items()
+        if saved.get(key) != value and not (key == "scaling.num_workers" and regroup)
+    ]
     if changes:
         raise IncompatibleResumeError(
             f"cannot resume from the checkpoint of step {meta['step']}:\n  " + "\n  ".join(changes)
             + "\nrestore these settings, or start a new run (another run.name, without run.resume)"
         )  # fmt: skip
+    return regroup and not meta.get("universal")
 
 
 def checkpoint_tag(step: int) -> str:
@@ -139,6 +154,37 @@ def save_checkpoint(engine, directory: str | Path, step: int, meta: dict) -> Non
     engine.save_checkpoint(str(directory), tag=checkpoint_tag(step), client_state={"step": step})
     if engine.global_rank == 0:
         (Path(directory) / CHECKPOINT_META).write_text(json.dumps({**meta, "step": step, "tag": checkpoint_tag(step)}, indent=2))
+
+
+def to_universal(checkpoint: str, output: str) -> str:
+    """Convert a ZeRO checkpoint (any fsspec URI) into DeepSpeed's universal format, loadable on any number of
+    workers, as the checkpoint folder ``output``: the converted tag (``<tag>_universal``) and this package's meta
+    (``universal: true``, the source's URI). An ``output`` that already holds the conversion is reused. Uses
+    DeepSpeed's ``ds_to_universal`` (one process; ``inject_missing_state`` supplies the parameter layout that
+    Megatron models record and plain modules do not). Returns ``output``."""
+    if exists(join_uri(output, CHECKPOINT_META)):
+        return output
+    meta = read_checkpoint_meta(checkpoint)
+    if meta["signature"]["deepspeed.zero_stage"] == 0:
+        raise ValueError(f"{checkpoint} is a ZeRO stage 0 checkpoint: it loads on any number of workers as it is")
+    setup_deepspeed()
+    from deepspeed.checkpoint import ds_to_universal
+
+    tag = f"{meta['tag']}_universal"
+    fs, out_path = filesystem(output)
+    with local_folder(checkpoint) as source, tempfile.TemporaryDirectory(prefix="avsync-universal-") as work:
+        folder = out_path if not uri_prefix(fs) else work
+        args = argparse.Namespace(input_folder=os.path.join(source, meta["tag"]), output_folder=os.path.join(folder, tag), num_extract_workers=1,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)  # fmt: skip
+        with contextlib.redirect_stdout(io.StringIO()) as narration, contextlib.redirect_stderr(narration):  # its steps and bars
+            ds_to_universal.main(args)
+        logger.debug("ds_to_universal: %s", narration.getvalue())
+        # The meta goes last: it marks a complete conversion.
+        (Path(folder) / CHECKPOINT_META).write_text(json.dumps({**meta, "tag": tag, "universal": True, "converted_from": checkpoint}, indent=2))
+        if uri_prefix(fs):
+            fs.put(os.path.join(work, tag) + "/", f"{out_path}/{tag}", recursive=True)
+            fs.put_file(os.path.join(work, CHECKPOINT_META), f"{out_path}/{CHECKPOINT_META}")
+    return output
 
 
 def read_checkpoint_meta(directory: str | Path) -> dict:
@@ -155,6 +201,14 @@ def load_checkpoint(engine, directory: str | Path) -> dict:
     path, client_state = engine.load_checkpoint(str(directory), tag=meta["tag"], load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None or client_state.get("step") != meta["step"]:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory} (tag {meta['tag']})")
+    if meta.get("universal"):
+        # A universal load restores the parameters and their optimizer states, not the module's buffers (batch-norm
+        # statistics): those come from rank 0's model states, as every rank's do in a load of the same world size.
+        saved = torch.load(Path(directory) / meta["tag"] / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        with torch.no_grad():
+            for name, buffer in engine.module.named_buffers():
+                if name in saved:
+                    buffer.copy_(saved[name])
     return meta
 
 

@@ -3,16 +3,21 @@
 Checkpoints go to ``<run.storage_path>/<run.name>/`` (local or s3://). Ray Train resumes a run from its
 newest checkpoint whenever the same name is launched again, so a fresh launch onto a run that already has
 checkpoints is refused unless ``run.resume`` says what to do; every resume is checked against the
-checkpoint's settings before any worker starts.
+checkpoint's settings before any worker starts. A ZeRO run resumed on another number of workers (a node lost for
+good, or added) continues from its checkpoint converted to DeepSpeed's universal format.
 """
 
 from __future__ import annotations
+
+import logging
 
 from avsync_ray import faults
 from avsync_ray.config import TrainCommonConfig
 from avsync_ray.errors import InputError
 from avsync_ray.storage import filesystem, join_uri, uri_prefix
-from avsync_ray.training.engine import CHECKPOINT_META, check_resume, read_checkpoint_meta
+from avsync_ray.training.engine import CHECKPOINT_META, check_resume, read_checkpoint_meta, to_universal
+
+logger = logging.getLogger(__name__)
 
 
 class RunExistsError(InputError):
@@ -47,10 +52,21 @@ def resolve_resume(config: TrainCommonConfig, task: str, run_dir: str) -> str | 
     if resume == "latest":
         if not checkpoints:
             raise FileNotFoundError(f"--resume latest: run '{config.run.name}' has no checkpoint in {run_dir}")
-        check_resume(read_checkpoint_meta(checkpoints[-1][1]), config, task)
-        return None
-    check_resume(read_checkpoint_meta(resume), config, task)
-    return resume
+        resume = checkpoints[-1][1]
+        return _universal(resume, run_dir, config) if check_resume(read_checkpoint_meta(resume), config, task) else None
+    return _universal(resume, run_dir, config) if check_resume(read_checkpoint_meta(resume), config, task) else resume
+
+
+def _universal(checkpoint: str, run_dir: str, config: TrainCommonConfig) -> str:
+    """A ZeRO checkpoint resumed on another number of workers: its universal conversion, kept in the run folder
+    (``universal-<tag>``; not a Ray Train checkpoint, so never pruned or taken for the run's latest)."""
+    meta = read_checkpoint_meta(checkpoint)
+    target = join_uri(run_dir, f"universal-{meta['tag']}")
+    logger.info(
+        "resuming step %d of %d workers on %d: converting the checkpoint to DeepSpeed's universal format in %s",
+        meta["step"], meta["signature"]["scaling.num_workers"], config.scaling.num_workers, target,
+    )  # fmt: skip
+    return to_universal(checkpoint, target)
 
 
 def _checkpoint_uri(root: str, path: str) -> str:

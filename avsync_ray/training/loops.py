@@ -9,6 +9,7 @@ at the end every rank saves its DeepSpeed shards and reports them to Ray Train. 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -229,13 +230,28 @@ def _unclipped_grad_norm(engine) -> torch.Tensor | None:
     return torch.nn.utils.get_total_norm([p.grad for p in engine.module.parameters() if p.grad is not None])
 
 
-def _restore(engine, loop_config: dict) -> dict | None:
-    """Ray Train's latest checkpoint (after a failure, or a rerun of the same run) wins over ``resume_from``."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop_config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
+def _checkpoint_meta(checkpoint: ray.train.Checkpoint) -> dict:
+    """A Ray Train checkpoint's meta, read in place (no download of the shards)."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{ds.CHECKPOINT_META}") as handle:
+        return json.loads(handle.read())
+
+
+def _checkpoint_to_restore(loop_config: dict) -> tuple[ray.train.Checkpoint | None, dict]:
+    """The checkpoint a worker group starts from, with its meta. Ray Train's latest (after a failure, or a rerun of
+    the same run) wins over ``resume_from``, except over a universal conversion at least as new: a run resumed on
+    another worker count starts from that, until it writes its own checkpoints."""
+    latest = ray.train.get_checkpoint()
+    resume = loop_config.get("resume_from")
+    if resume:
+        meta = ds.read_checkpoint_meta(resume)
+        if latest is None or (meta.get("universal") and _checkpoint_meta(latest)["step"] <= meta["step"]):
+            return ray.train.Checkpoint(resume), meta
+    return (latest, _checkpoint_meta(latest)) if latest is not None else (None, {})
+
+
+def _restore(engine, checkpoint: ray.train.Checkpoint | None) -> dict:
     if checkpoint is None:
-        return None
+        return {}
     with checkpoint.as_directory() as directory:
         return ds.load_checkpoint(engine, directory)
 
@@ -275,8 +291,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     task = task_cls(config, device)
-    engine = ds.initialize(task.model, config, world_size)
-    meta = _restore(engine, loop_config) or {}
+    checkpoint, saved = _checkpoint_to_restore(loop_config)
+    engine = ds.initialize(task.model, config, world_size, load_universal=bool(saved.get("universal")))
+    meta = _restore(engine, checkpoint)
     start = meta.get("step", 0)
     tracker = _open_tracker(config, task.name, meta.get("mlflow_run_id")) if rank == 0 and config.tracking.enabled else None
     checkpoint_meta = {
