@@ -372,3 +372,37 @@ def test_ray_trains_report_narration_is_quieted_under_the_name_it_logs_with():
 
     quiet_ray_internals()
     assert train_context.logger.getEffectiveLevel() == logging.WARNING  # "Reporting training result N: ..." is INFO
+
+
+def test_a_restart_takes_the_newest_checkpoint_every_rank_uploaded(tmp_path, monkeypatch):
+    """A node lost after every rank uploaded the step-4 checkpoint but before Ray Train's controller committed it:
+    the restarted group starts from step 4, not from the committed step 2. A checkpoint some rank did not finish
+    uploading (step 6), or one of another world size, is never taken; a universal conversion at least as new wins."""
+    import ray.train
+
+    from avsync_ray.training import engine as ds
+    from avsync_ray.training.loops import _checkpoint_to_restore
+
+    run_dir = tmp_path / "run"
+
+    def checkpoint(step: int, ranks: list[int], world_size: int = 2, name: str | None = None, **extra):
+        folder = run_dir / (name or f"checkpoint_2026-01-01_00-00-{step:02d}.000000")
+        folder.mkdir(parents=True)
+        (folder / ds.CHECKPOINT_META).write_text(json.dumps({"step": step, "tag": ds.checkpoint_tag(step), "world_size": world_size, **extra}))
+        for rank in ranks:
+            (folder / ds.uploaded_marker(rank)).touch()
+        return folder
+
+    committed = checkpoint(2, [0, 1])
+    uncommitted = checkpoint(4, [0, 1])
+    checkpoint(6, [0])  # rank 1's upload never finished
+    checkpoint(8, [0, 1, 2], world_size=3)  # another world size: only a universal conversion loads it here
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint(str(committed)))
+    chosen, meta = _checkpoint_to_restore({"run_dir": str(run_dir)}, world_size=2)
+    assert chosen.path == str(uncommitted) and meta["step"] == 4
+
+    universal = checkpoint(4, [], name="universal-step_00000004", universal=True)
+    chosen, meta = _checkpoint_to_restore({"run_dir": str(run_dir), "resume_from": str(universal)}, world_size=2)
+    assert chosen.path == str(universal) and meta["universal"]
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    assert _checkpoint_to_restore({"run_dir": str(tmp_path / "new-run")}, world_size=2) == (None, {})

@@ -187,6 +187,29 @@ def to_universal(checkpoint: str, output: str) -> str:
     return output
 
 
+def run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """(step, URI) of the run's checkpoints that hold their meta, oldest first."""
+    fs, path = filesystem(run_dir)
+    if not fs.exists(path):
+        return []
+    found = []
+    for entry in fs.ls(path, detail=False):
+        uri = f"{uri_prefix(fs)}{entry}"
+        if entry.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_") and fs.exists(f"{entry}/{CHECKPOINT_META}"):
+            found.append((read_checkpoint_meta(uri)["step"], uri))
+    return sorted(found)
+
+
+def uploaded_marker(rank: int) -> str:
+    """Written by each rank into its checkpoint once Ray Train has uploaded that rank's files."""
+    return f".uploaded-rank-{rank}"
+
+
+def fully_uploaded(checkpoint: str, meta: dict) -> bool:
+    """Every rank of the checkpoint's world has uploaded its files (committed by Ray Train or not)."""
+    return "world_size" in meta and all(exists(join_uri(checkpoint, uploaded_marker(rank))) for rank in range(meta["world_size"]))
+
+
 def read_checkpoint_meta(directory: str | Path) -> dict:
     """The meta of a checkpoint folder (any fsspec URI)."""
     uri = join_uri(str(directory), CHECKPOINT_META)

@@ -14,27 +14,14 @@ import logging
 from avsync_ray import faults
 from avsync_ray.config import TrainCommonConfig
 from avsync_ray.errors import InputError
-from avsync_ray.storage import filesystem, join_uri, uri_prefix
-from avsync_ray.training.engine import CHECKPOINT_META, check_resume, read_checkpoint_meta, to_universal
+from avsync_ray.storage import join_uri
+from avsync_ray.training.engine import check_resume, read_checkpoint_meta, run_checkpoints, to_universal
 
 logger = logging.getLogger(__name__)
 
 
 class RunExistsError(InputError):
     """A new run would silently continue an old one of the same name."""
-
-
-def run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    """(step, URI) of the run's complete checkpoints, oldest first."""
-    fs, path = filesystem(run_dir)
-    if not fs.exists(path):
-        return []
-    found = []
-    for entry in fs.ls(path, detail=False):
-        uri = f"{uri_prefix(fs)}{entry}"
-        if entry.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_") and fs.exists(f"{entry}/{CHECKPOINT_META}"):
-            found.append((read_checkpoint_meta(uri)["step"], uri))
-    return sorted(found)
 
 
 def resolve_resume(config: TrainCommonConfig, task: str, run_dir: str) -> str | None:
@@ -98,6 +85,7 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
             "resume_from": resume_from,
             "faults": plan.to_dict() if plan else None,
             "fault_marker": join_uri(run_dir, ".injected-failure"),
+            "run_dir": run_dir,
         },
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

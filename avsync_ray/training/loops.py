@@ -236,17 +236,36 @@ def _checkpoint_meta(checkpoint: ray.train.Checkpoint) -> dict:
         return json.loads(handle.read())
 
 
-def _checkpoint_to_restore(loop_config: dict) -> tuple[ray.train.Checkpoint | None, dict]:
-    """The checkpoint a worker group starts from, with its meta. Ray Train's latest (after a failure, or a rerun of
-    the same run) wins over ``resume_from``, except over a universal conversion at least as new: a run resumed on
-    another worker count starts from that, until it writes its own checkpoints."""
+def _checkpoint_to_restore(loop_config: dict, world_size: int) -> tuple[ray.train.Checkpoint | None, dict]:
+    """The checkpoint a worker group starts from, with its meta: the newest of Ray Train's latest (after a failure,
+    or a rerun of the same run) and the run's checkpoints that every rank of this world size uploaded (a node lost
+    after the uploads but before Ray Train's controller committed the checkpoint leaves one it does not know). They
+    win over ``resume_from``, except over a universal conversion at least as new: a run resumed on another worker
+    count starts from that, until it writes its own checkpoints."""
+    candidates = []  # (step, checkpoint, meta)
     latest = ray.train.get_checkpoint()
+    if latest is not None:
+        meta = _checkpoint_meta(latest)
+        candidates.append((meta["step"], latest, meta))
+    for step, uri in ds.run_checkpoints(loop_config["run_dir"]):
+        meta = ds.read_checkpoint_meta(uri)
+        if meta.get("world_size") == world_size and ds.fully_uploaded(uri, meta):
+            candidates.append((step, ray.train.Checkpoint(uri), meta))
     resume = loop_config.get("resume_from")
     if resume:
         meta = ds.read_checkpoint_meta(resume)
-        if latest is None or (meta.get("universal") and _checkpoint_meta(latest)["step"] <= meta["step"]):
+        if not candidates or (meta.get("universal") and meta["step"] >= max(step for step, *_ in candidates)):
             return ray.train.Checkpoint(resume), meta
-    return (latest, _checkpoint_meta(latest)) if latest is not None else (None, {})
+    if not candidates:
+        return None, {}
+    _, checkpoint, meta = max(candidates, key=lambda candidate: candidate[0])
+    return checkpoint, meta
+
+
+def _mark_uploaded(checkpoint: ray.train.Checkpoint, rank: int) -> None:
+    """After ``report`` returns, this rank's files are in the run's storage (``get_checkpoint`` is the uploaded one)."""
+    with checkpoint.filesystem.open_output_stream(f"{checkpoint.path}/{ds.uploaded_marker(rank)}"):
+        pass
 
 
 def _restore(engine, checkpoint: ray.train.Checkpoint | None) -> dict:
@@ -291,7 +310,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     task = task_cls(config, device)
-    checkpoint, saved = _checkpoint_to_restore(loop_config)
+    checkpoint, saved = _checkpoint_to_restore(loop_config, world_size)
     engine = ds.initialize(task.model, config, world_size, load_universal=bool(saved.get("universal")))
     meta = _restore(engine, checkpoint)
     start = meta.get("step", 0)
@@ -301,6 +320,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         "signature": ds.resume_signature(config, task.name),
         "config": loop_config["config"],
         "mlflow_run_id": tracker.run_id if tracker else None,
+        "world_size": world_size,
     }
     seed = wds.utils.make_seed(config.seed, start)  # a resumed run draws new samples and noise
     generator = torch.Generator(device).manual_seed(wds.utils.make_seed(seed, rank))
@@ -341,6 +361,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 with tempfile.TemporaryDirectory(prefix="avsync-ckpt-") as directory:
                     ds.save_checkpoint(engine, directory, step, checkpoint_meta)
                     ray.train.report({**last_metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                _mark_uploaded(ray.train.get_checkpoint(), rank)
             faults.pause((loop_config.get("faults") or {}).get("slow_step_s", 0.0))
     except BaseException:
         if tracker:
