@@ -179,7 +179,10 @@ def test_shards_index_stats_and_members(reference):
     index = json.loads((output / "train.index.json").read_text())
     stats = json.loads((output / "train.stats.json").read_text())
     assert [e["url"] for e in index["shardlist"]] == sorted(shard_digests(output))
-    assert len(index["shardlist"]) >= 2  # the 1 MB target splits this corpus
+    # A shard closes once it reaches the 1 MB target (tar headers aside); with the shared media's film the corpus
+    # spans several shards.
+    assert all(entry["filesize"] >= 0.99 * 2**20 for entry in index["shardlist"][:-1])
+    assert len(index["shardlist"]) >= (2 if BUNNY.is_file() else 1)
     samples = [s for e in index["shardlist"] for s in wds.WebDataset(str(output / e["url"]), shardshuffle=False)]
     assert len(samples) == index["nsamples"] == stats["clips"] == reference["summary"]["clips"] > 0
     keys = [s["__key__"] for s in samples]
