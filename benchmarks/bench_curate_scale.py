@@ -28,6 +28,7 @@ from pathlib import Path
 
 
 from avsync_ray.config import CurateConfig
+from avsync_ray.curation.windows import clip_audio_span
 from avsync_ray.media import decode, encode_mp4, encode_wav
 from avsync_ray.synth import synthesize_long_video
 
@@ -90,8 +91,7 @@ def baseline_task(source: str, clips: list[tuple[float, float]]) -> int:
     fps = len(decoded.frames) / (decoded.source_frame_times[-1] + 1e-9) if len(decoded.frames) > 1 else FPS
     for start, end in clips:
         chosen = decoded.frames[(decoded.source_frame_times >= start - 1e-6) & (decoded.source_frame_times < end - 1e-6)]
-        first = int(round((start - decoded.audio_start) * 16_000))
-        sound = decoded.audio[max(first, 0) : first + int(round((end - start) * 16_000))]
+        sound = decoded.audio[slice(*clip_audio_span(start, end, decoded.audio_start, 16_000))]
         encode_mp4(chosen, round(fps), sound, 16_000, crf=18, preset="medium")
         encode_wav(sound)
     return len(decoded.source_frame_times)

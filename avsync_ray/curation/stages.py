@@ -29,7 +29,7 @@ from avsync_ray import faults
 from avsync_ray.config import CurateConfig
 from avsync_ray.curation.chunks import ChunkPlan, Sampling, cheap_scores, plan_chunks
 from avsync_ray.curation.shots import ShotDetector
-from avsync_ray.curation.windows import SCORE_RULES, Window, decide, merge_windows, rules, windows_in_shots
+from avsync_ray.curation.windows import SCORE_RULES, Window, clip_audio_span, decide, merge_windows, rules, windows_in_shots
 from avsync_ray.media import MediaError, MediaErrorReason, encode_wav, probe
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE
 from avsync_ray.media.io import AudioBlock, Mp4Encoder, WholeFileReader
@@ -234,20 +234,19 @@ def _second_pass(source: dict, path: str, config: CurateConfig, record: dict, wi
     pending = deque(plans)
     frames: dict[int, np.ndarray] = {}
     audio = AudioBuffer()
-
-    def wanted_frames() -> set[int]:
-        return set(np.concatenate([plan.frames for plan in pending]).tolist()) if pending else set()
+    wanted, last_frame = set(np.concatenate([plan.frames for plan in plans]).tolist()), -1
 
     def next_row() -> dict:
-        nonlocal frames, wanted
+        nonlocal frames
         plan = pending.popleft()
         row = _chunk_row(source, plan, len(plans), windows, frames, audio.take(*plan.audio), frame_times, sampling)
-        wanted = wanted_frames()
-        frames = {index: frame for index, frame in frames.items() if index in wanted}
+        # Chunks follow their first window's start, which is also their earliest read: the next chunk reads
+        # nothing before its first frame and sample.
+        first = pending[0].frames[0] if pending else last_frame + 1
+        frames = {index: frame for index, frame in frames.items() if index >= first}
         audio.drop_before(min((p.audio[0] for p in pending), default=audio.end))
         return row
 
-    wanted, last_frame = wanted_frames(), -1
     for item in WholeFileReader(path, size=_decode_size(info, config), video_end=record["video_end"]):
         if isinstance(item, AudioBlock):
             audio.add(item)
@@ -407,10 +406,7 @@ def _clip_samples(path: str, clips: list[Window], config: CurateConfig, info, fp
     of frames that pass decoded. At most two encoders are open (a clip waiting for its audio, the next one's
     frames) and the audio is kept from the next clip's first sample on, so memory does not grow with the video."""
     sample_rate = TARGET_SAMPLE_RATE
-    spans = []
-    for clip in clips:
-        first = int(round((clip.start - audio_start) * sample_rate))
-        spans.append((max(first, 0), first + int(round((clip.end - clip.start) * sample_rate))))
+    spans = [clip_audio_span(clip.start, clip.end, audio_start, sample_rate) for clip in clips]
     encoders: dict[int, Mp4Encoder] = {}
     counts, sizes, done = [0] * len(clips), [None] * len(clips), []
     audio, current, last_time, decoded = AudioBuffer(), 0, -np.inf, 0  # current: the clip the next frame may fall in

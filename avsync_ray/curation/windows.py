@@ -74,6 +74,13 @@ def psync_clip_starts(start: float, length: float = 3.0) -> np.ndarray:
     return middle + np.array([-PSYNC_SHIFT, 0.0, PSYNC_SHIFT])
 
 
+def clip_audio_span(start: float, end: float, audio_start: float, sample_rate: int) -> tuple[int, int]:
+    """The track samples ``[first, last)`` of a clip ``[start, end)`` s, given the time of the track's first sample
+    (starting no earlier than it)."""
+    first = int(round((start - audio_start) * sample_rate))
+    return max(first, 0), first + int(round((end - start) * sample_rate))
+
+
 def clip_frame_times(clip_start: float) -> np.ndarray:
     return clip_start + np.arange(CLIP_FRAMES) / CLIP_FPS
 
