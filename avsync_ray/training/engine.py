@@ -187,8 +187,8 @@ def to_universal(checkpoint: str, output: str) -> str:
     return output
 
 
-def run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
-    """(step, URI) of the run's checkpoints that hold their meta, oldest first."""
+def run_checkpoint_metas(run_dir: str) -> list[tuple[str, dict]]:
+    """(URI, meta) of the run's checkpoints that hold their meta, oldest step first."""
     fs, path = filesystem(run_dir)
     if not fs.exists(path):
         return []
@@ -196,8 +196,13 @@ def run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
     for entry in fs.ls(path, detail=False):
         uri = f"{uri_prefix(fs)}{entry}"
         if entry.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_") and fs.exists(f"{entry}/{CHECKPOINT_META}"):
-            found.append((read_checkpoint_meta(uri)["step"], uri))
-    return sorted(found)
+            found.append((uri, read_checkpoint_meta(uri)))
+    return sorted(found, key=lambda found_one: (found_one[1]["step"], found_one[0]))
+
+
+def run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """(step, URI) of the run's checkpoints that hold their meta, oldest first."""
+    return [(meta["step"], uri) for uri, meta in run_checkpoint_metas(run_dir)]
 
 
 def uploaded_marker(rank: int) -> str:

@@ -39,15 +39,16 @@ def resolve_resume(config: TrainCommonConfig, task: str, run_dir: str) -> str | 
     if resume == "latest":
         if not checkpoints:
             raise FileNotFoundError(f"--resume latest: run '{config.run.name}' has no checkpoint in {run_dir}")
-        resume = checkpoints[-1][1]
-        return _universal(resume, run_dir, config) if check_resume(read_checkpoint_meta(resume), config, task) else None
-    return _universal(resume, run_dir, config) if check_resume(read_checkpoint_meta(resume), config, task) else resume
+        latest = checkpoints[-1][1]
+        meta = read_checkpoint_meta(latest)
+        return _universal(latest, meta, run_dir, config) if check_resume(meta, config, task) else None
+    meta = read_checkpoint_meta(resume)
+    return _universal(resume, meta, run_dir, config) if check_resume(meta, config, task) else resume
 
 
-def _universal(checkpoint: str, run_dir: str, config: TrainCommonConfig) -> str:
-    """A ZeRO checkpoint resumed on another number of workers: its universal conversion, kept in the run folder
-    (``universal-<tag>``; not a Ray Train checkpoint, so never pruned or taken for the run's latest)."""
-    meta = read_checkpoint_meta(checkpoint)
+def _universal(checkpoint: str, meta: dict, run_dir: str, config: TrainCommonConfig) -> str:
+    """A ZeRO checkpoint (with its ``meta``) resumed on another number of workers: its universal conversion, kept in
+    the run folder (``universal-<tag>``; not a Ray Train checkpoint, so never pruned or taken for the run's latest)."""
     target = join_uri(run_dir, f"universal-{meta['tag']}")
     logger.info(
         "resuming step %d of %d workers on %d: converting the checkpoint to DeepSpeed's universal format in %s",

@@ -247,10 +247,9 @@ def _checkpoint_to_restore(loop_config: dict, world_size: int) -> tuple[ray.trai
     if latest is not None:
         meta = _checkpoint_meta(latest)
         candidates.append((meta["step"], latest, meta))
-    for step, uri in ds.run_checkpoints(loop_config["run_dir"]):
-        meta = ds.read_checkpoint_meta(uri)
+    for uri, meta in ds.run_checkpoint_metas(loop_config["run_dir"]):
         if meta.get("world_size") == world_size and ds.fully_uploaded(uri, meta):
-            candidates.append((step, ray.train.Checkpoint(uri), meta))
+            candidates.append((meta["step"], ray.train.Checkpoint(uri), meta))
     resume = loop_config.get("resume_from")
     if resume:
         meta = ds.read_checkpoint_meta(resume)
