@@ -41,12 +41,12 @@ from avsync_ray.curation.scorers import EmbeddingScorer, SyncScorer
 from avsync_ray.curation.stages import (
     LEDGER_SCHEMA,
     WORK,
+    chunk_name,
     curation_id,
     materialize_video,
     record_chunk,
     record_video,
     rematerialize_video,
-    scan_complete,
     scan_video,
     scoring_id,
     setting_differences,
@@ -80,18 +80,23 @@ class CurationError(InputError):
     """The output folder cannot continue this run (it holds videos curated with other settings)."""
 
 
-def _ledger_entries(output: str) -> dict[str, dict]:
-    """Every recorded video (read concurrently: object stores serve many small files in parallel)."""
+def _json_records(folder: str) -> dict[str, dict]:
+    """Every ``<name>.json`` in ``folder``, by name (read concurrently: object stores serve many small files in
+    parallel)."""
     import json
 
-    uris = list_files(join_uri(output, WORK, "ledger"), ".json")
+    uris = list_files(folder, ".json")
     if not uris:
         return {}
     fs, _ = filesystem(uris[0])
     paths = [filesystem(uri)[1] for uri in uris]
     contents = fs.cat(paths)
-    entries = [json.loads(contents[p]) for p in paths]
-    return {entry["source_id"]: entry for entry in entries}
+    return {uri.rsplit("/", 1)[-1][: -len(".json")]: json.loads(contents[path]) for uri, path in zip(uris, paths)}
+
+
+def _ledger_entries(output: str) -> dict[str, dict]:
+    """Every recorded video, by source id (its ledger entry's file name)."""
+    return _json_records(join_uri(output, WORK, "ledger"))
 
 
 def _check_resumable(entries: dict[str, dict], config: CurateConfig, rethreshold: bool) -> None:
@@ -168,9 +173,11 @@ def _record_crashed(sources: list[dict], entries: dict[str, dict], config: Curat
 
 
 def _scanned(config: CurateConfig, sources: list[dict]) -> list[dict]:
-    """The sources whose scan and every chunk of it are stored."""
-    recorded = {uri.rsplit("/", 1)[-1][: -len(".json")] for uri in list_files(join_uri(config.output, WORK, "scans"), ".json")}
-    return [s for s in sources if s["source_id"] in recorded and scan_complete(config.output, s["source_id"])]
+    """The sources whose scan and every chunk of it are stored (one listing of the chunks, the scans read at once)."""
+    scans = _json_records(join_uri(config.output, WORK, "scans"))
+    fs, path = filesystem(join_uri(config.output, WORK, "chunks"))
+    stored = {"/".join(p.rstrip("/").rsplit("/", 2)[-2:]) for p in fs.find(path)} if fs.exists(path) else set()
+    return [s for s in sources if s["source_id"] in scans and all(chunk_name(s["source_id"], n) in stored for n in scans[s["source_id"]]["chunks"])]
 
 
 def _score(config: CurateConfig, sources: list[dict], entries: dict[str, dict]) -> str:

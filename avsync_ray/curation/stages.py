@@ -283,8 +283,13 @@ def scan_video(source: dict, config: CurateConfig, faults_plan: dict | None = No
     yield _no_chunk_row(source)
 
 
+def chunk_name(source_id: str, number: int) -> str:
+    """A scored chunk's file, relative to ``_work/chunks``."""
+    return f"{source_id}/{number:06d}.parquet"
+
+
 def chunk_uri(output: str, source_id: str, number: int) -> str:
-    return join_uri(output, WORK, "chunks", source_id, f"{number:06d}.parquet")
+    return join_uri(output, WORK, "chunks", chunk_name(source_id, number))
 
 
 def record_chunk(row: dict, config: CurateConfig) -> dict:
@@ -299,15 +304,6 @@ def record_chunk(row: dict, config: CurateConfig) -> dict:
     ).replace_schema_metadata({"status": row["status"], "reason": row["reason"], "detail": row["detail"], "decoded_frames": str(row["decoded_frames"])})  # fmt: skip
     write_parquet(chunk_uri(config.output, row["source_id"], progress["chunk"]), table)
     return progress
-
-
-def scan_complete(output: str, source_id: str) -> bool:
-    """The video's scan record and every chunk it names are stored (what :func:`materialize_video` needs)."""
-    uri = work_uri(output, "scans", source_id)
-    if not exists(uri):
-        return False
-    record = read_json(uri)
-    return all(exists(chunk_uri(output, source_id, number)) for number in record["chunks"])
 
 
 # ------------------------------------------------------------------------------------------------ finalize
