@@ -29,7 +29,7 @@ from avsync_ray.config.presets import preset_schema
 from avsync_ray.config.sampling import GenerateConfig
 from avsync_ray.config.serve import ServeConfig
 from avsync_ray.config.train import PrecomputeConfig, TrainConfig, TrainSyncConfig
-from avsync_ray.errors import InputError, WorkFailedError
+from avsync_ray.errors import IncompleteResultError, InputError, WorkFailedError
 
 app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the typed configs and their packaged presets.", no_args_is_help=True)
@@ -76,6 +76,10 @@ def verb(name: str | None = None, group: typer.Typer = app):
                     result = function(*args, **kwargs)
             except (typer.Exit, typer.Abort):
                 raise
+            except IncompleteResultError as error:
+                typer.echo(json.dumps(error.result, indent=2, default=str, allow_nan=False))
+                typer.echo(f"error: {_message(error)}", err=True)
+                raise typer.Exit(1) from None
             except Exception as error:
                 expected = 2 if isinstance(error, _usage_errors()) else 1 if isinstance(error, WorkFailedError) else None
                 if expected is None or _Settings.debug:

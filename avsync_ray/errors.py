@@ -10,3 +10,12 @@ class InputError(ValueError):
 
 class WorkFailedError(RuntimeError):
     """The command ran but its work failed in an expected way (e.g. the demo's models did not learn)."""
+
+
+class IncompleteResultError(WorkFailedError):
+    """The command wrote all of its outputs, but part of its result could not be computed (e.g. a metric that is
+    undefined on this data): the CLI prints ``result`` as it would a success, then this message, and exits 1."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result

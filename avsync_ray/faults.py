@@ -12,8 +12,9 @@ that it did, so the retried task or restarted worker group goes on.
   before that step's checkpoint; Ray Train restarts the worker group from the last checkpoint.
 - ``{"slow_video_s": S}``: every curation task sleeps ``S`` seconds before preparing its video, and
   ``{"slow_step_s": S}``: every training rank sleeps ``S`` seconds before each step (so after the previous step's
-  checkpoint), so the elastic tests can remove or add a node while work is in flight. These delays fire on every
-  call, not once.
+  checkpoint), so the elastic tests can remove or add a node while work is in flight; ``{"slow_clip_s": S}``: an
+  evaluation's generating actor sleeps ``S`` seconds before each clip it makes, so a test can kill the driver while
+  clips are being written. These delays fire on every call, not once.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class FaultPlan:
     fail_rank: int = 0
     slow_video_s: float = 0.0
     slow_step_s: float = 0.0
+    slow_clip_s: float = 0.0
 
 
 def plan_from_env() -> FaultPlan | None:
@@ -62,7 +64,7 @@ def fire_once(marker_uri: str, note: str) -> bool:
 
 
 def pause(seconds: float) -> None:
-    """A test's delay (``slow_video_s``, ``slow_step_s``): nothing when 0."""
+    """A test's delay (``slow_video_s``, ``slow_step_s``, ``slow_clip_s``): nothing when 0."""
     if seconds > 0:
         time.sleep(seconds)
 

@@ -65,8 +65,10 @@ def exists(uri: str) -> bool:
 
 
 def list_files(uri: str, suffix: str = "") -> list[str]:
-    """Full URIs of the files directly in folder ``uri`` ending with ``suffix`` (sorted; [] if absent)."""
+    """Full URIs of the files directly in folder ``uri`` ending with ``suffix`` (sorted; [] if absent), listed afresh:
+    a filesystem instance caches listings (s3fs, gcsfs), which other processes' writes make stale."""
     fs, path = filesystem(uri)
+    fs.invalidate_cache(path)
     if not fs.exists(path):
         return []
     return sorted(f"{uri_prefix(fs)}{p}" for p in fs.ls(path, detail=False) if p.endswith(suffix))

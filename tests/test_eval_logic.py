@@ -1,5 +1,6 @@
 """``avsync eval`` without Ray: the official clip sampling, seeds, settings and sweeps, refusing a folder made with
-other settings, deterministic generation, and the per-clip metric formulas."""
+other settings, deterministic generation, the per-clip metric formulas, the official FID recipe (train-mode
+BatchNorm over the official batches) and the official loader of generated mp4s."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from avsync_ray.config.base import ConfigError, load_config
 from avsync_ray.config.evaluate import EvalConfig
-from avsync_ray.evaluation.clips import ROW_FIELDS, eval_clip_rows, from_bytes
+from avsync_ray.evaluation.clips import ROW_FIELDS, eval_video_rows, from_bytes, video_clips
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
 from avsync_ray.evaluation.plan import (
     EvalInput,
@@ -35,15 +36,16 @@ def _config(**values) -> EvalConfig:
 
 def test_three_clips_per_video_at_the_official_starts(synthetic_shards):
     url = shard_urls(str(synthetic_shards["root"]), "test")[0]
-    rows = eval_clip_rows(EvalInput(shard=url, take=2).to_row(), 12, 6.0, (64, 64), 3)
-    assert len(rows) == 6 and set(rows[0]) == set(ROW_FIELDS)
-    for video in {r["video"] for r in rows}:
-        clips = [r for r in rows if r["video"] == video]
-        assert [r["clip"] for r in clips] == [0, 1, 2] and [r["key"] for r in clips] == [f"{video}_clip-{k:02d}" for k in range(3)]
-        np.testing.assert_allclose([r["start"] for r in clips], np.linspace(0, 6.0 - 2.0, 3))  # synthetic clips last 6 s
-        frames, audio = from_bytes(clips[1]["frames"]), from_bytes(clips[1]["audio"])
+    rows = eval_video_rows(EvalInput(shard=url, take=2).to_row(), 12, 6.0, (64, 64), 3)
+    assert len(rows) == 2 and set(rows[0]) == set(ROW_FIELDS)  # one row per test video: its clips share a FID forward
+    for video_row in rows:
+        video, clips = video_row["video"], video_clips(video_row)
+        assert [c["clip"] for c in clips] == [0, 1, 2] and [c["key"] for c in clips] == [f"{video}_clip-{k:02d}" for k in range(3)]
+        np.testing.assert_allclose([c["start"] for c in clips], np.linspace(0, 6.0 - 2.0, 3))  # synthetic clips last 6 s
+        frames, audio = clips[1]["frames"], clips[1]["audio"]
         assert frames.shape == (12, 64, 64, 3) and frames.dtype == np.float32 and 0 <= frames.min() and frames.max() <= 1
-        assert audio.shape == (32000,) and clips[1]["category"] == "sync"
+        assert audio.shape == (32000,) and video_row["category"] == "sync"
+    assert eval_video_rows(EvalInput(shard=url, take=2).to_row(), 12, 6.0, (64, 64), 3, wanted=lambda video: video == rows[1]["video"]) == rows[1:]
 
 
 def test_a_bad_or_short_video_is_one_error_row(synthetic_shards, tmp_path):
@@ -51,14 +53,14 @@ def test_a_bad_or_short_video_is_one_error_row(synthetic_shards, tmp_path):
 
     corrupt = "sync-s0-00005_0000000_0006000"
     url = [u for u in shard_urls(str(synthetic_shards["root"]), "train") if u.endswith("000001.tar")][0]
-    rows = eval_clip_rows(EvalInput(shard=url).to_row(), 12, 6.0, (64, 64), 3)
+    rows = eval_video_rows(EvalInput(shard=url).to_row(), 12, 6.0, (64, 64), 3)
     bad = [r for r in rows if r["video"] == corrupt]
     assert len(bad) == 1 and bad[0]["clip"] == -1 and "MediaError" in bad[0]["error"]
-    assert len(rows) == 1 + 3 * 3  # the other three videos of that shard give their clips
+    assert len(rows) == 1 + 3 and all(len(video_clips(r)) == 3 for r in rows if not r["error"])  # the other three videos give their clips
     with pytest.raises(ValueError, match="needs 2.000 s"):
         clip_starts(1.5)
     synthesize_shards(tmp_path, "test", 1, seed=0)
-    rows = eval_clip_rows(EvalInput(shard=shard_urls(str(tmp_path), "test")[0]).to_row(), 12, 1.5, (64, 64), 3)  # 8-s clips of 6-s videos
+    rows = eval_video_rows(EvalInput(shard=shard_urls(str(tmp_path), "test")[0]).to_row(), 12, 1.5, (64, 64), 3)  # 8-s clips of 6-s videos
     assert len(rows) == 1 and rows[0]["error"].startswith("ClipTooShortError")
 
 
@@ -98,10 +100,12 @@ def test_a_folder_with_clips_of_other_settings_is_refused(tmp_path):
     assert json.loads((tmp_path / "generated" / "model" / "setting.json").read_text()) == record
 
 
-def _jobs(synthetic_shards, settings, count=2):
+def _jobs(synthetic_shards, settings, count=2, generate=lambda key: True):
     url = shard_urls(str(synthetic_shards["root"]), "test")[0]
-    rows = eval_clip_rows(EvalInput(shard=url, take=1).to_row(), 12, 6.0, (64, 64), 3)[:count]
-    jobs = [generation_row(r, name, clip_seed(0, r["video"], r["clip"])) for r in rows for name in settings]
+    video_row = eval_video_rows(EvalInput(shard=url, take=1).to_row(), 12, 6.0, (64, 64), 3)[0]
+    clips = video_clips(video_row)[:count]
+    jobs = [generation_row(c, video_row, name, clip_seed(0, video_row["video"], c["clip"]), generate(c["key"]))
+            for c in clips for name in settings]  # fmt: skip
     return {k: [j[k] for j in jobs] for k in ROW_FIELDS}
 
 
@@ -109,10 +113,10 @@ def test_generation_is_deterministic_and_a_clip_regenerates_alone(synthetic_shar
     config = _config(**{"sampling.height": 64, "sampling.width": 64, "sampling.num_inference_steps": 2}, baselines="[static]")
     settings = {s.name: {"kind": s.kind, "sampling": s.sampling.model_dump()} for s in plan_settings(config)}
 
-    def run(folder, batch_size, count=2):
+    def run(folder, batch_size, count=2, generate=lambda key: True):
         paths = {name: str(tmp_path / folder / name) for name in settings}
         out = ClipGenerator(str(tiny_model_dir), "sqlite:///unused.db", config.generate_actor.model_copy(update={"num_gpus": 0}), settings,
-                            batch_size, paths)(_jobs(synthetic_shards, settings, count))  # fmt: skip
+                            batch_size, paths)(_jobs(synthetic_shards, settings, count, generate))  # fmt: skip
         assert not any(out["error"]) and not any(out["image"])  # conditioning arrays are dropped after generation
         return {p: open(p, "rb").read() for p in out["path"]}
 
@@ -126,7 +130,8 @@ def test_generation_is_deterministic_and_a_clip_regenerates_alone(synthetic_shar
     difference = np.abs(_frames(next(iter(alone.values()))).astype(int) - _frames(batched[first]).astype(int))
     assert difference.mean() < 0.5 and difference.max() <= 8
     (tmp_path / "a" / "model").joinpath(first.rsplit("/", 1)[1]).unlink()
-    regenerated = run("a", batch_size=2)  # only the missing clip is made again; the others keep their bytes
+    missing = first.rsplit("/", 1)[1].removesuffix(".mp4")
+    regenerated = run("a", batch_size=2, generate=lambda key: key == missing)  # only the clip marked missing is made again
     assert {p: b for p, b in regenerated.items() if p != first} == {p: b for p, b in batched.items() if p != first}
     assert np.abs(_frames(regenerated[first]).astype(int) - _frames(batched[first]).astype(int)).max() <= 8
 
@@ -165,3 +170,222 @@ def test_the_no_audio_baseline_ignores_the_audio(tiny_pipe):
     real, _ = generate_batch(tiny_pipe, [image, image], [noise, clicks], ["sync", "sync"], [3, 3], sampling)
     assert np.array_equal(null[0], null[1])  # the audio does not reach the model
     assert not np.array_equal(real[0], real[1])
+
+
+# ------------------------------------------------------------------------------------------------ the official recipe
+
+
+def _official_fid_features(video_tensors: torch.Tensor, net) -> torch.Tensor:
+    """One forward of ASVA's ``eval.py`` (6587938): ``compute_fid_image_features(rearrange(video, "b f c h w ->
+    (b f) c h w"), iv3_fid)`` with its ``preprocess_images``, then ``rearrange(features, "(b f) c -> b f c")``."""
+    from torchvision import transforms
+
+    b, f = video_tensors.shape[:2]
+    images = video_tensors.flatten(0, 1).contiguous()
+    transform = transforms.Compose([transforms.Resize((229, 229), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+                                    transforms.CenterCrop(229)])  # fmt: skip
+    images = (transform(images) * 2 - 1).contiguous()
+    return net(images)[0].flatten(1).reshape(b, f, -1)
+
+
+def _scorer_rows(rows: list[dict]) -> dict:
+    return {k: [r[k] for r in rows] for k in ROW_FIELDS}
+
+
+@torch.no_grad()
+def test_official_fid_features_equal_the_official_recipe_at_any_batching(synthetic_shards, tmp_path):
+    """A test video's real clips share one train-mode BatchNorm forward, a generated mp4 has its own: the features
+    the scorer writes equal ASVA's on the same (random) weights, whatever rows share a Ray batch."""
+    from test_feature_networks import pytorch_fid_inception_v3
+
+    from avsync_ray.config.base import ActorConfig
+    from avsync_ray.evaluation.clips import features_from_bytes, row
+    from avsync_ray.evaluation.scoring import ClipScorer, read_generated
+    from avsync_ray.media import encode_mp4
+    from avsync_ray.metrics.protocol import float_frames
+    from avsync_ray.models.feature_networks import random_fid_inception_state_dict
+
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(random_fid_inception_state_dict(seed=0), weights)
+    frames, fps = 3, 6.0  # 2 test videos x 2 clips x 3 frames, and 2 generated mp4s: the FID Inception is full size
+    url = shard_urls(str(synthetic_shards["root"]), "test")[0]
+    videos = eval_video_rows(EvalInput(shard=url, take=2).to_row(), frames, fps, (64, 64), 2)
+    rng = np.random.default_rng(0)
+    generated = []
+    for index in range(2):
+        path = tmp_path / "generated" / f"clip-{index}.mp4"
+        path.parent.mkdir(exist_ok=True)
+        encode_mp4(rng.integers(0, 256, (frames, 64, 64, 3), dtype=np.uint8), fps, rng.normal(0, 0.1, 8000).astype(np.float32), path=str(path))
+        generated.append(row(key=f"clip-{index}", video=videos[index]["video"], clip=0, category="sync", variant="model", path=str(path)))
+
+    def score(batches: list[list[dict]]) -> dict[str, np.ndarray]:
+        scorer = ClipScorer({"fid_inception": str(weights)}, ["fid"], "official", ActorConfig(num_gpus=0), frames, fps, str(tmp_path / "real"))
+        uris = [uri for batch in batches for uri in scorer(_scorer_rows(batch))["features"]]
+        return {features.key: features.fid for features in (features_from_bytes(open(uri, "rb").read()) for uri in uris)}
+
+    together = score([[generated[0], videos[0], generated[1], videos[1]]])
+    alone = score([[r] for r in (videos[1], generated[1], videos[0], generated[0])])
+    assert sorted(together) == sorted(alone) == sorted([f"{v['video']}_clip-0{k}" for v in videos for k in range(2)] + ["clip-0", "clip-1"])
+    for key in together:
+        torch.testing.assert_close(torch.from_numpy(alone[key]), torch.from_numpy(together[key]), rtol=1e-6, atol=1e-7)
+
+    official = pytorch_fid_inception_v3(weights, resize_input=False, normalize_input=False)  # never .eval(), as eval.py
+    for video in videos:
+        clips = video_clips(video)
+        tensors = torch.stack([float_frames(c["frames"]) for c in clips])  # (b, f, c, h, w), the real clips of one video
+        expected = _official_fid_features(tensors, official)[:, 1:]
+        for clip, features in zip(clips, expected):
+            assert together[clip["key"]].shape == (frames - 1, 2048)
+            torch.testing.assert_close(torch.from_numpy(together[clip["key"]]), features, rtol=1e-4, atol=1e-4 * float(features.abs().max()))
+    for clip in generated:
+        loaded, _ = read_generated(clip["path"], frames, fps, "official")
+        expected = _official_fid_features(float_frames(loaded)[None], official)[0, 1:]
+        torch.testing.assert_close(torch.from_numpy(together[clip["key"]]), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def _official_loader(frame_pts_us: list[int], start: float, fps: float, num_frames: int) -> list[int]:
+    """ASVA's ``load_video_clip_from_videoreader`` (``avgen/data/utils.py`` at 6587938), written out over what
+    torchvision 0.16's video_reader yields: the frames after ``seek(max(start, 0.))`` (exact seek: a frame before
+    the offset, in whole microseconds, is dropped), each with ``pts`` = its timestamp in whole microseconds x 1e-6.
+    Returns the indices of the frames it stacks."""
+    import itertools
+
+    offset = int(max(start, 0.0) * 1e6)
+    av_reader = [{"pts": float(us) * 1e-6, "data": index} for index, us in enumerate(frame_pts_us) if us >= offset]
+    clip_start_timestamp, clip_duration, video_fps, video_num_frame = start, num_frames / fps, fps, num_frames
+    keyframe_coverage = 1.0 / video_fps
+    video_frames = []
+    frame_timestamp = clip_start_timestamp
+    for _, frame in enumerate(itertools.takewhile(lambda x: x["pts"] <= clip_start_timestamp + clip_duration + keyframe_coverage / 2.0, av_reader)):
+        if frame["pts"] >= frame_timestamp:
+            video_frames.append(frame["data"])
+            frame_timestamp += keyframe_coverage
+        if len(video_frames) == video_num_frame:
+            break
+    if len(video_frames) < video_num_frame:
+        for _ in range(video_num_frame - len(video_frames)):
+            video_frames.append(video_frames[-1])
+    return video_frames
+
+
+def test_the_official_frame_loader_is_followed_to_the_microsecond():
+    from fractions import Fraction
+
+    from avsync_ray.metrics.protocol import official_frame_indices
+
+    def pts_us(count: int, step: Fraction) -> list[int]:  # av_rescale_q to microseconds: nearest, halves up
+        return [int(k * step * 1_000_000 + Fraction(1, 2)) for k in range(count)]
+
+    six_fps = pts_us(12, Fraction(2048, 12288))  # our encoder's 6-fps mp4 (time base 1/12288)
+    assert six_fps[2] == 333333 and six_fps[11] == 1833333
+    # 0.333333 s < 1/6 + 1/6 (no tolerance): frame 3 is taken for frame 2, and the last frame is repeated
+    assert official_frame_indices(six_fps, 0.0, 6.0, 12) == _official_loader(six_fps, 0.0, 6.0, 12) == [0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11]
+    cases = [(pts_us(90, Fraction(1, 25)), 0.0), (pts_us(90, Fraction(1, 30)), 0.0), (pts_us(90, Fraction(1, 30)), 0.4),
+             (pts_us(90, Fraction(1001, 30000)), 1.3333333333333333), (six_fps, -0.01), (six_fps, 0.05), (pts_us(8, Fraction(1, 6)), 0.0)]  # fmt: skip
+    for frames, start in cases:
+        assert official_frame_indices(frames, start, 6.0, 12) == _official_loader(frames, start, 6.0, 12), (frames[:3], start)
+
+
+def test_generated_mp4s_are_read_as_the_official_loader_reads_them(tmp_path):
+    from avsync_ray.evaluation.scoring import read_generated
+    from avsync_ray.media import encode_mp4, microsecond_timestamps
+
+    levels = np.arange(12) * 20 + 15  # frame k is a flat grey that survives H.264
+    frames = np.broadcast_to(levels[:, None, None, None], (12, 32, 48, 3)).astype(np.uint8)
+    path = str(tmp_path / "clip.mp4")
+    encode_mp4(frames, 6.0, np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32), path=path)
+    timing = microsecond_timestamps(path)
+    assert timing.video_pts_us == [round(k * 1e6 / 6) for k in range(12)] and timing.video_duration_us == timing.audio_duration_us == 2_000_000
+
+    def shown(loaded: np.ndarray) -> list[int]:
+        return [int(np.abs(levels - frame.mean()).argmin()) for frame in loaded]
+
+    official, audio = read_generated(path, 12, 6.0, "official")
+    assert shown(official) == [0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11] and audio.shape == (32000,)
+    standard, audio = read_generated(path, 12, 6.0, "standard")
+    assert shown(standard) == list(range(12)) and audio.shape == (32000,)
+
+
+def test_a_clips_feature_file_round_trips():
+    from avsync_ray.evaluation.clips import features_from_bytes, features_to_bytes
+
+    rng = np.random.default_rng(0)
+    clip = ClipFeatures("v_clip-01", "v", "dog barking", rng.normal(size=(11, 8)).astype(np.float32), rng.normal(size=400).astype(np.float32),
+                        rng.normal(size=12).astype(np.float32), None, 0.25, 1, 2.5)  # fmt: skip
+    back = features_from_bytes(features_to_bytes(clip))
+    assert (back.key, back.video, back.category, back.sync, back.clip, back.start, back.it) == ("v_clip-01", "v", "dog barking", 0.25, 1, 2.5, None)
+    for name in ("fid", "fvd", "ia"):
+        assert np.array_equal(getattr(back, name), getattr(clip, name)) and getattr(back, name).dtype == np.float32
+    assert features_from_bytes(features_to_bytes(ClipFeatures("k", "v", "c", None, None, None, None, None))).sync is None
+
+
+# ------------------------------------------------------------------------------------------------ the summary
+
+
+def _feature_files(folder, videos: int, clips: int, categories: int, fid_scale: float, seed: int) -> list[str]:
+    """Feature files of ``videos`` x ``clips`` clips (2 FID frames of 64 dimensions each, 16-d FVD features)."""
+    from avsync_ray.evaluation.clips import features_to_bytes
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    uris = []
+    for v in range(videos):
+        for c in range(clips):
+            key = f"video{v:02d}_clip-{c:02d}"
+            clip = ClipFeatures(key, f"video{v:02d}", f"category{v % categories}", (np.abs(rng.normal(size=(2, 64))) * fid_scale).astype(np.float32),
+                                rng.normal(size=16).astype(np.float32), rng.uniform(0, 0.3, 12), rng.uniform(0, 0.3, 12), float(rng.normal()), c, 2.0 * c)  # fmt: skip
+            (folder / f"{key}.features.npz").write_bytes(features_to_bytes(clip))
+            uris.append(str(folder / f"{key}.features.npz"))
+    return uris
+
+
+def test_an_undefined_distance_leaves_every_other_metric(tmp_path):
+    from avsync_ray.evaluation.statistics import SerialRunner, SummaryOptions, summarize_evaluation
+
+    real = _feature_files(tmp_path / "real", 10, 3, 2, fid_scale=1e3, seed=0)
+    generated = _feature_files(tmp_path / "model", 10, 3, 2, fid_scale=1.3e3, seed=1)
+    options = SummaryOptions(["fid", "fvd", "ia", "it", "relsync", "alignsync"], "sqrtm", bootstrap_samples=8, min_videos=10)
+    summary = summarize_evaluation(real, {"model": generated}, options, SerialRunner())
+    model = summary.settings["model"]
+    # 30 clips x 2 frames = 60 frame features for 64 dimensions: singular covariances, sqrtm keeps an imaginary part
+    assert model["fid"] is None and model["undefined"]["fid"].startswith("FID undefined: 60 frame features for 64 dimensions; the official "
+                                                                         "recipe needs more clips (a full-rank covariance needs at least 33 clips)")  # fmt: skip
+    assert model["fvd"] > 0 and model["fvd_ci_low"] < model["fvd_ci_high"] and model["fvd_boot_std"] > 0  # 30 clips for 16 dimensions
+    assert all(model[m] is not None for m in ("ia", "it", "relsync", "alignsync")) and model["clips"] == 30 and model["videos"] == 10
+    assert summary.undefined() == [f"model: {model['undefined']['fid']}"]
+    assert set(summary.categories["model"]) == {"category0", "category1"} and summary.categories["model"]["category0"]["fvd"] > 0
+    assert summary.gt["relsync"] == pytest.approx(50.0) and len(summary.per_clip["gt"]) == len(summary.per_clip["model"]) == 30
+
+
+def test_no_interval_from_fewer_videos_than_the_minimum(tmp_path):
+    from avsync_ray.evaluation.statistics import SerialRunner, SummaryOptions, summarize_evaluation
+
+    real = _feature_files(tmp_path / "real", 1, 3, 1, fid_scale=1.0, seed=0)
+    generated = _feature_files(tmp_path / "model", 1, 3, 1, fid_scale=1.0, seed=1)
+    summary = summarize_evaluation(real, {"model": generated}, SummaryOptions(["fvd"], "eigen", bootstrap_samples=20, min_videos=10), SerialRunner())
+    model = summary.settings["model"]
+    assert model["fvd"] > 0 and "fvd_ci_low" not in model and not summary.undefined()  # one test video: no [x, x] interval
+    assert model["notes"]["fvd"] == "no 95% interval for FVD: a bootstrap over test videos needs at least 10 of them, this set has 1"
+
+
+def test_a_failing_step_makes_its_metric_undefined_with_the_reason(tmp_path):
+    from avsync_ray.evaluation import statistics
+
+    real = _feature_files(tmp_path / "real", 4, 3, 1, fid_scale=1.0, seed=0)
+    generated = _feature_files(tmp_path / "model", 4, 3, 1, fid_scale=1.0, seed=1)
+
+    class FlakyStorage(statistics.SerialRunner):  # the distance step loses its connection
+        def submit(self, fn, *args, num_returns=1):
+            if fn is statistics.distance_step and args[1] == "fvd":
+                return statistics._Failed(ConnectionError("connection reset by peer"))
+            return super().submit(fn, *args, num_returns=num_returns)
+
+    options = statistics.SummaryOptions(["fid", "fvd", "ia"], "eigen")
+    summary = statistics.summarize_evaluation(real, {"model": generated, "empty": []}, options, FlakyStorage(),
+                                              no_clips={"empty": "all 12 of its clips failed"})  # fmt: skip
+    model, empty = summary.settings["model"], summary.settings["empty"]
+    assert model["fid"] > 0 and model["ia"] is not None
+    assert model["undefined"] == {"fvd": "FVD undefined: its computation failed: ConnectionError: connection reset by peer"}
+    assert empty["clips"] == 0 and empty["undefined"]["fid"] == "FID undefined: all 12 of its clips failed" and set(empty["undefined"]) == {"fid", "fvd", "ia"}
+    missing = statistics.summarize_evaluation([str(tmp_path / "gone.features.npz")], {"model": generated}, options, statistics.SerialRunner())
+    assert missing.settings["model"]["undefined"]["ia"].startswith("IA undefined: the real clips' features could not be read: FileNotFoundError")

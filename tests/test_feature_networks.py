@@ -1,5 +1,7 @@
-"""The evaluation's feature networks: the FID Inception equals pytorch-fid's on the same weights, the TorchScript
-I3D path calls the file with the protocol's flags, and bad weight files are clear errors naming their field."""
+"""The evaluation's feature networks: the FID Inception equals pytorch-fid's on the same weights, in eval mode
+(pytorch-fid's standard) and with train-mode BatchNorm (how ASVA's eval.py runs it, never calling ``.eval()``);
+the TorchScript I3D path calls the file with the protocol's flags, and bad weight files are clear errors naming
+their field."""
 
 from __future__ import annotations
 
@@ -25,10 +27,9 @@ def fid_weights(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def pytorch_fid_reference(fid_weights):
-    """pytorch-fid's own InceptionV3 with the same state dict, through its own loading code (its URL loader is
-    pointed at the file: no download)."""
+def pytorch_fid_inception_v3(fid_weights, **kwargs):
+    """pytorch-fid's own InceptionV3 (block 3) with the state dict at ``fid_weights``, through its own loading code
+    (its URL loader is pointed at the file: no download), in train mode as constructed."""
     pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
 
     def from_file(url, progress=True):
@@ -38,17 +39,23 @@ def pytorch_fid_reference(fid_weights):
     saved = pytorch_fid_inception.load_state_dict_from_url
     pytorch_fid_inception.load_state_dict_from_url = from_file
     try:
-        official = pytorch_fid_inception.InceptionV3([3], resize_input=False, normalize_input=False).eval()
-        standard = pytorch_fid_inception.InceptionV3([3], resize_input=True, normalize_input=True).eval()
+        return pytorch_fid_inception.InceptionV3([3], **kwargs)
     finally:
         pytorch_fid_inception.load_state_dict_from_url = saved
+
+
+@pytest.fixture(scope="module")
+def pytorch_fid_reference(fid_weights):
+    official = pytorch_fid_inception_v3(fid_weights, resize_input=False, normalize_input=False).eval()
+    standard = pytorch_fid_inception_v3(fid_weights, resize_input=True, normalize_input=True).eval()
     return official, standard
 
 
 @torch.no_grad()
-def test_fid_inception_gives_pytorch_fids_features(fid_weights, pytorch_fid_reference):
+def test_fid_inception_gives_pytorch_fids_features_in_eval_mode(fid_weights, pytorch_fid_reference):
     official, standard = pytorch_fid_reference
     ours = load_fid_inception(fid_weights)
+    assert not any(m.training for m in ours.modules())
     frames = np.random.default_rng(0).integers(0, 256, (2, 64, 80, 3), dtype=np.uint8)
     images = float_frames(frames)
     # official protocol: ASVA's 229-px bicubic input into the network without pytorch-fid's resize and scaling
@@ -59,6 +66,23 @@ def test_fid_inception_gives_pytorch_fids_features(fid_weights, pytorch_fid_refe
     torch.testing.assert_close(features, official(inputs)[0].flatten(1), rtol=1e-5, atol=1e-6)
     # standard protocol: pytorch-fid's own pipeline on [0, 1] images (bilinear resize to 299, 2x - 1)
     torch.testing.assert_close(ours(fid_input(images, "standard")), standard(images)[0].flatten(1), rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_batch_statistics_are_train_mode_batchnorm_and_leave_the_weights_alone(fid_weights):
+    # ASVA's eval.py builds its InceptionV3 and never calls .eval(): each forward is normalised by its own batch.
+    official = pytorch_fid_inception_v3(fid_weights, resize_input=False, normalize_input=False)
+    assert official.training
+    ours = load_fid_inception(fid_weights, batch_statistics=True).eval()  # .eval() (and .train()) keep the mode
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    images = fid_input(float_frames(np.random.default_rng(1).integers(0, 256, (6, 48, 64, 3), dtype=np.uint8)), "official")
+    features = ours(images)
+    torch.testing.assert_close(features, official(images)[0].flatten(1), rtol=1e-5, atol=1e-6)
+    # batch statistics: a frame's features depend on the frames it shares a forward with ...
+    assert not torch.allclose(ours(images[:3]), features[:3], rtol=1e-3)
+    # ... unlike eval mode's, and the running statistics are what they were
+    assert not torch.allclose(features, load_fid_inception(fid_weights)(images), rtol=1e-2)
+    assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())
 
 
 def test_fid_weight_errors_name_the_field(tmp_path):

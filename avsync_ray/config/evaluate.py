@@ -54,6 +54,7 @@ class BootstrapConfig(StrictModel):
     samples: int = Field(100, ge=0, description="bootstrap replicates over test videos for the FID and FVD intervals (0: none)")
     confidence: float = Field(0.95, gt=0, lt=1, description="interval coverage")
     seed: int = Field(0, description="resampling seed")
+    min_videos: int = Field(10, ge=2, description="no interval from fewer test videos (the report says so instead)")
 
 
 class EvalConfig(StrictModel):
@@ -69,7 +70,9 @@ class EvalConfig(StrictModel):
     max_videos: int | None = Field(None, ge=1, description="evaluate only the first N test videos (in shard order, or by URI)")
     clips_per_video: int = Field(3, ge=1, description="clips per test video at linspace(0, duration - 2 s, n): head, centre, tail")
     protocol: Literal["official", "standard"] = Field(
-        "official", description="official: ASVA's 229-px FID and 224-px bicubic FVD inputs; standard: pytorch-fid's and StyleGAN-V's"
+        "official",
+        description="official: ASVA's eval.py (229-px FID with train-mode BatchNorm over its batches, 224-px bicubic FVD, its mp4 loader); "
+        "standard: pytorch-fid's (eval-mode BatchNorm) and StyleGAN-V's",
     )
     metrics: list[EvalMetric] = Field(EVAL_METRICS, description="metrics to compute")
     sampling: SamplingConfig = Field(SamplingConfig(seed=0), description="generation settings (the official evaluation: seed 0)")

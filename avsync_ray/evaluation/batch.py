@@ -4,32 +4,47 @@ evaluation modules over test shards with :mod:`avsync_ray.batch_jobs` and logs o
 from __future__ import annotations
 
 import functools
-import io
 import json
 import re
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
+from avsync_ray import faults
 from avsync_ray.batch_jobs import ActorStage, BatchJob, log_batch_run, shard_sample_rows
 from avsync_ray.config.base import save_config
 from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
-from avsync_ray.evaluation.clips import eval_clip_rows, from_bytes
+from avsync_ray.errors import IncompleteResultError, WorkFailedError
+from avsync_ray.evaluation.clips import eval_video_rows, video_clips
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
-from avsync_ray.evaluation.plan import GT, claim_setting_folders, list_eval_inputs, plan_settings, real_cache_key, setting_record
-from avsync_ray.evaluation.report import write_report
+from avsync_ray.evaluation.plan import (
+    GT,
+    claim_setting_folders,
+    clip_key,
+    clip_uri,
+    folder_state,
+    list_eval_inputs,
+    plan_settings,
+    real_cache_key,
+    setting_record,
+)
+from avsync_ray.evaluation.report import report_header, write_report
 from avsync_ray.evaluation.scoring import ClipScorer, check_feature_networks
+from avsync_ray.evaluation.statistics import SummaryOptions, summarize_evaluation
 from avsync_ray.evaluation.sync_eval import SyncEvaluator, eval_spec, summarize
-from avsync_ray.metrics.protocol import clip_seed
-from avsync_ray.metrics.video_metrics import ClipFeatures, clip_scores, gt_scores, summarize as summarize_clips
+from avsync_ray.metrics.protocol import clip_seed, fid_batch_statistics
+from avsync_ray.models.feature_networks import FID_FEATURE_DIM, FVD_FEATURE_DIM
 from avsync_ray.nested import content_id
 from avsync_ray.pipelines.loading import check_pipeline_folder
 from avsync_ray.pipelines.sampling import with_model_size
 from avsync_ray.shards import shard_urls
-from avsync_ray.storage import exists, filesystem, join_uri, list_files, write_bytes_atomic, write_json_atomic
+from avsync_ray.storage import filesystem, join_uri, write_json_atomic
 from avsync_ray.tracking import resolve_model
 
 
@@ -60,55 +75,65 @@ def run_eval_sync(config: EvalSyncConfig, out: str | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------ avsync eval
 
 
-def _clip_jobs(item: dict, config: dict, seeds: dict[str, int], with_gt: bool) -> list[dict]:
-    """``expand`` of the eval job: an input item -> its GT clip rows (when their features are not cached) and
-    one generation row per clip and setting (``seeds``: setting -> its base seed)."""
+@dataclass(frozen=True)
+class _Done:
+    """What storage already holds when the job starts (keys of clips): real features, generated mp4s, and
+    generated clips with their mp4 and features."""
+
+    real: frozenset[str]
+    made: dict[str, frozenset[str]]
+    scored: dict[str, frozenset[str]]
+
+
+def _clip_jobs(item: dict, config: dict, seeds: dict[str, int], done: _Done) -> list[dict]:
+    """``expand`` of the eval job: an input item -> the real row of each test video whose real features are not
+    all stored, and a row per clip and setting whose mp4 or features are missing (``seeds``: setting -> its base
+    seed). A video with nothing missing is not even decoded."""
     sampling = config["sampling"]
-    rows = eval_clip_rows(item, sampling["num_frames"], sampling["fps"], (sampling["height"], sampling["width"]), config["clips_per_video"])
+
+    def keys(video: str) -> list[str]:
+        return [clip_key(video, index) for index in range(config["clips_per_video"])]
+
+    def wanted(video: str) -> bool:
+        return any(k not in done.real or any(k not in done.scored[name] for name in seeds) for k in keys(video))
+
+    size = (sampling["height"], sampling["width"])
     jobs = []
-    for gt in rows:
-        if gt["error"] or with_gt:
-            jobs.append(gt)
-        if gt["error"]:
+    for video_row in eval_video_rows(item, sampling["num_frames"], sampling["fps"], size, config["clips_per_video"], wanted):
+        if video_row["error"]:
+            jobs.append(video_row)
             continue
+        clips = video_clips(video_row)
+        if any(clip["key"] not in done.real for clip in clips):
+            jobs.append(video_row)
         for name, base in seeds.items():
-            seed = base if config["clip_seeds"] == "shared" else clip_seed(base, gt["video"], gt["clip"])
-            jobs.append(generation_row(gt, name, seed))
+            for clip in clips:
+                if clip["key"] not in done.scored[name]:
+                    seed = base if config["clip_seeds"] == "shared" else clip_seed(base, video_row["video"], clip["clip"])
+                    jobs.append(generation_row(clip, video_row, name, seed, generate=clip["key"] not in done.made[name]))
     return jobs
 
 
-def _features(row: dict) -> ClipFeatures:
-    def array(name):
-        return from_bytes(row[name]) if row[name] else None
+class RayRunner:
+    """Runs the summary's steps (:mod:`avsync_ray.evaluation.statistics`) as Ray tasks of one CPU each: a step's
+    inputs and outputs stay in the object store, and a failed step raises its own error on ``get``."""
 
-    sync = row["sync"]
-    return ClipFeatures(row["key"], row["video"], row["category"], array("fid"), array("fvd"), array("ia"), array("it"),
-                        None if sync is None or sync != sync else float(sync))  # fmt: skip
+    def __init__(self):
+        self._remote: dict = {}
 
+    def put(self, value):
+        return ray.put(value)
 
-REAL_TABLE = "real.parquet"
+    def submit(self, fn, *args, num_returns: int = 1):
+        if fn not in self._remote:
+            self._remote[fn] = ray.remote(num_cpus=1)(fn)
+        return self._remote[fn].options(num_returns=num_returns).remote(*args)
 
-
-def _read_real_cache(uri: str) -> dict[str, ClipFeatures] | None:
-    if not exists(uri):
-        return None
-    fs, path = filesystem(uri)
-    with fs.open(path, "rb") as handle:
-        rows = pq.read_table(handle).to_pylist()
-    return {row["key"]: _features(row) for row in rows}
-
-
-def _write_real_cache(uri: str, rows: list[dict]) -> None:
-    columns = ("key", "video", "category", "fid", "fvd", "ia", "it", "sync")
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist([{c: row[c] for c in columns} for row in rows]), buffer)
-    write_bytes_atomic(uri, buffer.getvalue())
-
-
-def _model_identity(source) -> dict:
-    folder = Path(source.path)
-    files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
-    return {"uri": source.uri, "version": source.version, "files": content_id(files)}
+    def get(self, handle):
+        try:
+            return ray.get(handle)
+        except ray.exceptions.RayTaskError as exc:
+            raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
 
 
 def _numbers(summary: dict, prefix: str = "") -> dict[str, float]:
@@ -119,9 +144,21 @@ def _metric_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\- /]", "_", text)
 
 
+def _failure_text(failed: list[dict], total: int) -> str:
+    reasons = Counter(f["reason"].split(":", 1)[0] for f in failed)
+    example = failed[0]["reason"][:200] if failed else ""
+    return f"all {total} of its clips failed ({', '.join(f'{n} {r}' for r, n in reasons.most_common())}; e.g. {example})"
+
+
 def run_eval(config: EvalConfig) -> dict:
-    """Generate every test clip in every setting (resuming: existing clips are kept), score real and generated
-    clips, write the per-clip table and the report to ``config.output`` and log the MLflow runs; returns a summary."""
+    """Generate every test clip in every setting (resuming: clips and features on storage are kept), score real
+    and generated clips into their feature files, summarise them (as Ray tasks), write the per-clip table and the
+    report to ``config.output`` and log the MLflow runs; returns a summary.
+
+    A metric that cannot be computed does not stop the run: everything is written and logged, then
+    :class:`~avsync_ray.errors.IncompleteResultError` (carrying the summary) says which; a rerun only recomputes
+    the summary. A run where no generated clip could be scored raises :class:`~avsync_ray.errors.WorkFailedError`
+    after writing the per-clip table, without an MLflow run."""
     started = time.perf_counter()
     checksums = check_feature_networks(config.features, config.metrics)  # before any work: a bad file names its field
     source = resolve_model(config.model, config.tracking.uri)
@@ -132,129 +169,156 @@ def run_eval(config: EvalConfig) -> dict:
     identity = _model_identity(source)
     claim_setting_folders(config.output, [setting_record(s, config, identity, test_set) for s in settings])
     save_config(config, join_uri(config.output, "eval.config.yaml"))
-    cache_uri = join_uri(config.cache, real_cache_key(config, test_set, checksums), REAL_TABLE)
-    cached_real = _read_real_cache(cache_uri)
+    real_folder = join_uri(config.cache, real_cache_key(config, test_set, checksums))
     folders = {s.name: join_uri(config.output, "generated", s.name) for s in settings}
-    existing = {name: len(list_files(uri, ".mp4")) for name, uri in folders.items()}
+    before = {name: folder_state(uri) for name, uri in folders.items()}
+    real_before = folder_state(real_folder)
+    done = _Done(frozenset(real_before.features), {n: frozenset(b.videos) for n, b in before.items()},
+                 {n: frozenset(b.videos & set(b.features)) for n, b in before.items()})  # fmt: skip
 
     generator = ActorStage(
         ClipGenerator,
         {"model": config.model, "tracking_uri": config.tracking.uri, "actor": config.generate_actor, "batch_size": config.generate_batch_size,
-         "settings": {s.name: {"kind": s.kind, "sampling": s.sampling.model_dump()} for s in settings}, "output_paths": folders},
+         "settings": {s.name: {"kind": s.kind, "sampling": s.sampling.model_dump()} for s in settings}, "output_paths": folders,
+         "slow_clip_s": (faults.plan_from_env() or faults.FaultPlan()).slow_clip_s},
         config.generate_actor, config.generate_batch_size,
     )  # fmt: skip
     scorer = ActorStage(
         ClipScorer,
         {"features": config.features.model_dump(), "metrics": config.metrics, "protocol": config.protocol, "actor": config.feature_actor,
-         "num_frames": config.sampling.num_frames, "fps": config.sampling.fps},
+         "num_frames": config.sampling.num_frames, "fps": config.sampling.fps, "real_folder": real_folder},
         config.feature_actor, config.feature_batch_size,
     )  # fmt: skip
     job = BatchJob(
         items=[item.to_row() for item in items],
-        expand=functools.partial(_clip_jobs, config=config.model_dump(mode="json"), seeds={s.name: s.sampling.seed for s in settings},
-                                 with_gt=cached_real is None),
+        expand=functools.partial(_clip_jobs, config=config.model_dump(mode="json"), seeds={s.name: s.sampling.seed for s in settings}, done=done),
         stages=[generator, scorer],
         ray_config=config.ray,
     )  # fmt: skip
-    rows = sorted(job.run(), key=lambda r: (r["variant"], r["key"]))
+    rows = job.run()
 
-    skipped_videos = {r["video"]: r["error"] for r in rows if r["variant"] == GT and r["clip"] < 0}
-    failed = [{"key": r["key"], "variant": r["variant"], "reason": r["error"]} for r in rows if r["error"] and r["clip"] >= 0]
-    real_rows = [r for r in rows if r["variant"] == GT and not r["error"]]
-    real = cached_real if cached_real is not None else {r["key"]: _features(r) for r in real_rows}
-    if cached_real is None and real_rows:
-        _write_real_cache(cache_uri, real_rows)
-    by_variant: dict[str, list[ClipFeatures]] = {s.name: [] for s in settings}
-    for r in rows:
-        if r["variant"] != GT and not r["error"] and r["key"] in real:
-            by_variant[r["variant"]].append(_features(r))
-    if not real:
-        raise RuntimeError(f"no test clip could be evaluated: {len(skipped_videos)} videos skipped ({sorted(set(skipped_videos.values()))[:3]})")
+    skipped_videos = {r["video"]: r["error"] for r in rows if r["variant"] == GT and r["error"]}
+    failed = sorted(({"key": r["key"], "variant": r["variant"], "reason": r["error"], "video": r["video"], "clip": int(r["clip"]),
+                      "start": float(r["start"]), "category": r["category"]} for r in rows if r["error"] and r["variant"] != GT),
+                    key=lambda f: (f["variant"], f["key"]))  # fmt: skip
+    real_state = folder_state(real_folder)  # listed afresh: the actors wrote there
+    if not real_state.features:
+        reasons = sorted(set(skipped_videos.values()))[:3]
+        raise WorkFailedError(f"eval: no test clip could be evaluated: {len(skipped_videos)} test videos skipped ({'; '.join(reasons)})")
+    after = {name: folder_state(uri) for name, uri in folders.items()}
+    scored = {name: sorted(k for k in state.features if k in state.videos) for name, state in after.items()}
+    failed_by_setting = {name: [f for f in failed if f["variant"] == name] for name in folders}
+    options = SummaryOptions(config.metrics, config.frechet, config.bootstrap.samples, config.bootstrap.confidence, config.bootstrap.seed,
+                             config.bootstrap.min_videos)  # fmt: skip
+    no_clips = {name: _failure_text(f, len(f)) for name, f in failed_by_setting.items() if f and not scored[name]}
 
-    stats = dict(frechet=config.frechet, bootstrap_samples=config.bootstrap.samples, confidence=config.bootstrap.confidence, seed=config.bootstrap.seed)
-    entries, by_category = [], {}
-    for setting in settings:
-        clips = by_variant[setting.name]
-        summary = summarize_clips(clips, real, **stats)
-        categories = {c: summarize_clips([x for x in clips if x.category == c], real, frechet=config.frechet) for c in sorted({x.category for x in clips})}
-        entries.append({"name": setting.name, "kind": setting.kind, "swept": setting.swept, "summary": summary})
-        by_category[setting.name] = categories
-    real_clips = sorted(real.values(), key=lambda c: c.key)
-    gt_summary = summarize_clips(real_clips, real, is_real=True)
-    entries.append({"name": GT, "kind": GT, "swept": {}, "summary": gt_summary})
+    provenance = {"protocol": config.protocol, "fid_batchnorm": "batch statistics" if fid_batch_statistics(config.protocol) else "running statistics",
+                  "frechet": config.frechet, "networks": checksums, "test_set": test_set, "model": identity, "clips": len(real_state.features),
+                  "videos": len({k.rsplit("_clip-", 1)[0] for k in real_state.features}), "skipped_videos": len(skipped_videos),
+                  "failed_clips": len(failed)}  # fmt: skip
+    if not any(scored.values()):  # nothing to summarise: say why, keep the per-clip reasons, log nothing
+        _write_outputs(config, _per_clip_table({}, failed, settings, folders), {"provenance": provenance, "skipped_videos": skipped_videos,
+                                                                                  "failed_clips": failed}, None)  # fmt: skip
+        raise WorkFailedError(f"eval: no generated clip could be scored: {_failure_text(failed, len(failed))}; per-clip reasons in "
+                              f"{join_uri(config.output, 'per_clip.parquet')}")  # fmt: skip
 
-    per_clip = _per_clip_table(rows, real, settings)
-    provenance = {"protocol": config.protocol, "frechet": config.frechet, "networks": checksums, "test_set": test_set,
-                  "model": identity, "clips": len(real), "videos": len({c.video for c in real.values()}),
-                  "skipped_videos": len(skipped_videos), "failed_clips": len(failed)}  # fmt: skip
-    header = (
-        f"# avsync eval\n\nModel `{config.model}` (version {source.version}), test set `{config.test}` ({provenance['videos']} videos, "
-        f"{provenance['clips']} clips; {len(skipped_videos)} videos skipped, {len(failed)} clips failed), protocol `{config.protocol}`, "
-        f"Fréchet `{config.frechet}`, networks {json.dumps(checksums)}. IA, IT, AlignSync and RelSync are x100 (mean ± std over clips); "
-        f"FID and FVD carry a {config.bootstrap.confidence:.0%} bootstrap interval over test videos ({config.bootstrap.samples} replicates).\n"
-    )
-    with tempfile.TemporaryDirectory(prefix="avsync-eval-") as folder:
-        local = Path(folder)
-        write_report(local / "report", entries, by_category, list(config.sweep), header)
-        pq.write_table(pa.Table.from_pylist(per_clip), local / "per_clip.parquet")
-        (local / "report" / "summary.json").write_text(json.dumps({"entries": entries, "provenance": provenance, "skipped_videos": skipped_videos,
-                                                                   "failed_clips": failed}, indent=1, default=str))  # fmt: skip
-        fs, path = filesystem(config.output)
-        fs.makedirs(f"{path.rstrip('/')}/report", exist_ok=True)
-        for file in [*(local / "report").iterdir(), local / "per_clip.parquet"]:
-            fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(local)}")
-        parent_id, child_ids = None, []
-        if config.tracking.enabled:
-            parent_id, child_ids = _log_runs(config, source, entries, by_category, provenance, local)
-    return {
+    setting_uris = {name: [after[name].features[k] for k in keys] for name, keys in scored.items()}
+    summary = summarize_evaluation(list(real_state.features.values()), setting_uris, options, RayRunner(), no_clips)
+    entries = [{"name": s.name, "kind": s.kind, "swept": s.swept, "summary": summary.settings[s.name]} for s in settings]
+    entries.append({"name": GT, "kind": GT, "swept": {}, "summary": summary.gt})
+    header = report_header(config, source.version, provenance, summary, FID_FEATURE_DIM, FVD_FEATURE_DIM)
+    report = {"entries": entries, "by_category": summary.categories, "sweep": list(config.sweep), "header": header}
+    parent_id, child_ids = _write_outputs(
+        config, _per_clip_table(summary.per_clip, failed, settings, folders),
+        {"entries": entries, "provenance": provenance, "skipped_videos": skipped_videos, "failed_clips": failed}, report,
+        lambda local: _log_runs(config, source, entries, summary.categories, provenance, local) if config.tracking.enabled else (None, []),
+    )  # fmt: skip
+    result = {
         "output": config.output,
         "report": join_uri(config.output, "report", "report.md"),
         "per_clip": join_uri(config.output, "per_clip.parquet"),
         "settings": [e["name"] for e in entries],
         "metrics": {e["name"]: {k: e["summary"].get(k) for k in ("fid", "fvd", "ia", "it", "relsync", "alignsync")} for e in entries},
-        "clips": len(real),
+        "undefined": {e["name"]: e["summary"]["undefined"] for e in entries if e["summary"]["undefined"]},
+        "clips": len(real_state.features),
         "skipped_videos": len(skipped_videos),
         "failed_clips": len(failed),
-        "generated": {name: len(by_variant[name]) + sum(f["variant"] == name for f in failed) - existing[name] for name in folders},
-        "reused": existing,
-        "real_features_cached": cached_real is not None,
+        "generated": {name: len(after[name].videos - before[name].videos) for name in folders},
+        "reused": {name: len(before[name].videos) for name in folders},
+        "real_features_cached": set(real_state.features) == set(real_before.features),
         "mlflow_run_id": parent_id,
         "mlflow_child_run_ids": child_ids,
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if undefined := summary.undefined():
+        raise IncompleteResultError(f"eval: {len(undefined)} metric(s) undefined, everything else is written to {config.output}: "
+                                    f"{'; '.join(undefined)}", result)  # fmt: skip
+    return result
 
 
-def _per_clip_table(rows: list[dict], real: dict[str, ClipFeatures], settings) -> list[dict]:
-    swept = {s.name: s.swept for s in settings}
+def _write_outputs(config: EvalConfig, per_clip: list[dict], summary_json: dict, report: dict | None, log=None) -> tuple[str | None, list[str]]:
+    """The per-clip table, ``report/summary.json`` and (given ``report``) the report files into ``config.output``;
+    then ``log(local report folder)`` (the MLflow runs), whose result is returned."""
+    with tempfile.TemporaryDirectory(prefix="avsync-eval-") as folder:
+        local = Path(folder)
+        (local / "report").mkdir()
+        if report is not None:
+            write_report(local / "report", report["entries"], report["by_category"], report["sweep"], report["header"])
+        pq.write_table(pa.Table.from_pylist(per_clip, schema=PER_CLIP_SCHEMA), local / "per_clip.parquet")
+        (local / "report" / "summary.json").write_text(json.dumps(summary_json, indent=1, default=str))
+        fs, path = filesystem(config.output)
+        fs.makedirs(f"{path.rstrip('/')}/report", exist_ok=True)
+        for file in [*(local / "report").iterdir(), local / "per_clip.parquet"]:
+            fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(local)}")
+        return log(str(local)) if log is not None else (None, [])
+
+
+PER_CLIP_SCHEMA = pa.schema([("key", pa.string()), ("video", pa.string()), ("clip", pa.int64()), ("start", pa.float64()), ("category", pa.string()),
+                             ("variant", pa.string()), ("setting", pa.string()), ("path", pa.string()), ("sync_score", pa.float64()),
+                             ("ia", pa.float64()), ("it", pa.float64()), ("relsync", pa.float64()), ("alignsync", pa.float64()),
+                             ("error", pa.string())])  # fmt: skip
+
+
+def _per_clip_table(per_clip: dict[str, list[dict]], failed: list[dict], settings, folders: dict[str, str]) -> list[dict]:
+    """One row per clip and setting (and per real clip): its scores, or the reason it has none."""
+    swept = {s.name: json.dumps(s.swept) for s in settings}
     table = []
-    for r in rows:
-        if r["clip"] < 0:
-            continue
-        scores = {"ia": None, "it": None, "relsync": None, "alignsync": None}
-        if not r["error"] and r["key"] in real:
-            features = _features(r)
-            scores = gt_scores(features) if r["variant"] == GT else clip_scores(features, real[r["key"]])
-        table.append({"key": r["key"], "video": r["video"], "clip": int(r["clip"]), "start": float(r["start"]), "category": r["category"],
-                      "variant": r["variant"], "setting": json.dumps(swept.get(r["variant"], {})), "path": r["path"],
-                      "sync_score": None if r["sync"] != r["sync"] else float(r["sync"]), **scores, "error": r["error"]})  # fmt: skip
-    return table
+    for name, clips in per_clip.items():
+        for clip in clips:
+            path = clip_uri(folders[name], clip["key"]) if name in folders else ""
+            table.append({**{k: clip[k] for k in ("key", "video", "clip", "start", "category", "sync_score", "ia", "it", "relsync", "alignsync")},
+                          "variant": name, "setting": swept.get(name, "{}"), "path": path, "error": ""})  # fmt: skip
+    for f in failed:
+        table.append({"key": f["key"], "video": f["video"], "clip": f["clip"], "start": f["start"], "category": f["category"], "variant": f["variant"],
+                      "setting": swept[f["variant"]], "path": clip_uri(folders[f["variant"]], f["key"]), "sync_score": None, "ia": None, "it": None,
+                      "relsync": None, "alignsync": None, "error": f["reason"]})  # fmt: skip
+    return sorted(table, key=lambda r: (r["variant"], r["key"]))
 
 
-def _log_runs(config: EvalConfig, source, entries, by_category, provenance, local: Path) -> tuple[str, list[str]]:
+def _log_runs(config: EvalConfig, source, entries, by_category, provenance, local: str) -> tuple[str, list[str]]:
     from avsync_ray.tracking import ChildRun, log_parent_with_children
 
-    common = {"model": config.model, "model_version": source.version, "protocol": config.protocol, "frechet": config.frechet,
-              "test": str(config.test), "test_set": provenance["test_set"], "clips": provenance["clips"],
+    common = {"model": config.model, "model_version": source.version, "protocol": config.protocol, "fid_batchnorm": provenance["fid_batchnorm"],
+              "frechet": config.frechet, "test": str(config.test), "test_set": provenance["test_set"], "clips": provenance["clips"],
               "networks": provenance["networks"]}  # fmt: skip
+    sampling = {s.name: s.sampling.model_dump(mode="json") for s in plan_settings(config)}
     children = []
     for entry in entries:
-        metrics = _numbers(entry["summary"])
+        metrics = _numbers({k: v for k, v in entry["summary"].items() if k not in ("undefined", "notes")})
         for category, summary in by_category.get(entry["name"], {}).items():
             metrics.update(_numbers({k: summary.get(k) for k in ("fid", "fvd", "ia", "it", "relsync", "alignsync")}, f"{_metric_name(category)}/"))
         params = {**common, "variant": entry["kind"], "setting": entry["name"], **entry["swept"]}
         if entry["kind"] != GT:
-            params["sampling"] = next(s.sampling.model_dump(mode="json") for s in plan_settings(config) if s.name == entry["name"])
-        children.append(ChildRun(entry["name"], params, metrics, {"avsync.variant": entry["kind"], "avsync.setting": entry["name"]}))
+            params["sampling"] = sampling[entry["name"]]
+        tags = {"avsync.variant": entry["kind"], "avsync.setting": entry["name"],
+                **{f"avsync.undefined.{metric}": reason[:4000] for metric, reason in entry["summary"]["undefined"].items()}}  # fmt: skip
+        children.append(ChildRun(entry["name"], params, metrics, tags))
     parent_params = {**common, "sweep": json.dumps(config.sweep), "baselines": json.dumps(config.baselines), "output": config.output}
     return log_parent_with_children(config.tracking, "eval", parent_params, {"clips": provenance["clips"], "skipped_videos": provenance["skipped_videos"]},
-                                    children, str(local))  # fmt: skip
+                                    children, local)  # fmt: skip
+
+
+def _model_identity(source) -> dict:
+    folder = Path(source.path)
+    files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    return {"uri": source.uri, "version": source.version, "files": content_id(files)}

@@ -1,16 +1,19 @@
-"""The evaluation clips of the test videos, as the official evaluation samples them (reference §5.5, §8.2), and
-the rows the evaluation job passes between its stages (pure data preparation: no Ray, no model).
+"""The evaluation clips of the test videos, as the official evaluation samples them (reference §5.5, §8.2), the
+rows the evaluation job passes between its stages, and the per-clip feature files (pure data preparation and
+(de)serialisation: no Ray, no model).
 
 Each test video (a shard sample, or a raw file with its own audio track) gives ``clips_per_video`` clips at
 ``linspace(0, duration - 2, n)``: 12 frames at 6 fps by the official "next frame" rule, trimmed to the model's
 aspect ratio, resized and centre-cropped to its size (float in [0, 1], as the official loader gives them), the
-clip's exact 2-s audio, and the category as the prompt. The model animates each clip's first frame (as uint8,
-as the official generation script converts it) with that clip's audio.
+clip's exact 2-s audio, and the category as the prompt. The real clips of a video travel as one row (the official
+FID runs one forward over all of them); the model animates each clip's first frame (as uint8, as the official
+generation script converts it) with that clip's audio, one row per clip and setting.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,10 +22,14 @@ from avsync_ray.examples import SAMPLE_ERRORS, ClipSource, avsyncd_clip, clip_so
 from avsync_ray.media import TARGET_SAMPLE_RATE, load_audio, probe
 from avsync_ray.media.frames import to_uint8_frames
 from avsync_ray.metrics.protocol import clip_starts
+from avsync_ray.metrics.video_metrics import ClipFeatures
 from avsync_ray.shards import VIDEO_MEMBER, iter_samples
 
 # The columns every row of the evaluation job has (arrays travel as .npy bytes, so every block has one schema).
-ROW_FIELDS = ("key", "video", "clip", "start", "category", "variant", "seed", "frames", "image", "audio", "path", "error")
+# A real row is a whole test video (``clip`` -1, ``frames`` (C, T, H, W, 3), ``audio`` (C, S), ``starts`` (C,));
+# a generated row is one clip of one setting (``generate``: its mp4 is still to be made).
+ROW_FIELDS = ("key", "video", "clip", "start", "starts", "category", "variant", "seed", "frames", "image", "audio", "path",
+              "generate", "error")  # fmt: skip
 
 
 def to_bytes(array: np.ndarray) -> bytes:
@@ -37,8 +44,8 @@ def from_bytes(data: bytes) -> np.ndarray:
 
 def row(**values) -> dict:
     """A job row with every column (empty where not given)."""
-    empty = {"key": "", "video": "", "clip": -1, "start": 0.0, "category": "", "variant": "", "seed": 0,
-             "frames": b"", "image": b"", "audio": b"", "path": "", "error": ""}  # fmt: skip
+    empty = {"key": "", "video": "", "clip": -1, "start": 0.0, "starts": b"", "category": "", "variant": "", "seed": 0,
+             "frames": b"", "image": b"", "audio": b"", "path": "", "generate": False, "error": ""}  # fmt: skip
     unknown = set(values) - set(empty)
     if unknown:
         raise KeyError(f"unknown row fields {sorted(unknown)}")
@@ -63,12 +70,17 @@ def _videos(item: dict):
         yield item["key"], {VIDEO_MEMBER: item["uri"]}, source
 
 
-def eval_clip_rows(item: dict, num_frames: int, fps: float, size: tuple[int, int], clips_per_video: int) -> list[dict]:
-    """The GT rows of an input item's test videos: one per clip, or one ``error`` row per video that cannot be
-    decoded or is shorter than a clip (the whole video is then left out, with its reason)."""
+def eval_video_rows(
+    item: dict, num_frames: int, fps: float, size: tuple[int, int], clips_per_video: int, wanted: Callable[[str], bool] | None = None
+) -> list[dict]:
+    """One real row per test video of an input item (its clips, see :data:`ROW_FIELDS`), or one ``error`` row
+    per video that cannot be decoded or is shorter than a clip (the whole video is then left out, with its
+    reason). Videos for which ``wanted(video key)`` is false are not decoded and give no row."""
     rows = []
     clip_seconds = num_frames / fps
     for video, raw, source in _videos(item):
+        if wanted is not None and not wanted(video):
+            continue
         try:
             src = source()
             starts = clip_starts(src.duration, clip_seconds, clips_per_video)
@@ -76,13 +88,37 @@ def eval_clip_rows(item: dict, num_frames: int, fps: float, size: tuple[int, int
         except SAMPLE_ERRORS as exc:
             rows.append(row(video=video, key=video, variant=GT, error=f"{type(exc).__name__}: {exc}"[:500]))
             continue
-        for index, (start, clip) in enumerate(zip(starts, clips)):
-            frames = clip["video"].permute(1, 2, 3, 0).numpy().astype(np.float32)  # (T, H, W, 3) in [0, 1]
-            rows.append(row(key=clip_key(video, index), video=video, clip=index, start=float(start), category=clip["prompt"],
-                            variant=GT, frames=to_bytes(frames), audio=to_bytes(clip["audio"].numpy().astype(np.float32))))  # fmt: skip
+        frames = np.stack([clip["video"].permute(1, 2, 3, 0).numpy().astype(np.float32) for clip in clips])  # (C, T, H, W, 3) in [0, 1]
+        audio = np.stack([clip["audio"].numpy().astype(np.float32) for clip in clips])
+        rows.append(row(key=video, video=video, category=clips[0]["prompt"], variant=GT, starts=to_bytes(np.asarray(starts, dtype=np.float64)),
+                        frames=to_bytes(frames), audio=to_bytes(audio)))  # fmt: skip
     return rows
+
+
+def video_clips(video_row: dict) -> list[dict]:
+    """The clips of a real row: ``key``, ``clip``, ``start``, ``frames`` (T, H, W, 3) and ``audio`` of each."""
+    frames, audio, starts = from_bytes(video_row["frames"]), from_bytes(video_row["audio"]), from_bytes(video_row["starts"])
+    return [{"key": clip_key(video_row["video"], index), "clip": index, "start": float(start), "frames": frames[index], "audio": audio[index]}
+            for index, start in enumerate(starts)]  # fmt: skip
 
 
 def first_frame_uint8(frames: np.ndarray) -> np.ndarray:
     """The image the model animates: the clip's first frame, as uint8 (the official script's PIL conversion)."""
     return to_uint8_frames(frames[:1])[0]
+
+
+def features_to_bytes(features: ClipFeatures) -> bytes:
+    """A clip's feature file (``.features.npz``): every feature computed, its identity and its place in the video."""
+    arrays = {name: getattr(features, name) for name in ("fid", "fvd", "ia", "it") if getattr(features, name) is not None}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, sync=np.float64(np.nan if features.sync is None else features.sync), clip=np.int64(features.clip),
+             start=np.float64(features.start), key=np.str_(features.key), video=np.str_(features.video), category=np.str_(features.category))  # fmt: skip
+    return buffer.getvalue()
+
+
+def features_from_bytes(data: bytes) -> ClipFeatures:
+    with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+        sync = float(saved["sync"])
+        return ClipFeatures(str(saved["key"]), str(saved["video"]), str(saved["category"]),
+                            *(saved[name] if name in saved else None for name in ("fid", "fvd", "ia", "it")),
+                            None if sync != sync else sync, int(saved["clip"]), float(saved["start"]))  # fmt: skip

@@ -1,7 +1,8 @@
 """What one ``avsync eval`` run does, decided on the driver before any work (no Ray, no model): the test videos,
-the settings (every sweep combination, then the baselines), where each generated clip goes, and the identities
-that make a rerun resume (a setting folder records what made its clips; other settings there are refused) and
-let later runs reuse the real clips' features (cached per test set, protocol and network checksums)."""
+the settings (every sweep combination, then the baselines), where each generated clip and each clip's features go,
+which of them a rerun still has to make, and the identities that make a rerun resume (a setting folder records
+what made its clips; other settings there are refused) and let later runs reuse the real clips' features (cached
+per test set, protocol and network checksums)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from avsync_ray.config.sampling import SamplingConfig
 from avsync_ray.nested import content_id
 from avsync_ray.shards import read_index
 from avsync_ray.sources import list_sources
-from avsync_ray.storage import exists, join_uri, read_json, write_json_atomic
+from avsync_ray.storage import exists, join_uri, list_files, read_json, write_json_atomic
 
 GT = "gt"  # the variant name of the real clips
 Kind = Literal["model", "static", "no_audio"]
@@ -113,6 +114,39 @@ def clip_key(video: str, clip: int) -> str:
     return f"{video}_clip-{clip:02d}"
 
 
+VIDEO_SUFFIX = ".mp4"
+FEATURES_SUFFIX = ".features.npz"  # a clip's features, beside its mp4 (generated) or in the real-feature cache
+
+
+def clip_uri(folder: str, key: str) -> str:
+    return join_uri(folder, f"{key}{VIDEO_SUFFIX}")
+
+
+def features_uri(folder: str, key: str) -> str:
+    return join_uri(folder, f"{key}{FEATURES_SUFFIX}")
+
+
+@dataclass
+class FolderState:
+    """Which clips a folder holds (keys), from one listing made after any writer finished."""
+
+    videos: set[str]
+    features: dict[str, str]  # key -> its feature file's URI
+
+
+def folder_state(folder: str) -> FolderState:
+    """The clips with an mp4 and with a feature file in ``folder`` (one fresh listing: temporary names of
+    unfinished atomic writes are not counted)."""
+    videos, features = set(), {}
+    for uri in list_files(folder):
+        name = uri.rsplit("/", 1)[-1]
+        if name.endswith(FEATURES_SUFFIX):
+            features[name[: -len(FEATURES_SUFFIX)]] = uri
+        elif name.endswith(VIDEO_SUFFIX):
+            videos.add(name[: -len(VIDEO_SUFFIX)])
+    return FolderState(videos, features)
+
+
 def setting_record(setting: Setting, config: EvalConfig, model_identity: dict, test_set: str) -> dict:
     """Everything that determines a setting's generated clips."""
     return {
@@ -141,8 +175,13 @@ def claim_setting_folders(output: str, records: list[dict]) -> None:
         write_json_atomic(join_uri(output, "generated", record["setting"], "setting.json"), record)
 
 
+# Bumped when the features a protocol gives change (2: the official FID with train-mode BatchNorm over each test
+# video's clips), so a cache of the earlier features is not reused.
+FEATURE_RECIPE = 2
+
+
 def real_cache_key(config: EvalConfig, test_set: str, checksums: dict[str, str]) -> str:
     """The real clips' features depend on the test set, the clip geometry, the protocol and the networks."""
     geometry = {k: getattr(config.sampling, k) for k in ("num_frames", "fps", "height", "width")}
-    return content_id({"test_set": test_set, "geometry": geometry, "clips_per_video": config.clips_per_video,
-                    "protocol": config.protocol, "networks": checksums, "metrics": sorted(config.metrics)})  # fmt: skip
+    return content_id({"test_set": test_set, "geometry": geometry, "clips_per_video": config.clips_per_video, "protocol": config.protocol,
+                       "recipe": FEATURE_RECIPE, "networks": checksums, "metrics": sorted(config.metrics)})  # fmt: skip

@@ -1,12 +1,16 @@
-"""The evaluation report: tables shaped like the paper's Tab. 10 (one row per setting, baseline and GT) and Tab. 6
-(one row per category), as Markdown and CSV, and a PNG per metric against each swept value (mean with the
-standard deviation over clips as error bars; FID/FVD with their bootstrap interval)."""
+"""The evaluation report: a header saying how the numbers were made, tables shaped like the paper's Tab. 10 (one
+row per setting, baseline and GT) and Tab. 6 (one row per category), as Markdown and CSV, the reason of every
+undefined metric and missing interval, and a PNG per metric against each swept value (mean with the standard
+deviation over clips as error bars; FID/FVD with their bootstrap interval)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
+
+from avsync_ray.metrics.video_metrics import clips_for_full_rank
 
 OVERALL_COLUMNS = ("fid", "ia", "it", "fvd", "alignsync", "relsync")  # Tab. 10's order
 CATEGORY_COLUMNS = ("fid", "fvd", "ia", "it", "alignsync", "relsync")  # Tab. 6's order
@@ -16,7 +20,7 @@ LABELS = {"fid": "FID↓", "fvd": "FVD↓", "ia": "IA↑", "it": "IT↑", "align
 def _cell(summary: dict, metric: str) -> str:
     value = summary.get(metric)
     if value is None:
-        return "–"
+        return "undefined" if metric in summary.get("undefined", {}) else "–"
     if metric in ("fid", "fvd") and summary.get(f"{metric}_ci_low") is not None:
         return f"{value:.1f} [{summary[f'{metric}_ci_low']:.1f}, {summary[f'{metric}_ci_high']:.1f}]"
     if summary.get(f"{metric}_std") is not None:
@@ -90,12 +94,50 @@ def plot_sweep(entries: list[dict], key: str, metric: str, path: Path) -> None:
     plt.close(figure)
 
 
+def report_header(config, model_version, provenance: dict, summary, fid_dim: int, fvd_dim: int) -> str:
+    """What every number of the report depends on: model, test set, protocol (with the FID Inception's BatchNorm
+    mode and batching), Fréchet method, networks, intervals, and how many clips a defined FID/FVD needs."""
+    frames = config.sampling.num_frames
+    if provenance["fid_batchnorm"] == "batch statistics":
+        batchnorm = (f"FID Inception BatchNorm in train mode, as ASVA's `eval.py` runs it: each forward normalised by its own batch, one forward "
+                     f"per test video over its {config.clips_per_video} real clips x {frames} frames and one per generated mp4 over its {frames} "
+                     "frames (frame 1 dropped after); generated mp4s read with the official frame loader")  # fmt: skip
+    else:
+        batchnorm = "FID Inception BatchNorm in eval mode (pytorch-fid's standard: the weights' running statistics; batching does not matter)"
+    smallest = min((s["clips"] for s in summary.settings.values() if s["clips"]), default=0)
+    interval = (f"FID and FVD carry a {config.bootstrap.confidence:.0%} bootstrap interval over test videos ({config.bootstrap.samples} "
+                f"replicates; none from fewer than {config.bootstrap.min_videos} videos)" if config.bootstrap.samples else "no bootstrap intervals")  # fmt: skip
+    return (
+        f"# avsync eval\n\nModel `{config.model}` (version {model_version}), test set `{config.test}` ({provenance['videos']} videos, "
+        f"{provenance['clips']} clips; {provenance['skipped_videos']} videos skipped, {provenance['failed_clips']} clips failed), protocol "
+        f"`{config.protocol}` ({batchnorm}), Fréchet `{config.frechet}`, networks {json.dumps(provenance['networks'])}. IA, IT, AlignSync and "
+        f"RelSync are x100 (mean ± std over clips); {interval}. A defined FID needs a full-rank covariance: at least "
+        f"{clips_for_full_rank(fid_dim, frames - 1)} clips ({frames - 1} frame features of {fid_dim} dimensions each); FVD at least "
+        f"{clips_for_full_rank(fvd_dim, 1)} clips ({fvd_dim} dimensions); with fewer (here {smallest} per setting, and fewer per category) "
+        "the official sqrtm may fail (the metric is then undefined, with its reason below) and a value it gives is dominated by the missing "
+        "rank.\n"
+    )
+
+
+def notes(entries: list[dict], by_category: dict[str, dict[str, dict]]) -> list[str]:
+    """Every undefined metric's reason and every missing interval's, as ``setting[/category]: text``."""
+    lines = []
+    for entry in entries:
+        summary = entry["summary"]
+        lines += [f"{entry['name']}: {text}" for text in (*summary.get("undefined", {}).values(), *summary.get("notes", {}).values())]
+        for category, values in sorted(by_category.get(entry["name"], {}).items()):
+            lines += [f"{entry['name']} / {category}: {text}" for text in values.get("undefined", {}).values()]
+    return lines
+
+
 def write_report(folder: Path, entries: list[dict], by_category: dict[str, dict[str, dict]], swept: list[str], header_text: str) -> list[str]:
     """``report.md``, ``overall.csv``, ``per_category_<setting>.csv`` and the sweep plots into ``folder``; returns
     the file names."""
     folder.mkdir(parents=True, exist_ok=True)
     header, shown, raw = overall_rows(entries, swept)
     parts = [header_text, "## Overall (Tab. 10 columns)\n", markdown_table(header, shown)]
+    if lines := notes(entries, by_category):
+        parts += ["\n## Undefined metrics and missing intervals\n", "\n".join(f"- {line}" for line in lines) + "\n"]
     (folder / "overall.csv").write_text(csv_text(raw[0], raw[1:]))
     names = ["report.md", "overall.csv"]
     for setting, categories in by_category.items():

@@ -1,7 +1,7 @@
 """Media I/O: the only package that touches PyAV (probe, one-pass decode, mp4/wav encode) and the mel front end."""
 
 from avsync_ray.media.audio import DEFAULT_MEL, TARGET_SAMPLE_RATE, MelConfig, resample, to_mono, waveform_to_mel
-from avsync_ray.media.container import AudioInfo, MediaInfo, VideoInfo, probe
+from avsync_ray.media.container import AudioInfo, MediaInfo, MicrosecondTimestamps, VideoInfo, microsecond_timestamps, probe
 from avsync_ray.media.decoding import DecodedAV, decode, load_audio
 from avsync_ray.media.encoding import Mp4Encoder, encode_mp4, encode_wav
 from avsync_ray.media.errors import MediaError, MediaErrorReason
@@ -18,6 +18,7 @@ __all__ = [
     "MediaErrorReason",
     "MediaInfo",
     "MelConfig",
+    "MicrosecondTimestamps",
     "Mp4Encoder",
     "VideoInfo",
     "WholeFileReader",
@@ -26,6 +27,7 @@ __all__ = [
     "encode_wav",
     "load_audio",
     "load_image",
+    "microsecond_timestamps",
     "probe",
     "probe_image",
     "resample",

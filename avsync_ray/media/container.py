@@ -6,7 +6,9 @@ checks that tell a truncated or corrupt file from a good one. PyAV is touched on
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Iterator
 
 import av
@@ -125,6 +127,41 @@ def probe(uri: Source) -> MediaInfo:
     container, size = open_container(uri)
     with container:
         return media_info(uri, container, size)
+
+
+@dataclass(frozen=True)
+class MicrosecondTimestamps:
+    """A file's timing as torchvision's video_reader (the official evaluation's reader) sees it: each timestamp
+    rescaled to whole microseconds with FFmpeg's ``av_rescale_q`` (nearest, halves away from zero)."""
+
+    video_pts_us: list[int]  # every video frame, in display order
+    video_duration_us: int | None
+    audio_duration_us: int | None
+
+
+def _rescale_us(value: int, time_base) -> int:
+    exact = Fraction(value) * Fraction(time_base) * 1_000_000
+    return int(math.copysign(math.floor(abs(exact) + Fraction(1, 2)), exact))
+
+
+def microsecond_timestamps(uri: Source) -> MicrosecondTimestamps:
+    """The video frames' timestamps and the streams' declared durations in whole microseconds (demuxed, not
+    decoded: a frame's timestamp is its packet's)."""
+    container, _ = open_container(uri)
+    with container:
+        if not container.streams.video:
+            raise MediaError(uri, MediaErrorReason.NO_VIDEO_STREAM)
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        try:
+            pts = sorted(packet.pts for packet in container.demux(video) if packet.pts is not None)
+        except av.FFmpegError as exc:
+            raise MediaError(uri, MediaErrorReason.CORRUPT, f"demux failed: {exc}") from None
+
+        def duration(stream) -> int | None:
+            return None if stream is None or stream.duration is None else _rescale_us(stream.duration, stream.time_base)
+
+        return MicrosecondTimestamps([_rescale_us(p, video.time_base) for p in pts], duration(video), duration(audio))
 
 
 def audio_frame_to_float(frame: av.AudioFrame) -> np.ndarray:

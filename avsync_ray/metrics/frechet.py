@@ -5,6 +5,10 @@ and actors can be added in any order and the distance is computed once, on the d
 unbiased one (``numpy.cov``), and :func:`frechet_distance` follows the official ``avgen/evaluations/dists.py``:
 ``scipy.linalg.sqrtm(Σ1 Σ2)``, retried with 1e-6·I added to both covariances when the result is not finite, an
 error when the imaginary part of its diagonal is not negligible, else its real part.
+
+The bootstrap is split into pure steps (:func:`bootstrap_counts`, :func:`bootstrap_replicates`,
+:func:`percentile_interval`), so blocks of replicates can run anywhere (the evaluation runs them as Ray tasks) and
+give the numbers one process gives.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ import numpy as np
 import scipy.linalg
 
 SQRTM_EPS = 1e-6  # the official retry offset
+IMAGINARY_TOLERANCE = 1e-3  # the official check on sqrtm's diagonal
+
+
+class FrechetUndefinedError(ValueError):
+    """The official recipe cannot compute the distance: sqrtm(Σ1 Σ2) keeps an imaginary part above its tolerance."""
+
+    def __init__(self, imaginary: float):
+        super().__init__(f"sqrtm(Σ1 Σ2) has an imaginary component of {imaginary:.3g} (the official tolerance is {IMAGINARY_TOLERANCE:g})")
+        self.imaginary = imaginary
 
 
 @dataclass
@@ -67,8 +80,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         offset = np.eye(len(sigma1)) * SQRTM_EPS
         covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"Fréchet distance: imaginary component {np.max(np.abs(covmean.imag)):.3g} in sqrtm(Σ1 Σ2)")
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=IMAGINARY_TOLERANCE):
+            raise FrechetUndefinedError(float(np.max(np.abs(covmean.imag))))
         covmean = covmean.real
     diff = mu1 - mu2
     return FrechetResult(float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)), retry)
@@ -112,6 +125,27 @@ class BootstrapInterval:
     confidence: float
 
 
+def bootstrap_counts(groups: int, samples: int, seed: int = 0) -> np.ndarray:
+    """(samples, groups): how often each test video is drawn in each replicate (videos resampled with replacement,
+    seeded, so any process draws the same replicates)."""
+    rng = np.random.default_rng(seed)
+    counts = [np.bincount(rng.integers(0, groups, groups), minlength=groups) for _ in range(samples)]
+    return np.stack(counts) if counts else np.zeros((0, groups), dtype=np.int64)
+
+
+def bootstrap_replicates(real: np.ndarray, generated: np.ndarray, group_index: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The distance of each replicate of ``counts`` (rows of :func:`bootstrap_counts`); ``group_index`` (n,) is the
+    test video of each feature row."""
+    return np.array([weighted_frechet_distance(real, generated, row[group_index]) for row in counts], dtype=np.float64)
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> BootstrapInterval:
+    """The percentile interval of the replicates' distances."""
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return BootstrapInterval(float(low), float(high), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values), confidence)
+
+
 def bootstrap_frechet(
     real: np.ndarray,
     generated: np.ndarray,
@@ -125,11 +159,5 @@ def bootstrap_frechet(
     ``real`` and ``generated`` are paired feature rows (n, d) (a frame or a clip each); ``groups`` (n,) names the
     test video of each row, so a resampled video brings all of its clips (and frames) on both sides."""
     names, group_index = np.unique(np.asarray(groups), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        counts = np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names))
-        values.append(weighted_frechet_distance(real, generated, counts[group_index]))
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return BootstrapInterval(float(low), float(high), float(np.std(values, ddof=1)) if samples > 1 else 0.0, samples, confidence)
+    values = bootstrap_replicates(real, generated, group_index, bootstrap_counts(len(names), samples, seed))
+    return percentile_interval(values, confidence)

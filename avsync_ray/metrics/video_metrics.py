@@ -2,11 +2,15 @@
 
 Per clip: IA and IT are the mean ImageBind cosines over frames 2..12; RelSync = σ(s_gen − s_gt) with the sync
 classifier's scores of the generated and the real clip; AlignSync = RelSync × the mean over frames 2..12 of
-σ(IA(generated frame j) − IA(real frame 1)). Over a set of clips: the mean and standard deviation of those, and
-FID (frames 2..12 of every clip) and FVD (one vector per clip) as Fréchet distances between the real and the
-generated features, with a bootstrap interval over test videos. IA, IT, RelSync and AlignSync are reported x100,
-as the paper's tables give them. The GT row scores the real clips themselves (their RelSync is 0.5 by definition;
-FID and FVD do not apply).
+σ(IA(generated frame j) − IA(real frame 1)). Over a set of clips: the mean and standard deviation of those
+(:func:`clip_summary`), and FID (frames 2..12 of every clip) and FVD (one vector per clip) as Fréchet distances
+between the real and the generated features (:func:`distance_rows`, :func:`frechet`), with a bootstrap interval
+over test videos. IA, IT, RelSync and AlignSync are reported x100, as the paper's tables give them. The GT row
+scores the real clips themselves (their RelSync is 0.5 by definition; FID and FVD do not apply).
+
+A distance that cannot be computed is *undefined* with a reason a person can act on (:func:`undefined_reason`):
+the official recipe fails when sqrtm of the covariance product keeps an imaginary part, which happens when there
+are fewer feature vectors than dimensions (:func:`clips_for_full_rank` says how many clips that takes).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from avsync_ray.metrics.frechet import FeatureMoments, bootstrap_frechet, frechet_distance, weighted_frechet_distance
+from avsync_ray.metrics.frechet import FeatureMoments, FrechetUndefinedError, frechet_distance, weighted_frechet_distance
 from avsync_ray.metrics.protocol import FUTURE_FRAMES
 from avsync_ray.metrics.sync_metrics import alignsync, relsync
 
 PERCENT_METRICS = ("ia", "it", "relsync", "alignsync")
+DISTANCE_METRICS = ("fid", "fvd")
+LABELS = {"fid": "FID", "fvd": "FVD", "ia": "IA", "it": "IT", "relsync": "RelSync", "alignsync": "AlignSync"}
 
 
 @dataclass
@@ -36,6 +42,8 @@ class ClipFeatures:
     ia: np.ndarray | None  # (T,) per frame
     it: np.ndarray | None
     sync: float | None
+    clip: int = 0  # its index in the test video
+    start: float = 0.0  # its start in the test video (s)
 
 
 def clip_scores(generated: ClipFeatures, real: ClipFeatures) -> dict[str, float | None]:
@@ -54,26 +62,14 @@ def clip_scores(generated: ClipFeatures, real: ClipFeatures) -> dict[str, float 
     return scores
 
 
-def _frechet(real: np.ndarray, generated: np.ndarray, method: str) -> tuple[float, bool]:
-    if method == "eigen":
-        return weighted_frechet_distance(real, generated, np.ones(len(real))), False
-    a, b = FeatureMoments.of(real), FeatureMoments.of(generated)
-    result = frechet_distance(a.mean, a.cov, b.mean, b.cov)
-    return result.value, result.eps_retry
+def gt_scores(real: ClipFeatures) -> dict[str, float | None]:
+    """The real clip scored as if it were generated, against itself (RelSync 0.5 by definition)."""
+    return clip_scores(real, real)
 
 
-def summarize(
-    generated: list[ClipFeatures],
-    real: dict[str, ClipFeatures],
-    frechet: str = "sqrtm",
-    bootstrap_samples: int = 0,
-    confidence: float = 0.95,
-    seed: int = 0,
-    is_real: bool = False,
-) -> dict:
-    """Metrics of one set of clips (a setting, a baseline, a category of them, or the real clips with
-    ``is_real``). Keys: ``clips``, ``videos``, ``<metric>`` and ``<metric>_std`` for the per-clip metrics (x100),
-    ``fid``/``fvd`` with ``_ci_low``, ``_ci_high``, ``_boot_std`` and ``_eps_retry``."""
+def clip_summary(generated: list[ClipFeatures], real: dict[str, ClipFeatures], is_real: bool = False) -> dict:
+    """``clips``, ``videos`` and, per per-clip metric, ``<metric>`` and ``<metric>_std`` (x100; None when no clip has
+    it) of one set of clips (a setting, a category of it, or the real clips with ``is_real``)."""
     out: dict = {"clips": len(generated), "videos": len({c.video for c in generated})}
     per_clip = defaultdict(list)
     for clip in generated:
@@ -85,20 +81,67 @@ def summarize(
         values = per_clip.get(name)
         out[name] = float(np.mean(values)) if values else None
         out[f"{name}_std"] = float(np.std(values)) if values else None
-    for name in ("fid", "fvd"):
-        if is_real or not generated or getattr(generated[0], name) is None or len(generated) < 2:
-            continue
-        rows = [(real[c.key], c) for c in generated]
-        real_rows = np.concatenate([np.atleast_2d(getattr(r, name)) for r, _ in rows])
-        gen_rows = np.concatenate([np.atleast_2d(getattr(g, name)) for _, g in rows])
-        groups = np.concatenate([[g.video] * len(np.atleast_2d(getattr(g, name))) for _, g in rows])
-        out[name], out[f"{name}_eps_retry"] = _frechet(real_rows, gen_rows, frechet)
-        if bootstrap_samples:
-            interval = bootstrap_frechet(real_rows, gen_rows, groups, bootstrap_samples, confidence, seed)
-            out.update({f"{name}_ci_low": interval.low, f"{name}_ci_high": interval.high, f"{name}_boot_std": interval.std})
     return out
 
 
-def gt_scores(real: ClipFeatures) -> dict[str, float | None]:
-    """The real clip scored as if it were generated, against itself (RelSync 0.5 by definition)."""
-    return clip_scores(real, real)
+@dataclass
+class DistanceRows:
+    """The paired feature rows of one distance over a set of clips: ``real[i]`` and ``generated[i]`` are the same
+    frame (FID) or clip (FVD) of test video ``videos[i]`` (category ``categories[i]``)."""
+
+    real: np.ndarray  # (n, d)
+    generated: np.ndarray
+    videos: np.ndarray  # (n,)
+    categories: np.ndarray  # (n,)
+    rows_per_clip: int
+
+    def subset(self, category: str | None) -> "DistanceRows":
+        if category is None:
+            return self
+        keep = self.categories == category
+        return DistanceRows(self.real[keep], self.generated[keep], self.videos[keep], self.categories[keep], self.rows_per_clip)
+
+
+def distance_rows(generated: list[ClipFeatures], real: dict[str, ClipFeatures], name: str) -> DistanceRows | None:
+    """FID (``name="fid"``) or FVD rows of the clips (None when they lack that feature)."""
+    if not generated or any(getattr(c, name) is None or getattr(real[c.key], name) is None for c in generated):
+        return None
+    pairs = [(np.atleast_2d(getattr(real[c.key], name)), np.atleast_2d(getattr(c, name)), c) for c in generated]
+    return DistanceRows(
+        np.concatenate([r for r, _, _ in pairs]).astype(np.float32),
+        np.concatenate([g for _, g, _ in pairs]).astype(np.float32),
+        np.concatenate([[c.video] * len(g) for _, g, c in pairs]),
+        np.concatenate([[c.category] * len(g) for _, g, c in pairs]),
+        len(pairs[0][1]),
+    )
+
+
+def frechet(rows: DistanceRows, method: str) -> tuple[float, bool]:
+    """(distance, whether the official 1e-6 retry was needed) by ``sqrtm`` (the official recipe, from float64
+    moments) or ``eigen`` (the same distance by symmetric eigenproblems). Raises :class:`FrechetUndefinedError`
+    where the official recipe fails, and ``ValueError`` for fewer than 2 clips."""
+    if len(rows.real) < 2 * rows.rows_per_clip:
+        raise ValueError(f"a distance needs at least 2 clips, got {len(rows.real) // rows.rows_per_clip}")
+    if method == "eigen":
+        return weighted_frechet_distance(rows.real, rows.generated, np.ones(len(rows.real))), False
+    a, b = FeatureMoments.of(rows.real), FeatureMoments.of(rows.generated)
+    result = frechet_distance(a.mean, a.cov, b.mean, b.cov)
+    return result.value, result.eps_retry
+
+
+def clips_for_full_rank(dim: int, rows_per_clip: int) -> int:
+    """Clips whose feature rows make a full-rank (unbiased) covariance of ``dim`` dimensions: more rows than
+    dimensions (FID: 187 clips of 11 frames for 2048 dimensions; FVD: 401 clips for 400)."""
+    return -(-(dim + 1) // rows_per_clip)
+
+
+def undefined_reason(name: str, rows: int, dim: int, rows_per_clip: int, error: BaseException) -> str:
+    """Why a distance is undefined, in words a person can act on."""
+    label = LABELS[name]
+    unit = "frame features" if rows_per_clip > 1 else "clip features"
+    if isinstance(error, FrechetUndefinedError) and rows <= dim:
+        return (f"{label} undefined: {rows} {unit} for {dim} dimensions; the official recipe needs more clips (a full-rank covariance "
+                f"needs at least {clips_for_full_rank(dim, rows_per_clip)} clips) ({error})")  # fmt: skip
+    if isinstance(error, (FrechetUndefinedError, ValueError, np.linalg.LinAlgError)):
+        return f"{label} undefined: {error} ({rows} {unit} for {dim} dimensions)"
+    return f"{label} undefined: its computation failed: {type(error).__name__}: {str(error)[:300]}"

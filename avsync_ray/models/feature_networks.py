@@ -4,7 +4,10 @@
   ``pytorch_fid.inception.fid_inception_v3`` builds it (torchvision's Inception v3 with 1008 classes, no aux head,
   and pytorch-fid's FID blocks) but loading the state dict from a path with ``torch.load(weights_only=True)``
   instead of a URL; its output is the 2048-d final average pool (pytorch-fid's block 3), without pytorch-fid's
-  internal resize and scaling (the evaluation protocol prepares the input).
+  internal resize and scaling (the evaluation protocol prepares the input). Its BatchNorm either uses the
+  weights' running statistics (eval mode, pytorch-fid's standard) or normalises each forward with that forward's
+  own batch statistics (``batch_statistics=True``): ASVA's ``eval.py`` never puts its FID Inception in eval mode,
+  so its features depend on which frames share a forward (:mod:`avsync_ray.metrics.protocol` says which).
 - FVD: StyleGAN-V's TorchScript I3D (``i3d_torchscript.pt``), called as ``i3d(video, rescale=..., resize=...,
   return_features=True)`` for the 400-d pre-softmax features.
 
@@ -49,11 +52,16 @@ def _fid_inception_v3() -> torchvision.models.Inception3:
 
 class FIDInception(nn.Module):
     """(b, 3, H, W) images in [-1, 1] -> (b, 2048) pool features (pytorch-fid's ``InceptionV3`` block 3 with
-    ``resize_input=False, normalize_input=False``, which is the network ASVA's evaluation wraps)."""
+    ``resize_input=False, normalize_input=False``, which is the network ASVA's evaluation wraps).
 
-    def __init__(self, inception: torchvision.models.Inception3):
+    ``batch_statistics``: every BatchNorm normalises with the statistics of the batch it is given, as a module in
+    train mode does (ASVA's evaluation), but never updates the stored running statistics; otherwise BatchNorm uses
+    the running statistics (eval mode). Either way the module stays frozen: ``train()`` changes nothing."""
+
+    def __init__(self, inception: torchvision.models.Inception3, batch_statistics: bool = False):
         super().__init__()
         self.inception = inception
+        self.batch_statistics = batch_statistics
         names = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2",
                  "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a",
                  "Mixed_7b", "Mixed_7c", "avgpool")  # fmt: skip
@@ -67,7 +75,13 @@ class FIDInception(nn.Module):
         return x.flatten(1)
 
     def train(self, mode: bool = True) -> "FIDInception":
-        return super().train(False)  # a frozen feature extractor (BatchNorm statistics must stay fixed)
+        super().train(False)  # frozen: the stored running statistics never change
+        if self.batch_statistics:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.train(True)  # normalise by the batch's statistics ...
+                    module.track_running_stats = False  # ... and leave the stored ones as loaded
+        return self
 
 
 def _read_state_dict(path: Path, field: str, what: str) -> dict:
@@ -82,15 +96,16 @@ def _read_state_dict(path: Path, field: str, what: str) -> dict:
     return state
 
 
-def load_fid_inception(path: str | Path, field: str = "features.fid_inception") -> FIDInception:
-    """The FID Inception with the weights at ``path`` (pytorch-fid's key layout), frozen, in eval mode."""
+def load_fid_inception(path: str | Path, field: str = "features.fid_inception", batch_statistics: bool = False) -> FIDInception:
+    """The FID Inception with the weights at ``path`` (pytorch-fid's key layout), frozen; its BatchNorm uses the
+    running statistics, or each forward's batch statistics with ``batch_statistics`` (see :class:`FIDInception`)."""
     net = _fid_inception_v3()
     state = _read_state_dict(Path(path), field, FID_WEIGHTS_NAME)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise FeatureNetworkError(f"{field}: {path} is not pytorch-fid's FID Inception state dict: {str(exc)[:400]}") from None
-    return FIDInception(net)
+    return FIDInception(net, batch_statistics)
 
 
 def load_i3d(path: str | Path, field: str = "features.i3d") -> torch.jit.ScriptModule:
