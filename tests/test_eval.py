@@ -1,6 +1,8 @@
 """``avsync eval`` on Ray Data end to end (tiny model, tiny feature networks): a sweep writes the tables, plots,
-per-clip table and nested MLflow runs; a rerun regenerates nothing and reuses the real-clip features; a deleted
-clip is the only one regenerated; other settings in the same folder and bad weight files are refused up front."""
+per-clip table and nested MLflow runs; a rerun regenerates and rescores nothing and reuses the real-clip features;
+a deleted clip is the only one regenerated; other settings in the same folder and bad weight files are refused up
+front; a setting whose every clip fails is reported undefined and the command exits 1 after writing everything;
+the summary's Ray tasks give the serial numbers; a driver killed mid-generation on S3 resumes exactly."""
 
 from __future__ import annotations
 
@@ -48,6 +50,10 @@ def first_run(eval_setup, ray_session):
     return json.loads(summary), out
 
 
+def _flat(metrics: dict) -> dict:
+    return {(setting, name): value for setting, values in metrics.items() for name, value in values.items() if value is not None}
+
+
 def _config(eval_setup, out, *extra) -> EvalConfig:
     values = {"model": eval_setup["model"], "test": eval_setup["shards"], "output": str(out), "sweep.audio_guidance_scale": [1.0, 4.0]}
     return load_config(EvalConfig, "eval", overrides=[*eval_setup["overrides"], *extra], values=values)
@@ -86,14 +92,19 @@ def test_the_sweeps_nested_runs_come_back_as_comparable_rows(first_run, eval_set
 def test_a_rerun_regenerates_only_missing_clips_and_reuses_real_features(first_run, eval_setup):
     summary, out = first_run
     clips = sorted((out / "generated" / "audio_guidance_scale-4.0").glob("*.mp4"))
-    kept = {p: p.stat().st_mtime_ns for p in clips[1:]}
+    written = {p: p.stat().st_mtime_ns for p in (out / "generated").glob("*/*") if p.suffix in (".mp4", ".npz")}
+    assert len(written) == 2 * 18  # an mp4 and a feature file per clip and setting
     clips[0].unlink()  # as if the run had been killed before writing it
     again = run_eval(_config(eval_setup, out))
     assert again["generated"] == {"audio_guidance_scale-1.0": 0, "audio_guidance_scale-4.0": 1, "baseline-static": 0}
     assert again["real_features_cached"] and clips[0].exists()
-    assert {p: p.stat().st_mtime_ns for p in clips[1:]} == kept
-    static, before = again["metrics"]["baseline-static"], summary["metrics"]["baseline-static"]
-    assert {k: v for k, v in static.items() if v is not None} == pytest.approx({k: v for k, v in before.items() if v is not None}, rel=1e-5)
+    redone = {clips[0], clips[0].with_name(clips[0].name.replace(".mp4", ".features.npz"))}
+    assert {p: p.stat().st_mtime_ns for p in written if p not in redone} == {p: t for p, t in written.items() if p not in redone}
+    once_more = run_eval(_config(eval_setup, out))  # nothing to make or score: only the summary again
+    assert once_more["generated"] == {name: 0 for name in again["generated"]} and once_more["real_features_cached"]
+    assert _flat(once_more["metrics"]) == pytest.approx(_flat(again["metrics"]), rel=1e-9)
+    static = {k: v for k, v in _flat(again["metrics"]).items() if k[0] == "baseline-static"}
+    assert static == pytest.approx({k: v for k, v in _flat(summary["metrics"]).items() if k[0] == "baseline-static"}, rel=1e-5)
 
 
 def test_other_settings_and_bad_weights_are_refused_before_any_work(first_run, eval_setup, tmp_path):
@@ -103,3 +114,96 @@ def test_other_settings_and_bad_weights_are_refused_before_any_work(first_run, e
     with pytest.raises(FeatureNetworkError, match="features.i3d"):
         run_eval(_config(eval_setup, tmp_path / "fresh", f"features.i3d={tmp_path / 'missing.pt'}"))
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_setting_whose_clips_all_fail_is_undefined_and_the_command_exits_1(eval_setup, ray_session, tmp_path):
+    """``generate_actor.device=cuda`` on a machine without one: every model clip fails, the static baseline (which
+    needs no model) is scored; everything is written and logged, the model's metrics are undefined with the
+    reason, and the exit code is 1. Without the baseline nothing can be scored: exit 1, no MLflow run."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    args = ["eval", eval_setup["model"], eval_setup["shards"], "--set", "max_videos=1", "--set", "generate_actor.device=cuda"]
+    overrides = [item for o in eval_setup["overrides"] if not o.startswith("max_videos") for item in ("--set", o)]
+    tracking = f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}"
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "some"), *overrides, "--set", tracking])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout[result.stdout.rindex('{\n  "output"') :])
+    assert summary["metrics"]["baseline-static"]["fvd"] is not None and summary["metrics"]["model"]["fvd"] is None
+    reason = summary["undefined"]["model"]["fvd"]
+    assert reason.startswith("FVD undefined: all 3 of its clips failed (3 generation_error") and "DeviceError" in reason
+    assert "error: eval: undefined metrics (model: FVD, IA, IT, RelSync, AlignSync), e.g. FVD undefined: all 3" in result.stderr
+    assert "undefined" in (tmp_path / "some" / "report" / "report.md").read_text() and summary["mlflow_run_id"]
+    table = pq.read_table(tmp_path / "some" / "per_clip.parquet").to_pylist()
+    assert sum("DeviceError" in r["error"] for r in table if r["variant"] == "model") == 3
+
+    alone = [item for o in eval_setup["overrides"] if not o.startswith(("max_videos", "baselines")) for item in ("--set", o)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "none"), *alone, "--set", f"tracking.uri=sqlite:///{tmp_path / 'none.db'}"])
+    assert result.exit_code == 1 and "error: eval: no generated clip could be scored: all 3 of its clips failed" in result.stderr
+    assert '"output"' not in result.stdout and not (tmp_path / "none.db").exists()  # no MLflow run of nothing
+    assert len(pq.read_table(tmp_path / "none" / "per_clip.parquet")) == 3
+
+
+def test_the_summary_tasks_give_the_serial_numbers(ray_session, tmp_path):
+    from test_eval_logic import _feature_files
+
+    from avsync_ray.evaluation.batch import RayRunner
+    from avsync_ray.evaluation.statistics import SerialRunner, SummaryOptions, summarize_evaluation
+
+    real = _feature_files(tmp_path / "real", 12, 3, 3, fid_scale=1.0, seed=0)
+    settings = {name: _feature_files(tmp_path / name, 12, 3, 3, fid_scale=scale, seed=seed) for name, scale, seed in (("a", 1.2, 1), ("b", 0.9, 2))}
+    settings["gone"] = [str(tmp_path / "gone.features.npz")]
+    options = SummaryOptions(["fid", "fvd", "ia", "relsync"], "sqrtm", bootstrap_samples=20, min_videos=10, block=6)
+    serial = summarize_evaluation(real, settings, options, SerialRunner())
+    tasks = summarize_evaluation(real, settings, options, RayRunner())
+    assert serial.settings["a"]["fid_ci_high"] > serial.settings["a"]["fid_ci_low"] > 0
+    assert tasks.settings["gone"]["undefined"] == serial.settings["gone"]["undefined"]  # the task's own error, in one line
+    assert serial.settings["gone"]["undefined"]["fid"].startswith("FID undefined: its clips' features could not be read: FileNotFoundError")
+    for name in ("a", "b"):
+        for ours, theirs in [(tasks.settings[name], serial.settings[name]), *zip(tasks.categories[name].values(), serial.categories[name].values())]:
+            assert (ours.pop("undefined"), ours.pop("notes")) == (theirs.pop("undefined"), theirs.pop("notes"))
+            assert ours == pytest.approx(theirs, rel=1e-9)
+
+
+@pytest.mark.slow  # two evaluations, one in a process of its own: about 2 min on 2 CPUs
+def test_a_driver_killed_mid_generation_on_s3_resumes_exactly(eval_setup, ray_session, s3_server, tmp_path):
+    """SIGKILL the driver (a process of its own, joined to this session's Ray) once some clips are on S3; the rerun
+    makes exactly the missing clips, leaves the others' objects alone, and its summary sees every clip and feature
+    file the actors wrote (listed afresh after the job, not from a cached listing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from avsync_ray.faults import ENV_VAR as FAULTS_ENV_VAR
+    from avsync_ray.storage import filesystem, list_files
+
+    out = f"{s3_server}/eval-killed"
+    folder = f"{out}/generated/model"
+    overrides = [o for o in eval_setup["overrides"] if not o.startswith(("baselines", "tracking"))]
+    overrides += ["baselines=[]", "generate_batch_size=1", f"ray.address={ray_session.get_runtime_context().gcs_address}",
+                  f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}"]  # fmt: skip
+    command = [sys.executable, "-m", "avsync_ray", "eval", eval_setup["model"], eval_setup["shards"], "--out", out,
+               *(item for o in overrides for item in ("--set", o))]  # fmt: skip
+    env = {**os.environ, FAULTS_ENV_VAR: json.dumps({"slow_clip_s": 3.0})}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list_files(folder, ".mp4")) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait(timeout=60)
+    assert driver.returncode == -signal.SIGKILL
+    time.sleep(5)  # the job's actors end with their driver
+    fs, _ = filesystem(out)
+    kept = {uri: fs.info(uri)["ETag"] for uri in list_files(folder, ".mp4")}
+    assert 2 <= len(kept) < 6 and not list_files(f"{out}/report")
+
+    values = {"model": eval_setup["model"], "test": eval_setup["shards"], "output": out}
+    resumed = run_eval(load_config(EvalConfig, "eval", overrides=[o for o in overrides if not o.startswith("ray.address")], values=values))
+    assert resumed["reused"] == {"model": len(kept)} and resumed["generated"] == {"model": 6 - len(kept)}
+    assert {uri: fs.info(uri)["ETag"] for uri in kept} == kept and len(list_files(folder, ".mp4")) == 6
+    assert resumed["clips"] == 6 and resumed["metrics"]["model"]["fvd"] is not None
+    table = pq.read_table(fs.open(f"{out}/per_clip.parquet")).to_pylist()
+    assert sum(r["variant"] == "model" and not r["error"] and r["relsync"] is not None for r in table) == 6

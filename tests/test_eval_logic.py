@@ -12,7 +12,7 @@ import torch
 
 from avsync_ray.config.base import ConfigError, load_config
 from avsync_ray.config.evaluate import EvalConfig
-from avsync_ray.evaluation.clips import ROW_FIELDS, eval_video_rows, from_bytes, video_clips
+from avsync_ray.evaluation.clips import ROW_FIELDS, eval_video_rows, video_clips
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
 from avsync_ray.evaluation.plan import (
     EvalInput,
@@ -98,6 +98,23 @@ def test_a_folder_with_clips_of_other_settings_is_refused(tmp_path):
     with pytest.raises(EvalOutputError, match="sampling differ"):
         claim_setting_folders(str(tmp_path), [other])
     assert json.loads((tmp_path / "generated" / "model" / "setting.json").read_text()) == record
+
+
+def test_which_clips_exist_is_listed_afresh_on_s3(s3_server):
+    """The driver lists a setting's folder before the job and again after its actors wrote: the second listing must
+    not come from the filesystem instance's cache."""
+    import boto3
+
+    from avsync_ray.evaluation.plan import folder_state
+
+    folder = f"{s3_server}/fresh/generated/model"
+    client = boto3.client("s3")
+    client.put_object(Bucket="avsync-test", Key="fresh/generated/model/a_clip-00.mp4", Body=b"mp4")
+    assert folder_state(folder).videos == {"a_clip-00"}
+    for name in ("a_clip-00.features.npz", "a_clip-01.mp4", "a_clip-01.mp4.tmp-0123abcd"):  # written by other processes
+        client.put_object(Bucket="avsync-test", Key=f"fresh/generated/model/{name}", Body=b"x")
+    state = folder_state(folder)
+    assert state.videos == {"a_clip-00", "a_clip-01"} and state.features == {"a_clip-00": f"{folder}/a_clip-00.features.npz"}
 
 
 def _jobs(synthetic_shards, settings, count=2, generate=lambda key: True):
@@ -352,7 +369,7 @@ def test_an_undefined_distance_leaves_every_other_metric(tmp_path):
                                                                          "recipe needs more clips (a full-rank covariance needs at least 33 clips)")  # fmt: skip
     assert model["fvd"] > 0 and model["fvd_ci_low"] < model["fvd_ci_high"] and model["fvd_boot_std"] > 0  # 30 clips for 16 dimensions
     assert all(model[m] is not None for m in ("ia", "it", "relsync", "alignsync")) and model["clips"] == 30 and model["videos"] == 10
-    assert summary.undefined() == [f"model: {model['undefined']['fid']}"]
+    assert summary.undefined() == {"model": {"fid": model["undefined"]["fid"]}}
     assert set(summary.categories["model"]) == {"category0", "category1"} and summary.categories["model"]["category0"]["fvd"] > 0
     assert summary.gt["relsync"] == pytest.approx(50.0) and len(summary.per_clip["gt"]) == len(summary.per_clip["model"]) == 30
 

@@ -39,6 +39,7 @@ from avsync_ray.evaluation.scoring import ClipScorer, check_feature_networks
 from avsync_ray.evaluation.statistics import SummaryOptions, summarize_evaluation
 from avsync_ray.evaluation.sync_eval import SyncEvaluator, eval_spec, summarize
 from avsync_ray.metrics.protocol import clip_seed, fid_batch_statistics
+from avsync_ray.metrics.video_metrics import LABELS
 from avsync_ray.models.feature_networks import FID_FEATURE_DIM, FVD_FEATURE_DIM
 from avsync_ray.nested import content_id
 from avsync_ray.pipelines.loading import check_pipeline_folder
@@ -251,8 +252,10 @@ def run_eval(config: EvalConfig) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     if undefined := summary.undefined():
-        raise IncompleteResultError(f"eval: {len(undefined)} metric(s) undefined, everything else is written to {config.output}: "
-                                    f"{'; '.join(undefined)}", result)  # fmt: skip
+        which = "; ".join(f"{name}: {', '.join(LABELS[m] for m in metrics)}" for name, metrics in undefined.items())
+        example = next(iter(next(iter(undefined.values())).values()))
+        raise IncompleteResultError(f"eval: undefined metrics ({which}), e.g. {example}; everything else is written to {config.output} "
+                                    "(every reason in report/report.md)", result)  # fmt: skip
     return result
 
 

@@ -169,9 +169,9 @@ class EvaluationSummary:
     gt: dict
     per_clip: dict[str, list[dict]] = field(default_factory=dict)  # setting (and "gt") -> per-clip scores
 
-    def undefined(self) -> list[str]:
-        """Every undefined metric of a setting's overall row, as ``setting: reason``."""
-        return [f"{name}: {reason}" for name, summary in self.settings.items() for reason in summary["undefined"].values()]
+    def undefined(self) -> dict[str, dict[str, str]]:
+        """The undefined metrics of each setting's overall row (setting -> metric -> reason; settings with none left out)."""
+        return {name: summary["undefined"] for name, summary in self.settings.items() if summary["undefined"]}
 
 
 def _empty_summary(metrics: list[str], reason: str) -> dict:
