@@ -1,6 +1,7 @@
 """Clips per second of ``avsync eval`` on Ray Data against a serial per-clip loop like the official scripts
 (``animation_gen.py`` then ``animation_eval.py``: batch 1, one clip at a time, generate, write the mp4, read it
-back, run each feature network on it), in the same process, and the Ray Data job's scaling with actors.
+back, run each feature network on it), in the same process, and the Ray Data job's scaling with actors; and
+(``--statistics``) the summary's statistics run serially in this process against the same steps as Ray tasks.
 
 Both paths do the same work on the same clips: decode the real clips, generate, encode, decode, score real and
 generated clips with every network of ``--metrics``. CPU: the tiny pipeline and tiny random feature networks
@@ -8,6 +9,14 @@ generated clips with every network of ``--metrics``. CPU: the tiny pipeline and 
 
     python benchmarks/bench_eval.py --videos 4 --steps 5 --actors 1 2
     python benchmarks/bench_eval.py --preset full --device cuda --videos 8 --steps 50 --size 256 --actors 1 2
+
+    python benchmarks/bench_eval.py --statistics --settings 2 --clips 450 --categories 15 --samples 32
+
+``--statistics`` writes random feature files shaped like the paper's test set (``--clips`` clips of 11 FID frames of
+2048 dimensions and a 400-d FVD vector, 3 clips per video, ``--categories`` categories) for ``--settings`` settings,
+then times the summary (FID and FVD overall and per category with ``frechet``, ``--samples`` bootstrap replicates)
+with :class:`~avsync_ray.evaluation.statistics.SerialRunner` and with Ray tasks, and checks they give the same
+numbers.
 
 ``--preset full`` saves the full-size AVSyncD architecture with random weights (SD1.5-sized UNet and VAE, a
 CLIP-L-sized text encoder, ImageBind-huge's audio branch) as the model; the feature networks stay the small random
@@ -22,13 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from timing import report
 
-from avsync_ray.config.base import load_config
+from avsync_ray.config.base import RayConfig, load_config
 from avsync_ray.config.evaluate import EvalConfig
 from avsync_ray.evaluation.batch import run_eval
-from avsync_ray.evaluation.clips import eval_clip_rows, from_bytes
+from avsync_ray.evaluation.clips import eval_video_rows, video_clips
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
 from avsync_ray.evaluation.plan import list_eval_inputs, plan_settings
 from avsync_ray.evaluation.scoring import FeatureNetworks, read_generated
@@ -41,24 +51,70 @@ from avsync_ray.synth import synthesize_shards
 
 
 def serial_loop(config: EvalConfig) -> int:
-    """The official scripts' structure: every clip alone, generation first, then each clip's features."""
+    """The official scripts' structure: every clip alone, generation first, then each clip's features (a test
+    video's real clips in one FID forward, as ``eval.py``)."""
     setting = plan_settings(config)[0]
     settings = {setting.name: {"kind": setting.kind, "sampling": setting.sampling.model_dump()}}
     folder = {setting.name: f"{config.output}/generated/{setting.name}"}
     generator = ClipGenerator(config.model, config.tracking.uri, config.generate_actor, settings, 1, folder)
-    networks = FeatureNetworks(config.features, config.metrics, torch.device(config.feature_actor.device if config.feature_actor.num_gpus else "cpu"))
+    device = torch.device(config.feature_actor.device if config.feature_actor.num_gpus else "cpu")
+    networks = FeatureNetworks(config.features, config.metrics, device, config.protocol)
     items, _ = list_eval_inputs(config)
     sampling = config.sampling
     clips = 0
     for item in items:
-        for gt in eval_clip_rows(item.to_row(), sampling.num_frames, sampling.fps, (sampling.height, sampling.width), config.clips_per_video):
-            job = generation_row(gt, setting.name, clip_seed(sampling.seed, gt["video"], gt["clip"]))
-            path = generator({k: [v] for k, v in job.items()})["path"][0]
-            frames, audio = read_generated(path, sampling.num_frames, sampling.fps)
-            networks.clip_features([(float_frames(from_bytes(gt["frames"])), from_bytes(gt["audio"]), gt["category"])], config.protocol)
-            networks.clip_features([(float_frames(frames), audio, gt["category"])], config.protocol)
-            clips += 1
+        for video in eval_video_rows(item.to_row(), sampling.num_frames, sampling.fps, (sampling.height, sampling.width), config.clips_per_video):
+            real = video_clips(video)
+            networks.clip_features([[(float_frames(c["frames"]), c["audio"], video["category"]) for c in real]])
+            for clip in real:
+                job = generation_row(clip, video, setting.name, clip_seed(sampling.seed, video["video"], clip["clip"]), generate=True)
+                path = generator({k: [v] for k, v in job.items()})["path"][0]
+                frames, audio = read_generated(path, sampling.num_frames, sampling.fps, config.protocol)
+                networks.clip_features([[(float_frames(frames), audio, video["category"])]])
+                clips += 1
     return clips
+
+
+def write_feature_files(folder: Path, clips: int, categories: int, seed: int, scale: float) -> list[str]:
+    """Random feature files shaped like real ones: 11 x 2048 FID rows (non-negative, as pool features are) and 400 FVD."""
+    from avsync_ray.metrics.video_metrics import ClipFeatures
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    uris = []
+    for index in range(clips):
+        video, clip = divmod(index, 3)
+        key = f"video{video:04d}_clip-{clip:02d}"
+        features = ClipFeatures(key, f"video{video:04d}", f"category{video % categories}", np.abs(rng.normal(0, scale, (11, 2048))).astype(np.float32),
+                                rng.normal(0, scale, 400).astype(np.float32), rng.uniform(0, 0.3, 12), rng.uniform(0, 0.3, 12), float(rng.normal()), clip)  # fmt: skip
+        (folder / f"{key}.features.npz").write_bytes(features.to_bytes())
+        uris.append(str(folder / f"{key}.features.npz"))
+    return uris
+
+
+def bench_statistics(args, work: Path) -> dict:
+    from avsync_ray.evaluation.batch import RayRunner
+    from avsync_ray.evaluation.statistics import SerialRunner, SummaryOptions, summarize_evaluation
+    from avsync_ray.metrics.video_metrics import DISTANCE_METRICS
+
+    real = write_feature_files(work / "real", args.clips, args.categories, 0, 1.0)
+    settings = {f"setting-{i}": write_feature_files(work / f"setting-{i}", args.clips, args.categories, i + 1, 1.0 + 0.1 * i) for i in range(args.settings)}
+    options = SummaryOptions(["fid", "fvd", "ia"], args.frechet, args.samples, min_videos=2)
+    init_ray(RayConfig(num_cpus=os.cpu_count(), progress_bars=False))
+    start = time.perf_counter()
+    serial = summarize_evaluation(real, settings, options, SerialRunner())
+    serial_s = time.perf_counter() - start
+    start = time.perf_counter()
+    tasks = summarize_evaluation(real, settings, options, RayRunner())
+    tasks_s = time.perf_counter() - start
+    numbers = [(s[k], t[k]) for name in settings for s, t in [(serial.settings[name], tasks.settings[name]),
+               *zip(serial.categories[name].values(), tasks.categories[name].values())] for k in s if isinstance(s[k], float)]  # fmt: skip
+    largest = max(abs(a - b) / max(abs(a), 1e-12) for a, b in numbers)
+    distances = len(settings) * len(DISTANCE_METRICS) * (1 + args.categories)
+    return {"device": f"cpu ({os.cpu_count()} cores)", "settings": args.settings, "clips": args.clips, "categories": args.categories,
+            "bootstrap_samples": args.samples, "frechet": args.frechet, "distances": distances, "serial_s": serial_s, "tasks_s": tasks_s,
+            "speedup": serial_s / tasks_s, "largest_relative_difference": largest,
+            "undefined": {n: list(s["undefined"]) for n, s in serial.settings.items() if s["undefined"]}}  # fmt: skip
 
 
 def save_full_pipeline(folder: Path) -> None:
@@ -87,10 +143,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: each actor pool gets a GPU share")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--out")
+    parser.add_argument("--statistics", action="store_true", help="time the summary's statistics instead (serial vs Ray tasks)")
+    parser.add_argument("--settings", type=int, default=2)
+    parser.add_argument("--clips", type=int, default=450)
+    parser.add_argument("--categories", type=int, default=15)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--frechet", choices=["sqrtm", "eigen"], default="sqrtm")
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
+    if args.statistics:
+        report({**bench_statistics(args, work), "load_average": os.getloadavg()}, args.out)
+        return
     synthesize_shards(work / "shards", "test", args.videos, seed=1)
     if args.preset == "full":
         save_full_pipeline(work / "model")
@@ -137,7 +202,7 @@ def main() -> None:
         "clips_per_s_ray": {str(k): v for k, v in rates.items()},
         "speedup_vs_serial": {str(k): v / serial_rate for k, v in rates.items()},
     }
-    report(result, args.out)
+    report({**result, "load_average": os.getloadavg()}, args.out)
 
 
 if __name__ == "__main__":

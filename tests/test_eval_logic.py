@@ -216,7 +216,7 @@ def test_official_fid_features_equal_the_official_recipe_at_any_batching(synthet
     from test_feature_networks import pytorch_fid_inception_v3
 
     from avsync_ray.config.base import ActorConfig
-    from avsync_ray.evaluation.clips import features_from_bytes, row
+    from avsync_ray.evaluation.clips import row
     from avsync_ray.evaluation.scoring import ClipScorer, read_generated
     from avsync_ray.media import encode_mp4
     from avsync_ray.metrics.protocol import float_frames
@@ -238,7 +238,7 @@ def test_official_fid_features_equal_the_official_recipe_at_any_batching(synthet
     def score(batches: list[list[dict]]) -> dict[str, np.ndarray]:
         scorer = ClipScorer({"fid_inception": str(weights)}, ["fid"], "official", ActorConfig(num_gpus=0), frames, fps, str(tmp_path / "real"))
         uris = [uri for batch in batches for uri in scorer(_scorer_rows(batch))["features"]]
-        return {features.key: features.fid for features in (features_from_bytes(open(uri, "rb").read()) for uri in uris)}
+        return {features.key: features.fid for features in (ClipFeatures.from_bytes(open(uri, "rb").read()) for uri in uris)}
 
     together = score([[generated[0], videos[0], generated[1], videos[1]]])
     alone = score([[r] for r in (videos[1], generated[1], videos[0], generated[0])])
@@ -324,16 +324,14 @@ def test_generated_mp4s_are_read_as_the_official_loader_reads_them(tmp_path):
 
 
 def test_a_clips_feature_file_round_trips():
-    from avsync_ray.evaluation.clips import features_from_bytes, features_to_bytes
-
     rng = np.random.default_rng(0)
     clip = ClipFeatures("v_clip-01", "v", "dog barking", rng.normal(size=(11, 8)).astype(np.float32), rng.normal(size=400).astype(np.float32),
                         rng.normal(size=12).astype(np.float32), None, 0.25, 1, 2.5)  # fmt: skip
-    back = features_from_bytes(features_to_bytes(clip))
+    back = ClipFeatures.from_bytes(clip.to_bytes())
     assert (back.key, back.video, back.category, back.sync, back.clip, back.start, back.it) == ("v_clip-01", "v", "dog barking", 0.25, 1, 2.5, None)
     for name in ("fid", "fvd", "ia"):
         assert np.array_equal(getattr(back, name), getattr(clip, name)) and getattr(back, name).dtype == np.float32
-    assert features_from_bytes(features_to_bytes(ClipFeatures("k", "v", "c", None, None, None, None, None))).sync is None
+    assert ClipFeatures.from_bytes(ClipFeatures("k", "v", "c", None, None, None, None, None).to_bytes()).sync is None
 
 
 # ------------------------------------------------------------------------------------------------ the summary
@@ -341,8 +339,6 @@ def test_a_clips_feature_file_round_trips():
 
 def _feature_files(folder, videos: int, clips: int, categories: int, fid_scale: float, seed: int) -> list[str]:
     """Feature files of ``videos`` x ``clips`` clips (2 FID frames of 64 dimensions each, 16-d FVD features)."""
-    from avsync_ray.evaluation.clips import features_to_bytes
-
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     uris = []
@@ -351,7 +347,7 @@ def _feature_files(folder, videos: int, clips: int, categories: int, fid_scale: 
             key = f"video{v:02d}_clip-{c:02d}"
             clip = ClipFeatures(key, f"video{v:02d}", f"category{v % categories}", (np.abs(rng.normal(size=(2, 64))) * fid_scale).astype(np.float32),
                                 rng.normal(size=16).astype(np.float32), rng.uniform(0, 0.3, 12), rng.uniform(0, 0.3, 12), float(rng.normal()), c, 2.0 * c)  # fmt: skip
-            (folder / f"{key}.features.npz").write_bytes(features_to_bytes(clip))
+            (folder / f"{key}.features.npz").write_bytes(clip.to_bytes())
             uris.append(str(folder / f"{key}.features.npz"))
     return uris
 

@@ -1,6 +1,5 @@
-"""The evaluation clips of the test videos, as the official evaluation samples them (reference §5.5, §8.2), the
-rows the evaluation job passes between its stages, and the per-clip feature files (pure data preparation and
-(de)serialisation: no Ray, no model).
+"""The evaluation clips of the test videos, as the official evaluation samples them (reference §5.5, §8.2), and
+the rows the evaluation job passes between its stages (pure data preparation: no Ray, no model).
 
 Each test video (a shard sample, or a raw file with its own audio track) gives ``clips_per_video`` clips at
 ``linspace(0, duration - 2, n)``: 12 frames at 6 fps by the official "next frame" rule, trimmed to the model's
@@ -22,7 +21,6 @@ from avsync_ray.examples import SAMPLE_ERRORS, ClipSource, avsyncd_clip, clip_so
 from avsync_ray.media import TARGET_SAMPLE_RATE, load_audio, probe
 from avsync_ray.media.frames import to_uint8_frames
 from avsync_ray.metrics.protocol import clip_starts
-from avsync_ray.metrics.video_metrics import ClipFeatures
 from avsync_ray.shards import VIDEO_MEMBER, iter_samples
 
 # The columns every row of the evaluation job has (arrays travel as .npy bytes, so every block has one schema).
@@ -106,19 +104,3 @@ def first_frame_uint8(frames: np.ndarray) -> np.ndarray:
     """The image the model animates: the clip's first frame, as uint8 (the official script's PIL conversion)."""
     return to_uint8_frames(frames[:1])[0]
 
-
-def features_to_bytes(features: ClipFeatures) -> bytes:
-    """A clip's feature file (``.features.npz``): every feature computed, its identity and its place in the video."""
-    arrays = {name: getattr(features, name) for name in ("fid", "fvd", "ia", "it") if getattr(features, name) is not None}
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays, sync=np.float64(np.nan if features.sync is None else features.sync), clip=np.int64(features.clip),
-             start=np.float64(features.start), key=np.str_(features.key), video=np.str_(features.video), category=np.str_(features.category))  # fmt: skip
-    return buffer.getvalue()
-
-
-def features_from_bytes(data: bytes) -> ClipFeatures:
-    with np.load(io.BytesIO(data), allow_pickle=False) as saved:
-        sync = float(saved["sync"])
-        return ClipFeatures(str(saved["key"]), str(saved["video"]), str(saved["category"]),
-                            *(saved[name] if name in saved else None for name in ("fid", "fvd", "ia", "it")),
-                            None if sync != sync else sync, int(saved["clip"]), float(saved["start"]))  # fmt: skip

@@ -24,7 +24,7 @@ import torch
 from avsync_ray.config.base import ActorConfig
 from avsync_ray.config.evaluate import FeatureNetworksConfig
 from avsync_ray.devices import resolve_device, torch_dtype
-from avsync_ray.evaluation.clips import features_to_bytes, video_clips
+from avsync_ray.evaluation.clips import video_clips
 from avsync_ray.evaluation.plan import GT, features_uri
 from avsync_ray.media import TARGET_SAMPLE_RATE, MediaError, MediaErrorReason, decode, microsecond_timestamps, waveform_to_mel
 from avsync_ray.metrics.protocol import (
@@ -194,7 +194,7 @@ class ClipScorer:
         if forwards:
             for row, values in zip(scored, self.networks.clip_features(forwards)):
                 features = ClipFeatures(row["key"], row["video"], row["category"], **values, clip=int(row["clip"]), start=float(row["start"]))
-                write_bytes_atomic(row["features"], features_to_bytes(features))
+                write_bytes_atomic(row["features"], features.to_bytes())
         return {name: [row.get(name, "") for row in out] for name in SCORE_FIELDS}
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from avsync_ray.evaluation.clips import features_from_bytes
 from avsync_ray.metrics.frechet import bootstrap_counts, bootstrap_replicates, percentile_interval
 from avsync_ray.metrics.video_metrics import (
     DISTANCE_METRICS,
@@ -93,7 +92,7 @@ def read_features(uris: list[str]) -> list[ClipFeatures]:
     fs, _ = filesystem(uris[0])
     paths = [filesystem(uri)[1] for uri in uris]
     data = fs.cat(paths)
-    return [features_from_bytes(data[path]) for path in paths]
+    return [ClipFeatures.from_bytes(data[path]) for path in paths]
 
 
 def load_real(uris: list[str]) -> dict[str, ClipFeatures]:

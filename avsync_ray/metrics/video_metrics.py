@@ -15,6 +15,7 @@ are fewer feature vectors than dimensions (:func:`clips_for_full_rank` says how 
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -45,6 +46,22 @@ class ClipFeatures:
     clip: int = 0  # its index in the test video
     start: float = 0.0  # its start in the test video (s)
 
+    def to_bytes(self) -> bytes:
+        """The clip's feature file (``.npz``): every feature computed, its identity and its place in the video."""
+        arrays = {name: getattr(self, name) for name in ("fid", "fvd", "ia", "it") if getattr(self, name) is not None}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays, sync=np.float64(np.nan if self.sync is None else self.sync), clip=np.int64(self.clip),
+                 start=np.float64(self.start), key=np.str_(self.key), video=np.str_(self.video), category=np.str_(self.category))  # fmt: skip
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ClipFeatures":
+        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+            sync = float(saved["sync"])
+            return cls(str(saved["key"]), str(saved["video"]), str(saved["category"]),
+                       *(saved[name] if name in saved else None for name in ("fid", "fvd", "ia", "it")),
+                       None if sync != sync else sync, int(saved["clip"]), float(saved["start"]))  # fmt: skip
+
 
 def clip_scores(generated: ClipFeatures, real: ClipFeatures) -> dict[str, float | None]:
     """IA, IT, RelSync and AlignSync of one generated clip against its real clip (fractions)."""
@@ -57,7 +74,7 @@ def clip_scores(generated: ClipFeatures, real: ClipFeatures) -> dict[str, float 
         s_gen, s_ref = torch.tensor([generated.sync]), torch.tensor([real.sync])
         scores["relsync"] = float(relsync(s_gen, s_ref)[0])
         if generated.ia is not None and real.ia is not None:
-            ia_gen = torch.from_numpy(np.asarray(generated.ia, dtype=np.float64))[None]
+            ia_gen = torch.tensor(generated.ia, dtype=torch.float64)[None]  # a copy: arrays from Ray's object store are read-only
             scores["alignsync"] = float(alignsync(s_gen.double(), s_ref.double(), ia_gen, torch.tensor([float(real.ia[0])], dtype=torch.float64))[0])
     return scores
 
