@@ -38,8 +38,8 @@ from timing import report
 from avsync_ray.config.base import RayConfig, load_config
 from avsync_ray.config.evaluate import EvalConfig
 from avsync_ray.evaluation.batch import run_eval
-from avsync_ray.evaluation.clips import eval_video_rows, video_clips
-from avsync_ray.evaluation.generation import ClipGenerator, generation_row
+from avsync_ray.evaluation.clips import eval_video_rows, generation_row, video_clips
+from avsync_ray.evaluation.generation import ClipGenerator
 from avsync_ray.evaluation.plan import list_eval_inputs, plan_settings
 from avsync_ray.evaluation.scoring import FeatureNetworks, read_generated
 from avsync_ray.metrics.protocol import clip_seed, float_frames

@@ -12,8 +12,8 @@ import torch
 
 from avsync_ray.config.base import ConfigError, load_config
 from avsync_ray.config.evaluate import EvalConfig
-from avsync_ray.evaluation.clips import ROW_FIELDS, eval_video_rows, video_clips
-from avsync_ray.evaluation.generation import ClipGenerator, generation_row
+from avsync_ray.evaluation.clips import ROW_FIELDS, eval_video_rows, generation_row, video_clips
+from avsync_ray.evaluation.generation import ClipGenerator
 from avsync_ray.evaluation.plan import (
     EvalInput,
     EvalOutputError,
@@ -98,6 +98,33 @@ def test_a_folder_with_clips_of_other_settings_is_refused(tmp_path):
     with pytest.raises(EvalOutputError, match="sampling differ"):
         claim_setting_folders(str(tmp_path), [other])
     assert json.loads((tmp_path / "generated" / "model" / "setting.json").read_text()) == record
+
+
+def test_a_rerun_plans_only_what_storage_lacks(synthetic_shards, monkeypatch):
+    from avsync_ray.evaluation import clips as clips_module
+    from avsync_ray.evaluation.clips import StoredClips, clip_jobs
+
+    item = EvalInput(shard=shard_urls(str(synthetic_shards["root"]), "test")[0], take=2).to_row()
+    config = _config(**{"sampling.height": 64, "sampling.width": 64}).model_dump(mode="json")
+    seeds = {"model": 0, "baseline-static": 0}
+    first, second = [[f"{r['video']}_clip-{k:02d}" for k in range(3)] for r in eval_video_rows(item, 12, 6.0, (64, 64), 3)]
+    nothing = StoredClips(frozenset(), {name: frozenset() for name in seeds}, {name: frozenset() for name in seeds})
+    jobs = clip_jobs(item, config, seeds, nothing)
+    assert sum(j["variant"] == "gt" for j in jobs) == 2 and sum(j["generate"] for j in jobs) == 2 * 3 * 2  # a real row per video
+    every = frozenset(first + second)
+    # The first video is done; of the second, the real features are stored, one model clip has its mp4 but no features, one has neither.
+    stored = StoredClips(every, {"model": every - {second[2]}, "baseline-static": every},
+                         {"model": frozenset([*first, second[0]]), "baseline-static": every})  # fmt: skip
+    decoded, original = [], clips_module.avsyncd_clip
+
+    def counting(raw, source, start, **kwargs):
+        decoded.append(start)
+        return original(raw, source, start, **kwargs)
+
+    monkeypatch.setattr(clips_module, "avsyncd_clip", counting)
+    jobs = clip_jobs(item, config, seeds, stored)
+    assert [(j["key"], j["variant"], j["generate"]) for j in jobs] == [(second[1], "model", False), (second[2], "model", True)]
+    assert len(decoded) == 3 and not jobs[0]["image"] and jobs[1]["image"]  # only the second video is decoded; conditioning only to generate
 
 
 def test_which_clips_exist_is_listed_afresh_on_s3(s3_server):

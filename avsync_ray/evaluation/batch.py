@@ -9,7 +9,6 @@ import re
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,12 +20,11 @@ from avsync_ray.batch_jobs import ActorStage, BatchJob, log_batch_run, shard_sam
 from avsync_ray.config.base import save_config
 from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
 from avsync_ray.errors import IncompleteResultError, WorkFailedError
-from avsync_ray.evaluation.clips import eval_video_rows, video_clips
-from avsync_ray.evaluation.generation import ClipGenerator, generation_row
+from avsync_ray.evaluation.clips import StoredClips, clip_jobs
+from avsync_ray.evaluation.generation import ClipGenerator
 from avsync_ray.evaluation.plan import (
     GT,
     claim_setting_folders,
-    clip_key,
     clip_uri,
     folder_state,
     list_eval_inputs,
@@ -38,7 +36,7 @@ from avsync_ray.evaluation.report import report_header, write_report
 from avsync_ray.evaluation.scoring import ClipScorer, check_feature_networks
 from avsync_ray.evaluation.statistics import SummaryOptions, summarize_evaluation
 from avsync_ray.evaluation.sync_eval import SyncEvaluator, eval_spec, summarize
-from avsync_ray.metrics.protocol import clip_seed, fid_batch_statistics
+from avsync_ray.metrics.protocol import fid_batch_statistics
 from avsync_ray.metrics.video_metrics import LABELS
 from avsync_ray.models.feature_networks import FID_FEATURE_DIM, FVD_FEATURE_DIM
 from avsync_ray.nested import content_id
@@ -74,45 +72,6 @@ def run_eval_sync(config: EvalSyncConfig, out: str | None = None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ avsync eval
-
-
-@dataclass(frozen=True)
-class _Done:
-    """What storage already holds when the job starts (keys of clips): real features, generated mp4s, and
-    generated clips with their mp4 and features."""
-
-    real: frozenset[str]
-    made: dict[str, frozenset[str]]
-    scored: dict[str, frozenset[str]]
-
-
-def _clip_jobs(item: dict, config: dict, seeds: dict[str, int], done: _Done) -> list[dict]:
-    """``expand`` of the eval job: an input item -> the real row of each test video whose real features are not
-    all stored, and a row per clip and setting whose mp4 or features are missing (``seeds``: setting -> its base
-    seed). A video with nothing missing is not even decoded."""
-    sampling = config["sampling"]
-
-    def keys(video: str) -> list[str]:
-        return [clip_key(video, index) for index in range(config["clips_per_video"])]
-
-    def wanted(video: str) -> bool:
-        return any(k not in done.real or any(k not in done.scored[name] for name in seeds) for k in keys(video))
-
-    size = (sampling["height"], sampling["width"])
-    jobs = []
-    for video_row in eval_video_rows(item, sampling["num_frames"], sampling["fps"], size, config["clips_per_video"], wanted):
-        if video_row["error"]:
-            jobs.append(video_row)
-            continue
-        clips = video_clips(video_row)
-        if any(clip["key"] not in done.real for clip in clips):
-            jobs.append(video_row)
-        for name, base in seeds.items():
-            for clip in clips:
-                if clip["key"] not in done.scored[name]:
-                    seed = base if config["clip_seeds"] == "shared" else clip_seed(base, video_row["video"], clip["clip"])
-                    jobs.append(generation_row(clip, video_row, name, seed, generate=clip["key"] not in done.made[name]))
-    return jobs
 
 
 class RayRunner:
@@ -174,8 +133,8 @@ def run_eval(config: EvalConfig) -> dict:
     folders = {s.name: join_uri(config.output, "generated", s.name) for s in settings}
     before = {name: folder_state(uri) for name, uri in folders.items()}
     real_before = folder_state(real_folder)
-    done = _Done(frozenset(real_before.features), {n: frozenset(b.videos) for n, b in before.items()},
-                 {n: frozenset(b.videos & set(b.features)) for n, b in before.items()})  # fmt: skip
+    stored = StoredClips(frozenset(real_before.features), {n: frozenset(b.videos) for n, b in before.items()},
+                         {n: frozenset(b.videos & set(b.features)) for n, b in before.items()})  # fmt: skip
 
     generator = ActorStage(
         ClipGenerator,
@@ -192,7 +151,7 @@ def run_eval(config: EvalConfig) -> dict:
     )  # fmt: skip
     job = BatchJob(
         items=[item.to_row() for item in items],
-        expand=functools.partial(_clip_jobs, config=config.model_dump(mode="json"), seeds={s.name: s.sampling.seed for s in settings}, done=done),
+        expand=functools.partial(clip_jobs, config=config.model_dump(mode="json"), seeds={s.name: s.sampling.seed for s in settings}, stored=stored),
         stages=[generator, scorer],
         ray_config=config.ray,
     )  # fmt: skip

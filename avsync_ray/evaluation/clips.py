@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from avsync_ray.evaluation.plan import GT, clip_key
 from avsync_ray.examples import SAMPLE_ERRORS, ClipSource, avsyncd_clip, clip_source
 from avsync_ray.media import TARGET_SAMPLE_RATE, load_audio, probe
 from avsync_ray.media.frames import to_uint8_frames
-from avsync_ray.metrics.protocol import clip_starts
+from avsync_ray.metrics.protocol import clip_seed, clip_starts
 from avsync_ray.shards import VIDEO_MEMBER, iter_samples
 
 # The columns every row of the evaluation job has (arrays travel as .npy bytes, so every block has one schema).
@@ -104,3 +105,47 @@ def first_frame_uint8(frames: np.ndarray) -> np.ndarray:
     """The image the model animates: the clip's first frame, as uint8 (the official script's PIL conversion)."""
     return to_uint8_frames(frames[:1])[0]
 
+
+
+def generation_row(clip: dict, video_row: dict, setting: str, seed: int, generate: bool) -> dict:
+    """The job row of one clip (from :func:`video_clips` of ``video_row``) in one setting: its conditioning image and
+    audio when it is to be generated, no frames."""
+    conditioning = {"image": to_bytes(first_frame_uint8(clip["frames"])), "audio": to_bytes(clip["audio"])} if generate else {}
+    return row(key=clip["key"], video=video_row["video"], clip=clip["clip"], start=clip["start"], category=video_row["category"],
+               variant=setting, seed=seed, generate=generate, **conditioning)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StoredClips:
+    """What storage held when the job started (clip keys): real features, and per setting the generated mp4s and
+    the generated clips with both their mp4 and their features."""
+
+    real: frozenset[str]
+    made: dict[str, frozenset[str]]
+    scored: dict[str, frozenset[str]]
+
+
+def clip_jobs(item: dict, config: dict, seeds: dict[str, int], stored: StoredClips) -> list[dict]:
+    """``expand`` of the eval job: an input item -> the real row of each test video whose real features are not all
+    stored, and a row per clip and setting whose mp4 or features are missing (``seeds``: setting -> its base seed;
+    ``config``: the run's config as JSON). A video with nothing missing is not even decoded."""
+    sampling, per_video = config["sampling"], config["clips_per_video"]
+
+    def wanted(video: str) -> bool:
+        keys = [clip_key(video, index) for index in range(per_video)]
+        return any(k not in stored.real or any(k not in stored.scored[name] for name in seeds) for k in keys)
+
+    jobs = []
+    for video_row in eval_video_rows(item, sampling["num_frames"], sampling["fps"], (sampling["height"], sampling["width"]), per_video, wanted):
+        if video_row["error"]:
+            jobs.append(video_row)
+            continue
+        clips = video_clips(video_row)
+        if any(clip["key"] not in stored.real for clip in clips):
+            jobs.append(video_row)
+        for name, base in seeds.items():
+            for clip in clips:
+                if clip["key"] not in stored.scored[name]:
+                    seed = base if config["clip_seeds"] == "shared" else clip_seed(base, video_row["video"], clip["clip"])
+                    jobs.append(generation_row(clip, video_row, name, seed, generate=clip["key"] not in stored.made[name]))
+    return jobs

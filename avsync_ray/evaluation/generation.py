@@ -18,7 +18,7 @@ from avsync_ray import faults
 from avsync_ray.config.base import ActorConfig
 from avsync_ray.config.sampling import SamplingConfig
 from avsync_ray.devices import resolve_device
-from avsync_ray.evaluation.clips import first_frame_uint8, from_bytes, row as job_row, to_bytes
+from avsync_ray.evaluation.clips import from_bytes
 from avsync_ray.evaluation.plan import GT, clip_uri
 from avsync_ray.media import TARGET_SAMPLE_RATE, encode_mp4
 from avsync_ray.pipelines.loading import load_pipeline
@@ -94,10 +94,3 @@ class ClipGenerator:
         for row, frames, audio in zip(rows, videos, audios):
             write_bytes_atomic(row["path"], encode_clip(np.asarray(frames), audio, sampling.fps))
 
-
-def generation_row(clip: dict, video_row: dict, setting: str, seed: int, generate: bool) -> dict:
-    """The job row of one clip (from :func:`~avsync_ray.evaluation.clips.video_clips` of ``video_row``) in one
-    setting: its conditioning image and audio when it is to be generated, no frames."""
-    conditioning = {"image": to_bytes(first_frame_uint8(clip["frames"])), "audio": to_bytes(clip["audio"])} if generate else {}
-    return job_row(key=clip["key"], video=video_row["video"], clip=clip["clip"], start=clip["start"], category=video_row["category"],
-               variant=setting, seed=seed, generate=generate, **conditioning)  # fmt: skip
