@@ -60,7 +60,9 @@ class BatchJob:
         if self.expand is not None:
             dataset = dataset.flat_map(self.expand)
         for stage in self.stages:
-            dataset = dataset.map_batches(
+            # Blocks of one batch each: an item's rows (a shard's clips) are spread over the pool's actors and flow to
+            # the next stage batch by batch, instead of travelling as one block that one actor works through alone.
+            dataset = dataset.repartition(target_num_rows_per_block=stage.batch_size).map_batches(
                 stage.cls, fn_constructor_kwargs=stage.kwargs, batch_size=stage.batch_size, **actor_placement(stage.actor)
             )
         return dataset.take_all()

@@ -7,8 +7,14 @@ Both paths do the same work on the same clips: decode the real clips, generate, 
 generated clips with every network of ``--metrics``. CPU: the tiny pipeline and tiny random feature networks
 (the FID Inception at its real size, whose layout fixes every shape).
 
-    python benchmarks/bench_eval.py --videos 4 --steps 5 --actors 1 2
-    python benchmarks/bench_eval.py --preset full --device cuda --videos 8 --steps 50 --size 256 --actors 1 2
+    python benchmarks/bench_eval.py --videos 4 --steps 5 --pools 1:1 1:2
+    python benchmarks/bench_eval.py --preset full --device cuda --videos 8 --steps 50 --size 256 --pools 1:1 2:2
+
+``--pools G:F`` runs the job with G generating and F feature actors. ``--start warm`` times both paths in this
+process after everything is imported (the serial loop's imports are then free, an actor's are not); ``--start
+cold`` times each path as a person runs it, from a fresh process: ``python`` running the serial loop (as the
+official scripts are run) against ``avsync eval`` joining the Ray this benchmark started (no ``ray start`` in the
+clock), so both pay their imports and network loading; ``both`` does both.
 
     python benchmarks/bench_eval.py --statistics --settings 2 --clips 450 --categories 15 --samples 32
 
@@ -26,7 +32,10 @@ ones (the FID Inception at its real size). On a GPU each actor pool gets half of
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +44,7 @@ import numpy as np
 import torch
 from timing import report
 
-from avsync_ray.config.base import RayConfig, load_config
+from avsync_ray.config.base import RayConfig, load_config, save_config
 from avsync_ray.config.evaluate import EvalConfig
 from avsync_ray.evaluation.batch import run_eval
 from avsync_ray.evaluation.clips import eval_video_rows, generation_row, video_clips
@@ -137,7 +146,8 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="actors per pool for the Ray Data runs")
+    parser.add_argument("--pools", nargs="+", default=["1:1", "1:2"], help="generating:feature actors of each Ray Data run")
+    parser.add_argument("--start", choices=["warm", "cold", "both"], default="both")
     parser.add_argument("--metrics", default="fid,fvd,ia,it,relsync,alignsync")
     parser.add_argument("--preset", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: each actor pool gets a GPU share")
@@ -149,8 +159,13 @@ def main() -> None:
     parser.add_argument("--categories", type=int, default=15)
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--frechet", choices=["sqrtm", "eigen"], default="sqrtm")
+    parser.add_argument("--serial-config", help=argparse.SUPPRESS)  # the cold serial run's child process
     args = parser.parse_args()
 
+    if args.serial_config:
+        torch.set_num_threads(os.cpu_count() or 2)
+        print(json.dumps({"clips": serial_loop(load_config(EvalConfig, "eval", path=args.serial_config))}))
+        return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     if args.statistics:
@@ -165,31 +180,49 @@ def main() -> None:
     torch.manual_seed(0)
     SyncClassifier(image_size=64, base_width=8).save_pretrained(work / "classifier")
     cpus = os.cpu_count() or 2
-
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
 
-    def config(out: str, actors: int) -> EvalConfig:
-        share = max(0.25, (cpus - 1) / (2 * actors))  # leave a CPU for the decode tasks
-        gpu_share = gpus / (2 * actors) if gpus else 0
+    def config(out: str, generating: int, scoring: int, address: str | None = None) -> EvalConfig:
+        actors = generating + scoring
+        share = max(0.25, (cpus - 1) / actors)  # leave a CPU for the decode tasks
+        gpu_share = gpus / actors if gpus else 0
+        pools = {"generate_actor": generating, "feature_actor": scoring}
         overrides = [*(f"features.{k}={v}" for k, v in networks.items()), f"features.sync_classifier={work / 'classifier'}",
                      f"metrics=[{args.metrics}]", f"sampling.height={args.size}", f"sampling.width={args.size}",
                      f"sampling.num_inference_steps={args.steps}", "bootstrap.samples=0", "frechet=eigen", "tracking.enabled=false",
-                     f"cache={work / out / 'cache'}", f"ray.num_cpus={cpus}", "ray.progress_bars=false",
-                     *(f"{a}.{k}" for a in ("generate_actor", "feature_actor") for k in (f"num_gpus={gpu_share}", f"num_cpus={share}",
-                                                                                          f"concurrency={actors}", f"dtype={args.dtype}"))]  # fmt: skip
+                     f"cache={work / out / 'cache'}", f"ray.num_cpus={cpus}", "ray.progress_bars=false", *([f"ray.address={address}"] if address else []),
+                     *(f"{a}.{k}" for a, n in pools.items() for k in (f"num_gpus={gpu_share}", f"num_cpus={share}", f"concurrency={n}", f"dtype={args.dtype}"))]  # fmt: skip
         return load_config(EvalConfig, "eval", overrides=overrides, values={"model": str(work / "model"), "test": str(work / "shards"),
                                                                              "output": str(work / out)})  # fmt: skip
 
-    torch.set_num_threads(cpus)
-    init_ray(config("ray", 1).ray)  # started before either clock runs
-    start = time.perf_counter()
-    clips = serial_loop(config("serial", 1))
-    serial_rate = clips / (time.perf_counter() - start)
-    rates = {}
-    for actors in args.actors:
+    def timed_process(command: list[str]) -> float:
         start = time.perf_counter()
-        summary = run_eval(config(f"ray-{actors}", actors))
-        rates[actors] = summary["clips"] / (time.perf_counter() - start)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        return time.perf_counter() - start
+
+    pools = [tuple(int(n) for n in pool.split(":")) for pool in args.pools]
+    torch.set_num_threads(cpus)
+    init_ray(config("ray", 1, 1).ray)  # started before any clock runs
+    clips = args.videos * 3
+    seconds: dict[str, dict[str, float]] = {}
+    if args.start in ("warm", "both"):
+        start = time.perf_counter()
+        clips = serial_loop(config("serial-warm", 1, 1))
+        seconds["warm"] = {"serial": time.perf_counter() - start}
+        for generating, scoring in pools:
+            start = time.perf_counter()
+            run_eval(config(f"ray-warm-{generating}-{scoring}", generating, scoring))
+            seconds["warm"][f"{generating}:{scoring}"] = time.perf_counter() - start
+    if args.start in ("cold", "both"):
+        import ray
+
+        address = ray.get_runtime_context().gcs_address
+        seconds["cold"] = {"serial": timed_process([sys.executable, __file__, "--serial-config", save_config(config("serial-cold", 1, 1), work / "serial.yaml")])}
+        for generating, scoring in pools:
+            out = f"ray-cold-{generating}-{scoring}"
+            path = save_config(config(out, generating, scoring, address), work / f"{out}.yaml")
+            seconds["cold"][f"{generating}:{scoring}"] = timed_process([sys.executable, "-m", "avsync_ray", "eval", str(work / "model"), str(work / "shards"),
+                                                                        "--out", str(work / out), "--config", path])  # fmt: skip
     result = {
         "device": torch.cuda.get_device_name() if gpus else f"cpu ({cpus} cores)",
         "preset": args.preset,
@@ -198,9 +231,9 @@ def main() -> None:
         "steps": args.steps,
         "size": args.size,
         "metrics": args.metrics,
-        "clips_per_s_serial": serial_rate,
-        "clips_per_s_ray": {str(k): v for k, v in rates.items()},
-        "speedup_vs_serial": {str(k): v / serial_rate for k, v in rates.items()},
+        "seconds": seconds,
+        "clips_per_s": {start: {path: clips / s for path, s in runs.items()} for start, runs in seconds.items()},
+        "speedup_vs_serial": {start: {path: runs["serial"] / s for path, s in runs.items() if path != "serial"} for start, runs in seconds.items()},
     }
     report({**result, "load_average": os.getloadavg()}, args.out)
 

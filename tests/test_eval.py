@@ -138,7 +138,7 @@ def test_a_setting_whose_clips_all_fail_is_undefined_and_the_command_exits_1(eva
 
     alone = [item for o in eval_setup["overrides"] if not o.startswith(("max_videos", "baselines")) for item in ("--set", o)]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "none"), *alone, "--set", f"tracking.uri=sqlite:///{tmp_path / 'none.db'}"])
-    assert result.exit_code == 1 and "error: eval: no generated clip could be scored: all 3 of its clips failed" in result.stderr
+    assert result.exit_code == 1 and "error: eval: no generated clip could be scored: all 3 generated clips failed (3 generation_error" in result.stderr
     assert '"output"' not in result.stdout and not (tmp_path / "none.db").exists()  # no MLflow run of nothing
     assert len(pq.read_table(tmp_path / "none" / "per_clip.parquet")) == 3
 

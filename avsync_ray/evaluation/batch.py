@@ -104,10 +104,12 @@ def _metric_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\- /]", "_", text)
 
 
-def _failure_text(failed: list[dict], total: int) -> str:
+def _failure_text(failed: list[dict], what: str) -> str:
+    """``all N <what> failed (counts by reason; an example)``."""
+    if not failed:
+        return f"none of the {what} was made"
     reasons = Counter(f["reason"].split(":", 1)[0] for f in failed)
-    example = failed[0]["reason"][:200] if failed else ""
-    return f"all {total} of its clips failed ({', '.join(f'{n} {r}' for r, n in reasons.most_common())}; e.g. {example})"
+    return f"all {len(failed)} {what} failed ({', '.join(f'{n} {r}' for r, n in reasons.most_common())}; e.g. {failed[0]['reason'][:200]})"
 
 
 def run_eval(config: EvalConfig) -> dict:
@@ -170,7 +172,7 @@ def run_eval(config: EvalConfig) -> dict:
     failed_by_setting = {name: [f for f in failed if f["variant"] == name] for name in folders}
     options = SummaryOptions(config.metrics, config.frechet, config.bootstrap.samples, config.bootstrap.confidence, config.bootstrap.seed,
                              config.bootstrap.min_videos)  # fmt: skip
-    no_clips = {name: _failure_text(f, len(f)) for name, f in failed_by_setting.items() if f and not scored[name]}
+    no_clips = {name: _failure_text(f, "of its clips") for name, f in failed_by_setting.items() if f and not scored[name]}
 
     provenance = {"protocol": config.protocol, "fid_batchnorm": "batch statistics" if fid_batch_statistics(config.protocol) else "running statistics",
                   "frechet": config.frechet, "networks": checksums, "test_set": test_set, "model": identity, "clips": len(real_state.features),
@@ -179,7 +181,7 @@ def run_eval(config: EvalConfig) -> dict:
     if not any(scored.values()):  # nothing to summarise: say why, keep the per-clip reasons, log nothing
         _write_outputs(config, _per_clip_table({}, failed, settings, folders), {"provenance": provenance, "skipped_videos": skipped_videos,
                                                                                   "failed_clips": failed}, None)  # fmt: skip
-        raise WorkFailedError(f"eval: no generated clip could be scored: {_failure_text(failed, len(failed))}; per-clip reasons in "
+        raise WorkFailedError(f"eval: no generated clip could be scored: {_failure_text(failed, 'generated clips')}; per-clip reasons in "
                               f"{join_uri(config.output, 'per_clip.parquet')}")  # fmt: skip
 
     setting_uris = {name: [after[name].features[k] for k in keys] for name, keys in scored.items()}
