@@ -81,9 +81,6 @@ class RayRunner:
     def __init__(self):
         self._remote: dict = {}
 
-    def put(self, value):
-        return ray.put(value)
-
     def submit(self, fn, *args, num_returns: int = 1):
         if fn not in self._remote:
             self._remote[fn] = ray.remote(num_cpus=1)(fn)

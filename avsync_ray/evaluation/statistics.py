@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from avsync_ray.evaluation.plan import GT
 from avsync_ray.metrics.frechet import bootstrap_counts, bootstrap_replicates, percentile_interval
 from avsync_ray.metrics.video_metrics import (
     DISTANCE_METRICS,
@@ -58,9 +59,6 @@ class SummaryOptions:
 
 class SerialRunner:
     """Runs each step at once in this process; a step's error is raised by :meth:`get`, as Ray raises a task's."""
-
-    def put(self, value):
-        return value
 
     def submit(self, fn: Callable, *args, num_returns: int = 1):
         try:
@@ -166,7 +164,7 @@ class EvaluationSummary:
     settings: dict[str, dict]  # setting -> its summary (``undefined``: metric -> reason; ``notes``: metric -> interval note)
     categories: dict[str, dict[str, dict]]  # setting -> category -> summary
     gt: dict
-    per_clip: dict[str, list[dict]] = field(default_factory=dict)  # setting (and "gt") -> per-clip scores
+    per_clip: dict[str, list[dict]] = field(default_factory=dict)  # setting (and GT) -> per-clip scores
 
     def undefined(self) -> dict[str, dict[str, str]]:
         """The undefined metrics of each setting's overall row (setting -> metric -> reason; settings with none left out)."""
@@ -242,7 +240,7 @@ def summarize_evaluation(
         summaries[name] = summary
         categories[name] = by_category
     per_clip = {name: view.per_clip for name, view in views.items()}
-    per_clip["gt"] = gt_rows
+    per_clip[GT] = gt_rows
     return EvaluationSummary({name: summaries[name] for name in setting_uris}, categories, gt_summary, per_clip)
 
 
