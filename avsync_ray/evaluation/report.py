@@ -113,9 +113,9 @@ def report_header(config, model_version, provenance: dict, summary, fid_dim: int
         f"`{config.protocol}` ({batchnorm}), Fréchet `{config.frechet}`, networks {json.dumps(provenance['networks'])}. IA, IT, AlignSync and "
         f"RelSync are x100 (mean ± std over clips); {interval}. A defined FID needs a full-rank covariance: at least "
         f"{clips_for_full_rank(fid_dim, frames - 1)} clips ({frames - 1} frame features of {fid_dim} dimensions each); FVD at least "
-        f"{clips_for_full_rank(fvd_dim, 1)} clips ({fvd_dim} dimensions); with fewer (here {smallest} per setting, and fewer per category) "
-        "the official sqrtm may fail (the metric is then undefined, with its reason below) and a value it gives is dominated by the missing "
-        "rank.\n"
+        f"{clips_for_full_rank(fvd_dim, 1)} clips ({fvd_dim} dimensions); with fewer, the official sqrtm may fail (the metric is then "
+        f"undefined, with its reason below) and a value it gives is dominated by the missing rank. This run has {smallest} clips per "
+        "setting (fewer per category).\n"
     )
 
 
