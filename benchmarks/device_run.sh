@@ -30,8 +30,10 @@ for step in "${steps[@]}"; do
           --out "${OUT:-/tmp}/bench_sync_${dtype}.json"
       done ;;
     eval)
-      python3 benchmarks/bench_eval.py --preset full --device cuda --dtype bfloat16 --videos 8 --steps 50 --size 256 --actors 1 2 \
-        --out "${OUT:-/tmp}/bench_eval_cuda.json" ;;
+      python3 benchmarks/bench_eval.py --preset full --device cuda --dtype bfloat16 --videos 8 --steps 50 --size 256 --pools 1:1 2:2 \
+        --out "${OUT:-/tmp}/bench_eval_cuda.json"
+      python3 benchmarks/bench_eval.py --statistics --settings 2 --clips 450 --categories 15 --samples 32 \
+        --out "${OUT:-/tmp}/bench_eval_statistics.json" ;;
     precompute)
       python3 benchmarks/bench_precompute.py --device cuda --dtype bfloat16 --samples 8 --windows 3 --out "${OUT:-/tmp}/bench_precompute_cuda.json" ;;
     serve)  # @serve.batch against batch size 1 at concurrency 8, full-size random weights
