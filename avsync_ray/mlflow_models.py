@@ -64,7 +64,7 @@ class AVSyncDPyfuncModel(mlflow.pyfunc.PythonModel):
                 seed = _cell(row, "seed")
                 settings = config.model_copy(update={"seed": int(seed)}) if seed is not None else config
                 out = check_output(_cell(row, "out") or "")
-                conditioning = load_conditioning(settings, image=_cell(row, "image"), audio=_cell(row, "audio"), video=_cell(row, "video"))
+                conditioning = load_conditioning(settings, image=_cell(row, "image"), audio=_cell(row, "audio"), video=_cell(row, "video"), limits=settings.limits)
                 frames, clip = generate(self.pipe, conditioning, _cell(row, "category") or "", settings)
                 write_animation(frames, clip, settings.fps, out)
                 results.append({"out": out, "error": None})

@@ -230,7 +230,7 @@ def test_a_sync_client_that_goes_away_cancels_its_job(client, app):
         ({"data": {"category": "dog barking"}, "files": {"image": ("a.png", png()), "audio": ("a.wav", wav(0.3))}}, 422, "too_short", "limits.min_audio_s"),
         ({"data": {"category": "dog barking"}, "files": {"video": ("v.mp4", mp4(6))}}, 422, "too_long", "limits.max_video_s"),
         ({"data": {"category": "dog barking"}, "files": {"video": ("v.mp4", mp4(3, size=352))}}, 413, "upload_too_large", "limits.max_video_pixels"),
-        ({"data": {"category": "dog barking"}, "files": {"video": ("v.mp4", mp4(3, audio=False))}}, 422, "unusable_media", "video: has no audio track"),
+        ({"data": {"category": "dog barking"}, "files": {"video": ("v.mp4", mp4(3, audio=False))}}, 422, "unusable_media", "video: no audio stream"),
         ({"data": {"category": "dog barking"}, "files": {"image": ("a.png", png()), "audio": ("a.wav", bytes(3 * 2**20))}}, 413, "upload_too_large", "limits.max_upload_mb"),
     ],
 )

@@ -220,7 +220,7 @@ def test_a_video_gives_both_inputs(media_dir):
         (dict(image="png", audio=b"\x00garbage" * 100), (415, "unsupported_media", "audio: corrupt")),
         (dict(image="png", audio="long wav"), (422, "too_long", "audio: lasts 9.0 s, longer than the limit of 8 s (limits.max_audio_s)")),
         (dict(image="png", audio="short wav"), (422, "too_short", "audio: its audio lasts 0.30 s, shorter than 0.5 s (limits.min_audio_s)")),
-        (dict(video="silent mp4"), (422, "unusable_media", "video: has no audio track")),
+        (dict(video="silent mp4"), (422, "unusable_media", "video: no audio stream")),
         (dict(video="large mp4"), (413, "upload_too_large", "video: 128x128 frames are 16,384 pixels, above the limit of 9,216 (limits.max_video_pixels)")),
         (dict(video="long mp4"), (422, "too_long", "video: lasts 6.0 s, longer than the limit of 5 s (limits.max_video_s)")),
         (dict(video="short mp4"), (422, "unusable_media", "video: out of range")),

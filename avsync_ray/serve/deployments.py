@@ -25,11 +25,11 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from avsync_ray.conditioning import Conditioning
+from avsync_ray.conditioning import Conditioning, ConditioningError, reading
 from avsync_ray.config.sampling import SamplingConfig
 from avsync_ray.config.serve import MODEL_DEPLOYMENTS, ServeAppArgs, ServeLimits
 from avsync_ray.devices import resolve_device
-from avsync_ray.media import DEFAULT_MEL, MediaError, encode_mp4
+from avsync_ray.media import DEFAULT_MEL, encode_mp4
 from avsync_ray.media.clips import ClipSamplingError
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
 from avsync_ray.pipelines.sampling import configure_pipeline, generate_batch, with_model_size
@@ -37,7 +37,7 @@ from avsync_ray.serve.api import build_api, configured_token_digest
 from avsync_ray.serve.jobs import JobBook
 from avsync_ray.serve.model_slot import ModelSlot
 from avsync_ray.serve.schemas import ApiError, GenerationRequest, GenerationResult, group_compatible, overloaded
-from avsync_ray.serve.uploads import SyncInputs, media_error
+from avsync_ray.serve.uploads import SyncInputs, api_error
 
 JOBS, INGRESS = "AnimationJobs", "AnimationIngress"
 MODEL, SCORER = MODEL_DEPLOYMENTS
@@ -303,15 +303,14 @@ class SyncScorer:
         from avsync_ray.metrics.pair_metrics import pair_metric
 
         try:
-            score = pair_metric("score", classifier, audio, video)["value"]
-        except MediaError as exc:
-            raise media_error("video", exc) from None
-        try:
-            psync = pair_metric("psync", classifier, audio, video)
-        except ClipSamplingError as exc:  # too short for three clips: the score stands, P_sync is not defined
-            return {"score": score, "psync": None, "psync_error": f"P_sync needs 2.5 s of audio and video: {exc}"}
-        except MediaError as exc:
-            raise media_error("video", exc) from None
+            with reading("video", video):
+                score = pair_metric("score", classifier, audio, video)["value"]
+                try:
+                    psync = pair_metric("psync", classifier, audio, video)
+                except ClipSamplingError as exc:  # too short for three clips: the score stands, P_sync is not defined
+                    return {"score": score, "psync": None, "psync_error": f"P_sync needs 2.5 s of audio and video: {exc}"}
+        except ConditioningError as exc:
+            raise api_error(exc) from None
         return {"score": score, "psync": {"a2v": psync["a2v"], "v2a": psync["v2a"]}, "psync_error": None}
 
 
