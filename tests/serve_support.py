@@ -1,5 +1,5 @@
-"""What the `avsync serve` tests share: small media made on the spot, a free loopback port, and one Serve app
-deployed on the session's Ray for a test module (shut down at its end)."""
+"""What the `avsync serve` tests share: small media made on the spot, a free loopback port, the ingress's HTTP app
+without Serve, and one Serve app deployed on the session's Ray for a test module (shut down at its end)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,26 @@ def serving(config, env_vars: dict[str, str] | None = None, timeout_s: float = 6
         yield serve_config
     finally:
         serve.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def ingress_client(settings, model=None, jobs=None, scorer=None):
+    """An HTTP client of the ingress's app, in this process and without Serve: one ``AnimationIngress`` built as a
+    replica builds it (``settings`` a ServeAppArgs; the handles are fakes with ``.method.remote(...)``), which the
+    routes find as they find their replica's instance."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import httpx
+
+    from avsync_ray.serve.ingress import AnimationIngress
+
+    class Ingress(AnimationIngress.func_or_class):
+        def __del__(self):  # the replica wrapper's is a coroutine that stops the app's lifespan, which only Serve starts
+            pass
+
+    ingress = Ingress.__new__(Ingress)
+    await ingress.__init__(settings.model_dump(mode="json"), model, jobs, scorer)
+    with mock.patch("ray.serve.get_replica_context", return_value=SimpleNamespace(servable_object=ingress)):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ingress.app), base_url="http://test") as client:
+            yield client

@@ -52,10 +52,11 @@ def published_schema() -> dict:
     """The OpenAPI schema the ingress publishes, built as it builds it (schemathesis needs it before the app runs:
     its pytest fixture loader does not work with this pytest); a test checks it is the live one."""
     from avsync_ray.config.serve import ServeAppArgs
-    from avsync_ray.serve.api import build_api, token_digest
+    from avsync_ray.serve.api import openapi_schema
     from avsync_ray.serve.app import app_args
+    from avsync_ray.serve.ingress import app
 
-    return build_api(ServeAppArgs(**app_args(app_config())), backend=None, token_sha256=token_digest(TOKEN)).openapi()
+    return openapi_schema(app, ServeAppArgs(**app_args(app_config())))
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
-from serve_support import mp4, png, wav
+from serve_support import ingress_client, mp4, png, wav
 
 from avsync_ray.config.base import ConfigError, load_config
 from avsync_ray.config.sampling import SamplingConfig
@@ -404,22 +405,25 @@ def test_avsync_serve_print_config_writes_the_serve_config(tmp_path):
 # ------------------------------------------------------------------------------------------------ HTTP layer
 
 
-class NoBackend:
-    async def models(self):
-        return []
+class Remote:
+    """A fake deployment handle: ``handle.method.remote(*args)`` awaits ``method(*args)``."""
 
-    async def frame_size(self):
-        return 64, 64
+    def __init__(self, **methods):
+        self.methods = methods
+
+    def __getattr__(self, name):
+        return SimpleNamespace(remote=self.methods[name])
+
+
+async def _frame_size():
+    return 64, 64
 
 
 def api_client(**limits):
-    import httpx
-
     from avsync_ray.config.serve import ServeAppArgs
-    from avsync_ray.serve.api import build_api
 
     settings = ServeAppArgs(limits=limits, categories=["dog barking", "</script><b>"])
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(settings, NoBackend(), None)), base_url="http://test")
+    return ingress_client(settings, model=Remote(frame_size=_frame_size))
 
 
 def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams():

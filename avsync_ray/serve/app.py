@@ -24,7 +24,8 @@ from avsync_ray.config.serve import (
     ServeDeployments,
 )
 from avsync_ray.errors import WorkFailedError
-from avsync_ray.serve.deployments import INGRESS, MODEL, SCORER, AnimationIngress, AnimationJobs, AVSyncDModel, SyncScorer
+from avsync_ray.serve.deployments import MODEL, SCORER, AnimationJobs, AVSyncDModel, SyncScorer
+from avsync_ray.serve.ingress import INGRESS, AnimationIngress
 from avsync_ray.tracking import is_registry_uri
 
 BUILDER = SERVE_BUILDER
