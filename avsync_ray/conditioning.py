@@ -36,6 +36,7 @@ _PROBLEM_OF_REASON = {
     MediaErrorReason.NO_VIDEO_STREAM: InputProblem.UNUSABLE,
     MediaErrorReason.OUT_OF_RANGE: InputProblem.UNUSABLE,
     MediaErrorReason.TOO_LARGE: InputProblem.TOO_LARGE,
+    MediaErrorReason.TOO_LONG: InputProblem.TOO_LONG,
 }  # every other reason: unreadable
 
 
@@ -62,21 +63,32 @@ def _refuse(field: str, source: Source, problem: InputProblem, what: str) -> Con
 
 
 @contextlib.contextmanager
-def reading(field: str, source: Source):
-    """A media error while reading ``source`` becomes the :class:`ConditioningError` of its field."""
+def reading(field: str, source: Source, too_long: str | None = None, too_large: str | None = None):
+    """A media error while reading ``source`` becomes the :class:`ConditioningError` of its field; a decode stopped
+    at a limit names the limit's setting (``too_long``, ``too_large``: e.g. ``limits.max_audio_s``)."""
     try:
         yield
     except MediaError as exc:
-        detail = f" ({exc.detail})" if exc.detail else ""
-        problem = _PROBLEM_OF_REASON.get(exc.reason, InputProblem.UNREADABLE)
-        raise _refuse(field, source, problem, f"{exc.reason.value.replace('_', ' ')}{detail}") from None
+        what = exc.reason.value.replace("_", " ")
+        setting = {MediaErrorReason.TOO_LONG: too_long, MediaErrorReason.TOO_LARGE: too_large}.get(exc.reason)
+        if setting:
+            what += f" ({setting})" + (f": {exc.detail}" if exc.detail else "")
+        elif exc.detail:
+            what += f" ({exc.detail})"
+        raise _refuse(field, source, _PROBLEM_OF_REASON.get(exc.reason, InputProblem.UNREADABLE), what) from None
 
 
 # ------------------------------------------------------------------------------------------------ the rules
 
 
+def given(source: Source | None) -> bool:
+    """Whether an input was given: a path or URI, or a file's bytes (an empty upload too, which is then refused)."""
+    return source is not None and (isinstance(source, (bytes, bytearray, memoryview)) or source != "")
+
+
 def check_combination(image: Source | None, audio: Source | None, video: Source | None) -> None:
     """An image and a sound, or a video (with at most one of them, which replaces its own)."""
+    image, audio, video = given(image), given(audio), given(video)
     if image and audio and video:
         raise ConditioningError(None, InputProblem.MISSING, "give at most two of image, audio and video (an image and a sound, "
                                 "or a video with at most one of them replacing its own), not all three")  # fmt: skip
@@ -86,13 +98,29 @@ def check_combination(image: Source | None, audio: Source | None, video: Source 
 
 
 def check_image(image: Source, limits: InputLimits) -> None:
-    """The image's size, from its header, is within ``limits.max_image_pixels``."""
-    with reading("image", image):
-        info = probe_image(image)
+    """The image's size, from its header, is within ``limits.max_image_pixels`` (a video gives its first frame)."""
+    with reading("image", image, too_large="limits.max_image_pixels"):
+        try:
+            info = probe_image(image)
+        except MediaError as not_an_image:
+            video = _video_as_image(image, limits)
+            if video is None:
+                raise not_an_image from None
+            info = video
     pixels = info.width * info.height
     if pixels > limits.max_image_pixels:
         raise _refuse("image", image, InputProblem.TOO_LARGE, f"{info.width}x{info.height} is {pixels:,} pixels, above the limit of "
                       f"{limits.max_image_pixels:,} (limits.max_image_pixels)")  # fmt: skip
+
+
+def _video_as_image(image: Source, limits: InputLimits):
+    """The frame size of a video given as the image (its first frame is the image), or None for a file that is no
+    video either."""
+    try:
+        info = probe(image, max_pixels=limits.max_image_pixels)
+    except MediaError:
+        return None
+    return info.video
 
 
 def _check_duration(field: str, source: Source, seconds: float | None, longest: float, setting: str) -> None:
@@ -110,7 +138,7 @@ def check_audio_length(field: str, source: Source, seconds: float | None, limits
 def check_audio(audio: Source, limits: InputLimits) -> MediaInfo:
     """An audio file (or a video whose track is the sound) has an audio track within the limits, from its header."""
     with reading("audio", audio):
-        info = probe(audio)
+        info = probe(audio, max_pixels=limits.max_video_pixels)
     if info.audio is None:
         raise _refuse("audio", audio, InputProblem.UNUSABLE, "no audio stream")
     seconds = info.audio.duration or info.duration
@@ -123,7 +151,7 @@ def check_video(video: Source, limits: InputLimits, need_audio: bool) -> MediaIn
     """A video has a video stream whose frames and length are within the limits, from its header, and, when its
     audio is the sound (``need_audio``), an audio track long enough."""
     with reading("video", video):
-        info = probe(video)
+        info = probe(video, max_pixels=limits.max_video_pixels)
     if info.video is None:
         raise _refuse("video", video, InputProblem.UNUSABLE, "no video stream")
     pixels = info.video.width * info.video.height
@@ -165,29 +193,33 @@ def load_conditioning(
 ) -> Conditioning:
     """The first frame and audio clip, following the official demo: ``image`` and ``audio`` files win;
     otherwise both come from the centred ``num_frames / fps``-second clip of ``video``. Every input is checked
-    against ``limits`` (default :class:`InputLimits`) and decoded here; audio too short for the mel front end is
-    refused. Each input is a URI or the file's bytes. Raises :class:`ConditioningError`."""
+    against ``limits`` (default :class:`InputLimits`) from its header, then decoded here with the same limits
+    counted on what is decoded, so a header that lies costs no more than an honest file at the limit; audio too
+    short for the mel front end is refused. Each input is a URI or the file's bytes. Raises
+    :class:`ConditioningError`."""
     limits = limits or InputLimits()
     check_combination(image, audio, video)
     if config.height is None or config.width is None:
         raise InputError("the output size is not set: use with_model_size(config, model) or set height and width")
-    if image:
+    image, audio, video = (source if given(source) else None for source in (image, audio, video))
+    if image is not None:
         check_image(image, limits)
-    if audio:
+    if audio is not None:
         check_audio(audio, limits)
     clip_seconds = config.num_frames / config.fps
     source: dict = {name: value and source_name(value) for name, value in (("image", image), ("audio", audio), ("video", video))}
     clip = None
-    if video and not (image and audio):
-        start = _clip_start(check_video(video, limits, need_audio=not audio), clip_seconds)
-        with reading("video", video):
-            clip = decode(video, fps=config.fps, start=start, end=start + clip_seconds, video=not image, audio=not audio, frame_selection="next")
+    if video is not None and not (image is not None and audio is not None):
+        start = _clip_start(check_video(video, limits, need_audio=audio is None), clip_seconds)
+        with reading("video", video, too_long="limits.max_video_s", too_large="limits.max_video_pixels"):
+            clip = decode(video, fps=config.fps, start=start, end=start + clip_seconds, video=image is None, audio=audio is None, frame_selection="next",
+                          max_seconds=limits.max_video_s, max_pixels=limits.max_video_pixels)  # fmt: skip
         source["clip_start_s"] = start
-    with reading("image", image):
-        first_frame = load_image(image) if image else clip.frames[0]
-    with reading("audio", audio):
-        waveform = np.asarray(load_audio(audio) if audio else clip.audio, dtype=np.float32)
-    field, sound = ("audio", audio) if audio else ("video", video)
+    with reading("image", image, too_large="limits.max_image_pixels"):
+        first_frame = load_image(image, max_pixels=limits.max_image_pixels) if image is not None else clip.frames[0]
+    with reading("audio", audio, too_long="limits.max_audio_s"):
+        waveform = np.asarray(load_audio(audio, max_seconds=limits.max_audio_s) if audio is not None else clip.audio, dtype=np.float32)
+    field, sound = ("audio", audio) if audio is not None else ("video", video)
     seconds = len(waveform) / DEFAULT_MEL.sample_rate
     check_audio_length(field, sound, seconds, limits)
     shortest = DEFAULT_MEL.frame_length_ms / 1000

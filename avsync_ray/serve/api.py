@@ -3,6 +3,7 @@ the app's settings, the OpenAPI schema those bounds go into, bearer-token checks
 errors (every 4xx is ``{error, message}``) and the page. :mod:`avsync_ray.serve.ingress` puts them together."""
 
 # No ``from __future__ import annotations``: FastAPI reads the form's signature.
+import functools
 import hashlib
 import hmac
 import importlib.resources
@@ -16,11 +17,14 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from avsync_ray.config.base import ConfigError
 from avsync_ray.config.sampling import SchedulerName
@@ -29,7 +33,7 @@ from avsync_ray.serve.schemas import ApiError, ErrorBody
 
 logger = logging.getLogger("ray.serve")
 MAX_SEED = 2**32 - 1
-ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 415, 422, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
 VIDEO_RESPONSE = {200: {"content": {"video/mp4": {}}, "description": "the mp4 (H.264 with the AAC audio muxed in)"}}
 ANIMATIONS, ANIMATIONS_SYNC = "/v1/animations", "/v1/animations:sync"
 UPLOAD = "image: PNG, JPEG, ...; audio: any format FFmpeg reads; video: its centred clip gives what is missing"
@@ -110,15 +114,44 @@ def _body_schema(schema: dict, path: str) -> dict:
     return schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
 
 
+# Which uploads each multipart route takes, as JSON Schema: what the server enforces besides each field's type.
+# An animation takes an image and a sound, or a video (with at most one of them, replacing its own).
+_ANIMATION_UPLOADS = {"anyOf": [{"required": ["image", "audio"]}, {"required": ["video"]}], "not": {"required": ["image", "audio", "video"]}}
+UPLOAD_RULES = {ANIMATIONS: _ANIMATION_UPLOADS, ANIMATIONS_SYNC: _ANIMATION_UPLOADS, "/v1/sync-score": {"required": ["video"]}}
+
+
+def _drop_null(prop: dict) -> None:
+    """A multipart field is sent or left out, never null: drop the null alternative of an optional field's schema."""
+    kinds = [kind for kind in prop.pop("anyOf", []) if kind != {"type": "null"}]
+    if len(kinds) == 1:
+        prop.update(kinds[0])
+    elif kinds:
+        prop["anyOf"] = kinds
+
+
 def openapi_schema(app: FastAPI, settings: ServeAppArgs) -> dict:
     """The OpenAPI schema of ``app`` as a deployment with ``settings`` serves it: FastAPI's schema of the routes,
-    with the fields of each animation form (:func:`animation_forms`) bounded and described by ``settings``."""
+    with the fields of each animation form (:func:`animation_forms`) bounded and described by ``settings``, the
+    upload rules of each multipart route (:data:`UPLOAD_RULES`), and bearer auth only where the server asks for it."""
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     for path, fields in animation_forms(settings).items():
         properties = fields.model_json_schema()["properties"]
         for prop in properties.values():
             prop.pop("default", None)  # a missing field takes the server's default, which the description states
         _body_schema(schema, path)["properties"].update(properties)
+    for path, rule in UPLOAD_RULES.items():
+        body = _body_schema(schema, path)
+        for prop in body["properties"].values():
+            _drop_null(prop)
+        body["required"] = sorted(set(body.get("required", [])) | set(rule.get("required", [])))
+        body.update({key: value for key, value in rule.items() if key != "required"})
+    if settings.auth.token_env is None:  # an open server: no route asks for a token, none answers 401 or 403
+        schema["components"].pop("securitySchemes", None)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.pop("security", None)
+                for status in ("401", "403"):
+                    operation.get("responses", {}).pop(status, None)
     return schema
 
 
@@ -217,10 +250,24 @@ async def _invalid(request: Request, exc: RequestValidationError):
     return error_response(422, "invalid_request", _validation_message(exc))
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers at the request's path (Starlette's own 405 names only those of
+    the first route whose path matches)."""
+    routes = request.app.router.routes
+    return [m for m in _METHODS if any(route.matches({**request.scope, "method": m})[0] is Match.FULL for route in routes)]
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException):
     code = "upload_too_large" if exc.status_code == 413 else HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
     message = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase else f"{request.method} {request.url.path}: {code.replace('_', ' ')}"
-    return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        headers, message = {"Allow": ", ".join(allowed)}, f"{message}; {request.url.path} answers {', '.join(allowed)}"
+    return error_response(exc.status_code, code, message, headers)
 
 
 async def _unexpected(request: Request, exc: Exception):
@@ -250,11 +297,33 @@ def public_settings(settings: ServeAppArgs) -> dict:
     }
 
 
-def page(settings: ServeAppArgs) -> str:
-    """The web page with this app's settings in it."""
-    html = (importlib.resources.files("avsync_ray.serve") / "static" / "index.html").read_text()
+@functools.cache
+def _page_template() -> str:
+    return (importlib.resources.files("avsync_ray.serve") / "static" / "index.html").read_text()
+
+
+def page(settings: ServeAppArgs, random_init_model: bool = False) -> str:
+    """The web page with this app's settings in it; ``random_init_model``: the model served is a preset with
+    random weights (the page says its clips are noise)."""
+    settings_json = json.dumps({**public_settings(settings), "random_init_model": random_init_model})
     # "<\/" keeps any "</script>" inside a category name from closing the page's script.
-    return html.replace("/*SERVER_SETTINGS*/null", json.dumps(public_settings(settings)).replace("</", "<\\/"))
+    return _page_template().replace("/*SERVER_SETTINGS*/null", settings_json.replace("</", "<\\/"))
+
+
+# Swagger UI's files, served by the app itself (from the pinned fastapi-offline package): /docs works with no
+# network, as on an air-gapped cluster.
+DOCS_ASSETS = "/docs/assets"
+
+
+def docs_assets() -> StaticFiles:
+    return StaticFiles(directory=str(importlib.resources.files("fastapi_offline") / "static"))
+
+
+def docs_page(title: str) -> HTMLResponse:
+    """Swagger UI over ``/openapi.json``, every file of it from :data:`DOCS_ASSETS`."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{title} - Swagger UI", swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                               swagger_ui_parameters={"validatorUrl": None})  # fmt: skip  (no badge from the online validator)
 
 
 def video_response(mp4: bytes, view: dict) -> Response:

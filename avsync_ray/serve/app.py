@@ -62,7 +62,7 @@ def build_app(args: dict):
     tiny = ModelSourceConfig(source=f"{PRESET_PREFIX}tiny").model_dump()
     jobs = AnimationJobs.bind(settings.limits.model_dump())
     model = AVSyncDModel.options(**deployment_options(defaults.model), user_config=tiny).bind(settings.model_dump(mode="json"), jobs)
-    scorer = SyncScorer.options(**deployment_options(defaults.sync_score), user_config=tiny).bind() if settings.sync_score else None
+    scorer = SyncScorer.options(**deployment_options(defaults.sync_score), user_config=tiny).bind(settings.limits.model_dump()) if settings.sync_score else None
     ingress = AnimationIngress.options(**deployment_options(defaults.ingress, settings.limits.retry_after_s))
     return ingress.bind(settings.model_dump(mode="json"), model, jobs, scorer)
 

@@ -13,15 +13,15 @@ Both model deployments take their model from ``user_config`` (``reconfigure`` sw
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import ray
 from ray import serve
-from ray.exceptions import RayTaskError
 
-from avsync_ray.conditioning import ConditioningError, reading
+from avsync_ray.conditioning import ConditioningError
 from avsync_ray.config.sampling import SamplingConfig
 from avsync_ray.config.serve import MODEL_DEPLOYMENTS, ServeAppArgs, ServeLimits
 from avsync_ray.devices import resolve_device
@@ -54,13 +54,27 @@ def _gpu_memory(device) -> dict:
             "gpu_memory_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}  # fmt: skip
 
 
+def refusals_returned(method):
+    """A deployment method whose expected refusals (:class:`ApiError`: an unknown job, a full book) are returned, not
+    raised: Serve logs every exception a replica raises with its traceback, and a 404 is no failure. :func:`call`
+    raises them again where the route awaits the handle."""
+
+    @functools.wraps(method)
+    async def answer(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except ApiError as refusal:
+            return refusal
+
+    return answer
+
+
 async def call(method, *args):
-    """Await a handle call; an :class:`ApiError` raised in the other replica comes back as itself."""
-    try:
-        return await method.remote(*args)
-    except RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        raise cause if isinstance(cause, ApiError) else exc from None
+    """Await a handle call; a refusal the other replica returned (see :func:`refusals_returned`) is raised here."""
+    result = await method.remote(*args)
+    if isinstance(result, ApiError):
+        raise result
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ job book
@@ -75,6 +89,7 @@ class AnimationJobs:
         self.book = JobBook(limits.max_active_jobs, limits.job_timeout_s, limits.result_ttl_s, limits.max_stored_results, limits.retry_after_s)
 
     # async: every call runs on the replica's event loop, one at a time, so the book needs no lock.
+    @refusals_returned
     async def submit(self, settings: dict, total_steps: int) -> dict:
         return self.book.submit(settings, total_steps)
 
@@ -90,15 +105,18 @@ class AnimationJobs:
     async def fail(self, job_id: str, error: str) -> None:
         self.book.fail(job_id, error)
 
+    @refusals_returned
     async def cancel(self, job_id: str) -> dict:
         return self.book.cancel(job_id)
 
     async def discard(self, job_id: str) -> None:
         self.book.discard(job_id)
 
+    @refusals_returned
     async def view(self, job_id: str) -> dict:
         return self.book.view(job_id)
 
+    @refusals_returned
     async def video(self, job_id: str) -> tuple[bytes, dict]:
         return self.book.video(job_id)
 
@@ -162,6 +180,9 @@ class AVSyncDModel:
         # started, pipeline calls (one per compatible group) and the last call's steps (a cancelled call ends early).
         self.stats = {"batches": 0, "requests": 0, "skipped_jobs": 0, "pipeline_calls": 0, "cancelled_calls": 0, "last_call": None}
 
+    def __del__(self):  # Serve calls it when the replica stops
+        self.slot.close()
+
     def _load(self, path: str) -> ServedPipeline:
         from avsync_ray.pipelines.loading import load_pipeline
 
@@ -185,6 +206,7 @@ class AVSyncDModel:
                 "config": {"components": components, "scheduler": type(pipe.scheduler).__name__, "height": config.height, "width": config.width},
                 **_gpu_memory(self.device)}  # fmt: skip
 
+    @refusals_returned
     async def frame_size(self) -> tuple[int, int]:
         """(height, width) of the clips this replica makes: the app's, or its model's own where the app leaves it open."""
         loaded = self.slot.loaded
@@ -270,9 +292,13 @@ def _write_tiny_classifier(folder):
 class SyncScorer:
     """The sync classifier: the raw score of a pair, and P_sync as curation computes it."""
 
-    def __init__(self):
+    def __init__(self, limits: dict):
+        self.limits = ServeLimits(**limits)
         self.device = resolve_device("auto", num_gpus=len(ray.get_gpu_ids()))
         self.slot = ModelSlot("sync-score", loader=self._load, presets={"tiny": _write_tiny_classifier})
+
+    def __del__(self):  # Serve calls it when the replica stops
+        self.slot.close()
 
     def _load(self, path: str):
         from avsync_ray.models.sync_classifier import load_sync_classifier
@@ -285,24 +311,25 @@ class SyncScorer:
     async def describe(self) -> dict:
         return {**self.slot.describe(), "device": str(self.device), "dtype": "float32", "replica": _replica_id(), **_gpu_memory(self.device)}
 
+    @refusals_returned
     async def score(self, audio: bytes, video: bytes) -> dict:
         loaded = self.slot.loaded
         if loaded is None:
             raise ApiError(404, "not_found", "this server has no sync classifier loaded (set sync_classifier.source)")
-        result = await asyncio.to_thread(self._score, loaded.model, audio, video)
+        result = await asyncio.to_thread(self._score, loaded.model, audio, video, self.limits)
         return {**result, "model": {k: v for k, v in self.slot.describe().items() if k in ("name", "source", "version", "alias")}}
 
     @staticmethod
-    def _score(classifier, audio: bytes, video: bytes) -> dict:
+    def _score(classifier, audio: bytes, video: bytes, limits: ServeLimits) -> dict:
+        """The score and P_sync of a pair, every decode bounded by ``limits`` (the files are only probed upstream)."""
         from avsync_ray.metrics.pair_metrics import pair_metric
 
         try:
-            with reading("video", video):
-                score = pair_metric("score", classifier, audio, video)["value"]
-                try:
-                    psync = pair_metric("psync", classifier, audio, video)
-                except ClipSamplingError as exc:  # too short for three clips: the score stands, P_sync is not defined
-                    return {"score": score, "psync": None, "psync_error": f"P_sync needs 2.5 s of audio and video: {exc}"}
+            score = pair_metric("score", classifier, audio, video, limits=limits)["value"]
+            try:
+                psync = pair_metric("psync", classifier, audio, video, limits=limits)
+            except ClipSamplingError as exc:  # too short for three clips: the score stands, P_sync is not defined
+                return {"score": score, "psync": None, "psync_error": f"P_sync needs 2.5 s of audio and video: {exc}"}
         except ConditioningError as exc:
             raise api_error(exc) from None
         return {"score": score, "psync": {"a2v": psync["a2v"], "v2a": psync["v2a"]}, "psync_error": None}

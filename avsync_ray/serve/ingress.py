@@ -13,18 +13,18 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Response, UploadFile
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from avsync_ray.conditioning import Conditioning
-from avsync_ray.config.serve import ServeAppArgs
+from avsync_ray.config.serve import PRESET_PREFIX, ServeAppArgs
 from avsync_ray.media import DEFAULT_MEL, encode_mp4
 from avsync_ray.serve.api import (
     ANIMATIONS,
     ANIMATIONS_SYNC,
+    DOCS_ASSETS,
     ERROR_HANDLERS,
     ERRORS,
     UPLOAD,
@@ -34,6 +34,8 @@ from avsync_ray.serve.api import (
     animation_forms,
     check_bearer,
     configured_token_digest,
+    docs_assets,
+    docs_page,
     job_settings,
     openapi_schema,
     page,
@@ -79,6 +81,7 @@ def _max_upload_bytes() -> int:
 
 
 app.add_middleware(BodyLimit, max_bytes=_max_upload_bytes)
+app.mount(DOCS_ASSETS, docs_assets(), name="docs-assets")
 for _error, _handler in ERROR_HANDLERS.items():
     app.add_exception_handler(_error, _handler)
 
@@ -111,7 +114,6 @@ class AnimationIngress:
         self.max_upload_bytes = int(settings.limits.max_upload_mb * 2**20)
         self.fields = animation_forms(settings)
         self.schema = openapi_schema(app, settings)
-        self.page_html = page(settings)
         self._tasks: set[asyncio.Task] = set()
         self._frame_size: tuple[tuple[int, int], float] | None = None  # (size, when asked)
 
@@ -119,7 +121,7 @@ class AnimationIngress:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(self) -> HTMLResponse:
-        return HTMLResponse(self.page_html)
+        return HTMLResponse(page(self.settings, random_init_model=await self._serves_a_preset()))
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(self) -> JSONResponse:
@@ -127,7 +129,7 @@ class AnimationIngress:
 
     @app.get("/docs", include_in_schema=False)
     async def docs(self) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+        return docs_page(app.title)
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the ingress answers")
     async def healthz(self) -> Health:
@@ -135,7 +137,7 @@ class AnimationIngress:
 
     # ---------------------------------------------------------------------------------- animations
 
-    @app.post(ANIMATIONS, status_code=202, response_model=JobView, summary="Submit an animation job (image + audio, or a video)", **guarded(413, 415, 422, 503))
+    @app.post(ANIMATIONS, status_code=202, response_model=JobView, summary="Submit an animation job (image + audio, or a video)", **guarded(400, 413, 415, 422, 503))
     async def submit(self, response: Response, form: Annotated[AnimationForm, Depends()]):
         conditioning, settings = await self._inputs(ANIMATIONS, form)
         job = await call(self.jobs.submit, settings, settings["num_inference_steps"])
@@ -145,7 +147,7 @@ class AnimationIngress:
         response.headers["Location"] = f"{ANIMATIONS}/{job['id']}"
         return job
 
-    @app.post(ANIMATIONS_SYNC, response_class=Response, summary="Animate and answer with the mp4 (short jobs)", **guarded(413, 415, 422, 503, responses=VIDEO_RESPONSE))
+    @app.post(ANIMATIONS_SYNC, response_class=Response, summary="Animate and answer with the mp4 (short jobs)", **guarded(400, 413, 415, 422, 503, responses=VIDEO_RESPONSE))
     async def animate_now(self, form: Annotated[AnimationForm, Depends()]):
         conditioning, settings = await self._inputs(ANIMATIONS_SYNC, form)
         most, default = self.settings.limits.max_sync_steps, self.settings.sampling.num_inference_steps
@@ -184,7 +186,7 @@ class AnimationIngress:
     # ---------------------------------------------------------------------------------- sync scores, models, readiness
 
     @app.post("/v1/sync-score", response_model=SyncScoreView, summary="How well a sound matches a video: the sync classifier's score and P_sync",
-              **guarded(404, 413, 415, 422, 503))  # fmt: skip
+              **guarded(400, 404, 413, 415, 422, 503))  # fmt: skip
     async def sync_score(self, video: Annotated[UploadFile | None, File(description=UPLOAD)] = None, audio: Annotated[UploadFile | None, File(description=UPLOAD)] = None):
         if not self.settings.sync_score:
             raise ApiError(404, "not_found", "this server has no sync classifier (set sync_classifier.source)")
@@ -209,6 +211,14 @@ class AnimationIngress:
         return {"ready": True, "message": served}
 
     # ---------------------------------------------------------------------------------- helpers
+
+    async def _serves_a_preset(self) -> bool:
+        """Whether the animation model is a preset (random weights): the page says so."""
+        try:
+            described = await asyncio.wait_for(call(self.model.describe), timeout=5)
+        except Exception:  # noqa: BLE001 - the page shows without the notice when the model deployment cannot answer
+            return False
+        return str(described.get("source") or "").startswith(PRESET_PREFIX)
 
     async def _describe_models(self) -> list[dict]:
         handles = [self.model] + ([self.scorer] if self.scorer is not None else [])
