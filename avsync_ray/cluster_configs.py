@@ -260,7 +260,7 @@ def _rayjob_runtime_problems(spec: dict[str, Any], verbs: Mapping[str, Any] | No
         else:
             problems += [f"spec.runtimeEnvYAML: {line}" for line in runtime_env_problems(runtime_env)]
     entrypoint = str(spec.get("entrypoint", ""))
-    if verbs is not None and entrypoint.split(maxsplit=1)[:1] == ["avsync"] and len(entrypoint.split()) > 1:
+    if verbs is not None and entrypoint.split()[:1] == ["avsync"] and len(entrypoint.split()) > 1:
         problems += [f"spec.entrypoint: {line}" for line in entrypoint_problems(entrypoint, verbs)]
     return problems
 
@@ -478,7 +478,7 @@ def _document_problems(document: Any, schemas: dict[str, dict[str, Any]], verbs:
     if isinstance(document, dict) and "applications" in document:
         return serve_config_problems(document)
     if isinstance(document, dict) and "entrypoint" in document:
-        return job_spec_problems(document, verbs or {})
+        return job_spec_problems(document, verbs)
     what = f"a YAML mapping of {', '.join(map(str, list(document)[:3]))}" if isinstance(document, dict) else f"a YAML {type(document).__name__}"
     return [f"<root>: {what}, not a file validate knows: {CHECKED_FILES}"]
 

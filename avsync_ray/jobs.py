@@ -223,10 +223,12 @@ def runtime_env_problems(runtime_env: dict[str, Any]) -> list[str]:
     return problems
 
 
-def submission_problems(spec: JobSpec, verbs: Mapping[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
+def submission_problems(spec: JobSpec, verbs: Mapping[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Everything the job of ``spec`` submitted with ``overrides`` would be refused for, before it reaches a
     cluster: one line per problem, starting with the spec's field (``entrypoint: avsync curate: shards.short_sid:
-    unknown field ...``)."""
+    unknown field ...``). ``verbs``: the CLI's commands (None: the entrypoint is not checked)."""
+    if verbs is None:
+        return [f"runtime_env: {line}" for line in runtime_env_problems(spec.runtime_env)]
     command = verbs.get(spec.verb)
     if command is None:
         return [f"entrypoint: `avsync {spec.verb}` is not a verb"]
@@ -236,10 +238,10 @@ def submission_problems(spec: JobSpec, verbs: Mapping[str, Any], overrides: list
     return problems + [f"entrypoint: {line}" for line in entrypoint_problems(with_overrides(spec, list(overrides)).entrypoint, verbs)]
 
 
-def job_spec_problems(document: Any, verbs: Mapping[str, Any]) -> list[str]:
+def job_spec_problems(document: dict[str, Any], verbs: Mapping[str, Any] | None) -> list[str]:
     """Every problem of a job spec file's content (what ``avsync submit`` would refuse it for)."""
     try:
-        spec = validate_config(JobSpec, document if isinstance(document, dict) else {})
+        spec = validate_config(JobSpec, document)
     except ConfigError as exc:
         return [f"{where}: {'unknown field (not a job spec field)' if kind == 'extra_forbidden' else message}" for where, message, kind in exc.problems]
     return submission_problems(spec, verbs)
