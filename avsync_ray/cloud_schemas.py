@@ -153,7 +153,8 @@ def run_instances_problems(node_config: Any) -> list[tuple[list[Any], str]]:
         elif kind == "missing required field":
             problems.append(([*path, details["required_name"]], "required (EC2 RunInstances)"))
         elif kind == "invalid type":
-            problems.append((path, f"{details['param']!r} is not of type {' or '.join(t.split(chr(39))[1] for t in details['valid_types'])}"))
+            types = " or ".join(re.sub(r"<class '(.+)'>", r"\1", valid) for valid in details["valid_types"])  # "<class 'int'>"
+            problems.append((path, f"{details['param']!r} is not of type {types}"))
         elif kind == "invalid range":
             problems.append((path, f"{details['param']!r} is below the minimum {details['min_allowed']}"))
         elif kind == "invalid length":

@@ -160,6 +160,19 @@ def test_launcher_errors_name_the_field():
     assert launcher_problems({"cluster_name": "x"}) == ["provider: required (a mapping with the cloud provider's type, region, ...)"]
 
 
+def test_node_configs_are_checked_as_the_clouds_requests():
+    aws = _load(CLUSTER / "launcher" / "aws.yaml")
+    aws["available_node_types"]["ray.worker.cpu"]["node_config"]["SubnetIds"] = "subnet-0123"  # Ray's own key: a list
+    assert launcher_problems(aws) == ['available_node_types["ray.worker.cpu"].node_config.SubnetIds: must be a list of subnet ids (Ray launches in the first with capacity)']
+
+    gcp = _load(CLUSTER / "launcher" / "gcp.yaml")  # a TPU node goes to the TPU API, with its own schema
+    tpu = {"acceleratorType": "v4-8", "runtimeVersion": "tpu-ubuntu2204-base", "schedulingConfig": {"preemptibl": True}}
+    gcp["available_node_types"]["ray_worker_gpu"]["node_config"] = tpu
+    assert launcher_problems(gcp) == ["available_node_types.ray_worker_gpu.node_config.schedulingConfig.preemptibl: unknown field (not in the TPU nodes.create schema)"]
+    tpu.update(acceleratorType="v4-x", schedulingConfig={"preemptible": True})
+    assert launcher_problems(gcp) == ["available_node_types.ray_worker_gpu.node_config: `acceleratorType` should match v(generation)-(cores/chips). Got v4-x."]
+
+
 @pytest.mark.parametrize(
     "image, ray_version",
     [
