@@ -2,7 +2,7 @@
 curation's model stages use too.
 
 A batch job reads items (shard URLs, or clips), optionally expands each into rows (a shard into its samples),
-runs one or more actor stages (one model copy per actor, placed by an :class:`~avsync_ray.config.ActorConfig`),
+runs one or more actor stages (one model copy per actor, placed by an :class:`~avsync_ray.config.base.ActorConfig`),
 and collects the rows. A row the actors could not process carries an ``error`` (its reason) instead of failing
 the job; :func:`split_skipped` separates them, and :func:`log_batch_run` records the job as one MLflow run.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import ray
 import ray.data
 
-from avsync_ray.config import ActorConfig, RayConfig, TrackingConfig
+from avsync_ray.config.base import ActorConfig, RayConfig, TrackingConfig
 from avsync_ray.ray_runtime import init_ray
 from avsync_ray.shards import iter_samples
 

@@ -21,23 +21,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from avsync_ray.config import (
-    ConfigError,
-    CurateConfig,
-    DemoConfig,
-    EvalConfig,
-    EvalSyncConfig,
-    GenerateConfig,
-    PrecomputeConfig,
-    ServeConfig,
-    TrainConfig,
-    TrainSyncConfig,
-    load_config,
-    preset_names,
-    preset_schema,
-    read_preset,
-    show_config,
-)
+from avsync_ray.config.base import ConfigError, load_config, preset_names, read_preset, show_config
+from avsync_ray.config.curate import CurateConfig
+from avsync_ray.config.demo import DemoConfig
+from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
+from avsync_ray.config.presets import preset_schema
+from avsync_ray.config.sampling import GenerateConfig
+from avsync_ray.config.serve import ServeConfig
+from avsync_ray.config.train import PrecomputeConfig, TrainConfig, TrainSyncConfig
 from avsync_ray.errors import InputError, WorkFailedError
 
 app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -326,7 +317,7 @@ def export(
     tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI for --register.")] = "sqlite:///mlruns.db",
 ):
     """DeepSpeed checkpoint -> a folder AVSyncDPipeline / SyncClassifier.from_pretrained loads (and the registry)."""
-    from avsync_ray.config import resolve_tracking_uri
+    from avsync_ray.config.base import resolve_tracking_uri
     from avsync_ray.training.export import export_checkpoint
 
     summary = export_checkpoint(checkpoint, out)
@@ -418,7 +409,7 @@ def metric(
 ):
     """Synchronisation metrics of one pair, as JSON (values are fractions; `percent` is x100)."""
     from avsync_ray.devices import resolve_device
-    from avsync_ray.evaluation.pair_metrics import load_imagebind, pair_metric
+    from avsync_ray.metrics.pair_metrics import load_imagebind, pair_metric
     from avsync_ray.models.sync_classifier import load_sync_classifier
 
     if name is MetricName.relsync and (ref_video is None) == (ref_audio is None):
@@ -468,7 +459,7 @@ def config_show(
 @verb("fields", config_app)
 def config_fields(schema: Annotated[str, typer.Argument(help="generate, demo, curate, train-sync, train, eval-sync, eval, precompute or serve.")]):
     """Every field of a config tree (dotted name, type, default, meaning) as a Markdown table."""
-    from avsync_ray.config import describe_fields
+    from avsync_ray.config.base import describe_fields
 
     rows = [f"| `{name}` | {kind} | `{default}` | {description} |" for name, kind, default, description in describe_fields(preset_schema(schema))]
     return "\n".join(["| field | type | default | meaning |", "|---|---|---|---|", *rows])

@@ -194,7 +194,7 @@ def serve_config_problems(config: Any, prefix: str = "") -> list[str]:
     from pydantic import ValidationError
     from ray.serve.schema import DeploymentSchema, ServeDeploySchema
 
-    from avsync_ray.config import MODEL_DEPLOYMENTS, SERVE_BUILDER, ModelSourceConfig, ServeAppArgs
+    from avsync_ray.config.serve import MODEL_DEPLOYMENTS, SERVE_BUILDER, ModelSourceConfig, ServeAppArgs
 
     def check(schema, value, where: str) -> list[str]:
         try:

@@ -14,7 +14,11 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from avsync_ray.config import CurateConfig, DemoConfig, DemoLearningChecks, EvalConfig, EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config, save_config
+from avsync_ray.config.base import load_config, save_config
+from avsync_ray.config.curate import CurateConfig
+from avsync_ray.config.demo import DemoConfig, DemoLearningChecks
+from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
+from avsync_ray.config.train import TrainConfig, TrainSyncConfig
 from avsync_ray.curation.windows import REASONS
 from avsync_ray.errors import WorkFailedError
 from avsync_ray.generate import run_generate
@@ -90,20 +94,22 @@ def _logged_losses(tracking_uri: str, run_id: str) -> list[float]:
     return [metric.value for metric in sorted(history, key=lambda metric: metric.step)]
 
 
-def _curate(corpus: Path, shards: Path, split: str, config: DemoConfig, *overrides: str) -> dict:
+def _curate(corpus: Path, shards: Path, split: str, config: DemoConfig, **settings) -> dict:
+    """Curate ``corpus`` with the ``curate`` preset, no semantic or ImageBind stage (the demo has no weights for
+    them), and ``settings`` (dotted field -> value)."""
     from avsync_ray.curation.pipeline import run_curation
 
-    curate_config = load_config(
-        CurateConfig,
-        "curate",
-        overrides=[
-            f"input={corpus}", f"output={shards}", f"shards.split={split}", "filters.semantic.enabled=false",
-            "filters.imagebind.enabled=false", "shards.short_side=128", f"tracking.uri={config.tracking_uri}",
-            f"ray.num_cpus={config.ray_num_cpus}", *overrides,
-        ],
-    )  # fmt: skip
+    curate_config = load_config(CurateConfig, "curate", values={
+        "input": str(corpus), "output": str(shards), "shards.split": split, "filters.semantic.enabled": False,
+        "filters.imagebind.enabled": False, "shards.short_side": 128, **_runtime(config), **settings,
+    })  # fmt: skip
     summary = run_curation(curate_config)
     return {k: summary[k] for k in ("videos", "done", "zero_survivors", "failed", "windows", "kept_windows", "clips", "shards", "mlflow_run_id")}
+
+
+def _runtime(config: DemoConfig) -> dict:
+    """Where every job of the demo logs and how many CPUs its local Ray has."""
+    return {"tracking.uri": config.tracking_uri, "ray.num_cpus": config.ray_num_cpus}
 
 
 def check_runs_in_store(tracking_uri: str, runs: dict[str, str | None]) -> None:
@@ -131,17 +137,15 @@ def _evaluate(out: Path, models: Path, test_shards: Path, config: DemoConfig) ->
 
     networks = write_tiny_feature_networks(out / "feature_networks", config.seed)
     sampling = config.generate
-    eval_config = load_config(
-        EvalConfig, "eval", values={"model": str(models / "avsyncd"), "test": str(test_shards), "output": str(out / "eval"),
-                                    "sweep.audio_guidance_scale": [1.0, sampling.audio_guidance_scale]},
-        overrides=[
-            *(f"features.{name}={path}" for name, path in networks.items()), f"features.sync_classifier={models / 'sync_classifier'}",
-            f"max_videos={config.eval_videos}", "baselines=[static, no_audio]", f"sampling.num_inference_steps={sampling.num_inference_steps}",
-            "frechet=eigen", "bootstrap.samples=20",
-            f"cache={out / 'eval_cache'}", f"tracking.uri={config.tracking_uri}", f"ray.num_cpus={config.ray_num_cpus}",
-            *(f"{actor}.{key}" for actor in ("generate_actor", "feature_actor") for key in ("num_gpus=0", "num_cpus=0.5", f"device={sampling.device}")),
-        ],
-    )  # fmt: skip
+    actors = {f"{actor}.{key}": value for actor in ("generate_actor", "feature_actor")
+              for key, value in (("num_gpus", 0.0), ("num_cpus", 0.5), ("device", sampling.device))}  # fmt: skip
+    eval_config = load_config(EvalConfig, "eval", values={
+        "model": str(models / "avsyncd"), "test": str(test_shards), "output": str(out / "eval"),
+        "sweep.audio_guidance_scale": [1.0, sampling.audio_guidance_scale], "baselines": ["static", "no_audio"],
+        **{f"features.{name}": str(path) for name, path in networks.items()}, "features.sync_classifier": str(models / "sync_classifier"),
+        "max_videos": config.eval_videos, "sampling.num_inference_steps": sampling.num_inference_steps, "frechet": "eigen",
+        "bootstrap.samples": 20, "cache": str(out / "eval_cache"), **actors, **_runtime(config),
+    })  # fmt: skip
     shutil.rmtree(out / "eval", ignore_errors=True)  # the pipeline is retrained on each run: its clips are new
     summary = run_eval(eval_config)
     return {k: summary[k] for k in ("output", "report", "per_clip", "clips", "metrics", "mlflow_run_id")}
@@ -166,7 +170,7 @@ def run_demo(config: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "demo.config.yaml")
     shutil.rmtree(out / "runs", ignore_errors=True)  # each demo trains from scratch
-    common = [f"run.storage_path={out / 'runs'}", f"tracking.uri={config.tracking_uri}", f"ray.num_cpus={config.ray_num_cpus}", f"seed={config.seed}"]
+    training = {"run.storage_path": str(out / "runs"), "seed": config.seed, **_runtime(config)}
 
     # 1. Corpora: in-sync clips for the classifier (the paper trains it on VGG-Sound Sync) and a mixed corpus.
     _step("synthesising corpora", started)
@@ -179,21 +183,21 @@ def run_demo(config: DemoConfig) -> dict:
     _step("curating the classifier's clips", started)
     shards = out / "shards"
     curated = {
-        "classifier-train": _curate(corpora / "classifier-train", shards / "classifier-train", "train", config, "filters.sync.enabled=false"),
-        "classifier-test": _curate(corpora / "classifier-test", shards / "classifier-test", "test", config, "filters.sync.enabled=false"),
+        "classifier-train": _curate(corpora / "classifier-train", shards / "classifier-train", "train", config, **{"filters.sync.enabled": False}),
+        "classifier-test": _curate(corpora / "classifier-test", shards / "classifier-test", "test", config, **{"filters.sync.enabled": False}),
     }
     _step("training the sync classifier (Ray Train + DeepSpeed, 2 workers)", started)
     sync_run = launch(
-        load_config(TrainSyncConfig, "train-sync-tiny", overrides=[f"data.root={shards / 'classifier-train'}", "run.name=demo-sync-classifier",
-                                                                    f"max_steps={config.sync_training_steps}", *common]),  # fmt: skip
+        load_config(TrainSyncConfig, "train-sync-tiny", values={"data.root": str(shards / "classifier-train"), "run.name": "demo-sync-classifier",
+                                                                 "max_steps": config.sync_training_steps, **training}),  # fmt: skip
         "sync-classifier",
     )
     models = out / "models"
     export_checkpoint(sync_run["checkpoint"], models / "sync_classifier")
     _step("evaluating the classifier on held-out clips (31 clips, +-5)", started)
     evaluation = run_eval_sync(
-        load_config(EvalSyncConfig, "eval-sync", overrides=[f"classifier={models / 'sync_classifier'}", f"data.root={shards / 'classifier-test'}",
-                                                            f"tracking.uri={config.tracking_uri}"]),  # fmt: skip
+        load_config(EvalSyncConfig, "eval-sync", values={"classifier": str(models / "sync_classifier"), "data.root": str(shards / "classifier-test"),
+                                                         "tracking.uri": config.tracking_uri}),  # fmt: skip
         out=str(out / "eval_sync.json"),
     )
     _stop_unless_learned(classifier_failure(config.checks, evaluation))
@@ -202,7 +206,7 @@ def run_demo(config: DemoConfig) -> dict:
     _step("curating the main corpus with the P_sync filter", started)
     main_shards = shards / "main"
     curated["main"] = _curate(
-        corpora / "main", main_shards, "train", config, f"filters.sync.classifier={models / 'sync_classifier'}", "sync_actor.num_cpus=0.5"
+        corpora / "main", main_shards, "train", config, **{"filters.sync.classifier": str(models / "sync_classifier"), "sync_actor.num_cpus": 0.5}
     )
     scores = pq.read_table(main_shards / "scores.parquet", columns=["label", "reason"]).to_pydict()
     psync = psync_windows(scores["label"], scores["reason"])
@@ -214,8 +218,8 @@ def run_demo(config: DemoConfig) -> dict:
     # 4. AVSyncD on the curated clips, exported as a pipeline, animating a curated clip.
     _step("training the tiny AVSyncD (Ray Train + DeepSpeed, 2 workers)", started)
     avsyncd_run = launch(
-        load_config(TrainConfig, "train-tiny", overrides=[f"data.root={main_shards}", "run.name=demo-avsyncd",
-                                                          f"max_steps={config.avsyncd_training_steps}", *common]),  # fmt: skip
+        load_config(TrainConfig, "train-tiny", values={"data.root": str(main_shards), "run.name": "demo-avsyncd",
+                                                       "max_steps": config.avsyncd_training_steps, **training}),  # fmt: skip
         "avsyncd",
     )
     avsyncd_run_id = read_checkpoint_meta(avsyncd_run["checkpoint"])["mlflow_run_id"]

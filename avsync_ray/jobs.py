@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from pydantic import Field, field_validator
 
-from avsync_ray.config import ConfigError, StrictModel, load_config
+from avsync_ray.config.base import ConfigError, StrictModel, load_config
 from avsync_ray.errors import WorkFailedError
 
 TASK_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # a DNS label: it also names the RayJob

@@ -51,10 +51,10 @@ class AVSyncDPyfuncModel(mlflow.pyfunc.PythonModel):
         self.pipe = load_pipeline(self.model_dir)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from avsync_ray.config import GenerateConfig
-        from avsync_ray.generate import check_output, configure_pipeline, generate, load_conditioning, pad_to, with_model_size
-        from avsync_ray.media import encode_mp4
-        from avsync_ray.media.audio import TARGET_SAMPLE_RATE
+        from avsync_ray.conditioning import load_conditioning
+        from avsync_ray.config.sampling import GenerateConfig
+        from avsync_ray.generate import check_output, generate, write_animation
+        from avsync_ray.pipelines.sampling import configure_pipeline, with_model_size
 
         config = with_model_size(GenerateConfig(**{k: v for k, v in (params or {}).items() if v is not None}), self.model_dir)
         configure_pipeline(self.pipe, config)
@@ -66,7 +66,7 @@ class AVSyncDPyfuncModel(mlflow.pyfunc.PythonModel):
                 out = check_output(_cell(row, "out") or "")
                 conditioning = load_conditioning(settings, image=_cell(row, "image"), audio=_cell(row, "audio"), video=_cell(row, "video"))
                 frames, clip = generate(self.pipe, conditioning, _cell(row, "category") or "", settings)
-                encode_mp4(frames, settings.fps, pad_to(clip, len(frames) / settings.fps)[0], TARGET_SAMPLE_RATE, out)
+                write_animation(frames, clip, settings.fps, out)
                 results.append({"out": out, "error": None})
             except Exception as error:  # noqa: BLE001 - one bad request is that row's answer, not the batch's
                 results.append({"out": _cell(row, "out"), "error": _row_error(error)})
@@ -83,7 +83,7 @@ class SyncClassifierPyfuncModel(mlflow.pyfunc.PythonModel):
         self.classifier = load_sync_classifier(context.artifacts[PYFUNC_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from avsync_ray.evaluation.pair_metrics import pair_metric
+        from avsync_ray.metrics.pair_metrics import pair_metric
 
         results = []
         for row in model_input.to_dict("records"):

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from avsync_ray.config import RayConfig
+from avsync_ray.config.base import RayConfig
 
 VERBOSE_ENV_VAR = "AVSYNC_RAY_VERBOSE"
 # Ray internals' log lines a person following a run does not need, and the level they are cut at: Ray Train's

@@ -466,7 +466,7 @@ def synthesize_corpus(
     and ``ground_truth.json`` (the list returned). Ids are ``<category>_s<seed>_<index:05d>`` (no dots). The same
     arguments give byte-identical files.
     """
-    from avsync_ray.media.io import encode_mp4  # here, so the generators import without PyAV or torch
+    from avsync_ray.media.encoding import encode_mp4  # here, so the generators import without PyAV or torch
 
     names = tuple(CATEGORIES if categories is None else categories)
     unknown = [name for name in names if name not in GENERATORS]
@@ -510,7 +510,7 @@ def synthesize_long_video(
     (rejected by them), so about 1 / ``kept_every`` of the windows survive, a realistic keep rate. The
     ``kept_every`` distinct scenes repeat in that order (rendering is the slow part); the file is encoded scene by
     scene and never held whole. The same arguments give the same bytes."""
-    from avsync_ray.media.io import Mp4Encoder
+    from avsync_ray.media.encoding import Mp4Encoder
 
     scenes = max(1, int(round(duration / scene_s)))
     rendered: dict[int, SynthClip] = {}
@@ -537,7 +537,7 @@ def synthesize_shards(
     96x128), without a curation run: for training tests and benchmarks. Keys listed in ``corrupt_keys`` get an
     ``.mp4`` member that is not a video (for skip handling). Returns the keys in order."""
     # here, like encode_mp4 above, so the generators import without PyAV or torch
-    from avsync_ray.media.io import encode_mp4, encode_wav
+    from avsync_ray.media.encoding import encode_mp4, encode_wav
     from avsync_ray.shards import sample_key, sample_metadata, shard_name, write_index, write_shard
     from avsync_ray.storage import join_uri
 

@@ -7,19 +7,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-from avsync_ray.config import CurateConfig, TrackingConfig
+from avsync_ray.config.base import TrackingConfig
+from avsync_ray.config.curate import CurateConfig
+from avsync_ray.nested import flatten
 
 
-def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+def flat_params(data: dict) -> dict[str, str]:
     """Nested config -> MLflow params ``a.b.c: value`` (MLflow params are flat strings)."""
-    flat = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-    return flat
+    return {name: json.dumps(value) if isinstance(value, (list, tuple)) else str(value) for name, value in flatten(data).items()}
 
 
 def _mlflow(uri: str):
@@ -50,7 +45,7 @@ def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: d
 
     mlflow = _mlflow(config.tracking.uri)
     mlflow.set_experiment(config.tracking.experiment)
-    params = flatten({"filters": config.model_dump(mode="json")["filters"], "windows": config.windows.model_dump(), "shots": config.shots.model_dump()})
+    params = flat_params({"filters": config.model_dump(mode="json")["filters"], "windows": config.windows.model_dump(), "shots": config.shots.model_dump()})
     params.update({"input": str(config.input), "output": config.output, "split": config.shards.split})
     run_name = config.tracking.run_name or f"curate-{config.output.rstrip('/').rsplit('/', 1)[-1]}"
     disabled = {f"removed_by_{name}" for name in report["skipped_rules"]}  # a stage that did not run removed nothing
@@ -95,7 +90,7 @@ class TrainingTracker:
     def _log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+        items = [Param(k, v[:6000]) for k, v in flat_params(params).items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[start : start + 100])
 
@@ -210,11 +205,11 @@ def log_parent_with_children(
     mlflow.set_experiment(tracking.experiment)
     child_ids = []
     with mlflow.start_run(run_name=tracking.run_name or task, tags={"avsync.task": task}) as parent:
-        mlflow.log_params({k: v[:6000] for k, v in flatten(params).items()})
+        mlflow.log_params({k: v[:6000] for k, v in flat_params(params).items()})
         mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
         for child in children:
             with mlflow.start_run(run_name=child.name, nested=True, tags={"avsync.task": task, **child.tags}) as run:
-                mlflow.log_params({k: v[:6000] for k, v in flatten(child.params).items()})
+                mlflow.log_params({k: v[:6000] for k, v in flat_params(child.params).items()})
                 mlflow.log_metrics({k: float(v) for k, v in child.metrics.items() if v is not None and v == v})
                 child_ids.append(run.info.run_id)
         if artifacts:

@@ -23,7 +23,7 @@ import av
 import pyarrow.parquet as pq
 import ray
 
-from avsync_ray.config import CurateConfig
+from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.pipeline import run_curation
 from avsync_ray.media import decode
 from avsync_ray.synth import synthesize_corpus

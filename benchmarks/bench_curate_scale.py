@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from avsync_ray.config import CurateConfig
+from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.windows import clip_audio_span
 from avsync_ray.media import decode, encode_mp4, encode_wav
 from avsync_ray.synth import synthesize_long_video

@@ -23,20 +23,21 @@ import time
 from pathlib import Path
 
 import torch
+from timing import report
 
-from avsync_ray.config import EvalConfig, load_config
+from avsync_ray.config.base import load_config
+from avsync_ray.config.evaluate import EvalConfig
 from avsync_ray.evaluation.batch import run_eval
 from avsync_ray.evaluation.clips import eval_clip_rows, from_bytes
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
 from avsync_ray.evaluation.plan import list_eval_inputs, plan_settings
-from avsync_ray.evaluation.protocol import clip_seed, float_frames
 from avsync_ray.evaluation.scoring import FeatureNetworks, read_generated
+from avsync_ray.metrics.protocol import clip_seed, float_frames
 from avsync_ray.models.feature_networks import write_tiny_feature_networks
 from avsync_ray.models.sync_classifier import SyncClassifier
 from avsync_ray.pipelines.presets import save_tiny_pipeline
 from avsync_ray.ray_runtime import init_ray
 from avsync_ray.synth import synthesize_shards
-from timing import report
 
 
 def serial_loop(config: EvalConfig) -> int:
@@ -62,11 +63,11 @@ def serial_loop(config: EvalConfig) -> int:
 
 def save_full_pipeline(folder: Path) -> None:
     """The full-size architecture with random weights, as a pipeline folder (for GPU timing only)."""
+    from bench_generate import full_components
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from avsync_ray.models.presets import tiny_tokenizer
     from avsync_ray.pipelines import AVSyncDPipeline
-    from bench_generate import full_components
 
     tokenizer = tiny_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,

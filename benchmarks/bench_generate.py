@@ -26,14 +26,14 @@ import time
 
 import numpy as np
 import torch
+from timing import median_seconds, report, synchronize
 
-from avsync_ray.config import GenerateConfig
-from avsync_ray.generate import configure_pipeline
+from avsync_ray.config.sampling import GenerateConfig
 from avsync_ray.models.audio_encoder import ImageBindAudioEncoder
 from avsync_ray.models.presets import SD15_SCHEDULER_CONFIG, tiny_components
 from avsync_ray.models.unet_avsyncd import AVSyncDUNet3DModel
 from avsync_ray.pipelines import AVSyncDPipeline
-from timing import median_seconds, report, synchronize
+from avsync_ray.pipelines.sampling import configure_pipeline
 
 
 def full_frozen_encoders(dtype: torch.dtype, device: str) -> dict:

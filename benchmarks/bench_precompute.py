@@ -27,7 +27,6 @@ from functools import partial
 
 import numpy as np
 import torch
-
 from bench_generate import full_frozen_encoders
 from timing import report, synchronize
 
@@ -55,12 +54,12 @@ def main() -> None:
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 
-    from avsync_ray.config import PrecomputeConfig
+    from avsync_ray.config.train import PrecomputeConfig
+    from avsync_ray.examples import avsyncd_sample, precomputed_sample
     from avsync_ray.shards import read_samples
     from avsync_ray.synth import synthesize_shards
-    from avsync_ray.examples import avsyncd_sample, precomputed_sample
-    from avsync_ray.training.objectives import sample_video_latents, vae_moments
     from avsync_ray.training.features import precompute_shard, sample_features
+    from avsync_ray.training.objectives import sample_video_latents, vae_moments
 
     dtype = getattr(torch, args.dtype)
     encoders = full_frozen_encoders(dtype, args.device)

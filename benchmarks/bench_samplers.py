@@ -28,16 +28,16 @@ import time
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+from timing import report, synchronize
 
-from avsync_ray.config import GenerateConfig
+from avsync_ray.conditioning import load_conditioning
+from avsync_ray.config.sampling import GenerateConfig
 from avsync_ray.devices import resolve_device, torch_dtype
-from avsync_ray.generate import load_conditioning
 from avsync_ray.media import encode_mp4
 from avsync_ray.pipelines import AVSyncDPipeline
 from avsync_ray.pipelines.loading import load_pipeline
 from avsync_ray.pipelines.schedulers import SCHEDULERS, make_scheduler
 from avsync_ray.synth import generate_clip
-from timing import report, synchronize
 
 REFERENCE = ("pndm", 50)
 

@@ -25,12 +25,13 @@ import httpx
 import PIL.Image
 import ray
 from ray import serve
-
-from avsync_ray.config import ServeConfig, load_config
-from avsync_ray.serve.app import deploy, deploy_config
-from avsync_ray.media import encode_wav
-from avsync_ray.synth import generate_clip
 from timing import report
+
+from avsync_ray.config.base import load_config
+from avsync_ray.config.serve import ServeConfig
+from avsync_ray.media import encode_wav
+from avsync_ray.serve.app import deploy, deploy_config
+from avsync_ray.synth import generate_clip
 
 
 def request_files(size: int) -> dict:
@@ -44,11 +45,11 @@ def request_files(size: int) -> dict:
 def full_pipeline_folder(folder: Path) -> Path:
     """The full-size architecture with random weights, saved in bf16 (the text encoder at CLIP-L size)."""
     import torch
+    from bench_generate import full_components
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from avsync_ray.models.presets import tiny_tokenizer
     from avsync_ray.pipelines import AVSyncDPipeline
-    from bench_generate import full_components
 
     components = full_components(torch.bfloat16, "cpu")
     text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,

@@ -14,9 +14,9 @@ import argparse
 import json
 
 import torch
+from timing import median_seconds
 
 from avsync_ray.models.sync_classifier import SyncClassifier
-from timing import median_seconds
 
 
 @torch.no_grad()

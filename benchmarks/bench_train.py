@@ -27,7 +27,6 @@ import tempfile
 import time
 
 import torch
-
 from timing import median_seconds, report, synchronize
 
 # Dense bf16 tensor-core peaks (NVIDIA datasheets; the PCIe H100 before the SXM one it would otherwise match).
@@ -37,7 +36,8 @@ PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 
 def cpu_zero_comparison(steps: int, base_width: int) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from avsync_ray.config import TrainSyncConfig, load_config
+    from avsync_ray.config.base import load_config
+    from avsync_ray.config.train import TrainSyncConfig
     from avsync_ray.synth import synthesize_shards
     from avsync_ray.training.engine import read_checkpoint_meta
     from avsync_ray.training.launcher import launch
@@ -101,13 +101,13 @@ def training_step(preset: str, repeats: int, batch_size: int, optimized: bool, c
     useful work) and scaled by the batch (every operation is per sample); the optimized step reuses the eager
     step's count (``flops``): a compiled graph computes the same operations but hides them from the counter."""
     import torch.distributed as dist
+    from bench_generate import full_components
     from torch.utils.flop_counter import FlopCounterMode
 
-    from avsync_ray.config import TrainConfig
+    from avsync_ray.config.train import TrainConfig
     from avsync_ray.models.presets import TINY_TEXT_DIM, tiny_components
     from avsync_ray.training import engine as ds
     from avsync_ray.training.objectives import avsyncd_loss, sample_video_latents, training_scheduler, video_latents
-    from bench_generate import full_components
 
     gpu = preset == "full"
     device, size, text_dim = ("cuda", 256, 768) if gpu else ("cpu", 64, TINY_TEXT_DIM)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from avsync_ray.config import CurateConfig
+from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.chunks import CHUNK_SECONDS
 from avsync_ray.curation.shots import ShotDetector
 from avsync_ray.curation.stages import materialize_video, record_chunk, scan_video, work_uri

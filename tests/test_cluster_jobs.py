@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from local_cluster import REPO, LocalCluster
 
 from avsync_ray.synth import synthesize_corpus
 from avsync_ray.training.engine import read_checkpoint_meta
-from local_cluster import REPO, LocalCluster
+
 
 @pytest.fixture(scope="module")
 def cluster():

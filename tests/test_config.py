@@ -6,17 +6,11 @@ import os
 
 import pytest
 
-from avsync_ray.config import (
-    ConfigError,
-    CurateConfig,
-    DemoConfig,
-    GenerateConfig,
-    TrainSyncConfig,
-    apply_override,
-    load_config,
-    parse_override_value,
-    save_config,
-)
+from avsync_ray.config.base import ConfigError, apply_override, load_config, parse_override_value, save_config
+from avsync_ray.config.curate import CurateConfig
+from avsync_ray.config.demo import DemoConfig
+from avsync_ray.config.sampling import GenerateConfig
+from avsync_ray.config.train import TrainSyncConfig
 
 
 def test_generate_preset_is_the_official_demo():
@@ -88,7 +82,8 @@ def test_resolved_snapshot_round_trips(tmp_path):
 def test_readme_documents_every_field(verb):
     from pathlib import Path
 
-    from avsync_ray.config import describe_fields, preset_schema
+    from avsync_ray.config.base import describe_fields
+    from avsync_ray.config.presets import preset_schema
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [name for name, *_ in describe_fields(preset_schema(verb)) if f"`{name}`" not in readme]
@@ -96,7 +91,8 @@ def test_readme_documents_every_field(verb):
 
 
 def test_every_packaged_preset_validates():
-    from avsync_ray.config import preset_names, preset_schema
+    from avsync_ray.config.base import preset_names
+    from avsync_ray.config.presets import preset_schema
 
     required = {"curate": ["input=x", "output=y", "filters.semantic.checkpoint=c", "filters.imagebind.checkpoint=i", "filters.sync.classifier=s"], "train-sync": ["data.root=x", "model.avid_cma=a.pth"],
                 "train": ["data.root=x", "model.sd15=sd", "model.imagebind=ib.pth"], "eval-sync": ["classifier=c", "data.root=x"],
@@ -109,7 +105,7 @@ def test_every_packaged_preset_validates():
 
 
 def test_a_partial_tracking_section_keeps_the_jobs_experiment():
-    from avsync_ray.config import PrecomputeConfig, TrainConfig
+    from avsync_ray.config.train import PrecomputeConfig, TrainConfig
 
     curate = CurateConfig.model_validate({"input": "a", "output": "b", "tracking": {"uri": "sqlite:///x.db"},
                                           "filters": {n: {"enabled": False} for n in ("semantic", "imagebind", "sync")}})  # fmt: skip
@@ -122,7 +118,8 @@ def test_a_partial_tracking_section_keeps_the_jobs_experiment():
 
 def test_relative_paths_and_stores_mean_relative_to_where_the_command_runs(tmp_path, monkeypatch):
     """Resolved when the config is validated, so a Ray worker (in its own working folder) sees the same files."""
-    from avsync_ray.config import EvalSyncConfig, resolve_tracking_uri
+    from avsync_ray.config.base import resolve_tracking_uri
+    from avsync_ray.config.evaluate import EvalSyncConfig
 
     monkeypatch.chdir(tmp_path)
     config = load_config(

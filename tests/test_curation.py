@@ -17,13 +17,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from conftest import MEDIA_DIR
 
-from avsync_ray.config import CurateConfig
+from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.pipeline import CurationError, run_curation
 from avsync_ray.faults import ENV_VAR as FAULTS_ENV_VAR
 from avsync_ray.media import decode, encode_mp4
 from avsync_ray.synth import bouncing_ball, synthesize_corpus
-from conftest import MEDIA_DIR
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 BUNNY = MEDIA_DIR / "av_animation" / "big_buck_bunny_0_30.webm"

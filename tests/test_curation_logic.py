@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avsync_ray.config import CurateConfig
+from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.windows import (
     Window,
     audio_peak,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from avsync_ray.config import DemoConfig, DemoLearningChecks, load_config
+from avsync_ray.config.base import load_config
+from avsync_ray.config.demo import DemoConfig, DemoLearningChecks
 from avsync_ray.demo import avsyncd_failure, classifier_failure, psync_failure, psync_windows
 
 CHECKS = DemoLearningChecks(min_heldout_accuracy=0.5, min_psync_margin=0.3, max_avsyncd_loss_ratio=0.8)

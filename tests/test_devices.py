@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from avsync_ray.config import ActorConfig, ConfigError, PrecomputeConfig, load_config
+from avsync_ray.config.base import ActorConfig, ConfigError, load_config
+from avsync_ray.config.train import PrecomputeConfig
 from avsync_ray.devices import DeviceError, resolve_device, torch_dtype
 from avsync_ray.pipelines.loading import NotAPipelineError, check_pipeline_folder, load_pipeline
 

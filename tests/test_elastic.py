@@ -21,15 +21,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from local_cluster import REPO, LocalCluster
+from training_checks import optimizer_steps
 
-from avsync_ray.config import CurateConfig
+from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.pipeline import run_curation
 from avsync_ray.faults import ENV_VAR as FAULTS_ENV_VAR
 from avsync_ray.synth import synthesize_corpus
-from avsync_ray.training.engine import read_checkpoint_meta
-from avsync_ray.training.engine import run_checkpoints
-from local_cluster import REPO, LocalCluster
-from training_checks import optimizer_steps
+from avsync_ray.training.engine import read_checkpoint_meta, run_checkpoints
 
 VIDEOS = 6
 

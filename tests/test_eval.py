@@ -13,7 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from avsync_ray.cli import app
-from avsync_ray.config import EvalConfig, load_config
+from avsync_ray.config.base import load_config
+from avsync_ray.config.evaluate import EvalConfig
 from avsync_ray.evaluation.batch import run_eval
 from avsync_ray.evaluation.plan import EvalOutputError
 from avsync_ray.models.feature_networks import FeatureNetworkError, write_tiny_feature_networks

@@ -9,12 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from avsync_ray.config import ConfigError, EvalConfig, load_config
-from avsync_ray.evaluation.clips import ROW_FIELDS, from_bytes, eval_clip_rows
+from avsync_ray.config.base import ConfigError, load_config
+from avsync_ray.config.evaluate import EvalConfig
+from avsync_ray.evaluation.clips import ROW_FIELDS, eval_clip_rows, from_bytes
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
-from avsync_ray.evaluation.plan import EvalOutputError, EvalInput, claim_setting_folders, parse_sweep, plan_settings, setting_record
-from avsync_ray.evaluation.protocol import clip_seed, clip_starts
-from avsync_ray.evaluation.video_metrics import ClipFeatures, clip_scores, gt_scores
+from avsync_ray.evaluation.plan import (
+    EvalInput,
+    EvalOutputError,
+    claim_setting_folders,
+    parse_sweep,
+    plan_settings,
+    setting_record,
+)
+from avsync_ray.metrics.protocol import clip_seed, clip_starts
+from avsync_ray.metrics.video_metrics import ClipFeatures, clip_scores, gt_scores
 from avsync_ray.shards import shard_urls
 
 
@@ -146,8 +154,8 @@ def test_per_clip_scores_follow_the_paper():
 
 
 def test_the_no_audio_baseline_ignores_the_audio(tiny_pipe):
-    from avsync_ray.config import SamplingConfig
-    from avsync_ray.generate import generate_batch
+    from avsync_ray.config.sampling import SamplingConfig
+    from avsync_ray.pipelines.sampling import generate_batch
 
     sampling = SamplingConfig(num_inference_steps=2, height=64, width=64)
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)

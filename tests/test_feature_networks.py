@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avsync_ray.evaluation.protocol import fid_input, float_frames, fvd_input
+from avsync_ray.metrics.protocol import fid_input, float_frames, fvd_input
 from avsync_ray.models.feature_networks import (
     FeatureNetworkError,
     TinyI3D,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from avsync_ray.evaluation.frechet import (
+from avsync_ray.metrics.frechet import (
     FeatureMoments,
     bootstrap_frechet,
     frechet_distance,

@@ -70,11 +70,12 @@ def test_sync_classifier_on_cuda_matches_cpu():
 def test_precomputed_features_on_cuda_match_cpu(synthetic_shards, tiny_components):
     """Features precomputed on a GPU are the ones a CPU makes, and the training path draws latents from them
     on the GPU."""
-    from avsync_ray.config import PrecomputeConfig, load_config
+    from avsync_ray.config.base import load_config
+    from avsync_ray.config.train import PrecomputeConfig
     from avsync_ray.examples import precomputed_sample
     from avsync_ray.shards import read_samples, shard_urls
-    from avsync_ray.training.objectives import sample_video_latents
     from avsync_ray.training.features import sample_features
+    from avsync_ray.training.objectives import sample_video_latents
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from avsync_ray.cli import app
-from avsync_ray.config import ConfigError
+from avsync_ray.config.base import ConfigError
 from avsync_ray.jobs import load_job_spec, submission_id, with_overrides
 
 JOBS = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))

@@ -277,7 +277,7 @@ def test_streaming_resampler_equals_resampling_the_whole_signal(rate):
 
 def _stream(path, size=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, object]:
     """(frames, their times, 16 kHz audio, summary) of two whole-file passes, as curation makes them."""
-    from avsync_ray.media.io import AudioBlock, WholeFileReader
+    from avsync_ray.media.reader import AudioBlock, WholeFileReader
 
     first = WholeFileReader(str(path), size=size)
     frames = [item.rgb() for item in first]
@@ -338,7 +338,7 @@ def test_whole_file_passes_of_a_real_film_see_what_one_decode_holds(media_dir):
 
 
 def test_whole_file_passes_raise_the_errors_of_a_decode(tmp_path):
-    from avsync_ray.media.io import WholeFileReader
+    from avsync_ray.media.reader import WholeFileReader
 
     full = tmp_path / "full.mp4"
     _indexed_video(full)
@@ -354,7 +354,7 @@ def test_whole_file_passes_raise_the_errors_of_a_decode(tmp_path):
 
 
 def test_mp4_encoder_fed_in_pieces_writes_the_bytes_of_encode_mp4():
-    from avsync_ray.media.io import Mp4Encoder
+    from avsync_ray.media.encoding import Mp4Encoder
 
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 255, (25, 48, 64, 3), dtype=np.uint8)

@@ -9,9 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from avsync_ray.cli import app
-from avsync_ray.models.sync_classifier import load_sync_classifier
-from avsync_ray.evaluation.sync_metrics import relsync
-from avsync_ray.models.sync_classifier import SyncClassifier
+from avsync_ray.metrics.sync_metrics import relsync
+from avsync_ray.models.sync_classifier import SyncClassifier, load_sync_classifier
 
 runner = CliRunner()
 
@@ -70,7 +69,7 @@ def test_official_classifier_folder_and_bad_arguments(media_dir, tiny_classifier
 
 
 def test_pair_scores_squash_frames_like_the_official_metric_script(media_dir, tiny_classifier_dir):
-    from avsync_ray.evaluation.pair_metrics import load_pair_audio, load_pair_frames, pair_metric
+    from avsync_ray.metrics.pair_metrics import load_pair_audio, load_pair_frames, pair_metric
 
     video = str(media_dir / "av_speech_grid" / "bbaf2n.mpg")  # 360x288: squash and crop differ
     classifier = load_sync_classifier(tiny_classifier_dir)

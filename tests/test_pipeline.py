@@ -204,8 +204,8 @@ def test_bad_inputs_are_clear_errors(tiny_pipe):
 
 
 def test_schedulers_by_name_keep_the_pipelines_noise_schedule(tiny_pipe):
-    from avsync_ray.config import GenerateConfig
-    from avsync_ray.generate import configure_pipeline
+    from avsync_ray.config.sampling import GenerateConfig
+    from avsync_ray.pipelines.sampling import configure_pipeline
     from avsync_ray.pipelines.schedulers import SCHEDULERS, scheduler_name
 
     original = tiny_pipe.scheduler

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from avsync_ray import examples
-from avsync_ray.config import PrecomputeConfig, TrainConfig, load_config
+from avsync_ray.config.base import load_config
+from avsync_ray.config.train import PrecomputeConfig, TrainConfig
 from avsync_ray.media.clips import ClipSamplingError
 from avsync_ray.pipelines.presets import tiny_pipeline
 from avsync_ray.shards import AUDIO_TOKENS_MEMBER, VAE_MOMENTS_MEMBER, read_index, read_samples, shard_urls
-from avsync_ray.training import features as pre
-from avsync_ray.training import objectives
+from avsync_ray.training import features as pre, objectives
 from avsync_ray.training.precompute import run_precompute
 
 

@@ -15,9 +15,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-
-from avsync_ray.config import ServeConfig, load_config
 from serve_support import free_port, mp4, png, serving, wav
+
+from avsync_ray.config.base import load_config
+from avsync_ray.config.serve import ServeConfig
 
 TOKEN = "serve-test-token"
 STEPS = 3  # the jobs' default: fast on the tiny pipeline
@@ -50,7 +51,7 @@ def app_config(port: int = 8000, tracking_uri: str = "sqlite:///unused.db") -> S
 def published_schema() -> dict:
     """The OpenAPI schema the ingress publishes, built as it builds it (schemathesis needs it before the app runs:
     its pytest fixture loader does not work with this pytest); a test checks it is the live one."""
-    from avsync_ray.config import ServeAppArgs
+    from avsync_ray.config.serve import ServeAppArgs
     from avsync_ray.serve.api import build_api, token_digest
     from avsync_ray.serve.app import app_args
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from serve_support import mp4, png, wav
 
-from avsync_ray.config import ConfigError, SamplingConfig, ServeConfig, ServeLimits, load_config
+from avsync_ray.config.base import ConfigError, load_config
+from avsync_ray.config.sampling import SamplingConfig
+from avsync_ray.config.serve import ServeConfig, ServeLimits
 from avsync_ray.serve.jobs import JobBook
 from avsync_ray.serve.schemas import ApiError, GenerationRequest, group_compatible
-from serve_support import mp4, png, wav
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"category": "dog barking", "num_inference_steps": 4, "scheduler": "pndm", "audio_guidance_scale": 4.0, "seed": 1}
@@ -125,7 +127,9 @@ def test_compatible_requests_group_in_arrival_order():
 
 
 def test_a_batched_pipeline_call_gives_each_request_what_it_gives_alone(tiny_pipe):
-    from avsync_ray.generate import Conditioning, generate, generate_batch
+    from avsync_ray.conditioning import Conditioning
+    from avsync_ray.generate import generate
+    from avsync_ray.pipelines.sampling import generate_batch
 
     config = SamplingConfig(num_inference_steps=2, height=64, width=64)
     items = [request(str(i), seed=i) for i in range(3)]
@@ -141,7 +145,7 @@ def test_a_batched_pipeline_call_gives_each_request_what_it_gives_alone(tiny_pip
 
 
 def test_a_step_callback_that_raises_stops_the_denoising_loop_between_steps(tiny_pipe):
-    from avsync_ray.generate import generate_batch
+    from avsync_ray.pipelines.sampling import generate_batch
     from avsync_ray.serve.deployments import GroupCancelled
 
     steps_seen = []
@@ -162,8 +166,8 @@ def test_a_step_callback_that_raises_stops_the_denoising_loop_between_steps(tiny
 def test_a_frame_cropped_for_another_size_is_cropped_again_for_the_model(tiny_pipe):
     """After a swap to a model of another size, a request the ingress sized for the old one gets the clip the
     new model gives a frame cropped for it (a replica re-crops; it never fails on a shape)."""
-    from avsync_ray.generate import generate_batch
     from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
+    from avsync_ray.pipelines.sampling import generate_batch
     from avsync_ray.serve.deployments import AVSyncDModel
 
     config = SamplingConfig(num_inference_steps=2, height=64, width=64)
@@ -287,7 +291,7 @@ def test_a_model_slot_loads_presets_and_folders_and_keeps_the_model_when_a_swap_
 
 
 def test_auth_refuses_to_start_open_when_it_names_a_missing_variable(monkeypatch):
-    from avsync_ray.config import AuthConfig
+    from avsync_ray.config.serve import AuthConfig
     from avsync_ray.serve.api import configured_token_digest, token_digest
 
     monkeypatch.delenv("AVSYNC_TEST_MISSING_TOKEN", raising=False)
@@ -308,7 +312,7 @@ def serve_config(*overrides) -> ServeConfig:
 def test_the_serve_config_validates_with_rays_schema_and_puts_the_model_in_user_config():
     from ray.serve.schema import ServeDeploySchema
 
-    from avsync_ray.config import ServeAppArgs
+    from avsync_ray.config.serve import ServeAppArgs
     from avsync_ray.serve.app import deploy_config
 
     config = serve_config("deployments.model.replicas=[1, 3]", "model.source=models:/avsyncd@champion", "http.port=8123")
@@ -411,7 +415,7 @@ class NoBackend:
 def api_client(**limits):
     import httpx
 
-    from avsync_ray.config import ServeAppArgs
+    from avsync_ray.config.serve import ServeAppArgs
     from avsync_ray.serve.api import build_api
 
     settings = ServeAppArgs(limits=limits, categories=["dog barking", "</script><b>"])

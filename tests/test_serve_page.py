@@ -11,9 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from avsync_ray.config import ServeConfig, load_config
 from serve_support import free_port, serving
+
+from avsync_ray.config.base import load_config
+from avsync_ray.config.serve import ServeConfig
 
 CHROMIUM = "/usr/bin/chromium"
 # What runs here (closed network, root, no GPU): see the machine notes; the autoplay flag lets the test press play.

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from avsync_ray.config import ConfigError, GenerateConfig, TrainConfig, TrainSyncConfig, load_config
-from avsync_ray.generate import configure_pipeline
+from avsync_ray.config.base import ConfigError, load_config
+from avsync_ray.config.sampling import GenerateConfig
+from avsync_ray.config.train import TrainConfig, TrainSyncConfig
 from avsync_ray.pipelines.presets import tiny_pipeline
+from avsync_ray.pipelines.sampling import configure_pipeline
 
 SIZE = 32
 
@@ -96,7 +98,7 @@ def test_adamw_kernels_give_the_same_step_inside_the_engine(tmp_path, gloo_world
     """fused, foreach and for-loop AdamW under ZeRO-0 and ZeRO-2, one step from the same weights and gradients:
     the same update up to rounding (Adam's normalised update magnifies the kernels' different rounding where a
     gradient is near zero, so later steps drift apart by more); auto is foreach on a CPU (fused on CUDA)."""
-    from avsync_ray.evaluation.sync_metrics import contrastive_loss
+    from avsync_ray.metrics.sync_metrics import contrastive_loss
     from avsync_ray.training import engine as ds
     from avsync_ray.training.components import build_sync_classifier
     from avsync_ray.training.loops import PairwiseScores

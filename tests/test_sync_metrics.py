@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from avsync_ray.evaluation.sync_metrics import (
+from avsync_ray.metrics.sync_metrics import (
     alignsync,
     as_percent,
     contrastive_loss,

@@ -8,12 +8,14 @@ import os
 
 import pytest
 import torch
+from training_checks import optimizer_steps
 
-from avsync_ray.config import EvalSyncConfig, TrainConfig, TrainSyncConfig, load_config
+from avsync_ray.config.base import load_config
+from avsync_ray.config.evaluate import EvalSyncConfig
+from avsync_ray.config.train import TrainConfig, TrainSyncConfig
 from avsync_ray.faults import ENV_VAR as FAULTS_ENV_VAR
 from avsync_ray.training.engine import IncompatibleResumeError, read_checkpoint_meta
 from avsync_ray.training.launcher import launch
-from training_checks import optimizer_steps
 
 # A leaked placement group must make the next trainer fail fast, not wait forever (stack_feasibility.md).
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
@@ -113,8 +115,8 @@ def test_registered_classifier_serves_through_mlflow(exported_classifier, classi
     import mlflow
     import pandas as pd
 
-    from avsync_ray.shards import read_samples
     from avsync_ray.mlflow_models import register_model
+    from avsync_ray.shards import read_samples
 
     tracking, tmp_path = classifier_run["tracking"], classifier_run["tmp"]
     registered = register_model(str(exported_classifier[0]), "tiny-sync", "sync-classifier", tracking, source_run_id=classifier_run["run_id"])
@@ -177,10 +179,9 @@ def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synth
 
     # The exported folder is a pipeline that generates, with the trained UNet weights.
     from avsync_ray.pipelines import AVSyncDPipeline
+    from avsync_ray.storage import local_folder
     from avsync_ray.training.engine import consolidated_state_dict
     from avsync_ray.training.export import export_checkpoint
-
-    from avsync_ray.storage import local_folder
 
     export_checkpoint(result["checkpoint"], tmp_path / "avsyncd")
     pipe = AVSyncDPipeline.from_pretrained(tmp_path / "avsyncd")

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from avsync_ray import examples
-from avsync_ray.config import TrainConfig, TrainSyncConfig, load_config
-from avsync_ray.evaluation.sync_metrics import contrastive_loss
+from avsync_ray.config.base import load_config
+from avsync_ray.config.train import TrainConfig, TrainSyncConfig
 from avsync_ray.media.clips import ClipSamplingError, MultiClipSpec
+from avsync_ray.metrics.sync_metrics import contrastive_loss
 from avsync_ray.shards import read_samples, shard_urls, tar_bytes, write_index
-from avsync_ray.training import data as training_data
-from avsync_ray.training import objectives
+from avsync_ray.training import data as training_data, objectives
 
 # ------------------------------------------------------------------------------------------------ objectives
 
@@ -323,7 +323,7 @@ def test_launcher_refuses_to_continue_a_run_silently(tmp_path):
 
 
 def test_training_configs_validate_their_weights(tmp_path):
-    from avsync_ray.config import ConfigError
+    from avsync_ray.config.base import ConfigError
 
     with pytest.raises(ConfigError, match="model.avid_cma"):
         load_config(TrainSyncConfig, "train-sync", overrides=[f"data.root={tmp_path}"])

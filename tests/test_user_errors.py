@@ -95,7 +95,7 @@ def test_short_audio_is_padded_with_silence_and_reported(tiny_model_dir, files, 
 
 
 def test_config_show_displays_every_preset_without_its_inputs():
-    from avsync_ray.config import preset_names
+    from avsync_ray.config.base import preset_names
 
     for name in preset_names():
         result = runner.invoke(app, ["config", "show", name])
@@ -112,7 +112,8 @@ def test_each_verbs_help_example_is_a_valid_override_for_it():
 
     from typer.main import get_command
 
-    from avsync_ray.config import ConfigError, apply_override, preset_schema
+    from avsync_ray.config.base import ConfigError, apply_override
+    from avsync_ray.config.presets import preset_schema
 
     commands = get_command(app).commands
     for name in ("generate", "curate", "train", "train-sync", "precompute", "eval-sync", "demo"):
@@ -177,10 +178,10 @@ def test_metric_and_eval_sync_name_what_is_missing(tmp_path, files, tiny_classif
 
 
 def test_the_demo_checks_its_store_holds_every_run(tmp_path):
+    from avsync_ray.config.base import TrackingConfig
     from avsync_ray.demo import check_runs_in_store
     from avsync_ray.errors import WorkFailedError
     from avsync_ray.tracking import log_job_run
-    from avsync_ray.config import TrackingConfig
 
     store = f"sqlite:///{tmp_path}/mlruns.db"
     run_id = log_job_run(TrackingConfig(uri=store, experiment="avsync/x"), "x", {}, {}, {})

@@ -5,7 +5,7 @@ source. A chunk carries only what its windows sample (the frames of the raw pixe
 enabled model stages, and the audio its windows span), so what a task holds, and what a Ray Data row carries
 to the model stages, is bounded by the slice length instead of growing with the video.
 
-Frames are numbered as a whole-file pass meets them (:class:`~avsync_ray.media.io.WholeFileReader`), audio
+Frames are numbered as a whole-file pass meets them (:class:`~avsync_ray.media.reader.WholeFileReader`), audio
 samples from the track's first sample at 16 kHz. Each window reads the frames nearest its sample times among
 *all* frames of the file; a chunk keeps exactly those, so a stage looking up the nearest frame among a chunk's
 frames finds the same one.

@@ -34,8 +34,8 @@ from ray.util.annotations import RayDeprecationWarning
 
 from avsync_ray import faults
 from avsync_ray.batch_jobs import actor_placement
-from avsync_ray.config import ConfigError, CurateConfig, dump_config, load_config, save_config
-from avsync_ray.errors import InputError
+from avsync_ray.config.base import ConfigError, dump_config, load_config, save_config
+from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation import report as report_module
 from avsync_ray.curation.scorers import EmbeddingScorer, SyncScorer
 from avsync_ray.curation.stages import (
@@ -52,6 +52,7 @@ from avsync_ray.curation.stages import (
     setting_differences,
     write_parquet,
 )
+from avsync_ray.errors import InputError
 from avsync_ray.ray_runtime import init_ray
 from avsync_ray.shards import SCORE_TABLE_SCHEMA, plan_bundles, shard_stats, write_bundled_shard, write_index
 from avsync_ray.sources import list_inputs
@@ -136,7 +137,8 @@ def _check_output(output: str) -> None:
 def _scoring(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
     """The scoring graph on a dataset of sources (one video per block); its rows are the recorded chunks."""
     plan = faults.plan_from_env()
-    ds = _map_task(ds, scan_video, flat=True, config=config, faults_plan=plan.to_dict() if plan else None)
+    scan = faults.video_task_with_faults(scan_video, plan, join_uri(config.output, WORK)) if plan else scan_video
+    ds = _map_task(ds, scan, flat=True, config=config)
     stages, length = config.filters, config.windows.length_s
     if stages.semantic.enabled or stages.imagebind.enabled:
         kwargs = {"semantic": stages.semantic, "imagebind": stages.imagebind, "actor": config.imagebind_actor, "window_length": length}

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from avsync_ray.config import CurateConfig
+from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.windows import SCORE_RULES, funnel, rules
 from avsync_ray.storage import join_uri, write_bytes_atomic, write_json_atomic
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from avsync_ray.config import ActorConfig, ImageBindStageConfig, SemanticStageConfig, SyncStageConfig
+from avsync_ray.config.base import ActorConfig
+from avsync_ray.config.curate import ImageBindStageConfig, SemanticStageConfig, SyncStageConfig
 from avsync_ray.curation.windows import (
     CLIP_SECONDS,
     TimeLookup,
@@ -24,9 +25,9 @@ from avsync_ray.curation.windows import (
     semantic_difference,
 )
 from avsync_ray.devices import resolve_device, torch_dtype
-from avsync_ray.evaluation.sync_metrics import sync_probabilities
 from avsync_ray.media.audio import DEFAULT_MEL, waveform_to_mel
 from avsync_ray.media.clips import nearest_frames
+from avsync_ray.metrics.sync_metrics import sync_probabilities
 from avsync_ray.models.imagebind import preprocess_images
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from scenedetect import AdaptiveDetector, ContentDetector, ThresholdDetector
 from scenedetect.common import FrameTimecode
 
-from avsync_ray.config import ShotsConfig
+from avsync_ray.config.curate import ShotsConfig
 
 logging.getLogger("pyscenedetect").setLevel(logging.WARNING)
 

@@ -14,7 +14,6 @@ written in that order so the ledger entry marks a fully recorded video.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections import deque
@@ -25,14 +24,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from avsync_ray import faults
-from avsync_ray.config import CurateConfig
+from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.chunks import ChunkPlan, Sampling, cheap_scores, plan_chunks
 from avsync_ray.curation.shots import ShotDetector
 from avsync_ray.curation.windows import SCORE_RULES, Window, clip_audio_span, decide, merge_windows, rules, windows_in_shots
 from avsync_ray.media import MediaError, MediaErrorReason, encode_wav, probe
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE
-from avsync_ray.media.io import AudioBlock, Mp4Encoder, WholeFileReader
+from avsync_ray.media.encoding import Mp4Encoder
+from avsync_ray.media.reader import AudioBlock, WholeFileReader
+from avsync_ray.nested import content_id, flatten
 from avsync_ray.shards import SCORE_TABLE_SCHEMA, read_samples, sample_key, sample_metadata, tar_bytes
 from avsync_ray.storage import exists, join_uri, local_copy, read_json, remove, write_bytes_atomic, write_json_atomic
 
@@ -54,13 +54,6 @@ def work_uri(output: str, kind: str, source_id: str) -> str:
 MODEL_FIELDS = ("enabled", "checkpoint", "classifier", "model", "preset")
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
-
-
 def _scoring(config: CurateConfig) -> dict:
     data = config.model_dump(mode="json")
     models = {name: {k: v for k, v in data["filters"][name].items() if k in MODEL_FIELDS} for name in ("semantic", "imagebind", "sync")}
@@ -70,28 +63,28 @@ def _scoring(config: CurateConfig) -> dict:
 def scoring_settings(config: CurateConfig) -> dict:
     """What determines the scores (dotted field -> value): shots, windows, the decode size, the model stages."""
     scoring = _scoring(config)
-    return _flat({"shots": scoring["shots"], "windows": scoring["windows"], "shards": {"short_side": scoring["short_side"]}, "filters": scoring["models"]})
+    return flatten({"shots": scoring["shots"], "windows": scoring["windows"], "shards": {"short_side": scoring["short_side"]}, "filters": scoring["models"]})
 
 
 def encoding_settings(config: CurateConfig) -> dict:
     """What else changes a shard's bytes besides the thresholds: clip encoding, splitting and shard layout."""
-    return _flat({"shards": config.shards.model_dump(mode="json")})
+    return flatten({"shards": config.shards.model_dump(mode="json")})
 
 
 def threshold_settings(config: CurateConfig) -> dict:
     """Every rule's bounds (what ``--rethreshold`` may change)."""
-    return _flat({"filters": {name: rule.model_dump(mode="json") for name, rule in rules(config).items()}})
+    return flatten({"filters": {name: rule.model_dump(mode="json") for name, rule in rules(config).items()}})
 
 
 def scoring_id(config: CurateConfig) -> str:
     """A hash of the scoring settings, kept in each video's ledger entry."""
-    return hashlib.sha256(json.dumps(_scoring(config), sort_keys=True).encode()).hexdigest()[:16]
+    return content_id(_scoring(config))
 
 
 def curation_id(config: CurateConfig) -> str:
     """Scoring settings plus thresholds and clip encoding: stamped into every shard sample."""
     data = config.model_dump(mode="json")
-    return hashlib.sha256(json.dumps([scoring_id(config), data["filters"], data["shards"]], sort_keys=True).encode()).hexdigest()[:16]
+    return content_id([scoring_id(config), data["filters"], data["shards"]])
 
 
 def setting_differences(saved: CurateConfig, config: CurateConfig, rethreshold: bool) -> list[str]:
@@ -106,16 +99,6 @@ def setting_differences(saved: CurateConfig, config: CurateConfig, rethreshold: 
 
 
 # ------------------------------------------------------------------------------------------------ scan
-
-
-def _inject_faults(plan: dict | None, config: CurateConfig, source_id: str) -> None:
-    """The crash-recovery tests' hook (:mod:`avsync_ray.faults`): end this worker the first time it scans
-    the planned video, so Ray's retry is exercised; or slow every video down, so a node can leave or join
-    mid-run."""
-    if plan:
-        faults.pause(plan.get("slow_video_s", 0.0))
-    if plan and plan.get("kill_worker_on_source") == source_id and faults.fire_once(join_uri(config.output, WORK, f"killed-{source_id}"), "worker killed"):
-        faults.kill_this_process()
 
 
 def _decode_size(info, config: CurateConfig) -> int | None:
@@ -262,12 +245,11 @@ def _second_pass(source: dict, path: str, config: CurateConfig, record: dict, wi
         yield {**next_row(), "decoded_frames": last_frame + 1}
 
 
-def scan_video(source: dict, config: CurateConfig, faults_plan: dict | None = None) -> Iterator[dict]:
+def scan_video(source: dict, config: CurateConfig) -> Iterator[dict]:
     """Scan one source video: its shots, windows and cheap scores, as rows of bounded size (one per chunk of
     windows) for the model stages. Writes the video's scan record (``_work/scans/<id>.json``: status, timing,
     chunk numbers) before the first chunk; a failure is recorded there with its reason, never raised."""
     try:
-        _inject_faults(faults_plan, config, source["source_id"])
         with local_copy(source["uri"]) as path:
             record, windows, frame_times, info = _first_pass(source, path, config)
             plans = plan_chunks(np.array([w.start for w in windows]), frame_times, _sampling(config, record["audio_start"])) if windows else []

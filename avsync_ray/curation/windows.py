@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avsync_ray.config import CurateConfig, RangeRule
+from avsync_ray.config.curate import CurateConfig, RangeRule
 from avsync_ray.shards.schema import SCORE_NAMES
 
 # What each score samples inside a window [s, s + 3) (paper §5.2).

@@ -4,7 +4,6 @@ evaluation modules over test shards with :mod:`avsync_ray.batch_jobs` and logs o
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import re
@@ -16,18 +15,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from avsync_ray.batch_jobs import ActorStage, BatchJob, log_batch_run, shard_sample_rows
-from avsync_ray.config import EvalConfig, EvalSyncConfig, save_config
-from avsync_ray.evaluation.clips import from_bytes, eval_clip_rows
+from avsync_ray.config.base import save_config
+from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
+from avsync_ray.evaluation.clips import eval_clip_rows, from_bytes
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
 from avsync_ray.evaluation.plan import GT, claim_setting_folders, list_eval_inputs, plan_settings, real_cache_key, setting_record
-from avsync_ray.evaluation.protocol import clip_seed
 from avsync_ray.evaluation.report import write_report
 from avsync_ray.evaluation.scoring import ClipScorer, check_feature_networks
 from avsync_ray.evaluation.sync_eval import SyncEvaluator, eval_spec, summarize
-from avsync_ray.evaluation.video_metrics import ClipFeatures, clip_scores, gt_scores
-from avsync_ray.evaluation.video_metrics import summarize as summarize_clips
-from avsync_ray.generate import with_model_size
+from avsync_ray.metrics.protocol import clip_seed
+from avsync_ray.metrics.video_metrics import ClipFeatures, clip_scores, gt_scores, summarize as summarize_clips
+from avsync_ray.nested import content_id
 from avsync_ray.pipelines.loading import check_pipeline_folder
+from avsync_ray.pipelines.sampling import with_model_size
 from avsync_ray.shards import shard_urls
 from avsync_ray.storage import exists, filesystem, join_uri, list_files, write_bytes_atomic, write_json_atomic
 from avsync_ray.tracking import resolve_model
@@ -108,7 +108,7 @@ def _write_real_cache(uri: str, rows: list[dict]) -> None:
 def _model_identity(source) -> dict:
     folder = Path(source.path)
     files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
-    return {"uri": source.uri, "version": source.version, "files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
+    return {"uri": source.uri, "version": source.version, "files": content_id(files)}
 
 
 def _numbers(summary: dict, prefix: str = "") -> dict[str, float]:

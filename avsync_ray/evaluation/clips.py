@@ -14,13 +14,12 @@ import io
 
 import numpy as np
 
+from avsync_ray.evaluation.plan import GT, clip_key
 from avsync_ray.examples import SAMPLE_ERRORS, ClipSource, avsyncd_clip, clip_source
 from avsync_ray.media import TARGET_SAMPLE_RATE, load_audio, probe
 from avsync_ray.media.frames import to_uint8_frames
+from avsync_ray.metrics.protocol import clip_starts
 from avsync_ray.shards import VIDEO_MEMBER, iter_samples
-
-from avsync_ray.evaluation.plan import GT, clip_key
-from avsync_ray.evaluation.protocol import clip_starts
 
 # The columns every row of the evaluation job has (arrays travel as .npy bytes, so every block has one schema).
 ROW_FIELDS = ("key", "video", "clip", "start", "category", "variant", "seed", "frames", "image", "audio", "path", "error")

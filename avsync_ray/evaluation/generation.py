@@ -13,16 +13,16 @@ from collections import defaultdict
 
 import numpy as np
 
-from avsync_ray.config import ActorConfig, SamplingConfig
+from avsync_ray.config.base import ActorConfig
+from avsync_ray.config.sampling import SamplingConfig
 from avsync_ray.devices import resolve_device
-from avsync_ray.generate import configure_pipeline, generate_batch
-from avsync_ray.media import TARGET_SAMPLE_RATE, encode_mp4
-from avsync_ray.pipelines.loading import load_pipeline
-from avsync_ray.storage import exists, write_bytes_atomic
-from avsync_ray.tracking import resolve_model
-
 from avsync_ray.evaluation.clips import first_frame_uint8, from_bytes, to_bytes
 from avsync_ray.evaluation.plan import GT
+from avsync_ray.media import TARGET_SAMPLE_RATE, encode_mp4
+from avsync_ray.pipelines.loading import load_pipeline
+from avsync_ray.pipelines.sampling import configure_pipeline, generate_batch
+from avsync_ray.storage import exists, write_bytes_atomic
+from avsync_ray.tracking import resolve_model
 
 
 def static_clip(image: np.ndarray, num_frames: int) -> np.ndarray:

@@ -5,13 +5,14 @@ let later runs reuse the real clips' features (cached per test set, protocol and
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from avsync_ray.config import EvalConfig, SamplingConfig, parse_override_value
+from avsync_ray.config.base import parse_override_value
+from avsync_ray.config.evaluate import EvalConfig
+from avsync_ray.config.sampling import SamplingConfig
+from avsync_ray.nested import content_id
 from avsync_ray.shards import read_index
 from avsync_ray.sources import list_sources
 from avsync_ray.storage import exists, join_uri, read_json, write_json_atomic
@@ -102,11 +103,7 @@ def list_eval_inputs(config: EvalConfig) -> tuple[list[EvalInput], str]:
         identity = {"videos": [[s.uri, s.source_id, s.label] for s in sources]}
     if not items:
         raise FileNotFoundError(f"test: no test videos found at {test} (shards need {config.test_split}.index.json)")
-    return items, _digest(identity)
-
-
-def _digest(data) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return items, content_id(identity)
 
 
 # ------------------------------------------------------------------------------------------------ identities
@@ -147,5 +144,5 @@ def claim_setting_folders(output: str, records: list[dict]) -> None:
 def real_cache_key(config: EvalConfig, test_set: str, checksums: dict[str, str]) -> str:
     """The real clips' features depend on the test set, the clip geometry, the protocol and the networks."""
     geometry = {k: getattr(config.sampling, k) for k in ("num_frames", "fps", "height", "width")}
-    return _digest({"test_set": test_set, "geometry": geometry, "clips_per_video": config.clips_per_video,
+    return content_id({"test_set": test_set, "geometry": geometry, "clips_per_video": config.clips_per_video,
                     "protocol": config.protocol, "networks": checksums, "metrics": sorted(config.metrics)})  # fmt: skip

@@ -13,16 +13,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from avsync_ray.config import ActorConfig, FeatureNetworksConfig
+from avsync_ray.config.base import ActorConfig
+from avsync_ray.config.evaluate import FeatureNetworksConfig
 from avsync_ray.devices import resolve_device, torch_dtype
+from avsync_ray.evaluation.clips import from_bytes, to_bytes
+from avsync_ray.evaluation.plan import GT
 from avsync_ray.media import MediaError, decode, waveform_to_mel
+from avsync_ray.metrics.protocol import FUTURE_FRAMES, Protocol, fid_input, float_frames, fvd_input
 from avsync_ray.models.feature_networks import FID_FEATURE_DIM, i3d_features, load_fid_inception, load_i3d
 from avsync_ray.models.imagebind import AUDIO, TEXT, VISION, ImageBind, preprocess_images
 from avsync_ray.models.sync_classifier import load_sync_classifier
-
-from avsync_ray.evaluation.clips import from_bytes, to_bytes
-from avsync_ray.evaluation.plan import GT
-from avsync_ray.evaluation.protocol import FUTURE_FRAMES, Protocol, fid_input, float_frames, fvd_input
 
 SCORE_FIELDS = ("key", "video", "clip", "start", "category", "variant", "path", "error", "fid", "fvd", "ia", "it", "sync")
 

@@ -14,12 +14,13 @@ from collections import Counter
 import numpy as np
 import torch
 
-from avsync_ray.config import ActorConfig, EvalSyncConfig
+from avsync_ray.config.base import ActorConfig
+from avsync_ray.config.evaluate import EvalSyncConfig
 from avsync_ray.devices import resolve_device, torch_dtype
-from avsync_ray.evaluation.sync_metrics import sync_accuracy
-from avsync_ray.media.clips import MultiClipSpec
-from avsync_ray.models.sync_classifier import load_sync_classifier
 from avsync_ray.examples import SAMPLE_ERRORS, sync_sample
+from avsync_ray.media.clips import MultiClipSpec
+from avsync_ray.metrics.sync_metrics import sync_accuracy
+from avsync_ray.models.sync_classifier import load_sync_classifier
 
 
 def eval_spec(config: EvalSyncConfig) -> MultiClipSpec:

@@ -1,23 +1,12 @@
 """Media I/O: the only package that touches PyAV (probe, one-pass decode, mp4/wav encode) and the mel front end."""
 
 from avsync_ray.media.audio import DEFAULT_MEL, TARGET_SAMPLE_RATE, MelConfig, resample, to_mono, waveform_to_mel
+from avsync_ray.media.container import AudioInfo, MediaInfo, VideoInfo, probe
+from avsync_ray.media.decoding import DecodedAV, decode, load_audio
+from avsync_ray.media.encoding import Mp4Encoder, encode_mp4, encode_wav
 from avsync_ray.media.errors import MediaError, MediaErrorReason
-from avsync_ray.media.io import (
-    AudioInfo,
-    DecodedAV,
-    ImageInfo,
-    MediaInfo,
-    Mp4Encoder,
-    VideoInfo,
-    WholeFileReader,
-    decode,
-    encode_mp4,
-    encode_wav,
-    load_audio,
-    load_image,
-    probe,
-    probe_image,
-)
+from avsync_ray.media.images import ImageInfo, load_image, probe_image
+from avsync_ray.media.reader import WholeFileReader
 
 __all__ = [
     "DEFAULT_MEL",

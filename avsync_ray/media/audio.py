@@ -1,6 +1,6 @@
 """Waveform utilities and the ImageBind/Kaldi mel front end used by AVSyncD and the sync classifier.
 
-Pure tensor code: no file I/O here (decoding lives in :mod:`avsync_ray.media.io`).
+Pure tensor code: no file I/O here (decoding lives in :mod:`avsync_ray.media.decoding`).
 """
 
 from __future__ import annotations

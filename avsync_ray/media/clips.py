@@ -2,7 +2,7 @@
 
 Clip k starts at ``first_start + k * shift``. Its audio is exactly ``clip_duration * sample_rate`` samples
 from that time; its frames are the source frames nearest to ``start + j / fps`` (j < num_frames). Pure
-code over a :class:`~avsync_ray.media.io.DecodedAV`; :func:`decode_clips` adds the single decode.
+code over a :class:`~avsync_ray.media.decoding.DecodedAV`; :func:`decode_clips` adds the single decode.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Literal
 
 import numpy as np
 
-from avsync_ray.media.io import DecodedAV, decode, probe
+from avsync_ray.media.container import probe
+from avsync_ray.media.decoding import DecodedAV, decode
 
 Placement = Literal["random", "center"]
 

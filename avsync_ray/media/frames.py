@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
+from torchvision.transforms import InterpolationMode, functional as TF
 
 
 def to_float_frames(frames) -> torch.Tensor:

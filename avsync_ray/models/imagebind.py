@@ -23,8 +23,7 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
+from torchvision.transforms import InterpolationMode, functional as TF
 
 from avsync_ray.media.frames import to_float_frames
 

@@ -17,8 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from safetensors.torch import load_file
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
+from torchvision.transforms import InterpolationMode, functional as TF
 
 from avsync_ray.media.audio import DEFAULT_MEL, waveform_to_mel
 from avsync_ray.media.frames import to_float_frames

@@ -19,8 +19,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from avsync_ray.config import AuthConfig, ConfigError, SchedulerName, ServeAppArgs
-from avsync_ray.generate import Conditioning
+from avsync_ray.conditioning import Conditioning
+from avsync_ray.config.base import ConfigError
+from avsync_ray.config.sampling import SchedulerName
+from avsync_ray.config.serve import AuthConfig, ServeAppArgs
 from avsync_ray.serve.schemas import ApiError, ErrorBody, Health, JobView, ModelsView, Readiness, SyncScoreView
 from avsync_ray.serve.uploads import SyncInputs, prepare_animation_inputs, prepare_sync_inputs
 

@@ -13,16 +13,15 @@ from __future__ import annotations
 import os
 import time
 
-from avsync_ray.config import (
+from avsync_ray.config.base import ConfigError, validate_config
+from avsync_ray.config.serve import (
     PRESET_PREFIX,
     SERVE_BUILDER,
-    ConfigError,
     ModelSourceConfig,
     ReplicaSettings,
     ServeAppArgs,
     ServeConfig,
     ServeDeployments,
-    validate_config,
 )
 from avsync_ray.errors import WorkFailedError
 from avsync_ray.serve.deployments import INGRESS, MODEL, SCORER, AnimationIngress, AnimationJobs, AVSyncDModel, SyncScorer

@@ -6,7 +6,7 @@ deployment through a handle), plus a job book and a sync scorer:
 - ``AVSyncDModel``: one ``AVSyncDPipeline`` per replica (on the GPU when the replica has one); ``@serve.batch``
   collects requests and each compatible group runs as one pipeline call, reporting every denoising step to the
   job book and stopping at the next step once all of its jobs are cancelled;
-- ``SyncScorer``: the sync classifier, scoring with ``evaluation.pair_metrics``;
+- ``SyncScorer``: the sync classifier, scoring with ``metrics.pair_metrics``;
 - ``AnimationJobs``: the one job book of the app (``jobs.JobBook``), so every ingress replica sees every job.
 
 Both model deployments take their model from ``user_config`` (``reconfigure`` swaps it in place).
@@ -25,12 +25,14 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from avsync_ray.config import MODEL_DEPLOYMENTS, SamplingConfig, ServeAppArgs, ServeLimits
+from avsync_ray.conditioning import Conditioning
+from avsync_ray.config.sampling import SamplingConfig
+from avsync_ray.config.serve import MODEL_DEPLOYMENTS, ServeAppArgs, ServeLimits
 from avsync_ray.devices import resolve_device
-from avsync_ray.generate import Conditioning, configure_pipeline, generate_batch, with_model_size
 from avsync_ray.media import DEFAULT_MEL, MediaError, encode_mp4
 from avsync_ray.media.clips import ClipSamplingError
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
+from avsync_ray.pipelines.sampling import configure_pipeline, generate_batch, with_model_size
 from avsync_ray.serve.api import build_api, configured_token_digest
 from avsync_ray.serve.jobs import JobBook
 from avsync_ray.serve.model_slot import ModelSlot
@@ -298,7 +300,7 @@ class SyncScorer:
 
     @staticmethod
     def _score(classifier, audio: bytes, video: bytes) -> dict:
-        from avsync_ray.evaluation.pair_metrics import pair_metric
+        from avsync_ray.metrics.pair_metrics import pair_metric
 
         try:
             score = pair_metric("score", classifier, audio, video)["value"]

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from avsync_ray.config import PRESET_PREFIX, ModelSourceConfig, validate_config
+from avsync_ray.config.base import validate_config
+from avsync_ray.config.serve import PRESET_PREFIX, ModelSourceConfig
 from avsync_ray.tracking import ModelSource, is_registry_uri, registry_version, resolve_model
 
 logger = logging.getLogger("ray.serve")

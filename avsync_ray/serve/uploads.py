@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from avsync_ray.config import SamplingConfig, ServeLimits
+from avsync_ray.conditioning import Conditioning, load_conditioning
+from avsync_ray.config.sampling import SamplingConfig
+from avsync_ray.config.serve import ServeLimits
 from avsync_ray.errors import InputError
-from avsync_ray.generate import Conditioning, load_conditioning
 from avsync_ray.media import DEFAULT_MEL, MediaError, MediaErrorReason, MediaInfo, probe, probe_image
 from avsync_ray.media.audio import center_crop
 from avsync_ray.serve.schemas import ApiError

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from avsync_ray.config import AVSyncDModelSettings, SyncModelSettings
+from avsync_ray.config.train import AVSyncDModelSettings, SyncModelSettings
 from avsync_ray.devices import torch_dtype
 from avsync_ray.models.audio_encoder import ImageBindAudioEncoder
 from avsync_ray.models.sync_classifier import SyncClassifier, load_sync_classifier

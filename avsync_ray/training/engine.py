@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from avsync_ray.config import OptimizerConfig, TrainCommonConfig
+from avsync_ray.config.train import OptimizerConfig, TrainCommonConfig
 from avsync_ray.errors import InputError
 from avsync_ray.storage import exists, filesystem, join_uri, local_folder, read_json, uri_prefix
 

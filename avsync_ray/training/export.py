@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from avsync_ray.config import TrainConfig, TrainSyncConfig, save_config
+from avsync_ray.config.base import save_config
+from avsync_ray.config.train import TrainConfig, TrainSyncConfig
 from avsync_ray.pipelines.loading import TRAINING_CONFIG, quiet_loading_bars
 from avsync_ray.storage import local_folder
 from avsync_ray.training.components import build_avsyncd_pipeline, build_sync_classifier

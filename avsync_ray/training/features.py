@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from avsync_ray.config import AVSyncDInputs, PrecomputeConfig
+from avsync_ray.config.train import AVSyncDInputs, PrecomputeConfig
 from avsync_ray.devices import resolve_device
 from avsync_ray.errors import InputError
 from avsync_ray.examples import SAMPLE_ERRORS, avsyncd_clip, clip_source

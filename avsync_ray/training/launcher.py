@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from avsync_ray import faults
-from avsync_ray.config import TrainCommonConfig
+from avsync_ray.config.train import TrainCommonConfig
 from avsync_ray.errors import InputError
 from avsync_ray.storage import join_uri
 from avsync_ray.training.engine import check_resume, read_checkpoint_meta, run_checkpoints, to_universal
@@ -75,7 +75,7 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
     run_dir = join_uri(root, config.run.name)
     resume_from = resolve_resume(config, task, run_dir)
     init_ray(config.ray)
-    plan = faults.plan_from_env()
+    plan = faults.plan_from_env()  # the crash tests' plan (None in a real run)
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})}
     trainer = TorchTrainer(
@@ -84,7 +84,7 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
             "task": task,
             "config": config.model_dump(mode="json"),
             "resume_from": resume_from,
-            "faults": plan.to_dict() if plan else None,
+            "faults": plan,
             "fault_marker": join_uri(run_dir, ".injected-failure"),
             "run_dir": run_dir,
         },

@@ -24,7 +24,8 @@ import webdataset as wds
 from torch import nn
 
 from avsync_ray import faults
-from avsync_ray.config import TrainCommonConfig, TrainConfig, TrainSyncConfig, dump_config
+from avsync_ray.config.base import dump_config
+from avsync_ray.config.train import TrainCommonConfig, TrainConfig, TrainSyncConfig
 from avsync_ray.examples import avsyncd_sample, precomputed_sample, sync_sample
 from avsync_ray.media.clips import MultiClipSpec
 from avsync_ray.shards import read_index, shard_urls
@@ -292,16 +293,14 @@ def progress_line(step: int, max_steps: int, metrics: dict[str, float]) -> str:
     return f"step {step}/{max_steps} " + " ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
 
 
-def _inject_faults(plan: dict | None, step: int, rank: int, marker: str) -> None:
-    """The crash-recovery tests' hook (:mod:`avsync_ray.faults`): raise once after the planned step, before its
-    checkpoint (the marker in the run folder survives the restart)."""
-    if plan and plan.get("fail_training_at_step") == step and rank == plan.get("fail_rank", 0) and faults.fire_once(marker, f"step {step}"):
-        raise RuntimeError(f"injected failure after step {step} ({faults.ENV_VAR})")
+def _is_log_step(step: int, config: TrainCommonConfig) -> bool:
+    return step % config.log_every_n_steps == 0 or step == config.max_steps
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train's ``train_loop_per_worker``: ``loop_config`` has ``task``, the resolved ``config`` (JSON),
-    ``resume_from`` (a checkpoint URI, or None), and the tests' ``faults`` plan with its ``fault_marker`` URI."""
+    ``resume_from`` (a checkpoint URI, or None), and the crash tests' :class:`~avsync_ray.faults.FaultPlan` (``faults``,
+    None in a real run) with its ``fault_marker`` URI."""
     task_cls, schema = TASKS[loop_config["task"]]
     config = schema.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -330,23 +329,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
     batches = iter(make_loader(stream, config.loader.num_workers))
     window = MetricWindow(device)
     last_metrics: dict[str, float] = {}
+
+    def optimizer_step(step: int) -> torch.Tensor | None:
+        """``grad_accum_steps`` micro-batches through the engine; returns the unclipped gradient norm on a logged step."""
+        grad_norm = None
+        for micro_batch in range(config.optimizer.grad_accum_steps):
+            waited = time.perf_counter()
+            batch = next(batches)
+            window.data_wait += time.perf_counter() - waited
+            loss, extras = task.loss(engine, batch, generator)
+            engine.backward(loss)
+            if _is_log_step(step, config) and micro_batch == config.optimizer.grad_accum_steps - 1:
+                grad_norm = _unclipped_grad_norm(engine)
+            engine.step()
+            window.add(loss, extras, batch["skipped"])
+        return grad_norm
+
+    plan = loop_config.get("faults")
+    run_step = faults.training_step_with_faults(optimizer_step, plan, rank, loop_config["fault_marker"]) if plan else optimizer_step
     engine.train()
     try:
         for step in range(start + 1, config.max_steps + 1):
-            log_step = step % config.log_every_n_steps == 0 or step == config.max_steps
-            grad_norm = None
-            for micro_batch in range(config.optimizer.grad_accum_steps):
-                waited = time.perf_counter()
-                batch = next(batches)
-                window.data_wait += time.perf_counter() - waited
-                loss, extras = task.loss(engine, batch, generator)
-                engine.backward(loss)
-                if log_step and micro_batch == config.optimizer.grad_accum_steps - 1:
-                    grad_norm = _unclipped_grad_norm(engine)
-                engine.step()
-                window.add(loss, extras, batch["skipped"])
-            _inject_faults(loop_config.get("faults"), step, rank, loop_config["fault_marker"])
-            if log_step:
+            grad_norm = run_step(step)
+            if _is_log_step(step, config):
                 last_metrics = window.reduce(world_size, config.loader.batch_size)
                 reported = engine.get_global_grad_norm()
                 grad_norm = reported if reported is not None else grad_norm
@@ -361,7 +366,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     ds.save_checkpoint(engine, directory, step, checkpoint_meta)
                     ray.train.report({**last_metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(directory))
                 _mark_uploaded(ray.train.get_checkpoint(), rank)
-            faults.pause((loop_config.get("faults") or {}).get("slow_step_s", 0.0))
     except BaseException:
         if tracker:
             tracker.finish("FAILED")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from avsync_ray.evaluation.sync_metrics import ContrastiveOutput, contrastive_loss
+from avsync_ray.metrics.sync_metrics import ContrastiveOutput, contrastive_loss
 
 # The SD1.5 training schedule AVSyncD keeps (reference §4.2).
 TRAIN_SCHEDULER_CONFIG = dict(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from avsync_ray.batch_jobs import ActorStage, BatchJob, log_batch_run
-from avsync_ray.config import PrecomputeConfig, dump_config
+from avsync_ray.config.base import dump_config
+from avsync_ray.config.train import PrecomputeConfig
 from avsync_ray.shards import index_uri, read_index, write_index
 from avsync_ray.storage import join_uri
 from avsync_ray.training.features import FEATURES_KEY, ShardPrecomputer, features_descriptor

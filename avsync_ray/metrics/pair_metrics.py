@@ -17,10 +17,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from avsync_ray.evaluation import sync_metrics
-from avsync_ray.evaluation.imagebind_scores import image_audio_similarity
 from avsync_ray.media import decode, load_audio
 from avsync_ray.media.clips import PSYNC_CLIPS, audio_clips, decode_clips
+from avsync_ray.metrics import sync_metrics
+from avsync_ray.metrics.imagebind_scores import image_audio_similarity
 from avsync_ray.models.imagebind import AUDIO, VISION, ImageBind
 from avsync_ray.models.sync_classifier import SyncClassifier
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from avsync_ray.evaluation.frechet import FeatureMoments, bootstrap_frechet, frechet_distance, weighted_frechet_distance
-from avsync_ray.evaluation.protocol import FUTURE_FRAMES
-from avsync_ray.evaluation.sync_metrics import alignsync, relsync
+from avsync_ray.metrics.frechet import FeatureMoments, bootstrap_frechet, frechet_distance, weighted_frechet_distance
+from avsync_ray.metrics.protocol import FUTURE_FRAMES
+from avsync_ray.metrics.sync_metrics import alignsync, relsync
 
 PERCENT_METRICS = ("ia", "it", "relsync", "alignsync")
 

@@ -21,8 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
+from torchvision.transforms import InterpolationMode, functional as TF
 
 from avsync_ray.media.frames import to_float_frames
 
