@@ -115,7 +115,7 @@ def models_table(client, name: str) -> str:
         table = [[e.label, e.test_set, e.setting or "–", e.run, *(metric_cell(e.summary, m) for m in OVERALL_COLUMNS)] for e in evaluations]
         parts.append(markdown_table(header, table))
     else:
-        parts.append("none yet: `avsync eval models:/NAME@ALIAS TEST --out DIR` logs them\n")
+        parts.append("none logged against these versions yet (`avsync eval` of a version or of its exported folder logs them)\n")
     return "\n".join(parts)
 
 
