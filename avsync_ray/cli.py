@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from avsync_ray.cloud_schemas import KUBERNETES_VERSION
 from avsync_ray.config.base import ConfigError, load_config, preset_names, read_preset, show_config
 from avsync_ray.config.curate import CurateConfig
 from avsync_ray.config.demo import DemoConfig
@@ -34,6 +35,8 @@ from avsync_ray.errors import InputError, WorkFailedError
 app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the typed configs and their packaged presets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+runs_app = typer.Typer(help="Read the MLflow store: registered models with their lineage and evaluations; evaluations side by side.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 cluster_app = typer.Typer(help="Cluster configs: check them offline, render the KubeRay RayJobs from jobs/.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 
@@ -312,22 +315,20 @@ def eval_(
 def export(
     checkpoint: Annotated[str, typer.Option(help="Training checkpoint folder (any fsspec URI), e.g. <storage>/<run>/checkpoint_*.")],
     out: Annotated[str, typer.Option(help="Output folder (diffusers layout, safetensors).")],
-    register: Annotated[Optional[str], typer.Option(help="Also log it to MLflow as a model, register it under this name.")] = None,
+    register: Annotated[Optional[str], typer.Option(help="Also log its weights to MLflow as a pyfunc model and register it under this name.")] = None,
     alias: Annotated[str, typer.Option(help="Registry alias pointed at the new version.")] = "candidate",
-    tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI for --register.")] = "sqlite:///mlruns.db",
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: the training run's, from the checkpoint's config).")] = None,
 ):
-    """DeepSpeed checkpoint -> a folder AVSyncDPipeline / SyncClassifier.from_pretrained loads (and the registry)."""
+    """DeepSpeed checkpoint -> a folder AVSyncDPipeline / SyncClassifier.from_pretrained loads, an MLflow LoggedModel of
+    the training run at the checkpoint's step (named in the folder's lineage.json), and with --register a registry version."""
     from avsync_ray.config.base import resolve_tracking_uri
     from avsync_ray.training.export import export_checkpoint
 
     summary = export_checkpoint(checkpoint, out)
-    if register:
-        from avsync_ray.mlflow_models import register_model
+    uri = resolve_tracking_uri(tracking_uri or summary["tracking_uri"] or "sqlite:///mlruns.db")
+    from avsync_ray.mlflow_models import log_export
 
-        summary["registered"] = register_model(
-            out, register, summary["task"], resolve_tracking_uri(tracking_uri), alias, source_run_id=summary["mlflow_run_id"]
-        )
-    return summary
+    return {**summary, **log_export(summary, uri, register, alias)}
 
 
 @verb()
@@ -337,13 +338,13 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Stream the job's logs until it ends (exit status 1 unless it succeeds).")] = True,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override appended to the job's verb, e.g. --set max_steps=100 (repeatable).")] = None,
 ):
-    """Submit a job spec to a Ray cluster through the Ray Jobs API (its id is <task>-<UTC time>)."""
-    from avsync_ray.jobs import follow, load_job_spec, logs_command, submit as submit_job, with_overrides
+    """Submit a job spec to a Ray cluster through the Ray Jobs API (its id is <task>-<UTC time>), once its fields,
+    runtime_env, entrypoint and every --set (the spec's and these) pass the checks the job would fail on."""
+    from avsync_ray.jobs import follow, load_job_spec, logs_command, submission_problems, submit as submit_job, with_overrides
 
     spec = load_job_spec(job_spec)
-    command = typer.main.get_command(app).commands.get(spec.verb)
-    if command is None or (set_ and "--set" not in {opt for param in command.params for opt in param.opts}):
-        raise ConfigError(f"{job_spec}: entrypoint: `avsync {spec.verb}` " + ("takes no --set" if command else "is not a verb"))
+    if problems := submission_problems(spec, typer.main.get_command(app).commands, set_ or []):
+        raise ConfigError(f"{job_spec}: " + "; ".join(problems))
     job_id, resolved = submit_job(with_overrides(spec, set_ or []), address)
     submitted = f"submitted {job_id} to {resolved}\nfollow its logs: {logs_command(job_id, resolved)}"
     if not wait:
@@ -357,14 +358,22 @@ def submit(
 
 @verb("validate", cluster_app)
 def cluster_validate(
-    files: Annotated[list[str], typer.Argument(help="Cluster-launcher configs and ray.io/v1 manifests (YAML).")],
+    files: Annotated[list[str], typer.Argument(help="Cluster-launcher configs, KubeRay and Kubernetes manifests, Ray Serve configs, job specs (YAML).")],
     crds: Annotated[str, typer.Option(help="Folder of the KubeRay CRD schemas.")] = "cluster/kuberay/crds",
+    kubernetes_version: Annotated[str, typer.Option(help="Kubernetes version whose schema pod templates and other Kubernetes objects are checked against.")] = KUBERNETES_VERSION,
 ):
-    """Check configs offline: launcher configs with Ray's own schema, manifests with KubeRay's CRD schemas."""
+    """Check configs offline for what a deploy would refuse or drop: launcher configs with Ray's own checks and the
+    cloud's request schema, manifests with KubeRay's CRDs and Kubernetes' schema, Serve configs with Serve's
+    schemas, job specs as `avsync submit` checks them. One line per problem."""
+    from avsync_ray.cloud_schemas import kubernetes_versions, missing_schema_packages
     from avsync_ray.cluster_configs import file_problems, load_crd_schemas
 
-    schemas = load_crd_schemas(crds)
-    problems = [line for path in files for line in file_problems(path, schemas)]
+    if missing := missing_schema_packages():
+        raise InputError(f"avsync cluster validate reads its schemas from {', '.join(missing)}: pip install 'avsync-ray[cluster]'")
+    if kubernetes_version not in kubernetes_versions():
+        raise InputError(f"--kubernetes-version {kubernetes_version}: the schemas at hand are for {', '.join(kubernetes_versions())}")
+    schemas, verbs = load_crd_schemas(crds), typer.main.get_command(app).commands
+    problems = [line for path in files for line in file_problems(path, schemas, verbs, kubernetes_version)]
     for line in problems:
         typer.echo(line, err=True)
     if problems:
@@ -386,6 +395,37 @@ def cluster_render(
     if check and drifted:
         raise WorkFailedError(f"out of date in {out} (run `avsync cluster render`): {', '.join(drifted)}")
     return f"{out}: " + (f"updated {', '.join(drifted)}" if drifted and not check else "up to date")
+
+
+TrackingOption = Annotated[str, typer.Option(help="MLflow tracking URI of the store to read.")]
+
+
+@verb("models", runs_app)
+def runs_models(name: Annotated[str, typer.Argument(help="Registered model name, e.g. avsyncd.")], tracking_uri: TrackingOption = "sqlite:///mlruns.db"):
+    """Each version of a registered model: aliases, training run and step, dataset, curation run, and the
+    evaluation metrics logged against it per test set."""
+    from mlflow.tracking import MlflowClient
+
+    from avsync_ray.config.base import resolve_tracking_uri
+    from avsync_ray.runs import models_table
+
+    return models_table(MlflowClient(resolve_tracking_uri(tracking_uri)), name)
+
+
+@verb("compare", runs_app)
+def runs_compare(
+    references: Annotated[list[str], typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, a LoggedModel id (m-...) or an eval run id.")],
+    out: Annotated[str, typer.Option(help="The PNG plot of the metrics with their intervals.")] = "compare.png",
+    test_set: Annotated[Optional[str], typer.Option(help="Only the evaluations on the test set of this digest.")] = None,
+    tracking_uri: TrackingOption = "sqlite:///mlruns.db",
+):
+    """Evaluation metrics of models and runs side by side (a table), and a plot of them with their intervals."""
+    from mlflow.tracking import MlflowClient
+
+    from avsync_ray.config.base import resolve_tracking_uri
+    from avsync_ray.runs import compare
+
+    return compare(MlflowClient(resolve_tracking_uri(tracking_uri)), references, out, test_set)
 
 
 class MetricName(str, Enum):

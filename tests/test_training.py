@@ -111,16 +111,30 @@ def test_export_writes_the_trained_weights(resumed_run, exported_classifier, cla
         torch.testing.assert_close(value.float() if value.is_floating_point() else value, trained[f"classifier.{name}"])
 
 
-def test_registered_classifier_serves_through_mlflow(exported_classifier, classifier_run, synthetic_shards):
+def test_registered_classifier_serves_through_mlflow(resumed_run, classifier_run, synthetic_shards):
     import mlflow
     import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
 
-    from avsync_ray.mlflow_models import register_model
+    from avsync_ray.cli import app
+    from avsync_ray.lineage import TRAINING_CONTEXT, model_lineage, read_folder_lineage, run_dataset, shard_dataset
     from avsync_ray.shards import read_samples
 
     tracking, tmp_path = classifier_run["tracking"], classifier_run["tmp"]
-    registered = register_model(str(exported_classifier[0]), "tiny-sync", "sync-classifier", tracking, source_run_id=classifier_run["run_id"])
+    # `avsync export --register` with no --tracking-uri: the training run's store, from the checkpoint's config.
+    folder = tmp_path / "registered"
+    result = CliRunner().invoke(app, ["export", "--checkpoint", resumed_run["checkpoint"], "--out", str(folder), "--register", "tiny-sync"])
+    assert result.exit_code == 0, result.output
+    registered = json.loads(result.stdout)["registered"]
     assert registered["version"] == 1 and registered["model_uri"] == "models:/tiny-sync@candidate"
+    # The version leads to the training run, the step the checkpoint was taken at, and the shards it trained on.
+    client = MlflowClient(tracking)
+    lineage = model_lineage(client, registered["model_id"])
+    assert (lineage["training_run_id"], lineage["step"]) == (classifier_run["run_id"], 8) and registered["run_id"] == classifier_run["run_id"]
+    trained_on = run_dataset(client.get_run(classifier_run["run_id"]), TRAINING_CONTEXT)
+    assert lineage["dataset"]["digest"] == trained_on.digest == shard_dataset(str(synthetic_shards["root"]), "train").digest
+    assert read_folder_lineage(folder)["model_id"] == registered["model_id"]
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(read_samples(str(synthetic_shards["root"] / "test-000000.tar"))[0]["mp4"])
     mlflow.set_tracking_uri(tracking)
