@@ -385,7 +385,7 @@ def test_no_generated_request_gets_a_5xx_long(case, app):
     case.call_and_validate(base_url=app["url"], headers=AUTH, checks=[not_a_server_error], timeout=60)
 
 
-def test_schemathesis_with_every_check_finds_no_failure(app):
+def test_schemathesis_with_every_check_finds_no_failure(app, tmp_path):
     """`schemathesis run --checks all` (coverage and fuzzing phases, seeded, a few hundred cases): the schema says what
     the server does (auth, the uploads' rules, 400 for a broken multipart body, 405 with Allow). tests/schemathesis.toml
     says why an upload may be refused for its content."""
@@ -393,7 +393,7 @@ def test_schemathesis_with_every_check_finds_no_failure(app):
     command = [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(tests / "schemathesis.toml"), "run", f"{app['url']}/openapi.json",
                "--checks", "all", "-H", f"Authorization: Bearer {TOKEN}", "--phases", "examples,coverage,fuzzing", "--max-examples", "10",
                "--seed", "1", "--generation-database", "none", "--request-timeout", "60", "--workers", "1", "--no-color"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache stays out of the repo
     summary = done.stdout[done.stdout.find("SUMMARY") :]
     assert done.returncode == 0, done.stdout[-6000:]
     assert " passed" in summary and "generated" in summary, summary
