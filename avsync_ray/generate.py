@@ -70,7 +70,7 @@ def run_generate(
     resolve_device(config.device)  # no GPU, when one is asked for, is an error before any work
     model_dir = check_pipeline_folder(model)
     config = with_model_size(config, model_dir)
-    conditioning = load_conditioning(config, image=image, audio=audio, video=video)
+    conditioning = load_conditioning(config, image=image, audio=audio, video=video, limits=config.limits)
     pipe = configure_pipeline(load_pipeline(model_dir, config.device, config.dtype), config)
     frames, clip = generate(pipe, conditioning, prompt, config)
     padded = write_animation(frames, clip, config.fps, out)
