@@ -12,7 +12,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-from avsync_ray.tracking import PYFUNC_ARTIFACT
+from avsync_ray.tracking import PYFUNC_ARTIFACT, experiment_id
 
 
 def _cell(row: dict, name: str):
@@ -111,7 +111,8 @@ def register_model(folder: str, name: str, kind: str, uri: str, alias: str = "ca
     from importlib.metadata import version
 
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment or {"avsyncd": "avsync/avsyncd", "sync-classifier": "avsync/sync-classifier"}[kind])
+    experiment = experiment or {"avsyncd": "avsync/avsyncd", "sync-classifier": "avsync/sync-classifier"}[kind]
+    mlflow.set_experiment(experiment_id=experiment_id(uri, experiment))
     with mlflow.start_run(run_name=f"register-{name}", tags={"avsync.task": "export", "avsync.source_run_id": source_run_id or ""}) as run:
         info = mlflow.pyfunc.log_model(
             name="model",

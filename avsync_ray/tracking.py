@@ -17,18 +17,49 @@ def flat_params(data: dict) -> dict[str, str]:
     return {name: json.dumps(value) if isinstance(value, (list, tuple)) else str(value) for name, value in flatten(data).items()}
 
 
-def _mlflow(uri: str):
+def artifact_root(uri: str) -> str | None:
+    """Where new experiments of the store at ``uri`` keep their runs' artifacts: for a local SQLite store, the
+    folder ``mlruns`` beside the database. (MLflow's own default, ``./mlruns``, is taken in the working folder of
+    whichever process creates the experiment: for Ray Train's rank 0 a temporary session folder, which would pin
+    every later run's artifacts there.) None where the store places them itself (a folder store, a server)."""
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        return os.path.join(os.path.dirname(uri[len("sqlite:///") :]), "mlruns")
+    return None
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of the experiment ``name`` in the store at ``uri``, created (with its artifacts at
+    :func:`artifact_root`) if it does not exist yet; every process that logs a run goes through here."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    root = artifact_root(uri)
+    try:
+        return client.create_experiment(name, artifact_location=os.path.join(root, name) if root else None)
+    except MlflowException:  # another process created it meanwhile
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _mlflow(uri: str, experiment: str):
+    """The ``mlflow`` module with its tracking URI and active experiment set."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=experiment_id(uri, experiment))
     return mlflow
 
 
 def log_job_run(tracking: TrackingConfig, task: str, params: dict, metrics: dict[str, float], texts: dict[str, str]) -> str:
     """One run of a one-shot job (``eval-sync``, ``precompute``) in ``tracking.experiment``, named after the task
     unless ``tracking.run_name`` says otherwise: params, metrics, and text artifacts by file name. Returns its id."""
-    mlflow = _mlflow(tracking.uri)
-    mlflow.set_experiment(tracking.experiment)
+    mlflow = _mlflow(tracking.uri, tracking.experiment)
     with mlflow.start_run(run_name=tracking.run_name or task, tags={"avsync.task": task}) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
@@ -43,8 +74,7 @@ def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: d
     report (with histograms), stats, shard index and resolved config as artifacts. Returns the run id."""
     from avsync_ray.storage import filesystem, join_uri
 
-    mlflow = _mlflow(config.tracking.uri)
-    mlflow.set_experiment(config.tracking.experiment)
+    mlflow = _mlflow(config.tracking.uri, config.tracking.experiment)
     params = flat_params({"filters": config.model_dump(mode="json")["filters"], "windows": config.windows.model_dump(), "shots": config.shots.model_dump()})
     params.update({"input": str(config.input), "output": config.output, "split": config.shards.split})
     run_name = config.tracking.run_name or f"curate-{config.output.rstrip('/').rsplit('/', 1)[-1]}"
@@ -78,9 +108,7 @@ class TrainingTracker:
 
         self.client = MlflowClient(uri)
         if run_id is None:
-            found = self.client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-            run_id = self.client.create_run(experiment_id, run_name=run_name, tags={"avsync.task": task}).info.run_id
+            run_id = self.client.create_run(experiment_id(uri, experiment), run_name=run_name, tags={"avsync.task": task}).info.run_id
             self._log_params(run_id, params)
             self.client.log_text(run_id, config_yaml, f"{task}.config.yaml")
         else:
@@ -201,8 +229,7 @@ def log_parent_with_children(
     """A parent run (params, metrics, the folder ``artifacts`` logged as artifacts) with one nested run per child
     (``mlflow.parentRunId`` set, so ``search_runs`` with ``tags.mlflow.parentRunId = '<id>'`` returns them as
     comparable rows). Returns the parent's id and the children's ids, in order."""
-    mlflow = _mlflow(tracking.uri)
-    mlflow.set_experiment(tracking.experiment)
+    mlflow = _mlflow(tracking.uri, tracking.experiment)
     child_ids = []
     with mlflow.start_run(run_name=tracking.run_name or task, tags={"avsync.task": task}) as parent:
         mlflow.log_params({k: v[:6000] for k, v in flat_params(params).items()})

@@ -32,13 +32,15 @@ def classifier_run(ray_session, synthetic_shards, tmp_path_factory) -> dict:
     """One classifier run whose rank 1 raises after step 3 (the tests' fault hook); Ray Train restarts the worker
     group from the step-2 checkpoint and finishes at step 6. Later fixtures resume it and export it."""
     tmp_path = tmp_path_factory.mktemp("classifier_run")
-    tracking = f"sqlite:///{tmp_path}/mlruns.db"
-    common = [
-        f"data.root={synthetic_shards['root']}", f"run.storage_path={tmp_path}/runs", f"tracking.uri={tracking}", "run.name=sync",
+    tracking = f"sqlite:///{tmp_path}/mlruns.db"  # the default store of a command run in tmp_path
+    settings = [
+        f"data.root={synthetic_shards['root']}", "run.name=sync",
         "model.base_width=4", "model.image_size=32", "clips.num_clips=5", "checkpoint.every_n_steps=2", "log_every_n_steps=1",
     ]  # fmt: skip
-    config = load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*common, "max_steps=6"])
+    common = [*settings, f"run.storage_path={tmp_path}/runs", f"tracking.uri={tracking}"]  # the same, from any folder
     with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)  # the first run keeps the default store and storage: ./mlruns.db and ./runs
+        config = load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*settings, "max_steps=6"])
         patch.setenv(FAULTS_ENV_VAR, json.dumps({"fail_training_at_step": 3, "fail_rank": 1}))
         first = launch(config, "sync-classifier")
     meta = read_checkpoint_meta(first["checkpoint"])
@@ -58,6 +60,24 @@ def exported_classifier(resumed_run, classifier_run):
 
     folder = classifier_run["tmp"] / "classifier"
     return folder, export_checkpoint(resumed_run["checkpoint"], folder)
+
+
+def _artifact_folder(tracking_uri: str, run_id: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri).get_run(run_id).info.artifact_uri.removeprefix("file://")
+
+
+def test_the_default_store_is_where_the_command_ran_with_the_artifacts_beside_it(classifier_run):
+    """With no tracking.uri, rank 0 (working in Ray's session folder) logs to ./mlruns.db where the run was launched,
+    and the experiment keeps every run's artifacts in ./mlruns beside it, not in a Ray temp folder that vanishes."""
+    from mlflow.tracking import MlflowClient
+
+    tmp_path = classifier_run["tmp"]
+    experiment = MlflowClient(classifier_run["tracking"]).get_experiment_by_name("avsync/sync-classifier")
+    assert experiment is not None and experiment.artifact_location.removeprefix("file://") == str(tmp_path / "mlruns" / "avsync/sync-classifier")
+    artifacts = _artifact_folder(classifier_run["tracking"], classifier_run["run_id"])
+    assert os.path.isfile(os.path.join(artifacts, "sync-classifier.config.yaml")) and artifacts.startswith(str(tmp_path / "mlruns"))
 
 
 def test_an_injected_failure_restarts_from_the_last_checkpoint(classifier_run):

@@ -42,7 +42,9 @@ MISSING_KINDS = ("missing", "missing_input")
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Defaults are validated like given values: a default path or store (``runs``, ``sqlite:///mlruns.db``) is made
+    # absolute where the command runs, as a typed one is.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 def _multiple_of_eight(value: int) -> int:
@@ -122,15 +124,23 @@ class TrackingConfig(StrictModel):
     run_name: str | None = Field(None, description="MLflow run name (None: named after the job's output or run name)")
 
 
+def nested_default(default: StrictModel, description: str):
+    """A nested field whose default instance differs from its class's defaults: when a file or ``--set`` gives only
+    some of its keys, the others keep ``default``'s values (not the class's). Only the values ``default`` was built
+    with are kept: the class's own defaults are validated with the config, so a default store or path is made
+    absolute where the command runs, not where the module was imported."""
+    given = default.model_dump(exclude_unset=True)
+
+    def over_default(value):
+        return {**given, **value} if isinstance(value, dict) else value
+
+    return Annotated[type(default), BeforeValidator(over_default)], Field(given, description=description)
+
+
 def job_tracking(experiment: str, description: str = "MLflow"):
     """A job's ``tracking`` field: a :class:`TrackingConfig` whose ``experiment`` defaults to the job's own,
     also when a file or ``--set`` gives only some of its fields (``tracking: {uri: ...}``)."""
-
-    def with_experiment(value):
-        return {"experiment": experiment, **value} if isinstance(value, dict) else value
-
-    kind = Annotated[TrackingConfig, BeforeValidator(with_experiment)]
-    return kind, Field(TrackingConfig(experiment=experiment), description=description)
+    return nested_default(TrackingConfig(experiment=experiment), description)
 
 
 class RayConfig(StrictModel):
@@ -138,16 +148,6 @@ class RayConfig(StrictModel):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by this command")
     progress_bars: bool | None = Field(None, description="Ray Data progress bars (None: when the output is a terminal)")
     verbose: bool = Field(False, description="also show Ray's own internal logs (off: only this job's progress and warnings)")
-
-
-def nested_default(default: StrictModel, description: str):
-    """A nested field whose default instance differs from its class's defaults: when a file or ``--set`` gives only
-    some of its keys, the others keep ``default``'s values (not the class's)."""
-
-    def over_default(value):
-        return {**default.model_dump(), **value} if isinstance(value, dict) else value
-
-    return Annotated[type(default), BeforeValidator(over_default)], Field(default, description=description)
 
 
 def _read_yaml(source) -> dict[str, Any]:
@@ -301,6 +301,8 @@ def describe_fields(schema: type[BaseModel], defaults: BaseModel | None = None, 
         dotted = f"{prefix}{name}"
         default = getattr(defaults, name) if defaults is not None else field.default
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            if isinstance(default, dict):  # a nested_default's given values, over the class's defaults as written
+                default = field.annotation.model_construct(**default)
             # A required section (e.g. ``run``) has no default instance: its fields show their own defaults.
             rows += describe_fields(field.annotation, default if isinstance(default, BaseModel) else None, f"{dotted}.")
             continue
