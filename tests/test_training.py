@@ -171,15 +171,15 @@ def test_eval_sync_scores_every_held_out_clip(exported_classifier, classifier_ru
 
 def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synthetic_shards, tmp_path, monkeypatch):
     """ZeRO-3, checkpoints on S3 (every rank's shards gathered there by Ray Train), an MLflow preview video in the
-    caller's relative SQLite store (not one in rank 0's working folder), and an export from the S3 checkpoint that
-    the pipeline loads."""
+    default store where the command ran, ./mlruns.db with ./mlruns beside it (not in rank 0's working folder), and an
+    export from the S3 checkpoint that the pipeline loads."""
     monkeypatch.chdir(tmp_path)
     tracking = f"sqlite:///{tmp_path}/mlruns.db"
     config = load_config(
         TrainConfig,
         "train-tiny",
         overrides=[
-            f"data.root={synthetic_shards['root']}", f"run.storage_path={s3_server}/runs", "tracking.uri=sqlite:///mlruns.db",
+            f"data.root={synthetic_shards['root']}", f"run.storage_path={s3_server}/runs",
             "max_steps=4", "checkpoint.every_n_steps=2", "log_every_n_steps=1", "height=32", "width=32",
             "deepspeed.zero_stage=3", "preview_every_n_steps=4", "preview_inference_steps=2",
         ],
@@ -195,6 +195,8 @@ def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synth
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["deepspeed.zero_stage"] == "3"
     assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/step_00000004.mp4"]
+    assert os.path.isfile(os.path.join(_artifact_folder(tracking, run.info.run_id), "samples", "step_00000004.mp4"))
+    assert _artifact_folder(tracking, run.info.run_id).startswith(str(tmp_path / "mlruns" / "avsync/avsyncd"))
     assert len(_metric_history(tracking, run.info.run_id, "loss")) == 4
 
     # The exported folder is a pipeline that generates, with the trained UNet weights.

@@ -188,3 +188,73 @@ def test_the_demo_checks_its_store_holds_every_run(tmp_path):
     check_runs_in_store(store, {"x": run_id})
     with pytest.raises(WorkFailedError, match="lacks the runs of: training, eval"):
         check_runs_in_store(store, {"x": run_id, "training": "0" * 32, "eval": None})
+
+
+# ------------------------------------------------------------------------------------------------ resources
+
+
+def test_a_request_the_cluster_cannot_place_names_its_setting():
+    from avsync_ray.config.base import ActorConfig
+    from avsync_ray.ray_runtime import ResourceRequest, actor_request, shortfall
+
+    cpu_node, gpu_node = {"CPU": 2.0}, {"CPU": 8.0, "GPU": 2.0}
+    generator = actor_request("generate_actor", ActorConfig(num_gpus=1.0))
+    assert shortfall(generator, [cpu_node]) == "generate_actor.num_gpus=1: each actor needs 1 GPU, and this Ray cluster has no GPU"
+    assert shortfall(generator, [cpu_node, gpu_node]) is None
+    assert "needs a node with a GPU" in shortfall(actor_request("sync_actor", ActorConfig(device="cuda")), [cpu_node])
+    assert shortfall(actor_request("sync_actor", ActorConfig(device="cuda")), [gpu_node]) is None
+    assert shortfall(actor_request("actor", ActorConfig(num_cpus=4.0)), [cpu_node]) == "actor.num_cpus=4: each actor needs 4 CPU, and no node of this Ray cluster has that many (at most 2)"
+    assert shortfall(actor_request("actor", ActorConfig(num_gpus=0.5, num_cpus=0.5)), [{"CPU": 1.0, "GPU": 1.0}]) is None  # fractions share
+    workers = ResourceRequest("training worker", {"CPU": 2.0, "GPU": 1.0}, {"CPU": "scaling.cpus_per_worker=2", "GPU": "scaling.use_gpu=true"}, 3, "scaling.num_workers=3")
+    assert shortfall(workers, [gpu_node, {"CPU": 1.0, "GPU": 1.0}]) == "scaling.num_workers=3: 3 training workers of 2 CPU, 1 GPU must run at once, and this Ray cluster fits 2"
+    assert shortfall(workers, [gpu_node, {"CPU": 2.0, "GPU": 1.0}]) is None
+    assert "all of them at once" in shortfall(workers, [{"CPU": 8.0}, {"CPU": 1.0, "GPU": 1.0}])
+
+
+def test_a_cluster_that_can_grow_is_asked_for_nodes_and_waited_for_a_bounded_time(monkeypatch):
+    """On a joined cluster whose autoscaler has a fitting node type: the autoscaler is asked for the bundles, the
+    job waits up to ray.resource_wait_s and then is refused (or goes on once the nodes joined); a node type that
+    cannot fit refuses at once."""
+    import ray.autoscaler.sdk
+
+    from avsync_ray import ray_runtime
+    from avsync_ray.config.base import ActorConfig, RayConfig
+    from avsync_ray.errors import InputError
+
+    asked: list = []
+    nodes = [[{"CPU": 4.0}]]
+    monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda bundles: asked.append(bundles))
+    monkeypatch.setattr(ray_runtime, "_started_here", lambda: False)
+    monkeypatch.setattr(ray_runtime, "_cluster_nodes", lambda: nodes[-1])
+    monkeypatch.setattr(ray_runtime, "_node_types", lambda: [({"CPU": 8.0, "GPU": 1.0}, 4)])
+    request = ray_runtime.actor_request("generate_actor", ActorConfig(num_gpus=1.0))
+    with pytest.raises(InputError, match=r"generate_actor.num_gpus=1: .* \(still, after waiting 0.2 s: ray.resource_wait_s\)"):
+        ray_runtime.require_resources([request], RayConfig(resource_wait_s=0.2))
+    assert asked == [[{"CPU": 1.0, "GPU": 1.0}], []]  # asked for, then the standing request withdrawn
+    monkeypatch.setattr(ray_runtime.time, "sleep", lambda seconds: nodes.append([{"CPU": 4.0}, {"CPU": 8.0, "GPU": 1.0}]))
+    ray_runtime.require_resources([request], RayConfig(resource_wait_s=60))  # a GPU node joined during the wait
+    monkeypatch.setattr(ray_runtime, "_node_types", lambda: [({"CPU": 8.0}, -1)])
+    nodes.append([{"CPU": 4.0}])
+    with pytest.raises(InputError, match="nor any node type its autoscaler can add"):
+        ray_runtime.require_resources([request], RayConfig(resource_wait_s=60))
+
+
+def _without_gpus(ray_session) -> None:
+    if ray_session.cluster_resources().get("GPU"):
+        pytest.skip("this machine's Ray has GPUs")
+
+
+@pytest.mark.timeout(180)  # before the check, each of these waited forever for a GPU
+def test_gpu_defaults_on_a_cpu_only_ray_are_refused_at_start(ray_session, tmp_path, files, synthetic_shards, tiny_model_dir, tiny_classifier_dir):
+    _without_gpus(ray_session)
+    shards = str(synthetic_shards["root"])
+    result = runner.invoke(app, ["eval", str(tiny_model_dir), shards, "--out", str(tmp_path / "eval"), "--set", "metrics=[relsync]",
+                                 "--set", f"features.sync_classifier={tiny_classifier_dir}", "--set", "tracking.enabled=false"])  # fmt: skip
+    _one_line_error(result, "generate_actor.num_gpus=1: each actor needs 1 GPU", "feature_actor.num_gpus=1", "cannot grow")
+    result = runner.invoke(app, ["train-sync", shards, "--preset", "train-sync-tiny", "--set", "scaling.use_gpu=true",
+                                 "--set", f"run.storage_path={tmp_path / 'runs'}", "--set", "tracking.enabled=false"])  # fmt: skip
+    _one_line_error(result, "scaling.use_gpu=true: each training worker needs 1 GPU")
+    result = runner.invoke(app, ["curate", str(files), str(tmp_path / "curated"), "--set", "filters.semantic.enabled=false",
+                                 "--set", "filters.imagebind.enabled=false", "--set", f"filters.sync.classifier={tiny_classifier_dir}",
+                                 "--set", "sync_actor.device=cuda", "--set", "tracking.enabled=false"])  # fmt: skip
+    _one_line_error(result, "sync_actor.device=cuda: needs a node with a GPU")

@@ -148,6 +148,9 @@ class RayConfig(StrictModel):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by this command")
     progress_bars: bool | None = Field(None, description="Ray Data progress bars (None: when the output is a terminal)")
     verbose: bool = Field(False, description="also show Ray's own internal logs (off: only this job's progress and warnings)")
+    resource_wait_s: float = Field(
+        600.0, ge=0, description="on a cluster that may add nodes, how long a job waits for the GPUs and CPUs it asks for before it is refused (a local Ray refuses at once)"
+    )
 
 
 def _read_yaml(source) -> dict[str, Any]:
