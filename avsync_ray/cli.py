@@ -51,12 +51,13 @@ class _Settings:
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    """What a user fixes by changing the command: arguments, config, input files, devices, refused resumes."""
-    from avsync_ray.devices import DeviceError
-    from avsync_ray.media import MediaError
-
-    return (ConfigError, InputError, DeviceError, MediaError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            FileExistsError, PermissionError, typer.BadParameter)  # fmt: skip
+    """What a user fixes by changing the command: arguments, config, input files, devices, refused resumes. The
+    device and media errors are only looked up where their (torch-importing) modules are loaded: an error of a
+    module that was never imported cannot have been raised, and a quick refusal stays quick."""
+    loaded = [getattr(sys.modules[module], name) for module, name in (("avsync_ray.devices", "DeviceError"), ("avsync_ray.media.errors", "MediaError"))
+              if module in sys.modules]  # fmt: skip
+    return (ConfigError, InputError, *loaded, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+            PermissionError, typer.BadParameter)  # fmt: skip
 
 
 def _message(error: BaseException) -> str:

@@ -4,6 +4,7 @@ the MLflow model and the benchmarks prepare their inputs here."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,10 @@ from avsync_ray.media.audio import DEFAULT_MEL
 from avsync_ray.media.container import Source
 from avsync_ray.media.errors import source_name
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
+
+logger = logging.getLogger(__name__)
+
+SILENCE_PEAK = 10 ** (-60 / 20)  # -60 dBFS (ffmpeg silencedetect's default floor): audio below it has nothing to hear
 
 
 @dataclass
@@ -44,18 +49,30 @@ def load_conditioning(
         info = probe(video)
         durations = [d for d in (info.video and info.video.duration, info.audio and info.audio.duration) if d]
         av_duration = min(durations) if durations else info.duration
-        start = max(0.0, (av_duration - clip_seconds) / 2)
+        start = max(0.0, (av_duration - clip_seconds) / 2)  # a video shorter than the clip gives all it has
         clip = decode(
-            video, fps=config.fps, start=start, end=start + clip_seconds, video=not image, audio=not audio, frame_selection="next"
+            video, fps=config.fps, start=start, end=start + min(clip_seconds, av_duration), video=not image, audio=not audio, frame_selection="next"
         )
         source["clip_start_s"] = start
     first_frame = load_image(image) if image else clip.frames[0]
     waveform = np.asarray(load_audio(audio) if audio else clip.audio, dtype=np.float32)
-    shortest = int(DEFAULT_MEL.sample_rate * DEFAULT_MEL.frame_length_ms / 1000)
-    if len(waveform) < shortest:
-        raise InputError(f"{source_name(audio or video)}: the audio lasts {len(waveform) / DEFAULT_MEL.sample_rate:.3f} s; at least {shortest / DEFAULT_MEL.sample_rate} s is needed")
+    check_audio(waveform, source_name(audio or video))
     frame = to_uint8_frames(center_crop_resize(first_frame, (config.height, config.width)))[0]
     return Conditioning(image=frame, audio=waveform, source=source)
+
+
+def check_audio(waveform: np.ndarray, name: str, clip_seconds: float | None = None) -> None:
+    """Refuse audio too short for the mel front end (an :class:`InputError` naming it); warn when it is silent, or
+    shorter than the ``clip_seconds`` a model hears (the rest is heard as silence)."""
+    shortest = int(DEFAULT_MEL.sample_rate * DEFAULT_MEL.frame_length_ms / 1000)
+    seconds = len(waveform) / DEFAULT_MEL.sample_rate
+    if len(waveform) < shortest:
+        raise InputError(f"{name}: the audio lasts {seconds:.3f} s; at least {shortest / DEFAULT_MEL.sample_rate} s is needed")
+    if clip_seconds is not None and seconds < clip_seconds:
+        logger.warning("%s: the audio lasts %.2f s, shorter than the %.2f-s clip: the rest is heard as silence", name, seconds, clip_seconds)
+    peak = float(np.abs(waveform).max())
+    if peak < SILENCE_PEAK:
+        logger.warning("%s: the audio is silent (peak %.1e, below -60 dBFS): there is nothing to synchronise with", name, peak)
 
 
 def pad_to(audio: np.ndarray, seconds: float, sample_rate: int = DEFAULT_MEL.sample_rate) -> tuple[np.ndarray, float]:

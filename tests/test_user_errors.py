@@ -30,8 +30,20 @@ def files(tmp_path_factory):
     soundfile.write(folder / "nan.wav", np.full(32_000, np.nan, dtype=np.float32), 16_000, subtype="FLOAT")
     (folder / "short.wav").write_bytes(encode_wav(clip.audio[:8_000], clip.sample_rate))
     (folder / "blip.wav").write_bytes(encode_wav(clip.audio[:100], clip.sample_rate))
+    (folder / "quiet.wav").write_bytes(encode_wav(np.zeros(32_000, dtype=np.float32), clip.sample_rate))
+    second = bouncing_ball(duration=1.0, fps=24, size=(64, 64), seed=4)
+    encode_mp4(second.frames, second.fps, second.audio, second.sample_rate, str(folder / "one_second.mp4"))
     (folder / "folder.mp4").mkdir()
     return folder
+
+
+@pytest.fixture(scope="module")
+def small_model(tiny_model_dir, tmp_path_factory):
+    """The tiny pipeline trained (as its exported config says) at 32x48: fast to sample."""
+    model = tmp_path_factory.mktemp("small_model") / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "training.config.yaml").write_text(yaml.safe_dump({"height": 32, "width": 48}))  # as `avsync export` writes it
+    return model
 
 
 def _one_line_error(result, *fragments: str, code: int = 2) -> None:
@@ -79,12 +91,9 @@ def test_debug_shows_the_traceback(files):
     assert result.exit_code != 0 and isinstance(result.exception, FileNotFoundError)
 
 
-def test_short_audio_is_padded_with_silence_and_reported(tiny_model_dir, files, tmp_path, caplog):
-    model = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model)
-    (model / "training.config.yaml").write_text(yaml.safe_dump({"height": 32, "width": 48}))  # as `avsync export` writes it
+def test_short_audio_is_padded_with_silence_and_reported(small_model, files, tmp_path, caplog):
     out = tmp_path / "o.mp4"
-    result = _generate(model, files, "--video", files / "video.mp4", "--audio", files / "short.wav", "--out", out)
+    result = _generate(small_model, files, "--video", files / "video.mp4", "--audio", files / "short.wav", "--out", out)
     assert result.exit_code == 0, result.output
     summary = __import__("json").loads(result.stdout)
     assert summary["size"] == [32, 48]  # the model's own size, not 256x256
@@ -92,6 +101,30 @@ def test_short_audio_is_padded_with_silence_and_reported(tiny_model_dir, files, 
     from avsync_ray.media import decode
 
     assert len(decode(str(out), video=False).audio) == pytest.approx(32_000, abs=1100)
+
+
+def test_a_video_shorter_than_the_clip_is_used_like_short_audio(small_model, files, tmp_path, caplog):
+    """A 1-s video gives its first frame and its 1 s of audio, padded with silence as a short audio file is (it
+    failed with "out of range (window [0.000, 2.000) ...)")."""
+    result = _generate(small_model, files, "--video", files / "one_second.mp4", "--out", tmp_path / "o.mp4")
+    assert result.exit_code == 0, result.output
+    summary = __import__("json").loads(result.stdout)
+    assert summary["audio_seconds"] == pytest.approx(1.0, abs=0.03) and summary["audio_padded_s"] == pytest.approx(1.0, abs=0.03)
+    assert "padded with 1.0" in caplog.text and summary["inputs"]["clip_start_s"] == 0.0
+
+
+def test_generate_names_a_missing_input_before_loading_torch(small_model, tmp_path):
+    """The check comes before torch, diffusers and PyAV are imported (it took 9 s and 940 MB to say so)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-X", "importtime", "-m", "avsync_ray", "generate", "--model", str(small_model), "--category", "c",
+               "--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o.mp4")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and errors == [f"error: --video {tmp_path / 'missing.mp4'}: not found"], done.stderr[-2000:]
+    assert not {"torch", "diffusers", "av"} & imported
 
 
 def test_config_show_displays_every_preset_without_its_inputs():
@@ -175,6 +208,48 @@ def test_metric_and_eval_sync_name_what_is_missing(tmp_path, files, tiny_classif
     _one_line_error(result, "NaN")
     result = runner.invoke(app, ["eval-sync", str(tiny_classifier_dir), str(tmp_path)])
     _one_line_error(result, "no test.index.json")
+
+
+def test_a_config_file_that_is_not_yaml_names_the_file_and_the_line(tmp_path, synthetic_shards):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: 10\nscaling: {num_workers: 2\n")
+    _one_line_error(runner.invoke(app, ["config", "show", "train-tiny", "--config", str(bad)]), f"{bad}: not valid YAML at line 3, column 1")
+    _one_line_error(runner.invoke(app, ["train", str(synthetic_shards["root"]), "--config", str(bad)]), "bad.yaml: not valid YAML")
+    bad.write_text("- a list\n")
+    _one_line_error(runner.invoke(app, ["config", "show", "train-tiny", "--config", str(bad)]), "bad.yaml: a config file must hold a mapping")
+
+
+def test_eval_into_an_output_of_other_settings_is_refused_in_one_line(tmp_path, synthetic_shards, tiny_model_dir, tiny_classifier_dir):
+    import json
+
+    out = tmp_path / "eval"
+    (out / "generated" / "model").mkdir(parents=True)
+    (out / "generated" / "model" / "setting.json").write_text(json.dumps({"setting": "model", "sampling": {"seed": 5}}))
+    result = runner.invoke(app, ["eval", str(tiny_model_dir), str(synthetic_shards["root"]), "--out", str(out), "--set", "metrics=[relsync]",
+                                 "--set", f"features.sync_classifier={tiny_classifier_dir}", "--set", "tracking.enabled=false"])  # fmt: skip
+    _one_line_error(result, "holds clips of setting 'model' generated with other settings", "use another output folder")
+
+
+@pytest.mark.parametrize(
+    ("metric", "audio", "video", "fragments"),
+    [
+        ("psync", "short.wav", "video.mp4", ["short.wav: too short for P_sync", "audio covers [0.000, 0.500] s"]),
+        ("psync", "one_second.mp4", "one_second.mp4", ["one_second.mp4: too short for P_sync", "need 2.500 s"]),
+        ("score", "blip.wav", "video.mp4", ["blip.wav: the audio lasts 0.006 s; at least 0.025 s is needed"]),
+    ],
+    ids=["psync-short-audio", "psync-one-second-video", "score-blip"],
+)
+def test_metric_refuses_media_too_short_in_one_line(files, tiny_classifier_dir, metric, audio, video, fragments):
+    result = runner.invoke(app, ["metric", metric, "--classifier", str(tiny_classifier_dir), "--audio", str(files / audio), "--video", str(files / video)])
+    _one_line_error(result, *fragments)
+
+
+def test_metric_warns_of_silent_or_short_audio_as_generate_does(files, tiny_classifier_dir, caplog):
+    for audio in ("quiet.wav", "short.wav"):
+        result = runner.invoke(app, ["metric", "score", "--classifier", str(tiny_classifier_dir), "--audio", str(files / audio), "--video", str(files / "video.mp4")])
+        assert result.exit_code == 0, result.output
+    assert "quiet.wav: the audio is silent" in caplog.text
+    assert "short.wav: the audio lasts 0.50 s, shorter than the 2.00-s clip" in caplog.text
 
 
 def test_the_demo_checks_its_store_holds_every_run(tmp_path):

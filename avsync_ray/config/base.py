@@ -153,11 +153,23 @@ class RayConfig(StrictModel):
     )
 
 
-def _read_yaml(source) -> dict[str, Any]:
-    data = yaml.safe_load(source) or {}
+def _read_yaml(source, name: str) -> dict[str, Any]:
+    """The mapping a YAML document holds; a syntax error is a :class:`ConfigError` naming ``name`` and where."""
+    try:
+        data = yaml.safe_load(source) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{name}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"a config file must hold a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(f"{name}: a config file must hold a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A user's YAML config file (any fsspec URI)."""
+    with fsspec.open(path, "r") as handle:
+        return _read_yaml(handle, path)
 
 
 def preset_names() -> list[str]:
@@ -168,7 +180,7 @@ def read_preset(name: str) -> dict[str, Any]:
     resource = importlib.resources.files("avsync_ray") / "configs" / f"{name}.yaml"
     if not resource.is_file():
         raise ConfigError(f"unknown preset {name!r}; available: {preset_names()}")
-    return _read_yaml(resource.read_text())
+    return _read_yaml(resource.read_text(), f"preset {name}")
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -243,8 +255,7 @@ def load_config(
     keys set verbatim, e.g. a command's positional arguments) and ``--set`` overrides, in that order."""
     data: dict[str, Any] = read_preset(preset) if preset else {}
     if path:
-        with fsspec.open(path, "r") as handle:
-            data = deep_merge(data, _read_yaml(handle))
+        data = deep_merge(data, read_config_file(path))
     for dotted, value in (values or {}).items():
         data = set_value(data, dotted.split("."), value)
     for override in overrides:
@@ -278,8 +289,7 @@ def show_config(schema: type[T], preset: str | None = None, path: str | None = N
         data = set_value(data, name.split("."), None if default == "(required)" else json.loads(default))
     data = deep_merge(data, read_preset(preset) if preset else {})
     if path:
-        with fsspec.open(path, "r") as handle:
-            data = deep_merge(data, _read_yaml(handle))
+        data = deep_merge(data, read_config_file(path))
     for override in overrides:
         data = apply_override(data, override, schema)
     return yaml.safe_dump(data, sort_keys=False), missing

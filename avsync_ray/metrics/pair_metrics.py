@@ -17,8 +17,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from avsync_ray.conditioning import check_audio
+from avsync_ray.errors import InputError
 from avsync_ray.media import decode, load_audio
-from avsync_ray.media.clips import PSYNC_CLIPS, audio_clips, decode_clips
+from avsync_ray.media.clips import PSYNC_CLIPS, ClipSamplingError, audio_clips, decode_clips
 from avsync_ray.metrics import sync_metrics
 from avsync_ray.metrics.imagebind_scores import image_audio_similarity
 from avsync_ray.models.imagebind import AUDIO, VISION, ImageBind
@@ -34,8 +36,10 @@ class Pair:
 
 
 def load_pair_audio(uri: str, seconds: float = 2.0) -> np.ndarray:
-    """The first ``seconds`` of the audio track (shorter audio is kept whole; the mel pads it)."""
-    return load_audio(uri)[: int(seconds * 16_000)]
+    """The first ``seconds`` of the audio track (shorter audio is kept whole, with a warning; the mel pads it)."""
+    audio = load_audio(uri)[: int(seconds * 16_000)]
+    check_audio(audio, uri, seconds)
+    return audio
 
 
 def load_pair_frames(uri: str, num_frames: int = 12, fps: float = 6.0) -> np.ndarray:
@@ -88,10 +92,17 @@ def pair_metric(
 @torch.no_grad()
 def _psync(classifier: SyncClassifier, audio: str, video: str) -> dict:
     """Three clips 0.25 s apart from the middle of ``video``; audio from ``audio`` at the same times."""
-    clips = decode_clips(video, PSYNC_CLIPS)
+    try:
+        clips = decode_clips(video, PSYNC_CLIPS)
+    except ClipSamplingError as exc:
+        raise InputError(f"{video}: too short for P_sync: {exc}") from None
     if audio != video:
         other = decode(audio, video=False)
-        clips.audio = audio_clips(other.audio, other.audio_start, clips.starts, PSYNC_CLIPS)
+        try:
+            clips.audio = audio_clips(other.audio, other.audio_start, clips.starts, PSYNC_CLIPS)
+        except ClipSamplingError as exc:
+            raise InputError(f"{audio}: too short for P_sync: {exc}") from None
+    check_audio(clips.audio.ravel(), audio)  # warns when silent
     mel = classifier.preprocess_audio(torch.from_numpy(clips.audio))
     frames = classifier.preprocess_video(clips.frames)
     device = classifier.device
