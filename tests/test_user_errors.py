@@ -135,9 +135,23 @@ def test_config_show_displays_every_preset_without_its_inputs():
         assert result.exit_code == 0, (name, result.output)
         assert yaml.safe_load(result.stdout), name
     shown = runner.invoke(app, ["config", "show", "curate"])
-    assert "to run it, also set: input; output" in shown.output and "input: null" in shown.stdout
+    assert "input: null" in shown.stdout
+    assert "to run it, also set: input; output; filters.semantic.checkpoint, filters.imagebind.checkpoint, filters.sync.classifier (" in shown.output
+    shown = runner.invoke(app, ["config", "show", "train"])
+    assert "to run it, also set: data.root; model.init=sd15 needs model.sd15, model.imagebind" in shown.output
     bad = runner.invoke(app, ["config", "show", "curate", "--set", "filters.pixel_diff.min=0.5"])
     _one_line_error(bad, "filters.pixel_diff")
+
+
+def test_every_missing_input_and_weight_is_named_at_once(tmp_path):
+    from avsync_ray.config.base import ConfigError, load_config
+    from avsync_ray.config.train import TrainConfig
+
+    result = runner.invoke(app, ["curate", str(tmp_path), str(tmp_path / "out")])
+    _one_line_error(result, "filters.semantic.checkpoint, filters.imagebind.checkpoint, filters.sync.classifier")
+    with pytest.raises(ConfigError) as refused:
+        load_config(TrainConfig, "train")
+    assert [where for where, *_ in refused.value.problems] == ["data.root", "<root>"] and "model.sd15, model.imagebind" in str(refused.value)
 
 
 def test_each_verbs_help_example_is_a_valid_override_for_it():

@@ -264,14 +264,34 @@ def load_config(
 
 
 def validate_config(schema: type[T], data: dict[str, Any]) -> T:
-    """``schema.model_validate(data)``, with every problem named by its dotted field in one :class:`ConfigError`."""
+    """``schema.model_validate(data)``, with every problem named by its dotted field in one :class:`ConfigError`.
+    Where required values are absent, the checks that need them (the weights a job's settings call for) have not
+    run: they are run on the data with stand-ins for those values, so every missing input is listed at once."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        problems = [(".".join(map(str, e["loc"])) or "<root>", e["msg"], e["type"]) for e in exc.errors()]
-        error = ConfigError(f"invalid {schema.__name__}: " + "; ".join(f"{where}: {message}" for where, message, _ in problems))
-        error.problems = problems
-        raise error from None
+        problems = _problems(exc)
+    absent = [where for where, _, kind in problems if kind == "missing"]
+    if absent:
+        stand_ins = data
+        for where in absent:
+            annotation = _leaf_annotation(schema, where.split("."))
+            is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            stand_ins = set_value(stand_ins, where.split("."), {} if is_section else "<missing>")
+        try:
+            schema.model_validate(stand_ins)
+        except ValidationError as exc:
+            problems += [p for p in _problems(exc) if p[2] == "missing_input" and p not in problems]
+    error = ConfigError(f"invalid {schema.__name__}: " + "; ".join(message if where == ROOT else f"{where}: {message}" for where, message, _ in problems))
+    error.problems = problems
+    raise error from None
+
+
+ROOT = "<root>"  # where a problem of the whole config (a model validator's) is
+
+
+def _problems(error: ValidationError) -> list[tuple[str, str, str]]:
+    return [(".".join(map(str, e["loc"])) or ROOT, e["msg"], e["type"]) for e in error.errors()]
 
 
 def show_config(schema: type[T], preset: str | None = None, path: str | None = None, overrides: Sequence[str] = ()) -> tuple[str, list[str]]:
@@ -283,7 +303,7 @@ def show_config(schema: type[T], preset: str | None = None, path: str | None = N
     except ConfigError as error:
         if not error.problems or any(kind not in MISSING_KINDS for _, _, kind in error.problems):
             raise
-        missing = [f"{where}: {message}" if kind == "missing_input" else where for where, message, kind in error.problems]
+        missing = [where if kind == "missing" else message if where == ROOT else f"{where}: {message}" for where, message, kind in error.problems]
     data: dict[str, Any] = {}
     for name, _, default, _ in describe_fields(schema):
         data = set_value(data, name.split("."), None if default == "(required)" else json.loads(default))
