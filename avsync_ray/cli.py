@@ -95,7 +95,7 @@ def verb(name: str | None = None, group: typer.Typer = app):
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of expected errors, and Ray's own logs.")] = False,
 ):
-    from avsync_ray.ray_runtime import VERBOSE_ENV_VAR
+    from avsync_ray.ray_runtime import VERBOSE_ENV_VAR, skip_noisy_worker_lines
 
     _Settings.debug = debug
     if debug:
@@ -103,9 +103,20 @@ def main_options(
     # This project's progress lines (INFO) on stderr; other libraries' warnings only, unless debugging.
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("avsync_ray").setLevel(logging.INFO)
+    if not sys.stderr.isatty():  # the libraries' progress bars (Hugging Face saving and loading, MLflow artifacts) on a terminal only
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not debug:  # MLflow narrates its store's set-up and new experiments at INFO on its own handler, set on import
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("DeepSpeed").addFilter(_not_the_cpu_accelerator_notice)
+        skip_noisy_worker_lines()
+
+
+def _not_the_cpu_accelerator_notice(record: logging.LogRecord) -> bool:
+    """DeepSpeed, imported by diffusers and transformers too, warns that it found no GPU ("Setting accelerator to
+    CPU") on every command of a CPU machine; a command that needs a GPU says so itself."""
+    return not record.getMessage().startswith("Setting accelerator to CPU")
 
 
 def _load(schema, preset: str, path: str | None, overrides: list[str] | None, values: dict | None = None):

@@ -4,7 +4,10 @@ request per row."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import warnings
 
 import mlflow
 import mlflow.pyfunc
@@ -105,6 +108,25 @@ SIGNATURES = {
 }
 
 
+def _not_the_pickling_advice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Passing a Python object as `python_model`")
+
+
+@contextlib.contextmanager
+def _without_advice_to_the_model_author():
+    """While a model is logged, MLflow advises whoever wrote its code, not the user registering it: to give an input
+    example (the signature is explicit; an example would make MLflow load and run the model to check it) and to
+    log the model from code (the wrapper here is pickled by reference to this module)."""
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    pyfunc_logger.addFilter(_not_the_pickling_advice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*An input example was not provided", category=UserWarning)
+            yield
+    finally:
+        pyfunc_logger.removeFilter(_not_the_pickling_advice)
+
+
 def register_model(folder: str, name: str, kind: str, uri: str, alias: str = "candidate", experiment: str | None = None, source_run_id: str | None = None) -> dict:
     """Log an exported folder as an MLflow pyfunc model (the folder is its artifact), register it as ``name``
     and point ``alias`` at the new version. ``kind`` is ``avsyncd`` or ``sync-classifier``."""
@@ -114,14 +136,15 @@ def register_model(folder: str, name: str, kind: str, uri: str, alias: str = "ca
     experiment = experiment or {"avsyncd": "avsync/avsyncd", "sync-classifier": "avsync/sync-classifier"}[kind]
     mlflow.set_experiment(experiment_id=experiment_id(uri, experiment))
     with mlflow.start_run(run_name=f"register-{name}", tags={"avsync.task": "export", "avsync.source_run_id": source_run_id or ""}) as run:
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=PYFUNC_MODELS[kind](),
-            signature=SIGNATURES[kind],
-            artifacts={PYFUNC_ARTIFACT: str(folder)},
-            pip_requirements=[f"avsync-ray=={version('avsync-ray')}"],  # the package brings every pinned dependency
-            registered_model_name=name,
-        )
+        with _without_advice_to_the_model_author():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=PYFUNC_MODELS[kind](),
+                signature=SIGNATURES[kind],
+                artifacts={PYFUNC_ARTIFACT: str(folder)},
+                pip_requirements=[f"avsync-ray=={version('avsync-ray')}"],  # the package brings every pinned dependency
+                registered_model_name=name,
+            )
     client = mlflow.tracking.MlflowClient(uri)
     model_version = info.registered_model_version
     client.set_registered_model_alias(name, alias, model_version)

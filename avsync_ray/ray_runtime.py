@@ -34,6 +34,19 @@ NOISY_RAY_LOGGERS = {
 }
 
 
+# A line Ray's C++ core worker prints for every actor of Ray's own with its constructor arguments in the object
+# store (every Ray Data actor pool, Ray Train's controller: ray-project/ray#53727). The driver drops the lines its
+# workers forward that match RAY_DEDUP_LOGS_SKIP_REGEX, read when Ray is imported; the driver's own core worker
+# writes the line straight to its stderr, out of Python's reach.
+NOISY_WORKER_LINES = r"has constructor arguments in the object store and max_restarts > 0"
+
+
+def skip_noisy_worker_lines() -> None:
+    """Before Ray is imported by a command that is not verbose: forwarded worker lines matching
+    :data:`NOISY_WORKER_LINES` are not printed."""
+    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", NOISY_WORKER_LINES)
+
+
 def _train_report_logger() -> str:
     """Ray Train's workers narrate every report at INFO under a logger named by its file's path (not under
     ``ray.train``, so Train's own log level does not reach it)."""
@@ -83,6 +96,8 @@ def init_ray(config: RayConfig) -> None:
         quiet_ray_internals()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = terminal if config.progress_bars is None else config.progress_bars
+    if not verbose:  # a 15-line note every 30 s that an actor's process uses more memory than the Ray resources it reserved
+        context.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
 
 
 # ------------------------------------------------------------------------------------------------ resources

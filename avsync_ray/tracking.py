@@ -27,17 +27,29 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+def tracking_client(uri: str):
+    """An ``MlflowClient`` of the store at ``uri``. A local SQLite store that does not exist yet is created with its
+    artifact root at :func:`artifact_root` (its ``Default`` experiment's artifacts go there too)."""
+    from mlflow.tracking import MlflowClient
+
+    root = artifact_root(uri)
+    if root and not os.path.exists(uri[len("sqlite:///") :]):
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(uri, root)
+    return MlflowClient(uri)
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The id of the experiment ``name`` in the store at ``uri``, created (with its artifacts at
     :func:`artifact_root`) if it does not exist yet; every process that logs a run goes through here."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
+    root = artifact_root(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    root = artifact_root(uri)
     try:
         return client.create_experiment(name, artifact_location=os.path.join(root, name) if root else None)
     except MlflowException:  # another process created it meanwhile
@@ -104,9 +116,7 @@ class TrainingTracker:
     config as params and as a YAML artifact."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, task: str, params: dict, config_yaml: str, run_id: str | None = None):
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(uri)
+        self.client = tracking_client(uri)
         if run_id is None:
             run_id = self.client.create_run(experiment_id(uri, experiment), run_name=run_name, tags={"avsync.task": task}).info.run_id
             self._log_params(run_id, params)

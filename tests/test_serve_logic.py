@@ -210,6 +210,11 @@ def test_a_video_gives_both_inputs(media_dir):
     assert conditioning.image.shape == (64, 64, 3) and conditioning.audio.shape == (32000,)
 
 
+def test_a_video_shorter_than_the_clip_is_used_like_a_short_sound():
+    conditioning = prepare(video=mp4(1.0))  # its whole second of sound, as a 1-s audio upload (the mel pads it)
+    assert conditioning.image.shape == (64, 64, 3) and conditioning.audio.shape == (16000,) and np.abs(conditioning.audio).max() > 0.1
+
+
 @pytest.mark.parametrize(
     "files, expected",
     [
@@ -223,13 +228,13 @@ def test_a_video_gives_both_inputs(media_dir):
         (dict(video="silent mp4"), (422, "unusable_media", "video: has no audio track")),
         (dict(video="large mp4"), (413, "upload_too_large", "video: 128x128 frames are 16,384 pixels, above the limit of 9,216 (limits.max_video_pixels)")),
         (dict(video="long mp4"), (422, "too_long", "video: lasts 6.0 s, longer than the limit of 5 s (limits.max_video_s)")),
-        (dict(video="short mp4"), (422, "unusable_media", "video: out of range")),
+        (dict(video="short mp4"), (422, "too_short", "video: its audio lasts 0.30 s, shorter than 0.5 s (limits.min_audio_s)")),
         (dict(image="png", video=b"\x00" * 64), (415, "unsupported_media", "video: corrupt")),
     ],
 )
 def test_bad_uploads_are_refused_before_decoding_with_a_message(files, expected):
     made = {"big": png(120, 90), "wav": wav(3.0), "png": png(), "long wav": wav(9.0), "short wav": wav(0.3), "silent mp4": mp4(3.0, audio=False),
-            "large mp4": mp4(3.0, size=128), "long mp4": mp4(6.0), "short mp4": mp4(1.0)}  # fmt: skip
+            "large mp4": mp4(3.0, size=128), "long mp4": mp4(6.0), "short mp4": mp4(0.3)}  # fmt: skip
     status, code, message = refusal(**{k: made.get(v, v) if isinstance(v, str) else v for k, v in files.items()})
     assert (status, code) == expected[:2] and expected[2] in message, message
 

@@ -74,8 +74,8 @@ def test_the_default_store_is_where_the_command_ran_with_the_artifacts_beside_it
     from mlflow.tracking import MlflowClient
 
     tmp_path = classifier_run["tmp"]
-    experiment = MlflowClient(classifier_run["tracking"]).get_experiment_by_name("avsync/sync-classifier")
-    assert experiment is not None and experiment.artifact_location.removeprefix("file://") == str(tmp_path / "mlruns" / "avsync/sync-classifier")
+    locations = {e.name: e.artifact_location.removeprefix("file://") for e in MlflowClient(classifier_run["tracking"]).search_experiments()}
+    assert locations == {"avsync/sync-classifier": str(tmp_path / "mlruns" / "avsync/sync-classifier"), "Default": str(tmp_path / "mlruns" / "0")}
     artifacts = _artifact_folder(classifier_run["tracking"], classifier_run["run_id"])
     assert os.path.isfile(os.path.join(artifacts, "sync-classifier.config.yaml")) and artifacts.startswith(str(tmp_path / "mlruns"))
 
@@ -131,16 +131,27 @@ def test_export_writes_the_trained_weights(resumed_run, exported_classifier, cla
         torch.testing.assert_close(value.float() if value.is_floating_point() else value, trained[f"classifier.{name}"])
 
 
-def test_registered_classifier_serves_through_mlflow(exported_classifier, classifier_run, synthetic_shards):
+def test_registered_classifier_serves_through_mlflow(resumed_run, classifier_run, synthetic_shards):
+    """`avsync export --register` (its output a pipe, as a job's log) prints MLflow's two registration lines and no
+    colour codes, progress bar or advice to the model's author; the weights stay beside the store."""
+    import subprocess
+    import sys
+
     import mlflow
     import pandas as pd
+    from mlflow.tracking import MlflowClient
 
-    from avsync_ray.mlflow_models import register_model
     from avsync_ray.shards import read_samples
 
     tracking, tmp_path = classifier_run["tracking"], classifier_run["tmp"]
-    registered = register_model(str(exported_classifier[0]), "tiny-sync", "sync-classifier", tracking, source_run_id=classifier_run["run_id"])
+    command = ["export", "--checkpoint", resumed_run["checkpoint"], "--out", str(tmp_path / "registered"), "--register", "tiny-sync"]
+    done = subprocess.run([sys.executable, "-m", "avsync_ray", *command], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.splitlines() == ["Successfully registered model 'tiny-sync'.", "Created version '1' of model 'tiny-sync'."], done.stderr[-3000:]
+    registered = json.loads(done.stdout)["registered"]
     assert registered["version"] == 1 and registered["model_uri"] == "models:/tiny-sync@candidate"
+    logged_model = MlflowClient(tracking).get_model_version("tiny-sync", "1").source.removeprefix("models:/")
+    assert (tmp_path / "mlruns" / "avsync/sync-classifier" / "models" / logged_model / "artifacts").is_dir()
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(read_samples(str(synthetic_shards["root"] / "test-000000.tar"))[0]["mp4"])
     mlflow.set_tracking_uri(tracking)

@@ -347,3 +347,51 @@ def test_gpu_defaults_on_a_cpu_only_ray_are_refused_at_start(ray_session, tmp_pa
                                  "--set", "filters.imagebind.enabled=false", "--set", f"filters.sync.classifier={tiny_classifier_dir}",
                                  "--set", "sync_actor.device=cuda", "--set", "tracking.enabled=false"])  # fmt: skip
     _one_line_error(result, "sync_actor.device=cuda: needs a node with a GPU")
+
+
+# ------------------------------------------------------------------------------------------------ noise
+
+
+def _run_cli(*args: str, cwd=None):
+    """``avsync ARGS`` in a fresh process, its output a pipe (not a terminal), as a job's log sees it."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "avsync_ray", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_init_model_prints_its_result_and_nothing_else(tmp_path):
+    """No DeepSpeed note about a missing GPU, no Hugging Face "Writing model shards" bar off a terminal."""
+    done = _run_cli("init-model", str(tmp_path / "model"))
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+
+
+def test_float16_on_the_cpu_is_one_warning_of_ours(tiny_model_dir, capfd, caplog):
+    from avsync_ray.pipelines.loading import load_pipeline
+
+    load_pipeline(tiny_model_dir, "cpu", "float16")
+    assert "cannot run with `cpu` device" not in capfd.readouterr().err  # diffusers' warning, once per component
+    assert caplog.text.count("dtype=float16 on the CPU") == 1
+
+
+def test_rays_note_on_actor_arguments_and_its_memory_detector_stay_quiet(ray_session, monkeypatch):
+    """The core_worker.cc line every Ray Data pool and Ray Train run forwards (matched by Ray's own skip filter, as
+    the CLI sets it), and Ray Data's 15-line high-memory note (its detector off unless verbose)."""
+    from ray._private.ray_logging import LogDeduplicator
+
+    from avsync_ray import ray_runtime
+    from avsync_ray.config.base import RayConfig
+
+    monkeypatch.delenv("RAY_DEDUP_LOGS_SKIP_REGEX", raising=False)
+    ray_runtime.skip_noisy_worker_lines()
+    line = ("[2026-12-06 22:26:49,555 E 32130 5018] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and ID: "
+            "'382577a4882d703fbb0f618801000000' has constructor arguments in the object store and max_restarts > 0. If the "
+            "arguments in the object store go out of scope or are lost, the actor restart will fail.")  # fmt: skip
+    kept = "(RayTrainWorker pid=17340) step 2/2 loss 1.638"
+    deduplicator = LogDeduplicator(5, None, __import__("os").environ["RAY_DEDUP_LOGS_SKIP_REGEX"])
+    batch = {"ip": "127.0.0.1", "pid": 1, "job": "01", "is_err": True, "lines": [line, kept]}
+    assert [printed for out in deduplicator.deduplicate(batch) for printed in out["lines"]] == [kept]
+    ray_runtime.init_ray(RayConfig(progress_bars=False))
+    import ray.data
+
+    assert ray.data.DataContext.get_current().issue_detectors_config.high_memory_detector_config.detection_time_interval_s == -1
