@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from avsync_ray.cloud_schemas import KUBERNETES_VERSION
 from avsync_ray.config.base import ConfigError, load_config, preset_names, read_preset, show_config
 from avsync_ray.config.curate import CurateConfig
 from avsync_ray.config.demo import DemoConfig
@@ -349,13 +350,13 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Stream the job's logs until it ends (exit status 1 unless it succeeds).")] = True,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override appended to the job's verb, e.g. --set max_steps=100 (repeatable).")] = None,
 ):
-    """Submit a job spec to a Ray cluster through the Ray Jobs API (its id is <task>-<UTC time>)."""
-    from avsync_ray.jobs import follow, load_job_spec, logs_command, submit as submit_job, with_overrides
+    """Submit a job spec to a Ray cluster through the Ray Jobs API (its id is <task>-<UTC time>), once its fields,
+    runtime_env, entrypoint and every --set (the spec's and these) pass the checks the job would fail on."""
+    from avsync_ray.jobs import follow, load_job_spec, logs_command, submission_problems, submit as submit_job, with_overrides
 
     spec = load_job_spec(job_spec)
-    command = typer.main.get_command(app).commands.get(spec.verb)
-    if command is None or (set_ and "--set" not in {opt for param in command.params for opt in param.opts}):
-        raise ConfigError(f"{job_spec}: entrypoint: `avsync {spec.verb}` " + ("takes no --set" if command else "is not a verb"))
+    if problems := submission_problems(spec, typer.main.get_command(app).commands, set_ or []):
+        raise ConfigError(f"{job_spec}: " + "; ".join(problems))
     job_id, resolved = submit_job(with_overrides(spec, set_ or []), address)
     submitted = f"submitted {job_id} to {resolved}\nfollow its logs: {logs_command(job_id, resolved)}"
     if not wait:
@@ -369,14 +370,22 @@ def submit(
 
 @verb("validate", cluster_app)
 def cluster_validate(
-    files: Annotated[list[str], typer.Argument(help="Cluster-launcher configs and ray.io/v1 manifests (YAML).")],
+    files: Annotated[list[str], typer.Argument(help="Cluster-launcher configs, KubeRay and Kubernetes manifests, Ray Serve configs, job specs (YAML).")],
     crds: Annotated[str, typer.Option(help="Folder of the KubeRay CRD schemas.")] = "cluster/kuberay/crds",
+    kubernetes_version: Annotated[str, typer.Option(help="Kubernetes version whose schema pod templates and other Kubernetes objects are checked against.")] = KUBERNETES_VERSION,
 ):
-    """Check configs offline: launcher configs with Ray's own schema, manifests with KubeRay's CRD schemas."""
+    """Check configs offline for what a deploy would refuse or drop: launcher configs with Ray's own checks and the
+    cloud's request schema, manifests with KubeRay's CRDs and Kubernetes' schema, Serve configs with Serve's
+    schemas, job specs as `avsync submit` checks them. One line per problem."""
+    from avsync_ray.cloud_schemas import kubernetes_versions, missing_schema_packages
     from avsync_ray.cluster_configs import file_problems, load_crd_schemas
 
-    schemas = load_crd_schemas(crds)
-    problems = [line for path in files for line in file_problems(path, schemas)]
+    if missing := missing_schema_packages():
+        raise InputError(f"avsync cluster validate reads its schemas from {', '.join(missing)}: pip install 'avsync-ray[cluster]'")
+    if kubernetes_version not in kubernetes_versions():
+        raise InputError(f"--kubernetes-version {kubernetes_version}: the schemas at hand are for {', '.join(kubernetes_versions())}")
+    schemas, verbs = load_crd_schemas(crds), typer.main.get_command(app).commands
+    problems = [line for path in files for line in file_problems(path, schemas, verbs, kubernetes_version)]
     for line in problems:
         typer.echo(line, err=True)
     if problems:

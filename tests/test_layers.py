@@ -12,8 +12,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "avsync_ray"
 FEATURES = ("curation", "training", "evaluation", "serve")
 # generate: the one-off verb; mlflow_models: the pyfunc wrappers (they generate as the verb does); jobs,
-# cluster_configs: submitting and checking cluster jobs.
-APPS = ("cli", "demo", "generate", "mlflow_models", "jobs", "cluster_configs", "__main__")
+# cluster_configs, cloud_schemas: submitting and checking cluster jobs and configs.
+APPS = ("cli", "demo", "generate", "mlflow_models", "jobs", "cluster_configs", "cloud_schemas", "__main__")
 # Lower layers: what every feature may use. None of them may import a feature or an app.
 # The paper's metrics (``metrics``) sit here too: curation's sync filter, training's loss, evaluation and serving use them.
 SHARED = ("config", "devices", "faults", "storage", "sources", "media", "models", "pipelines", "shards", "examples", "synth",
