@@ -383,6 +383,7 @@ def test_rays_note_on_actor_arguments_and_its_memory_detector_stay_quiet(ray_ses
     from avsync_ray.config.base import RayConfig
 
     monkeypatch.delenv("RAY_DEDUP_LOGS_SKIP_REGEX", raising=False)
+    monkeypatch.delenv(ray_runtime.VERBOSE_ENV_VAR, raising=False)  # `avsync --debug` in an earlier test sets it
     ray_runtime.skip_noisy_worker_lines()
     line = ("[2026-12-06 22:26:49,555 E 32130 5018] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and ID: "
             "'382577a4882d703fbb0f618801000000' has constructor arguments in the object store and max_restarts > 0. If the "
