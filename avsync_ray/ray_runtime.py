@@ -118,23 +118,22 @@ class ResourceRequest:
 def actor_request(name: str, actor: ActorConfig) -> ResourceRequest:
     """The pool of the actor config field ``name``: one actor must fit (Ray Data runs a pool with the actors that
     start); an actor on a CUDA device needs a node with a GPU even when it reserves none."""
-    per_unit = {"CPU": actor.num_cpus, "GPU": actor.num_gpus}
-    fields = {"CPU": f"{name}.num_cpus={actor.num_cpus:g}", "GPU": f"{name}.num_gpus={actor.num_gpus:g}"}
-    if not actor.num_gpus and actor.device != "cpu":
-        if actor.device.startswith("cuda"):
-            fields["GPU"] = f"{name}.device={actor.device}"
-        else:  # 'auto' without a GPU is the CPU
-            del per_unit["GPU"]
+    per_unit = {"CPU": actor.num_cpus}
+    fields = {"CPU": f"{name}.num_cpus={actor.num_cpus:g}"}
+    if actor.num_gpus or actor.device.startswith("cuda"):  # ('auto' without a GPU is the CPU)
+        per_unit["GPU"] = actor.num_gpus
+        fields["GPU"] = f"{name}.num_gpus={actor.num_gpus:g}" if actor.num_gpus else f"{name}.device={actor.device}"
     return ResourceRequest("actor", per_unit, fields)
 
 
+_UNBOUNDED = 1 << 30
+
+
 def _units_on(node: dict[str, float], per_unit: dict[str, float]) -> int:
+    """How many bundles of ``per_unit`` fit a node with these total resources."""
     counts = [math.floor(node.get(name, 0.0) / amount + 1e-9) if amount else (_UNBOUNDED if node.get(name, 0.0) > 0 else 0)
               for name, amount in per_unit.items()]  # fmt: skip
     return min(counts, default=_UNBOUNDED)
-
-
-_UNBOUNDED = 1 << 30
 
 
 def shortfall(request: ResourceRequest, nodes: list[dict[str, float]]) -> str | None:

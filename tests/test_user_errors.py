@@ -292,6 +292,8 @@ def test_a_request_the_cluster_cannot_place_names_its_setting():
     assert shortfall(generator, [cpu_node, gpu_node]) is None
     assert "needs a node with a GPU" in shortfall(actor_request("sync_actor", ActorConfig(device="cuda")), [cpu_node])
     assert shortfall(actor_request("sync_actor", ActorConfig(device="cuda")), [gpu_node]) is None
+    for device in ("cpu", "auto"):  # an actor on the CPU needs no GPU anywhere
+        assert shortfall(actor_request("actor", ActorConfig(device=device)), [cpu_node]) is None
     assert shortfall(actor_request("actor", ActorConfig(num_cpus=4.0)), [cpu_node]) == "actor.num_cpus=4: each actor needs 4 CPU, and no node of this Ray cluster has that many (at most 2)"
     assert shortfall(actor_request("actor", ActorConfig(num_gpus=0.5, num_cpus=0.5)), [{"CPU": 1.0, "GPU": 1.0}]) is None  # fractions share
     workers = ResourceRequest("training worker", {"CPU": 2.0, "GPU": 1.0}, {"CPU": "scaling.cpus_per_worker=2", "GPU": "scaling.use_gpu=true"}, 3, "scaling.num_workers=3")
