@@ -35,6 +35,8 @@ from avsync_ray.errors import InputError, WorkFailedError
 app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the typed configs and their packaged presets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+runs_app = typer.Typer(help="Read the MLflow store: registered models with their lineage and evaluations; evaluations side by side.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 cluster_app = typer.Typer(help="Cluster configs: check them offline, render the KubeRay RayJobs from jobs/.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 
@@ -325,22 +327,20 @@ def eval_(
 def export(
     checkpoint: Annotated[str, typer.Option(help="Training checkpoint folder (any fsspec URI), e.g. <storage>/<run>/checkpoint_*.")],
     out: Annotated[str, typer.Option(help="Output folder (diffusers layout, safetensors).")],
-    register: Annotated[Optional[str], typer.Option(help="Also log it to MLflow as a model, register it under this name.")] = None,
+    register: Annotated[Optional[str], typer.Option(help="Also log its weights to MLflow as a pyfunc model and register it under this name.")] = None,
     alias: Annotated[str, typer.Option(help="Registry alias pointed at the new version.")] = "candidate",
-    tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI for --register.")] = "sqlite:///mlruns.db",
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: the training run's, from the checkpoint's config).")] = None,
 ):
-    """DeepSpeed checkpoint -> a folder AVSyncDPipeline / SyncClassifier.from_pretrained loads (and the registry)."""
+    """DeepSpeed checkpoint -> a folder AVSyncDPipeline / SyncClassifier.from_pretrained loads, an MLflow LoggedModel of
+    the training run at the checkpoint's step (named in the folder's lineage.json), and with --register a registry version."""
     from avsync_ray.config.base import resolve_tracking_uri
     from avsync_ray.training.export import export_checkpoint
 
     summary = export_checkpoint(checkpoint, out)
-    if register:
-        from avsync_ray.mlflow_models import register_model
+    uri = resolve_tracking_uri(tracking_uri or summary["tracking_uri"] or "sqlite:///mlruns.db")
+    from avsync_ray.mlflow_models import log_export
 
-        summary["registered"] = register_model(
-            out, register, summary["task"], resolve_tracking_uri(tracking_uri), alias, source_run_id=summary["mlflow_run_id"]
-        )
-    return summary
+    return {**summary, **log_export(summary, uri, register, alias)}
 
 
 @verb()
@@ -407,6 +407,37 @@ def cluster_render(
     if check and drifted:
         raise WorkFailedError(f"out of date in {out} (run `avsync cluster render`): {', '.join(drifted)}")
     return f"{out}: " + (f"updated {', '.join(drifted)}" if drifted and not check else "up to date")
+
+
+TrackingOption = Annotated[str, typer.Option(help="MLflow tracking URI of the store to read.")]
+
+
+@verb("models", runs_app)
+def runs_models(name: Annotated[str, typer.Argument(help="Registered model name, e.g. avsyncd.")], tracking_uri: TrackingOption = "sqlite:///mlruns.db"):
+    """Each version of a registered model: aliases, training run and step, dataset, curation run, and the
+    evaluation metrics logged against it per test set."""
+    from mlflow.tracking import MlflowClient
+
+    from avsync_ray.config.base import resolve_tracking_uri
+    from avsync_ray.runs import models_table
+
+    return models_table(MlflowClient(resolve_tracking_uri(tracking_uri)), name)
+
+
+@verb("compare", runs_app)
+def runs_compare(
+    references: Annotated[list[str], typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, a LoggedModel id (m-...) or an eval run id.")],
+    out: Annotated[str, typer.Option(help="The PNG plot of the metrics with their intervals.")] = "compare.png",
+    test_set: Annotated[Optional[str], typer.Option(help="Only the evaluations on the test set of this digest.")] = None,
+    tracking_uri: TrackingOption = "sqlite:///mlruns.db",
+):
+    """Evaluation metrics of models and runs side by side (a table), and a plot of them with their intervals."""
+    from mlflow.tracking import MlflowClient
+
+    from avsync_ray.config.base import resolve_tracking_uri
+    from avsync_ray.runs import compare
+
+    return compare(MlflowClient(resolve_tracking_uri(tracking_uri)), references, out, test_set)
 
 
 class MetricName(str, Enum):

@@ -80,10 +80,12 @@ def log_job_run(tracking: TrackingConfig, task: str, params: dict, metrics: dict
         return run.info.run_id
 
 
-def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: dict, resolved_yaml: str) -> str:
+def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: dict, resolved_yaml: str, sources: list[dict]) -> str:
     """One run in ``config.tracking.experiment``, named after the output unless ``tracking.run_name`` is set:
     thresholds and model paths as params, the funnel (of the stages that ran) and outcomes as metrics, the
-    report (with histograms), stats, shard index and resolved config as artifacts. Returns the run id."""
+    report (with histograms), stats, shard index and resolved config as artifacts, and two datasets
+    (:mod:`avsync_ray.lineage`): the input corpus (its listed ``sources``) and the shards written. Returns the run id."""
+    from avsync_ray.lineage import CORPUS_CONTEXT, CURATED_CONTEXT, LISTING_FILE, corpus_dataset, shard_dataset
     from avsync_ray.storage import filesystem, join_uri
 
     mlflow = _mlflow(config.tracking.uri, config.tracking.experiment)
@@ -93,6 +95,8 @@ def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: d
     disabled = {f"removed_by_{name}" for name in report["skipped_rules"]}  # a stage that did not run removed nothing
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags({"avsync.task": "curation", "avsync.curation_id": index.get("curation_id", ""), "avsync.output": config.output})
+        corpus = corpus_dataset(config.input, ((s["uri"], s["source_id"], s["label"]) for s in sources), join_uri(config.output, LISTING_FILE))
+        mlflow.log_inputs([corpus, shard_dataset(config.output, config.shards.split)], [CORPUS_CONTEXT, CURATED_CONTEXT], [None, None])
         mlflow.log_params(params)
         mlflow.log_metrics({f"funnel.{k}": v for k, v in report["funnel"].items() if k not in disabled})
         mlflow.log_metrics({f"videos.{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
@@ -113,14 +117,18 @@ def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: d
 class TrainingTracker:
     """Rank 0's MLflow run of a training job. A resumed job passes the run id saved in its checkpoint and
     continues the same run (metrics keep their step axis); a new job creates the run and logs the resolved
-    config as params and as a YAML artifact."""
+    config as params and as a YAML artifact, and the ``dataset`` it trains on (:func:`avsync_ray.lineage.shard_dataset`)."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, task: str, params: dict, config_yaml: str, run_id: str | None = None):
+    def __init__(self, uri: str, experiment: str, run_name: str, task: str, params: dict, config_yaml: str, run_id: str | None = None, dataset=None):
+        from avsync_ray.lineage import TRAINING_CONTEXT, dataset_input
+
         self.client = tracking_client(uri)
         if run_id is None:
             run_id = self.client.create_run(experiment_id(uri, experiment), run_name=run_name, tags={"avsync.task": task}).info.run_id
             self._log_params(run_id, params)
             self.client.log_text(run_id, config_yaml, f"{task}.config.yaml")
+            if dataset is not None:
+                self.client.log_inputs(run_id, datasets=[dataset_input(dataset, TRAINING_CONTEXT)])
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
@@ -162,7 +170,8 @@ class ModelSource:
     name: str | None = None  # registered model name, version and alias (None for a plain folder)
     version: int | None = None
     alias: str | None = None
-    run_id: str | None = None  # the run that registered it
+    run_id: str | None = None  # the run that made it (a registered LoggedModel's training run)
+    model_id: str | None = None  # the registry version's LoggedModel (a folder names its own in lineage.json)
 
 
 def is_registry_uri(uri: str) -> bool:
@@ -207,6 +216,8 @@ def resolve_model(uri: str, tracking_uri: str, download_to: str | None = None) -
     temporary folder); the exported folder inside the pyfunc model's artifacts is returned."""
     import mlflow
 
+    from avsync_ray.lineage import model_id_of_version
+
     if not is_registry_uri(uri):
         return ModelSource(path=str(uri), uri=str(uri))
     name, alias, _ = parse_registry_uri(uri)
@@ -220,7 +231,7 @@ def resolve_model(uri: str, tracking_uri: str, download_to: str | None = None) -
     if PYFUNC_ARTIFACT not in artifacts:
         raise ValueError(f"{resolved} holds no '{PYFUNC_ARTIFACT}' artifact: register models with `avsync export --register`")
     folder = os.path.join(local, artifacts[PYFUNC_ARTIFACT]["path"])
-    return ModelSource(path=folder, uri=uri, name=name, version=int(found.version), alias=alias, run_id=found.run_id)
+    return ModelSource(path=folder, uri=uri, name=name, version=int(found.version), alias=alias, run_id=found.run_id, model_id=model_id_of_version(found))
 
 
 @dataclass(frozen=True)
@@ -234,18 +245,29 @@ class ChildRun:
 
 
 def log_parent_with_children(
-    tracking: TrackingConfig, task: str, params: dict, metrics: dict[str, float], children: list[ChildRun], artifacts: str | None = None
+    tracking: TrackingConfig, task: str, params: dict, metrics: dict[str, float], children: list[ChildRun], artifacts: str | None = None,
+    dataset=None, model_id: str | None = None, model_metrics: dict[str, float] | None = None,
 ) -> tuple[str, list[str]]:
     """A parent run (params, metrics, the folder ``artifacts`` logged as artifacts) with one nested run per child
     (``mlflow.parentRunId`` set, so ``search_runs`` with ``tags.mlflow.parentRunId = '<id>'`` returns them as
-    comparable rows). Returns the parent's id and the children's ids, in order."""
+    comparable rows). Every run gets ``dataset`` (the test set) as an input, so ``dataset.digest = '<digest>'``
+    finds them; the parent logs ``model_metrics`` against the ``LoggedModel`` ``model_id`` and that dataset, which
+    puts them on the model's page. Returns the parent's id and the children's ids, in order."""
+    from avsync_ray.lineage import EVALUATION_CONTEXT
+
     mlflow = _mlflow(tracking.uri, tracking.experiment)
     child_ids = []
     with mlflow.start_run(run_name=tracking.run_name or task, tags={"avsync.task": task}) as parent:
+        if dataset is not None:
+            mlflow.log_input(dataset, context=EVALUATION_CONTEXT)
         mlflow.log_params({k: v[:6000] for k, v in flat_params(params).items()})
         mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+        if model_metrics:
+            mlflow.log_metrics(model_metrics, model_id=model_id, dataset=dataset)
         for child in children:
             with mlflow.start_run(run_name=child.name, nested=True, tags={"avsync.task": task, **child.tags}) as run:
+                if dataset is not None:
+                    mlflow.log_input(dataset, context=EVALUATION_CONTEXT)
                 mlflow.log_params({k: v[:6000] for k, v in flat_params(child.params).items()})
                 mlflow.log_metrics({k: float(v) for k, v in child.metrics.items() if v is not None and v == v})
                 child_ids.append(run.info.run_id)

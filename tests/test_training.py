@@ -133,7 +133,8 @@ def test_export_writes_the_trained_weights(resumed_run, exported_classifier, cla
 
 def test_registered_classifier_serves_through_mlflow(resumed_run, classifier_run, synthetic_shards):
     """`avsync export --register` (its output a pipe, as a job's log) prints MLflow's two registration lines and no
-    colour codes, progress bar or advice to the model's author; the weights stay beside the store."""
+    colour codes, progress bar or advice to the model's author; the version leads to its lineage, and its weights
+    stay beside the store."""
     import subprocess
     import sys
 
@@ -141,17 +142,26 @@ def test_registered_classifier_serves_through_mlflow(resumed_run, classifier_run
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
+    from avsync_ray.lineage import TRAINING_CONTEXT, model_lineage, read_folder_lineage, run_dataset, shard_dataset
     from avsync_ray.shards import read_samples
 
     tracking, tmp_path = classifier_run["tracking"], classifier_run["tmp"]
-    command = ["export", "--checkpoint", resumed_run["checkpoint"], "--out", str(tmp_path / "registered"), "--register", "tiny-sync"]
-    done = subprocess.run([sys.executable, "-m", "avsync_ray", *command], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # `avsync export --register` with no --tracking-uri: the training run's store, from the checkpoint's config.
+    folder = tmp_path / "registered"
+    command = [sys.executable, "-m", "avsync_ray", "export", "--checkpoint", resumed_run["checkpoint"], "--out", str(folder), "--register", "tiny-sync"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.splitlines() == ["Successfully registered model 'tiny-sync'.", "Created version '1' of model 'tiny-sync'."], done.stderr[-3000:]
     registered = json.loads(done.stdout)["registered"]
     assert registered["version"] == 1 and registered["model_uri"] == "models:/tiny-sync@candidate"
-    logged_model = MlflowClient(tracking).get_model_version("tiny-sync", "1").source.removeprefix("models:/")
-    assert (tmp_path / "mlruns" / "avsync/sync-classifier" / "models" / logged_model / "artifacts").is_dir()
+    assert (tmp_path / "mlruns" / "avsync/sync-classifier" / "models" / registered["model_id"] / "artifacts").is_dir()
+    # The version leads to the training run, the step the checkpoint was taken at, and the shards it trained on.
+    client = MlflowClient(tracking)
+    lineage = model_lineage(client, registered["model_id"])
+    assert (lineage["training_run_id"], lineage["step"]) == (classifier_run["run_id"], 8) and registered["run_id"] == classifier_run["run_id"]
+    trained_on = run_dataset(client.get_run(classifier_run["run_id"]), TRAINING_CONTEXT)
+    assert lineage["dataset"]["digest"] == trained_on.digest == shard_dataset(str(synthetic_shards["root"]), "train").digest
+    assert read_folder_lineage(folder)["model_id"] == registered["model_id"]
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(read_samples(str(synthetic_shards["root"] / "test-000000.tar"))[0]["mp4"])
     mlflow.set_tracking_uri(tracking)

@@ -264,6 +264,6 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     write_json_atomic(join_uri(config.output, f"{config.shards.split}.stats.json"), stats)
     report = report_module.build_report(config, scores, list(entries.values()), index, stats, ray_stats, listing.skipped)
     summary = report_module.summarize(report, time.perf_counter() - started)
-    summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config)) if config.tracking.enabled else None
+    summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config), sources) if config.tracking.enabled else None
     write_json_atomic(join_uri(config.output, "report", "summary.json"), summary)
     return summary
