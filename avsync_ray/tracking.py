@@ -19,39 +19,48 @@ def flat_params(data: dict) -> dict[str, str]:
 
 def artifact_root(uri: str) -> str | None:
     """Where new experiments of the store at ``uri`` keep their runs' artifacts: for a local SQLite store, the
-    folder ``mlruns`` beside the database. (MLflow's own default, ``./mlruns``, is taken in the working folder of
-    whichever process creates the experiment: for Ray Train's rank 0 a temporary session folder, which would pin
-    every later run's artifacts there.) None where the store places them itself (a folder store, a server)."""
+    folder ``mlruns`` beside the database, in MLflow's own layout (``mlruns/<experiment id>/...``). (MLflow takes its
+    default, ``./mlruns``, in the working folder of whichever process creates the experiment: for Ray Train's rank 0
+    a temporary session folder, which would pin every later run's artifacts there.) None where the store places
+    them itself (a folder store, a server)."""
     if uri.startswith("sqlite:///") and ":memory:" not in uri:
         return os.path.join(os.path.dirname(uri[len("sqlite:///") :]), "mlruns")
     return None
 
 
 def tracking_client(uri: str):
-    """An ``MlflowClient`` of the store at ``uri``. A local SQLite store that does not exist yet is created with its
+    """An ``MlflowClient`` of the store at ``uri``; a local SQLite store that does not exist yet is created with its
     artifact root at :func:`artifact_root` (its ``Default`` experiment's artifacts go there too)."""
     from mlflow.tracking import MlflowClient
 
-    root = artifact_root(uri)
-    if root and not os.path.exists(uri[len("sqlite:///") :]):
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        SqlAlchemyStore(uri, root)
+    if artifact_root(uri) and not os.path.exists(uri[len("sqlite:///") :]):
+        _store_with_artifact_root(uri)
     return MlflowClient(uri)
 
 
+def _store_with_artifact_root(uri: str):
+    """The tracking store at ``uri`` as MLflow's SQLite store with :func:`artifact_root` as its default artifact
+    root (the store ``mlflow server --default-artifact-root`` would open); None for other stores."""
+    root = artifact_root(uri)
+    if root is None:
+        return None
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    return SqlAlchemyStore(uri, root)
+
+
 def experiment_id(uri: str, name: str) -> str:
-    """The id of the experiment ``name`` in the store at ``uri``, created (with its artifacts at
+    """The id of the experiment ``name`` in the store at ``uri``, created (with its artifacts under
     :func:`artifact_root`) if it does not exist yet; every process that logs a run goes through here."""
     from mlflow.exceptions import MlflowException
 
     client = tracking_client(uri)
-    root = artifact_root(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    store = _store_with_artifact_root(uri)
     try:
-        return client.create_experiment(name, artifact_location=os.path.join(root, name) if root else None)
+        return store.create_experiment(name) if store is not None else client.create_experiment(name)
     except MlflowException:  # another process created it meanwhile
         found = client.get_experiment_by_name(name)
         if found is None:

@@ -70,12 +70,14 @@ def _artifact_folder(tracking_uri: str, run_id: str) -> str:
 
 def test_the_default_store_is_where_the_command_ran_with_the_artifacts_beside_it(classifier_run):
     """With no tracking.uri, rank 0 (working in Ray's session folder) logs to ./mlruns.db where the run was launched,
-    and the experiment keeps every run's artifacts in ./mlruns beside it, not in a Ray temp folder that vanishes."""
+    and every experiment keeps its runs' artifacts in ./mlruns beside it (MLflow's layout, mlruns/<experiment id>),
+    not in a Ray temp folder that vanishes."""
     from mlflow.tracking import MlflowClient
 
     tmp_path = classifier_run["tmp"]
-    locations = {e.name: e.artifact_location.removeprefix("file://") for e in MlflowClient(classifier_run["tracking"]).search_experiments()}
-    assert locations == {"avsync/sync-classifier": str(tmp_path / "mlruns" / "avsync/sync-classifier"), "Default": str(tmp_path / "mlruns" / "0")}
+    experiments = MlflowClient(classifier_run["tracking"]).search_experiments()
+    assert sorted(e.name for e in experiments) == ["Default", "avsync/sync-classifier"]
+    assert all(e.artifact_location.removeprefix("file://") == str(tmp_path / "mlruns" / e.experiment_id) for e in experiments)
     artifacts = _artifact_folder(classifier_run["tracking"], classifier_run["run_id"])
     assert os.path.isfile(os.path.join(artifacts, "sync-classifier.config.yaml")) and artifacts.startswith(str(tmp_path / "mlruns"))
 
@@ -154,7 +156,8 @@ def test_registered_classifier_serves_through_mlflow(resumed_run, classifier_run
     assert done.stderr.splitlines() == ["Successfully registered model 'tiny-sync'.", "Created version '1' of model 'tiny-sync'."], done.stderr[-3000:]
     registered = json.loads(done.stdout)["registered"]
     assert registered["version"] == 1 and registered["model_uri"] == "models:/tiny-sync@candidate"
-    assert (tmp_path / "mlruns" / "avsync/sync-classifier" / "models" / registered["model_id"] / "artifacts").is_dir()
+    weights = MlflowClient(tracking).get_logged_model(registered["model_id"]).artifact_location.removeprefix("file://")
+    assert weights.startswith(str(tmp_path / "mlruns")) and os.path.isdir(weights)
     # The version leads to the training run, the step the checkpoint was taken at, and the shards it trained on.
     client = MlflowClient(tracking)
     lineage = model_lineage(client, registered["model_id"])
@@ -217,7 +220,7 @@ def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synth
     assert run.info.status == "FINISHED" and run.data.params["deepspeed.zero_stage"] == "3"
     assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/step_00000004.mp4"]
     assert os.path.isfile(os.path.join(_artifact_folder(tracking, run.info.run_id), "samples", "step_00000004.mp4"))
-    assert _artifact_folder(tracking, run.info.run_id).startswith(str(tmp_path / "mlruns" / "avsync/avsyncd"))
+    assert _artifact_folder(tracking, run.info.run_id).startswith(str(tmp_path / "mlruns"))
     assert len(_metric_history(tracking, run.info.run_id, "loss")) == 4
 
     # The exported folder is a pipeline that generates, with the trained UNet weights.

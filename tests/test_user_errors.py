@@ -266,6 +266,25 @@ def test_metric_warns_of_silent_or_short_audio_as_generate_does(files, tiny_clas
     assert "short.wav: the audio lasts 0.50 s, shorter than the 2.00-s clip" in caplog.text
 
 
+def test_a_new_store_keeps_its_artifacts_beside_it_whatever_the_working_folder(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from avsync_ray.config.base import TrackingConfig
+    from avsync_ray.tracking import log_job_run
+
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    store.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as Ray Train's rank 0 works in Ray's session folder
+    uri = f"sqlite:///{store}/mlruns.db"
+    run_id = log_job_run(TrackingConfig(uri=uri, experiment="avsync/x"), "x", {}, {}, {"note.txt": "kept"})
+    experiments = MlflowClient(uri).search_experiments()
+    assert sorted(e.name for e in experiments) == ["Default", "avsync/x"]
+    assert all(e.artifact_location.removeprefix("file://") == str(store / "mlruns" / e.experiment_id) for e in experiments)
+    assert (store / "mlruns").joinpath(MlflowClient(uri).get_run(run_id).info.experiment_id, run_id, "artifacts", "note.txt").is_file()
+    assert not (elsewhere / "mlruns").exists()
+
+
 def test_the_demo_checks_its_store_holds_every_run(tmp_path):
     from avsync_ray.config.base import TrackingConfig
     from avsync_ray.demo import check_runs_in_store
