@@ -21,12 +21,18 @@ from avsync_ray.conditioning import check_audio
 from avsync_ray.errors import InputError
 from avsync_ray.media import decode, load_audio
 from avsync_ray.media.clips import PSYNC_CLIPS, ClipSamplingError, audio_clips, decode_clips
+from avsync_ray.media.errors import source_name
 from avsync_ray.metrics import sync_metrics
 from avsync_ray.metrics.imagebind_scores import image_audio_similarity
 from avsync_ray.models.imagebind import AUDIO, VISION, ImageBind
 from avsync_ray.models.sync_classifier import SyncClassifier
 
 Metric = Literal["score", "psync", "relsync", "alignsync"]
+
+
+class TooShortForPsyncError(InputError, ClipSamplingError):
+    """A file too short for P_sync's three clips, named: an input error to a command, still a
+    :class:`ClipSamplingError` to callers that report P_sync as undefined instead (the sync-score route)."""
 
 
 @dataclass
@@ -38,7 +44,7 @@ class Pair:
 def load_pair_audio(uri: str, seconds: float = 2.0) -> np.ndarray:
     """The first ``seconds`` of the audio track (shorter audio is kept whole, with a warning; the mel pads it)."""
     audio = load_audio(uri)[: int(seconds * 16_000)]
-    check_audio(audio, uri, seconds)
+    check_audio(audio, source_name(uri), seconds)
     return audio
 
 
@@ -95,14 +101,14 @@ def _psync(classifier: SyncClassifier, audio: str, video: str) -> dict:
     try:
         clips = decode_clips(video, PSYNC_CLIPS)
     except ClipSamplingError as exc:
-        raise InputError(f"{video}: too short for P_sync: {exc}") from None
+        raise TooShortForPsyncError(f"{source_name(video)}: too short for P_sync: {exc}") from None
     if audio != video:
         other = decode(audio, video=False)
         try:
             clips.audio = audio_clips(other.audio, other.audio_start, clips.starts, PSYNC_CLIPS)
         except ClipSamplingError as exc:
-            raise InputError(f"{audio}: too short for P_sync: {exc}") from None
-    check_audio(clips.audio.ravel(), audio)  # warns when silent
+            raise TooShortForPsyncError(f"{source_name(audio)}: too short for P_sync: {exc}") from None
+    check_audio(clips.audio.ravel(), source_name(audio))  # warns when silent
     mel = classifier.preprocess_audio(torch.from_numpy(clips.audio))
     frames = classifier.preprocess_video(clips.frames)
     device = classifier.device
