@@ -39,13 +39,13 @@ def check_output(out: str | Path, suffix: str = ".mp4") -> str:
 
 
 def check_inputs_exist(**sources: str | None) -> None:
-    """Each given input file (``--image``, ``--audio``, ``--video``: a path or URI) exists; the files are read
-    (and checked further) later."""
-    for option, source in sources.items():
-        if source is not None:
+    """Each given input file (``image``, ``audio``, ``video``: a path or URI) exists, named as
+    :mod:`avsync_ray.conditioning` names its inputs; the files are read (and checked further) later."""
+    for field, source in sources.items():
+        if source:
             fs, path = filesystem(source)
             if not fs.exists(path):
-                raise FileNotFoundError(f"--{option} {source}: not found")
+                raise FileNotFoundError(f"{field} {source}: not found")
 
 
 def generate(pipe, conditioning: Conditioning, prompt: str, config: GenerateConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +95,7 @@ def run_generate(
     resolve_device(config.device)  # no GPU, when one is asked for, is an error before any work
     model_dir = check_pipeline_folder(model)
     config = with_model_size(config, model_dir)
-    conditioning = load_conditioning(config, image=image, audio=audio, video=video)
+    conditioning = load_conditioning(config, image=image, audio=audio, video=video, limits=config.limits)
     pipe = configure_pipeline(load_pipeline(model_dir, config.device, config.dtype), config)
     frames, clip = generate(pipe, conditioning, prompt, config)
     padded = write_animation(frames, clip, config.fps, out)

@@ -46,7 +46,8 @@ SYNC_INPUTS = Schema([ColSpec("string", "audio"), ColSpec("string", "video")])
 
 class AVSyncDPyfuncModel(mlflow.pyfunc.PythonModel):
     """Rows: ``category`` (prompt), ``out`` (mp4 URI to write) and ``video``, or ``image`` and ``audio`` (URIs);
-    optional ``seed`` (else the ``seed`` param). Params: the generation settings of :data:`AVSYNCD_PARAMS`.
+    optional ``seed`` (else the ``seed`` param). Params: the generation settings of :data:`AVSYNCD_PARAMS`. Inputs are
+    held to the default :class:`~avsync_ray.config.sampling.InputLimits`, as ``avsync generate`` holds them.
     Returns one row per request: ``out`` and ``error`` (None, or why that row failed: the others still run)."""
 
     def load_context(self, context) -> None:
@@ -69,7 +70,7 @@ class AVSyncDPyfuncModel(mlflow.pyfunc.PythonModel):
                 seed = _cell(row, "seed")
                 settings = config.model_copy(update={"seed": int(seed)}) if seed is not None else config
                 out = check_output(_cell(row, "out") or "")
-                conditioning = load_conditioning(settings, image=_cell(row, "image"), audio=_cell(row, "audio"), video=_cell(row, "video"))
+                conditioning = load_conditioning(settings, image=_cell(row, "image"), audio=_cell(row, "audio"), video=_cell(row, "video"), limits=settings.limits)
                 frames, clip = generate(self.pipe, conditioning, _cell(row, "category") or "", settings)
                 write_animation(frames, clip, settings.fps, out)
                 results.append({"out": out, "error": None})
@@ -80,7 +81,7 @@ class AVSyncDPyfuncModel(mlflow.pyfunc.PythonModel):
 
 class SyncClassifierPyfuncModel(mlflow.pyfunc.PythonModel):
     """Rows: ``audio`` and ``video`` URIs. Returns P_sync (a2v, v2a) of each pair, as in curation, and ``error``
-    (None, or why that row could not be scored)."""
+    (None, or why that row could not be scored); every decode is bounded by the default :class:`InputLimits`."""
 
     def load_context(self, context) -> None:
         from avsync_ray.models.sync_classifier import load_sync_classifier
@@ -88,12 +89,13 @@ class SyncClassifierPyfuncModel(mlflow.pyfunc.PythonModel):
         self.classifier = load_sync_classifier(context.artifacts[PYFUNC_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from avsync_ray.config.sampling import InputLimits
         from avsync_ray.metrics.pair_metrics import pair_metric
 
         results = []
         for row in model_input.to_dict("records"):
             try:
-                scored = pair_metric("psync", self.classifier, _cell(row, "audio"), _cell(row, "video"))
+                scored = pair_metric("psync", self.classifier, _cell(row, "audio"), _cell(row, "video"), limits=InputLimits())
                 results.append({"psync_a2v": scored["a2v"], "psync_v2a": scored["v2a"], "error": None})
             except Exception as error:  # noqa: BLE001 - per-row answer
                 results.append({"psync_a2v": None, "psync_v2a": None, "error": _row_error(error)})

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from serve_support import mp4, png, wav
+from serve_support import Remote, ingress_client, mp4, png, wav
 
 from avsync_ray.config.base import ConfigError, load_config
 from avsync_ray.config.sampling import SamplingConfig
@@ -210,31 +210,28 @@ def test_a_video_gives_both_inputs(media_dir):
     assert conditioning.image.shape == (64, 64, 3) and conditioning.audio.shape == (32000,)
 
 
-def test_a_video_shorter_than_the_clip_is_used_like_a_short_sound():
-    conditioning = prepare(video=mp4(1.0))  # its whole second of sound, as a 1-s audio upload (the mel pads it)
-    assert conditioning.image.shape == (64, 64, 3) and conditioning.audio.shape == (16000,) and np.abs(conditioning.audio).max() > 0.1
-
-
 @pytest.mark.parametrize(
     "files, expected",
     [
         (dict(audio=b"sound"), (422, "invalid_request", "give an image and an audio file, or a video")),
         (dict(image=b"i", audio=b"a", video=b"v"), (422, "invalid_request", "not all three")),
-        (dict(image=b"not an image", audio=b"a"), (415, "unsupported_media", "image: corrupt (not an image Pillow reads")),
+        (dict(image=b"not an image", audio=b"a"), (415, "unsupported_media", "image: corrupt (not a readable image (PNG, JPEG")),
         (dict(image="big", audio="wav"), (413, "upload_too_large", "image: 120x90 is 10,800 pixels, above the limit of 10,000 (limits.max_image_pixels)")),
         (dict(image="png", audio=b"\x00garbage" * 100), (415, "unsupported_media", "audio: corrupt")),
         (dict(image="png", audio="long wav"), (422, "too_long", "audio: lasts 9.0 s, longer than the limit of 8 s (limits.max_audio_s)")),
         (dict(image="png", audio="short wav"), (422, "too_short", "audio: its audio lasts 0.30 s, shorter than 0.5 s (limits.min_audio_s)")),
-        (dict(video="silent mp4"), (422, "unusable_media", "video: has no audio track")),
+        (dict(video="silent mp4"), (422, "unusable_media", "video: no audio stream")),
         (dict(video="large mp4"), (413, "upload_too_large", "video: 128x128 frames are 16,384 pixels, above the limit of 9,216 (limits.max_video_pixels)")),
         (dict(video="long mp4"), (422, "too_long", "video: lasts 6.0 s, longer than the limit of 5 s (limits.max_video_s)")),
-        (dict(video="short mp4"), (422, "too_short", "video: its audio lasts 0.30 s, shorter than 0.5 s (limits.min_audio_s)")),
+        (dict(video="short mp4"), (422, "unusable_media", "video: out of range")),
         (dict(image="png", video=b"\x00" * 64), (415, "unsupported_media", "video: corrupt")),
+        (dict(image="truncated png", audio="wav"), (415, "unsupported_media", "image: truncated (unreadable image: image file is truncated")),
+        (dict(video="png", audio="wav"), (422, "unusable_media", "video: out of range")),  # a still image has no clip to take
     ],
 )
 def test_bad_uploads_are_refused_before_decoding_with_a_message(files, expected):
     made = {"big": png(120, 90), "wav": wav(3.0), "png": png(), "long wav": wav(9.0), "short wav": wav(0.3), "silent mp4": mp4(3.0, audio=False),
-            "large mp4": mp4(3.0, size=128), "long mp4": mp4(6.0), "short mp4": mp4(0.3)}  # fmt: skip
+            "large mp4": mp4(3.0, size=128), "long mp4": mp4(6.0), "short mp4": mp4(1.0), "truncated png": png(90, 60)[:2000]}  # fmt: skip
     status, code, message = refusal(**{k: made.get(v, v) if isinstance(v, str) else v for k, v in files.items()})
     assert (status, code) == expected[:2] and expected[2] in message, message
 
@@ -293,6 +290,66 @@ def test_a_model_slot_loads_presets_and_folders_and_keeps_the_model_when_a_swap_
 
     run(scenario())
     slot.close()
+
+
+def test_a_dead_replicas_working_folder_is_removed_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """A replica that dies leaves its folder (a copy of a registry model); the next replica on the node removes it,
+    but never the folder of a replica still alive, in this process or another."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from avsync_ray.serve.model_slot import ModelSlot
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    made = "from avsync_ray.serve.model_slot import owned_workdir; print(owned_workdir('animation')[0])"
+    dead = Path(subprocess.run([sys.executable, "-c", made], capture_output=True, text=True, env=env, check=True).stdout.strip())
+    assert dead.is_dir() and dead.parent == tmp_path
+    (dead / "registry-1").mkdir()
+    first = ModelSlot("animation", loader=str, presets={})
+    assert not dead.exists()
+    second = ModelSlot("sync-score", loader=str, presets={})
+    assert first._workdir.is_dir() and second._workdir.is_dir()  # both alive: neither took the other for an orphan
+    first.close()
+    first.close()  # idempotent (Serve's __del__, then the interpreter's)
+    assert not first._workdir.exists() and second._workdir.is_dir()
+    second.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_schema_states_auth_the_upload_rules_and_every_answer_as_the_server_gives_them():
+    from avsync_ray.config.serve import ServeAppArgs
+    from avsync_ray.serve.api import openapi_schema
+    from avsync_ray.serve.ingress import app
+
+    open_server, guarded = openapi_schema(app, ServeAppArgs()), openapi_schema(app, ServeAppArgs(auth={"token_env": "TOKEN"}))
+    operations = [op for methods in open_server["paths"].values() for op in methods.values()]
+    assert "securitySchemes" not in open_server["components"] and not any("security" in op or "401" in op["responses"] for op in operations)
+    assert guarded["paths"]["/v1/models"]["get"]["security"] == [{"HTTPBearer": []}] and "401" in guarded["paths"]["/v1/models"]["get"]["responses"]
+    bodies = open_server["components"]["schemas"]
+    animation = bodies["Body_submit_v1_animations_post"]
+    assert animation["anyOf"] == [{"required": ["image", "audio"]}, {"required": ["video"]}] and animation["not"] == {"required": ["image", "audio", "video"]}
+    assert animation["properties"]["image"] == {"type": "string", "contentMediaType": "application/octet-stream", "title": "Image", "description": animation["properties"]["image"]["description"]}
+    assert bodies["Body_sync_score_v1_sync_score_post"]["required"] == ["video"]
+    for path in ("/v1/animations", "/v1/animations:sync", "/v1/sync-score"):
+        assert "400" in open_server["paths"][path]["post"]["responses"]  # a multipart body that does not parse
+
+
+def test_the_api_docs_come_from_the_server_itself():
+    async def scenario():
+        async with api_client() as client:
+            docs = (await client.get("/docs")).text
+            assert "/docs/assets/swagger-ui-bundle.js" in docs and "/docs/assets/swagger-ui.css" in docs and "https://" not in docs
+            script = await client.get("/docs/assets/swagger-ui-bundle.js")
+            assert script.status_code == 200 and len(script.content) > 500_000
+            options = await client.options("/v1/animations/abc")
+            assert options.status_code == 405 and options.headers["allow"] == "GET, DELETE"
+            broken = await client.post("/v1/animations", content=b"--x\r\nnot a part", headers={"content-type": "multipart/form-data; boundary=x"})
+            assert broken.status_code in (400, 422) and broken.json()["error"] in ("bad_request", "invalid_request")
+
+    run(scenario())
 
 
 def test_auth_refuses_to_start_open_when_it_names_a_missing_variable(monkeypatch):
@@ -409,22 +466,15 @@ def test_avsync_serve_print_config_writes_the_serve_config(tmp_path):
 # ------------------------------------------------------------------------------------------------ HTTP layer
 
 
-class NoBackend:
-    async def models(self):
-        return []
-
-    async def frame_size(self):
-        return 64, 64
+async def _frame_size():
+    return 64, 64
 
 
 def api_client(**limits):
-    import httpx
-
     from avsync_ray.config.serve import ServeAppArgs
-    from avsync_ray.serve.api import build_api
 
     settings = ServeAppArgs(limits=limits, categories=["dog barking", "</script><b>"])
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(settings, NoBackend(), None)), base_url="http://test")
+    return ingress_client(settings, model=Remote(frame_size=_frame_size))
 
 
 def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams():

@@ -1,6 +1,7 @@
 """The web page of `avsync serve` in a real browser: Debian's Chromium driven by Playwright (never a browser of
 Playwright's own), against the Serve app on loopback. A person's path: choose an image and a sound, animate,
-watch the progress, play the clip with its sound, download it; and the messages for mistakes. The same app has a
+watch the progress, play the clip with its sound, download it; the messages for mistakes, which say what to do;
+the notice that the tiny model only makes noise; and the API docs, which load with no network. The same app has a
 small ingress queue, to see Serve itself refuse the overflow with 503 and Retry-After."""
 
 from __future__ import annotations
@@ -119,8 +120,58 @@ def test_the_page_says_what_is_missing_or_wrong(browser_page, inputs):
     page.set_input_files("#audio", str(inputs["audio"]))
     page.click("#animate")
     page.wait_for_function("() => document.getElementById('error').textContent.length > 0", timeout=60_000)
-    assert page.locator("#error").inner_text().startswith("image: corrupt (not an image Pillow reads")
+    message = page.locator("#error").inner_text()
+    assert message.startswith("image: corrupt (not a readable image") and message.endswith("Choose another file: this one could not be read."), message
+    assert "Pillow" not in message and page.locator("#status").inner_text() == ""  # no longer "uploading…"
     assert page.locator("#animate").is_enabled()
+
+
+def test_the_page_asks_for_the_token_in_words_a_person_can_act_on(browser_page, inputs):
+    """This app needs no token; a server that does answers 401 (stood in for here by the browser's own routing)."""
+    page = browser_page
+    page.reload()
+    unauthorized = '{"error": "unauthorized", "message": "this server needs a bearer token: send \'Authorization: Bearer <token>\'"}'
+    page.route("**/v1/animations", lambda route: route.fulfill(status=401, body=unauthorized, content_type="application/json",
+                                                               headers={"WWW-Authenticate": "Bearer"}))  # fmt: skip
+    try:
+        page.set_input_files("#image", str(inputs["image"]))
+        page.set_input_files("#audio", str(inputs["audio"]))
+        page.click("#animate")
+        page.wait_for_function("() => document.getElementById('error').textContent.length > 0", timeout=60_000)
+        message = page.locator("#error").inner_text()
+        assert "paste it in the field above" in message and "Authorization" not in message and "Bearer" not in message, message
+        assert page.locator("#auth").is_visible() and page.locator("#status").inner_text() == ""
+        assert "Authorization" not in page.locator("#auth").inner_text()
+    finally:
+        page.unroute("**/v1/animations")
+
+
+def test_the_page_says_the_tiny_model_only_makes_noise(browser_page):
+    browser_page.reload()
+    notice = browser_page.locator("#demo-model")
+    assert notice.is_visible() and "random" in notice.inner_text() and "noise" in notice.inner_text()
+
+
+def test_the_api_docs_load_with_no_network(browser_page, page_url):
+    """Swagger UI comes from the app itself: with every request off this server refused, /docs still shows the API."""
+    page = browser_page.context.new_page()
+    elsewhere = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(page_url):
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_this_server)
+    try:
+        page.goto(f"{page_url}docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=60_000)
+        assert "AVSyncD" in page.locator(".swagger-ui .info .title").inner_text()
+        page.wait_for_selector(".opblock", timeout=60_000)
+        assert page.locator(".opblock").count() >= 9 and not elsewhere, elsewhere
+    finally:
+        page.close()
 
 
 def test_a_full_ingress_queue_is_refused_by_serve_with_503_and_retry_after(page_url, inputs):

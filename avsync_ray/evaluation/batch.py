@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from avsync_ray.batch_jobs import ActorStage, BatchJob, log_batch_run, shard_sample_rows
 from avsync_ray.config.base import save_config
 from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
+from avsync_ray.config.sampling import InputLimits
 from avsync_ray.evaluation.clips import eval_clip_rows, from_bytes
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
 from avsync_ray.evaluation.plan import GT, claim_setting_folders, list_eval_inputs, plan_settings, real_cache_key, setting_record
@@ -64,7 +65,8 @@ def _clip_jobs(item: dict, config: dict, seeds: dict[str, int], with_gt: bool) -
     """``expand`` of the eval job: an input item -> its GT clip rows (when their features are not cached) and
     one generation row per clip and setting (``seeds``: setting -> its base seed)."""
     sampling = config["sampling"]
-    rows = eval_clip_rows(item, sampling["num_frames"], sampling["fps"], (sampling["height"], sampling["width"]), config["clips_per_video"])
+    rows = eval_clip_rows(item, sampling["num_frames"], sampling["fps"], (sampling["height"], sampling["width"]), config["clips_per_video"],
+                          InputLimits.model_validate(config["limits"]))  # fmt: skip
     jobs = []
     for gt in rows:
         if gt["error"] or with_gt:
