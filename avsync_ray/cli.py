@@ -54,12 +54,13 @@ class _Settings:
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    """What a user fixes by changing the command: arguments, config, input files, devices, refused resumes."""
-    from avsync_ray.devices import DeviceError
-    from avsync_ray.media import MediaError
-
-    return (ConfigError, InputError, DeviceError, MediaError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            FileExistsError, PermissionError, typer.BadParameter)  # fmt: skip
+    """What a user fixes by changing the command: arguments, config, input files, devices, refused resumes. The
+    device and media errors are only looked up where their (torch-importing) modules are loaded: an error of a
+    module that was never imported cannot have been raised, and a quick refusal stays quick."""
+    loaded = [getattr(sys.modules[module], name) for module, name in (("avsync_ray.devices", "DeviceError"), ("avsync_ray.media.errors", "MediaError"))
+              if module in sys.modules]  # fmt: skip
+    return (ConfigError, InputError, *loaded, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+            PermissionError, typer.BadParameter)  # fmt: skip
 
 
 def _message(error: BaseException) -> str:
@@ -97,7 +98,7 @@ def verb(name: str | None = None, group: typer.Typer = app):
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of expected errors, and Ray's own logs.")] = False,
 ):
-    from avsync_ray.ray_runtime import VERBOSE_ENV_VAR
+    from avsync_ray.ray_runtime import VERBOSE_ENV_VAR, skip_noisy_worker_lines
 
     _Settings.debug = debug
     if debug:
@@ -105,9 +106,20 @@ def main_options(
     # This project's progress lines (INFO) on stderr; other libraries' warnings only, unless debugging.
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("avsync_ray").setLevel(logging.INFO)
+    if not sys.stderr.isatty():  # the libraries' progress bars (Hugging Face saving and loading, MLflow artifacts) on a terminal only
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not debug:  # MLflow narrates its store's set-up and new experiments at INFO on its own handler, set on import
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("DeepSpeed").addFilter(_not_the_cpu_accelerator_notice)
+        skip_noisy_worker_lines()
+
+
+def _not_the_cpu_accelerator_notice(record: logging.LogRecord) -> bool:
+    """DeepSpeed, imported by diffusers and transformers too, warns that it found no GPU ("Setting accelerator to
+    CPU") on every command of a CPU machine; a command that needs a GPU says so itself."""
+    return not record.getMessage().startswith("Setting accelerator to CPU")
 
 
 def _load(schema, preset: str, path: str | None, overrides: list[str] | None, values: dict | None = None):
