@@ -23,13 +23,7 @@ import typer
 
 from avsync_ray.cloud_schemas import KUBERNETES_VERSION
 from avsync_ray.config.base import ConfigError, load_config, preset_names, read_preset, show_config
-from avsync_ray.config.curate import CurateConfig
-from avsync_ray.config.demo import DemoConfig
-from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
 from avsync_ray.config.presets import preset_schema
-from avsync_ray.config.sampling import GenerateConfig
-from avsync_ray.config.serve import ServeConfig
-from avsync_ray.config.train import PrecomputeConfig, TrainConfig, TrainSyncConfig
 from avsync_ray.errors import InputError, WorkFailedError
 
 app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -122,13 +116,18 @@ def _not_the_cpu_accelerator_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Setting accelerator to CPU")
 
 
-def _load(schema, preset: str, path: str | None, overrides: list[str] | None, values: dict | None = None):
-    """The verb's config: ``values`` are its positional arguments, taken verbatim (no YAML parsing)."""
-    return load_config(schema, preset, path, overrides or [], values)
+def _verb_config(context: typer.Context):
+    """The running verb's typed config, built from its command line (preset, ``--config``, ``--set``, and its
+    arguments taken verbatim) as :data:`avsync_ray.jobs.VERB_CONFIGS` says: ``avsync submit`` and ``avsync cluster
+    validate`` check a job spec's entrypoint with the same table, so what they accept is what the verb loads."""
+    from avsync_ray.jobs import VERB_CONFIGS
+
+    return load_config(*VERB_CONFIGS[context.info_name].load_args(context.params))
 
 
 @verb()
 def generate(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="AVSyncD pipeline folder (init-model / convert-official / export output).")],
     out: Annotated[str, typer.Option(help="Output .mp4 (any fsspec URI).")],
     category: Annotated[str, typer.Option(help="Class prompt, e.g. 'lions roaring'.")],
@@ -144,11 +143,7 @@ def generate(
     """Animate an image with audio: writes an mp4 (12 frames at 6 fps with the 2-s conditioning audio)."""
     from avsync_ray.generate import run_generate
 
-    overrides = list(set_ or [])
-    for key, value in (("audio_guidance_scale", audio_guidance), ("num_inference_steps", steps), ("seed", seed)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    cfg = _load(GenerateConfig, "generate", config, overrides)
+    cfg = _verb_config(ctx)
     return run_generate(model, out, category, cfg, image=image, audio=audio, video=video)
 
 
@@ -200,6 +195,7 @@ def synth(
 
 @verb()
 def curate(
+    ctx: typer.Context,
     input: Annotated[str, typer.Argument(help="Folder, glob or URI list (any fsspec storage), or a CSV/Parquet manifest (uri, label).")],
     output: Annotated[str, typer.Argument(help="Output folder (any fsspec URI): shards, index, score table, ledger, report.")],
     rethreshold: Annotated[bool, typer.Option(help="Re-apply thresholds to the stored scores (no model runs).")] = False,
@@ -209,7 +205,7 @@ def curate(
     """Curate raw audio-video into filtered WebDataset shards, on Ray Data (resumes where it stopped)."""
     from avsync_ray.curation.pipeline import run_curation
 
-    cfg = _load(CurateConfig, "curate", config, set_, {"input": input, "output": output})
+    cfg = _verb_config(ctx)
     summary = run_curation(cfg, rethreshold=rethreshold)
     skipped = sum(summary["skipped_inputs"].values())
     return (
@@ -228,19 +224,19 @@ def probe(uri: Annotated[str, typer.Argument(help="Media file (any fsspec URI)."
 
 
 @verb()
-def demo(config: ConfigOption = None, set_: set_option("sync_training_steps=200") = None):
+def demo(ctx: typer.Context, config: ConfigOption = None, set_: set_option("sync_training_steps=200") = None):
     """The main job end to end on an embedded default (tiny models, synthetic input, this machine)."""
     from avsync_ray.demo import run_demo
 
-    return run_demo(_load(DemoConfig, "demo", config, set_))
+    return run_demo(_verb_config(ctx))
 
 
-def _train(task: str, schema, shards: str, preset: str, resume: str | None, config: str | None, set_: list[str] | None) -> dict:
+def _train(ctx: typer.Context, task: str) -> dict:
     from avsync_ray.shards import read_index
     from avsync_ray.training.features import check_features
     from avsync_ray.training.launcher import launch
 
-    cfg = _load(schema, preset, config, set_, {"data.root": shards, **({"run.resume": resume} if resume else {})})
+    cfg = _verb_config(ctx)
     index = read_index(cfg.data.root, cfg.data.split)  # fails here, before any worker starts, without shards
     if getattr(cfg, "precomputed", False):  # workers also check the encoders' weights
         check_features(index, cfg)
@@ -249,6 +245,7 @@ def _train(task: str, schema, shards: str, preset: str, resume: str | None, conf
 
 @verb("train-sync")
 def train_sync(
+    ctx: typer.Context,
     shards: Annotated[str, typer.Argument(help="Curated shard folder (any fsspec URI) with <split>.index.json.")],
     preset: Annotated[str, typer.Option(help="train-sync (the paper's recipe) or train-sync-tiny (CPU).")] = "train-sync",
     resume: ResumeOption = None,
@@ -256,11 +253,12 @@ def train_sync(
     set_: set_option("max_steps=2000") = None,
 ):
     """Train the sync classifier (contrastive over time shifts) with Ray Train + DeepSpeed."""
-    return _train("sync-classifier", TrainSyncConfig, shards, preset, resume, config, set_)
+    return _train(ctx, "sync-classifier")
 
 
 @verb()
 def train(
+    ctx: typer.Context,
     shards: Annotated[str, typer.Argument(help="Curated shard folder (any fsspec URI) with <split>.index.json.")],
     preset: Annotated[str, typer.Option(help="train (the paper's recipe) or train-tiny (CPU).")] = "train",
     resume: ResumeOption = None,
@@ -268,11 +266,12 @@ def train(
     set_: set_option("scaling.num_workers=4") = None,
 ):
     """Train AVSyncD's temporal and audio modules with Ray Train + DeepSpeed."""
-    return _train("avsyncd", TrainConfig, shards, preset, resume, config, set_)
+    return _train(ctx, "avsyncd")
 
 
 @verb()
 def precompute(
+    ctx: typer.Context,
     shards: Annotated[str, typer.Argument(help="Curated shard folder (any fsspec URI) with <split>.index.json.")],
     out: Annotated[str, typer.Argument(help="Folder of the new shards (any fsspec URI).")],
     preset: Annotated[str, typer.Option(help="precompute (SD1.5 + ImageBind-huge, as `train`) or precompute-tiny.")] = "precompute",
@@ -283,11 +282,12 @@ def precompute(
     so `avsync train --set precomputed=true` skips those encoders."""
     from avsync_ray.training.precompute import run_precompute
 
-    return run_precompute(_load(PrecomputeConfig, preset, config, set_, {"input.root": shards, "output": out}))
+    return run_precompute(_verb_config(ctx))
 
 
 @verb("eval-sync")
 def eval_sync(
+    ctx: typer.Context,
     classifier: Annotated[str, typer.Argument(help="SyncClassifier folder (an export) or the official modules/ folder.")],
     shards: Annotated[str, typer.Argument(help="Test shard folder with <split>.index.json (split: test unless --set data.split=...).")],
     out: Annotated[Optional[str], typer.Option(help="Write the summary and per-clip verdicts as JSON here.")] = None,
@@ -297,11 +297,12 @@ def eval_sync(
     """Sync accuracy (a2v, v2a) of a classifier: 31 clips 0.04 s apart, correct within +-5, on Ray Data."""
     from avsync_ray.evaluation.batch import run_eval_sync
 
-    return run_eval_sync(_load(EvalSyncConfig, "eval-sync", config, set_, {"classifier": classifier, "data.root": shards}), out)
+    return run_eval_sync(_verb_config(ctx), out)
 
 
 @verb("eval")
 def eval_(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="AVSyncD pipeline folder or a registry URI (models:/avsyncd@champion).")],
     test: Annotated[str, typer.Argument(help="Test shards (any fsspec URI), or a folder / glob / manifest of raw test videos.")],
     out: Annotated[str, typer.Option(help="Output folder (any fsspec URI): generated/, report/, per_clip.parquet.")],
@@ -311,16 +312,8 @@ def eval_(
 ):
     """FID, FVD, IA, IT, RelSync and AlignSync of generated test clips (paper §3.4) on Ray Data, with MLflow runs."""
     from avsync_ray.evaluation.batch import run_eval
-    from avsync_ray.evaluation.plan import parse_sweep
 
-    values: dict = {"model": model, "test": test, "output": out}
-    for option in sweep or []:
-        try:
-            key, swept = parse_sweep(option)
-        except ValueError as exc:
-            raise InputError(f"--sweep {option!r}: {exc}") from None
-        values[f"sweep.{key}"] = swept
-    return run_eval(_load(EvalConfig, "eval", config, set_, values))
+    return run_eval(_verb_config(ctx))
 
 
 @verb()
@@ -477,6 +470,7 @@ def metric(
 
 @verb()
 def serve(
+    ctx: typer.Context,
     config: ConfigOption = None,
     set_: set_option("model.source=models:/avsyncd@champion") = None,
     print_config: Annotated[bool, typer.Option(help="Print the Ray Serve config (for `serve deploy` or a RayService's serveConfigV2) and exit.")] = False,
@@ -484,7 +478,7 @@ def serve(
     """Serve AVSyncD with Ray Serve: the HTTP API (docs at /docs), a web page at /, jobs with progress, sync scores."""
     from avsync_ray.serve.app import deploy_config, run_serve
 
-    cfg = _load(ServeConfig, "serve", config, set_)
+    cfg = _verb_config(ctx)
     if print_config:
         import yaml
 
