@@ -6,6 +6,7 @@ benchmarks prepare their inputs here, so each refuses the same inputs with the s
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from enum import Enum
 
@@ -18,6 +19,10 @@ from avsync_ray.media.audio import DEFAULT_MEL
 from avsync_ray.media.container import Source
 from avsync_ray.media.errors import source_name
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
+
+logger = logging.getLogger(__name__)
+
+SILENCE_PEAK = 10 ** (-60 / 20)  # -60 dBFS (ffmpeg silencedetect's default floor): audio below it has nothing to hear
 
 
 class InputProblem(str, Enum):
@@ -176,12 +181,35 @@ class Conditioning:
     source: dict
 
 
+def _av_duration(info: MediaInfo) -> float | None:
+    """The time both streams of a video cover (None when the container states no duration)."""
+    durations = [d for d in (info.video and info.video.duration, info.audio and info.audio.duration) if d]
+    return min(durations) if durations else info.duration
+
+
 def _clip_start(info: MediaInfo, clip_seconds: float) -> float:
     """Where the centred clip of a video starts: the middle of the time both its streams cover (0 when the
     container states no duration)."""
-    durations = [d for d in (info.video and info.video.duration, info.audio and info.audio.duration) if d]
-    av_duration = min(durations) if durations else info.duration
+    av_duration = _av_duration(info)
     return max(0.0, (av_duration - clip_seconds) / 2) if av_duration else 0.0
+
+
+def too_short_for_the_mel(waveform: np.ndarray) -> str | None:
+    """Why audio is too short for the mel front end (one 25-ms frame), or None."""
+    seconds, shortest = len(waveform) / DEFAULT_MEL.sample_rate, DEFAULT_MEL.frame_length_ms / 1000
+    return f"the audio lasts {seconds:.3f} s; at least {shortest} s is needed" if seconds < shortest else None
+
+
+def audio_notes(waveform: np.ndarray, clip_seconds: float | None = None) -> list[str]:
+    """What a person should know of audio that is used anyway: it is shorter than the ``clip_seconds`` a model
+    hears (the rest is heard as silence), or silent (below -60 dBFS: nothing to synchronise with)."""
+    notes, seconds = [], len(waveform) / DEFAULT_MEL.sample_rate
+    if clip_seconds is not None and seconds < clip_seconds:
+        notes.append(f"the audio lasts {seconds:.2f} s, shorter than the {clip_seconds:.2f}-s clip: the rest is heard as silence")
+    peak = float(np.abs(waveform).max()) if len(waveform) else 0.0
+    if peak < SILENCE_PEAK:
+        notes.append(f"the audio is silent (peak {peak:.1e}, below -60 dBFS): there is nothing to synchronise with")
+    return notes
 
 
 def load_conditioning(
@@ -210,7 +238,11 @@ def load_conditioning(
     source: dict = {name: value and source_name(value) for name, value in (("image", image), ("audio", audio), ("video", video))}
     clip = None
     if video is not None and not (image is not None and audio is not None):
-        start = _clip_start(check_video(video, limits, need_audio=audio is None), clip_seconds)
+        info = check_video(video, limits, need_audio=audio is None)
+        if (av_duration := _av_duration(info)) is not None and av_duration < clip_seconds:
+            raise _refuse("video", video, InputProblem.UNUSABLE, f"out of range: it lasts {av_duration:.2f} s, shorter than the {clip_seconds:g}-s "
+                          f"clip the model is conditioned on; give a video of at least {clip_seconds:g} s, or an image and an audio file")  # fmt: skip
+        start = _clip_start(info, clip_seconds)
         with reading("video", video, too_long="limits.max_video_s", too_large="limits.max_video_pixels"):
             clip = decode(video, fps=config.fps, start=start, end=start + clip_seconds, video=image is None, audio=audio is None, frame_selection="next",
                           max_seconds=limits.max_video_s, max_pixels=limits.max_video_pixels)  # fmt: skip
@@ -220,11 +252,11 @@ def load_conditioning(
     with reading("audio", audio, too_long="limits.max_audio_s"):
         waveform = np.asarray(load_audio(audio, max_seconds=limits.max_audio_s) if audio is not None else clip.audio, dtype=np.float32)
     field, sound = ("audio", audio) if audio is not None else ("video", video)
-    seconds = len(waveform) / DEFAULT_MEL.sample_rate
-    check_audio_length(field, sound, seconds, limits)
-    shortest = DEFAULT_MEL.frame_length_ms / 1000
-    if seconds < shortest:
-        raise _refuse(field, sound, InputProblem.TOO_SHORT, f"the audio lasts {seconds:.3f} s; at least {shortest} s is needed")
+    check_audio_length(field, sound, len(waveform) / DEFAULT_MEL.sample_rate, limits)
+    if (why := too_short_for_the_mel(waveform)) is not None:
+        raise _refuse(field, sound, InputProblem.TOO_SHORT, why)
+    for note in audio_notes(waveform):  # (shorter than the clip: the caller pads it and says so)
+        logger.warning("%s: %s", _label(field, sound), note)
     frame = to_uint8_frames(center_crop_resize(first_frame, (config.height, config.width)))[0]
     return Conditioning(image=frame, audio=waveform, source=source)
 

@@ -136,10 +136,10 @@ def _eval_values(params: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class VerbConfig:
-    """How an ``avsync`` verb builds its typed config from its parsed command line: the arguments of the
-    ``load_config(schema, preset, config, overrides, values)`` call it makes (``values``: its positional arguments
-    and options, set verbatim at dotted keys). ``tests/test_job_specs.py`` runs each verb of ``cli.py`` and checks
-    that it makes the same call."""
+    """How an ``avsync`` verb builds its typed config from its parsed command line: the arguments of its
+    ``load_config(schema, preset, config, overrides, values)`` call (``values``: its positional arguments and
+    options, set verbatim at dotted keys). The verbs of ``cli.py`` load their configs through this table, and the
+    job-spec check does too, so both read a command line the same way."""
 
     schema: type[StrictModel]
     preset: str | None = None  # None: the verb's --preset option names it

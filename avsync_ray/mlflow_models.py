@@ -4,8 +4,10 @@ request per row."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import warnings
 
 import mlflow
 import mlflow.pyfunc
@@ -13,7 +15,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-from avsync_ray.tracking import PYFUNC_ARTIFACT
+from avsync_ray.tracking import PYFUNC_ARTIFACT, experiment_id
 
 logger = logging.getLogger(__name__)
 
@@ -137,15 +139,33 @@ def create_logged_model(kind: str, uri: str, run_id: str | None = None, step: in
     if dataset is not None:
         tags.update({"avsync.dataset.name": dataset.name, "avsync.dataset.digest": dataset.digest})
     if run:
-        name, experiment_id = f"{run.info.run_name}-step-{step}", run.info.experiment_id
+        name, in_experiment = f"{run.info.run_name}-step-{step}", run.info.experiment_id
     else:
-        found = client.get_experiment_by_name(experiment or EXPERIMENTS[kind])
-        name, experiment_id = kind, found.experiment_id if found else client.create_experiment(experiment or EXPERIMENTS[kind])
+        name, in_experiment = kind, experiment_id(uri, experiment or EXPERIMENTS[kind])
     create = mlflow.create_external_model if external else mlflow.initialize_logged_model
-    model = create(name=name, source_run_id=run.info.run_id if run else None, tags=tags, model_type=kind, experiment_id=experiment_id)
+    model = create(name=name, source_run_id=run.info.run_id if run else None, tags=tags, model_type=kind, experiment_id=in_experiment)
     if run:
         client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, step)])
     return model
+
+
+def _not_the_pickling_advice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Passing a Python object as `python_model`")
+
+
+@contextlib.contextmanager
+def _without_advice_to_the_model_author():
+    """While a model is logged, MLflow advises whoever wrote its code, not the user registering it: to give an input
+    example (the signature is explicit; an example would make MLflow load and run the model to check it) and to
+    log the model from code (the wrapper here is pickled by reference to this module)."""
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    pyfunc_logger.addFilter(_not_the_pickling_advice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*An input example was not provided", category=UserWarning)
+            yield
+    finally:
+        pyfunc_logger.removeFilter(_not_the_pickling_advice)
 
 
 def log_model_artifacts(model, folder: str, kind: str) -> None:
@@ -153,13 +173,14 @@ def log_model_artifacts(model, folder: str, kind: str) -> None:
     READY afterwards."""
     from importlib.metadata import version
 
-    mlflow.pyfunc.log_model(
-        python_model=PYFUNC_MODELS[kind](),
-        signature=SIGNATURES[kind],
-        artifacts={PYFUNC_ARTIFACT: str(folder)},
-        pip_requirements=[f"avsync-ray=={version('avsync-ray')}"],  # the package brings every pinned dependency
-        model_id=model.model_id,
-    )
+    with _without_advice_to_the_model_author():
+        mlflow.pyfunc.log_model(
+            python_model=PYFUNC_MODELS[kind](),
+            signature=SIGNATURES[kind],
+            artifacts={PYFUNC_ARTIFACT: str(folder)},
+            pip_requirements=[f"avsync-ray=={version('avsync-ray')}"],  # the package brings every pinned dependency
+            model_id=model.model_id,
+        )
 
 
 def register_logged_model(model, name: str, uri: str, alias: str = "candidate") -> dict:

@@ -17,18 +17,70 @@ def flat_params(data: dict) -> dict[str, str]:
     return {name: json.dumps(value) if isinstance(value, (list, tuple)) else str(value) for name, value in flatten(data).items()}
 
 
-def _mlflow(uri: str):
+def artifact_root(uri: str) -> str | None:
+    """Where new experiments of the store at ``uri`` keep their runs' artifacts: for a local SQLite store, the
+    folder ``mlruns`` beside the database, in MLflow's own layout (``mlruns/<experiment id>/...``). (MLflow takes its
+    default, ``./mlruns``, in the working folder of whichever process creates the experiment: for Ray Train's rank 0
+    a temporary session folder, which would pin every later run's artifacts there.) None where the store places
+    them itself (a folder store, a server)."""
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        return os.path.join(os.path.dirname(uri[len("sqlite:///") :]), "mlruns")
+    return None
+
+
+def tracking_client(uri: str):
+    """An ``MlflowClient`` of the store at ``uri``; a local SQLite store that does not exist yet is created with its
+    artifact root at :func:`artifact_root` (its ``Default`` experiment's artifacts go there too)."""
+    from mlflow.tracking import MlflowClient
+
+    if artifact_root(uri) and not os.path.exists(uri[len("sqlite:///") :]):
+        _store_with_artifact_root(uri)
+    return MlflowClient(uri)
+
+
+def _store_with_artifact_root(uri: str):
+    """The tracking store at ``uri`` as MLflow's SQLite store with :func:`artifact_root` as its default artifact
+    root (the store ``mlflow server --default-artifact-root`` would open); None for other stores."""
+    root = artifact_root(uri)
+    if root is None:
+        return None
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    return SqlAlchemyStore(uri, root)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of the experiment ``name`` in the store at ``uri``, created (with its artifacts under
+    :func:`artifact_root`) if it does not exist yet; every process that logs a run goes through here."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking_client(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    store = _store_with_artifact_root(uri)
+    try:
+        return store.create_experiment(name) if store is not None else client.create_experiment(name)
+    except MlflowException:  # another process created it meanwhile
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _mlflow(uri: str, experiment: str):
+    """The ``mlflow`` module with its tracking URI and active experiment set."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=experiment_id(uri, experiment))
     return mlflow
 
 
 def log_job_run(tracking: TrackingConfig, task: str, params: dict, metrics: dict[str, float], texts: dict[str, str]) -> str:
     """One run of a one-shot job (``eval-sync``, ``precompute``) in ``tracking.experiment``, named after the task
     unless ``tracking.run_name`` says otherwise: params, metrics, and text artifacts by file name. Returns its id."""
-    mlflow = _mlflow(tracking.uri)
-    mlflow.set_experiment(tracking.experiment)
+    mlflow = _mlflow(tracking.uri, tracking.experiment)
     with mlflow.start_run(run_name=tracking.run_name or task, tags={"avsync.task": task}) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
@@ -45,8 +97,7 @@ def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: d
     from avsync_ray.lineage import CORPUS_CONTEXT, CURATED_CONTEXT, LISTING_FILE, corpus_dataset, shard_dataset
     from avsync_ray.storage import filesystem, join_uri
 
-    mlflow = _mlflow(config.tracking.uri)
-    mlflow.set_experiment(config.tracking.experiment)
+    mlflow = _mlflow(config.tracking.uri, config.tracking.experiment)
     params = flat_params({"filters": config.model_dump(mode="json")["filters"], "windows": config.windows.model_dump(), "shots": config.shots.model_dump()})
     params.update({"input": str(config.input), "output": config.output, "split": config.shards.split})
     run_name = config.tracking.run_name or f"curate-{config.output.rstrip('/').rsplit('/', 1)[-1]}"
@@ -78,15 +129,11 @@ class TrainingTracker:
     config as params and as a YAML artifact, and the ``dataset`` it trains on (:func:`avsync_ray.lineage.shard_dataset`)."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, task: str, params: dict, config_yaml: str, run_id: str | None = None, dataset=None):
-        from mlflow.tracking import MlflowClient
-
         from avsync_ray.lineage import TRAINING_CONTEXT, dataset_input
 
-        self.client = MlflowClient(uri)
+        self.client = tracking_client(uri)
         if run_id is None:
-            found = self.client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-            run_id = self.client.create_run(experiment_id, run_name=run_name, tags={"avsync.task": task}).info.run_id
+            run_id = self.client.create_run(experiment_id(uri, experiment), run_name=run_name, tags={"avsync.task": task}).info.run_id
             self._log_params(run_id, params)
             self.client.log_text(run_id, config_yaml, f"{task}.config.yaml")
             if dataset is not None:
@@ -217,8 +264,7 @@ def log_parent_with_children(
     puts them on the model's page. Returns the parent's id and the children's ids, in order."""
     from avsync_ray.lineage import EVALUATION_CONTEXT
 
-    mlflow = _mlflow(tracking.uri)
-    mlflow.set_experiment(tracking.experiment)
+    mlflow = _mlflow(tracking.uri, tracking.experiment)
     child_ids = []
     with mlflow.start_run(run_name=tracking.run_name or task, tags={"avsync.task": task}) as parent:
         if dataset is not None:

@@ -168,15 +168,15 @@ def _commands(tmp_path: Path) -> list[list[str]]:
 
 
 def test_each_verb_loads_its_config_as_the_spec_check_does(tmp_path, monkeypatch):
-    """jobs.VERB_CONFIGS restates how each verb of cli.py calls load_config; running the verb (its work stubbed
-    out) must make exactly the call the spec check makes, for every verb that has a config."""
+    """Running each verb of cli.py (its work stubbed out) makes exactly the load_config call the spec check makes
+    from jobs.VERB_CONFIGS, for every verb that has a config."""
     for name in _WORK_MODULES:
         monkeypatch.setitem(sys.modules, name, _StandIn(name))
 
     def capture(schema, preset, path, overrides, values=None):
         raise _Loaded(schema, preset, path, list(overrides or []), values or {})
 
-    monkeypatch.setattr(avsync_ray.cli, "_load", capture)
+    monkeypatch.setattr(avsync_ray.cli, "load_config", capture)
     verbs = typer.main.get_command(app).commands
     commands = _commands(tmp_path)
     assert {words[0] for words in commands} == set(VERB_CONFIGS)  # every verb with a config is exercised

@@ -144,13 +144,13 @@ def run_eval(config: EvalConfig) -> dict:
         ClipGenerator,
         {"model": config.model, "tracking_uri": config.tracking.uri, "actor": config.generate_actor, "batch_size": config.generate_batch_size,
          "settings": {s.name: {"kind": s.kind, "sampling": s.sampling.model_dump()} for s in settings}, "output_paths": folders},
-        config.generate_actor, config.generate_batch_size,
+        config.generate_actor, config.generate_batch_size, "generate_actor",
     )  # fmt: skip
     scorer = ActorStage(
         ClipScorer,
         {"features": config.features.model_dump(), "metrics": config.metrics, "protocol": config.protocol, "actor": config.feature_actor,
          "num_frames": config.sampling.num_frames, "fps": config.sampling.fps},
-        config.feature_actor, config.feature_batch_size,
+        config.feature_actor, config.feature_batch_size, "feature_actor",
     )  # fmt: skip
     job = BatchJob(
         items=[item.to_row() for item in items],

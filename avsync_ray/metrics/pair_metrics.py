@@ -10,6 +10,7 @@ from the middle of the video, with the classifier's own (training) preprocessing
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,16 +18,34 @@ from typing import Literal
 import numpy as np
 import torch
 
-from avsync_ray.conditioning import reading
+from avsync_ray.conditioning import audio_notes, reading, too_short_for_the_mel
 from avsync_ray.config.sampling import InputLimits
+from avsync_ray.errors import InputError
 from avsync_ray.media import decode, load_audio
-from avsync_ray.media.clips import PSYNC_CLIPS, audio_clips, decode_clips
+from avsync_ray.media.clips import PSYNC_CLIPS, ClipSamplingError, audio_clips, decode_clips
+from avsync_ray.media.errors import source_name
 from avsync_ray.metrics import sync_metrics
 from avsync_ray.metrics.imagebind_scores import image_audio_similarity
 from avsync_ray.models.imagebind import AUDIO, VISION, ImageBind
 from avsync_ray.models.sync_classifier import SyncClassifier
 
+logger = logging.getLogger(__name__)
+
 Metric = Literal["score", "psync", "relsync", "alignsync"]
+
+
+class TooShortForPsyncError(InputError, ClipSamplingError):
+    """A file too short for P_sync's three clips, named: an input error to a command, still a
+    :class:`ClipSamplingError` to callers that report P_sync as undefined instead (the sync-score route)."""
+
+
+def _check_sound(audio: np.ndarray, source, clip_seconds: float | None = None) -> None:
+    """Refuse audio too short for the mel front end, naming ``source``; warn of silent audio, or audio shorter than
+    ``clip_seconds`` (as ``avsync generate`` does)."""
+    if (why := too_short_for_the_mel(audio)) is not None:
+        raise InputError(f"{source_name(source)}: {why}")
+    for note in audio_notes(audio, clip_seconds):
+        logger.warning("%s: %s", source_name(source), note)
 
 
 @dataclass
@@ -36,9 +55,11 @@ class Pair:
 
 
 def load_pair_audio(uri: str | bytes, seconds: float = 2.0, max_seconds: float | None = None) -> np.ndarray:
-    """The first ``seconds`` of the audio track (shorter audio is kept whole; the mel pads it); a track longer than
-    ``max_seconds`` is refused."""
-    return load_audio(uri, max_seconds=max_seconds)[: int(seconds * 16_000)]
+    """The first ``seconds`` of the audio track (shorter audio is kept whole, with a warning; the mel pads it); a
+    track longer than ``max_seconds`` is refused."""
+    audio = load_audio(uri, max_seconds=max_seconds)[: int(seconds * 16_000)]
+    _check_sound(audio, uri, seconds)
+    return audio
 
 
 def load_pair_frames(uri: str | bytes, num_frames: int = 12, fps: float = 6.0, max_seconds: float | None = None, max_pixels: int | None = None) -> np.ndarray:
@@ -119,10 +140,17 @@ def pair_metric(
 def _psync(classifier: SyncClassifier, audio, video, read: _Reader) -> dict:
     """Three clips 0.25 s apart from the middle of ``video``; audio from ``audio`` at the same times (a separate
     sound needs no audio track in the video)."""
-    clips = read.video("video", video, decode_clips, spec=PSYNC_CLIPS, audio=read.own_track)
+    try:
+        clips = read.video("video", video, decode_clips, spec=PSYNC_CLIPS, audio=read.own_track)
+    except ClipSamplingError as exc:
+        raise TooShortForPsyncError(f"{source_name(video)}: too short for P_sync: {exc}") from None
     if not read.own_track:
         other = read.audio("audio", audio, decode, video=False)
-        clips.audio = audio_clips(other.audio, other.audio_start, clips.starts, PSYNC_CLIPS)
+        try:
+            clips.audio = audio_clips(other.audio, other.audio_start, clips.starts, PSYNC_CLIPS)
+        except ClipSamplingError as exc:
+            raise TooShortForPsyncError(f"{source_name(audio)}: too short for P_sync: {exc}") from None
+    _check_sound(clips.audio.ravel(), audio)  # warns when silent
     mel = classifier.preprocess_audio(torch.from_numpy(clips.audio))
     frames = classifier.preprocess_video(clips.frames)
     device = classifier.device
