@@ -238,3 +238,53 @@ def model_lineage(client, model_id: str) -> dict:
         lineage["dataset"] = {"name": dataset.name, "digest": dataset.digest, "source": json.loads(dataset.source).get("uri", dataset.source)}
         lineage["curation_runs"] = [{"run_id": r.info.run_id, "run_name": r.info.run_name} for r in curation_runs(client, dataset.digest)]
     return lineage
+
+
+# ------------------------------------------------------------------------------------------------ serving
+
+LINEAGE_FIELDS = ("model_id", "model_name", "training_run_id", "training_run_name", "step", "dataset", "curation_runs")
+
+
+def no_lineage(missing: str | None) -> dict:
+    """A served model's lineage with nothing known (yet), saying why (:func:`served_lineage`'s shape)."""
+    return {**dict.fromkeys(LINEAGE_FIELDS), "curation_runs": [], "recorded_in": None, "missing": missing}
+
+
+def _with_gap(lineage: dict) -> dict:
+    """``lineage`` with ``missing`` saying which link is absent (None when the model leads to its dataset)."""
+    missing = None if lineage["dataset"] else "its training run logged no dataset"
+    if not lineage["training_run_id"]:
+        missing = "its LoggedModel names no training run"
+    return {**lineage, "missing": missing}
+
+
+def served_lineage(source, tracking_uri: str | None) -> dict:
+    """Where a model about to be served (``source``: a :class:`~avsync_ray.tracking.ModelSource`) comes from, in
+    :func:`model_lineage`'s fields plus ``recorded_in`` and ``missing`` (why a link is unknown, else None):
+
+    - a registry version: its ``LoggedModel``'s lineage from the store at ``tracking_uri`` (``recorded_in: mlflow``);
+    - a folder an export wrote (or a registry version the store cannot answer for): what its ``lineage.json`` records
+      (``recorded_in: lineage.json``; no store is asked, so no run names or curation runs);
+    - anything else: nothing, and why."""
+    failure = None
+    if source.model_id and tracking_uri:
+        from mlflow.tracking import MlflowClient
+
+        try:
+            return _with_gap({**model_lineage(MlflowClient(tracking_uri), source.model_id), "recorded_in": "mlflow"})
+        except MlflowException as exc:
+            failure = f"the MLflow store at {tracking_uri} has no lineage of {source.model_id}: {exc.message}"
+            logger.warning("%s: %s; reading the model folder's %s instead", source.uri, failure, LINEAGE_FILE)
+    try:
+        record = read_folder_lineage(source.path)
+    except (OSError, ValueError) as exc:  # a corrupt lineage.json costs the report, never the model
+        return no_lineage(f"its {LINEAGE_FILE} is unreadable: {exc}")
+    if record:
+        known = {key: record.get(key) for key in ("model_id", "training_run_id", "step")}
+        known["dataset"] = {"source": None, **record["dataset"]} if record.get("dataset") else None  # the export recorded no source
+        return _with_gap({**no_lineage(None), **known, "recorded_in": LINEAGE_FILE})
+    if failure:
+        return no_lineage(failure)
+    if source.version is not None:
+        return no_lineage(f"version {source.version} of {source.name} points at no LoggedModel (not registered by `avsync export --register`)")
+    return no_lineage(f"the folder has no {LINEAGE_FILE} (not exported by `avsync export` from a training run that logged to MLflow)")

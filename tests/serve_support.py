@@ -67,15 +67,16 @@ class Remote:
         return SimpleNamespace(remote=self.methods[name])
 
 
-def fake_deployments(settings, classifier=None) -> dict:
+def fake_deployments(settings, classifier=None, described: dict | None = None) -> dict:
     """Handles of in-process stand-ins for the other deployments of an app with ``settings`` (a ServeAppArgs): the
     real job book, a model that answers every job with black frames at the app's size, and the sync scorer's own
-    scoring code over ``classifier`` (None: the tiny random one)."""
+    scoring code over ``classifier`` (None: the tiny random one). ``described``: what the model says of itself
+    (ModelView fields), and so of each result it makes, as the model deployment does."""
     import asyncio
 
     from avsync_ray.serve.deployments import SyncScorer, _write_tiny_classifier
     from avsync_ray.serve.jobs import JobBook
-    from avsync_ray.serve.schemas import GenerationResult
+    from avsync_ray.serve.schemas import RESULT_MODEL_FIELDS, GenerationResult
 
     limits, sampling = settings.limits, settings.sampling
     book = JobBook(limits.max_active_jobs, limits.job_timeout_s, limits.result_ttl_s, limits.max_stored_results, limits.retry_after_s)
@@ -88,12 +89,13 @@ def fake_deployments(settings, classifier=None) -> dict:
 
     jobs = Remote(**{name: answering(getattr(book, name)) for name in ("submit", "start", "progress", "succeed", "fail", "cancel", "discard", "view", "video")})
 
+    described = described or {"role": "animation", "name": "black frames", "source": "preset:tiny", "loaded_at": "now"}
+
     async def generate(request):
         frames = np.zeros((sampling.num_frames, sampling.height, sampling.width, 3), dtype=np.uint8)
-        return GenerationResult(request.job_id, frames, request.audio, {"name": "black frames"})
+        return GenerationResult(request.job_id, frames, request.audio, {k: v for k, v in described.items() if k in RESULT_MODEL_FIELDS})
 
-    model = Remote(frame_size=answering(lambda: (sampling.height, sampling.width)), describe=answering(lambda: {"role": "animation", "source": "preset:tiny", "loaded_at": "now"}),
-                   generate=generate)  # fmt: skip
+    model = Remote(frame_size=answering(lambda: (sampling.height, sampling.width)), describe=answering(lambda: described), generate=generate)
     if classifier is None:
         import tempfile
 

@@ -20,12 +20,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from lineage_support import REGISTERED
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from avsync_ray.cli import app
 from avsync_ray.config.base import load_config
-from avsync_ray.config.curate import CurateConfig
 from avsync_ray.config.evaluate import EvalConfig
 from avsync_ray.evaluation.batch import log_eval_runs
 from avsync_ray.lineage import (
@@ -42,11 +42,9 @@ from avsync_ray.lineage import (
     shard_dataset,
 )
 from avsync_ray.mlflow_models import log_export
-from avsync_ray.shards import read_index, shard_stats
-from avsync_ray.storage import write_json_atomic
-from avsync_ray.tracking import ModelSource, TrainingTracker, log_curation_run, resolve_model
+from avsync_ray.tracking import ModelSource, resolve_model
 
-MODEL = "tiny-avsyncd"
+MODEL = REGISTERED
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -79,48 +77,16 @@ def _evaluate(uri: str, root: Path, shards: str, model_uri: str, take: int | Non
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, synthetic_shards, tiny_model_dir):
-    root = tmp_path_factory.mktemp("lineage")
-    uri = f"sqlite:///{root}/mlruns.db"
-    shards = str(root / "shards")
-    shutil.copytree(synthetic_shards["root"], shards)
-    stats = shard_stats(shards, read_index(shards, "train"))
-    write_json_atomic(f"{shards}/train.stats.json", stats)
-    (root / "shards" / "report").mkdir()
-    (root / "shards" / "report" / "report.md").write_text("# curation\n")
-
-    # Curation: what run_curation hands to log_curation_run, for the synthetic shards.
-    sources = [{"uri": f"{root}/corpus/sync/{i}.mp4", "source_id": f"sync-s0-{i:05d}", "label": "sync"} for i in range(8)]
-    curate = load_config(CurateConfig, "curate", values={
-        "input": str(root / "corpus"), "output": shards, "tracking.uri": uri, "filters.semantic.enabled": False,
-        "filters.imagebind.enabled": False, "filters.sync.enabled": False,
-    })  # fmt: skip
-    report = {"skipped_rules": ["semantic_diff", "ia", "it", "psync_a2v", "psync_v2a"], "funnel": {"windows": 8}, "stats": stats}
-    curation = log_curation_run(curate, report, {"videos": 8, "skipped_inputs": {}}, read_index(shards, "train"), "input: corpus\n", sources)
-
-    # Training: rank 0's tracker, as the training loop opens it.
-    tracker = TrainingTracker(uri, "avsync/avsyncd", "tiny-run", "avsyncd", {"max_steps": 4}, "max_steps: 4\n",
-                              dataset=shard_dataset(shards, "train"))  # fmt: skip
-    for step in range(1, 5):
-        tracker.log_metrics({"loss": 1.0 / step}, step)
-    tracker.finish()
-
-    # Two exports of the run (steps 2 and 4), both registered; the older one becomes the champion.
-    exports = {}
-    for step in (2, 4):
-        folder = root / f"export-step-{step}"
-        shutil.copytree(tiny_model_dir, folder)
-        summary = {"task": "avsyncd", "step": step, "out": str(folder), "mlflow_run_id": tracker.run_id}
-        exports[step] = {"folder": folder, **log_export(summary, uri, register=MODEL)}
-    MlflowClient(uri).set_registered_model_alias(MODEL, "champion", "1")
-
+def store(lineage_registry):
+    """The session's store (tests/lineage_support.py: curation, training, exports at steps 2 and 4 registered as
+    versions 1 @champion and 2), and three evaluations: both versions on the test set, version 1 on a part of it."""
+    uri, root, shards = lineage_registry["uri"], lineage_registry["root"], lineage_registry["shards"]
     evaluations = {
         "v1": _evaluate(uri, root / "eval-1", shards, f"models:/{MODEL}@champion", None, fvd=2.0),
         "v2": _evaluate(uri, root / "eval-2", shards, f"models:/{MODEL}/2", None, fvd=5.0),
         "v1-part": _evaluate(uri, root / "eval-3", shards, f"models:/{MODEL}/1", 2, fvd=11.0),
     }
-    return {"uri": uri, "root": root, "shards": shards, "curation": curation, "training": tracker.run_id, "exports": exports,
-            "evaluations": evaluations}  # fmt: skip
+    return {**lineage_registry, "evaluations": evaluations}
 
 
 def test_the_same_shards_are_the_same_dataset_and_a_part_of_them_is_another(synthetic_shards, tmp_path):

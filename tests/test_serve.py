@@ -1,5 +1,5 @@
 """`avsync serve` through HTTP: one Serve app on the session's Ray (loopback, a free port) with the tiny pipeline
-from an MLflow registry: job lifecycle with per-step progress, the :sync route, cancellation, models, health,
+from an MLflow registry, with its lineage: job lifecycle with per-step progress, the :sync route, cancellation, models, health,
 auth, every limit, hostile uploads, sync scores, overload (503 with Retry-After, not timeouts), a bounded load,
 a bounded OpenAPI fuzz and schemathesis with every check, quiet logs for client errors, then model swaps by
 reconfigure and by moving the registry alias, without a replica restart, and a killed replica's folder removed."""
@@ -31,16 +31,19 @@ MODEL = "avsyncd-serve-test"
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """Two tiny pipelines (other seeds, so other weights) registered as versions 1 (@champion) and 2 (@challenger)."""
-    from avsync_ray.mlflow_models import register_model
+def registry(tmp_path_factory, synthetic_shards):
+    """Two tiny pipelines (other seeds, so other weights) exported from one training run at steps 2 and 4, with their
+    lineage (curated shards, training run, dataset: tests/lineage_support.py), registered as versions 1 (@champion)
+    and 2 (@challenger)."""
+    from lineage_support import lineage_store
+
+    from avsync_ray.lineage import shard_dataset
     from avsync_ray.pipelines.presets import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("serve_registry")
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    for seed, alias in ((0, "champion"), (1, "challenger")):
-        register_model(str(save_tiny_pipeline(root / f"tiny-{seed}", seed=seed)), MODEL, "avsyncd", uri, alias=alias)
-    return uri
+    folders = {step: save_tiny_pipeline(root / f"tiny-{seed}", seed=seed) for step, seed in ((2, 0), (4, 1))}
+    store = lineage_store(root, synthetic_shards["root"], folders, MODEL, {"champion": 1, "challenger": 2})
+    return {**store, "digest": shard_dataset(store["shards"], "train").digest}
 
 
 def app_config(port: int = 8000, tracking_uri: str = "sqlite:///unused.db") -> ServeConfig:
@@ -68,7 +71,7 @@ def app(ray_session, registry, tmp_path_factory):
     """The app, its replicas' temp folder their own (TMPDIR), to see what they leave there."""
     port = free_port()
     temp = tmp_path_factory.mktemp("replica_tmp")
-    with serving(app_config(port, registry), env_vars={"AVSYNC_SERVE_TEST_TOKEN": TOKEN, "TMPDIR": str(temp)}) as serve_config:
+    with serving(app_config(port, registry["uri"]), env_vars={"AVSYNC_SERVE_TEST_TOKEN": TOKEN, "TMPDIR": str(temp)}) as serve_config:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as client:
             yield {"client": client, "serve_config": serve_config, "url": f"http://127.0.0.1:{port}", "temp": temp}
     left = sorted(path.name for path in temp.glob("avsync-serve-*"))
@@ -131,7 +134,7 @@ def test_health_needs_no_token_everything_else_does(app):
     assert_error(httpx.get(f"{url}/v1/models", headers={"Authorization": f"Basic {TOKEN}"}), 401, "unauthorized")
 
 
-def test_ready_and_models_name_the_registry_version(client):
+def test_ready_and_models_name_the_registry_version_and_its_lineage(client, registry):
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] and "(version 1)" in ready.json()["message"]
     body = client.get("/v1/models").json()
@@ -140,14 +143,18 @@ def test_ready_and_models_name_the_registry_version(client):
     assert (animation["name"], animation["version"], animation["alias"], animation["source"]) == (MODEL, 1, "champion", f"models:/{MODEL}@champion")
     assert (animation["device"], animation["dtype"]) == ("cpu", "float32") and animation["replica"]
     assert animation["config"]["components"]["unet"] == "AVSyncDUNet3DModel"
-    assert served["sync-score"]["source"] == "preset:tiny"
+    lineage = animation["lineage"]  # from the store, through the registry version's LoggedModel
+    assert (lineage["model_id"], lineage["training_run_id"], lineage["training_run_name"], lineage["step"]) == (
+        registry["exports"][2]["model_id"], registry["training"], "tiny-run", 2)  # fmt: skip
+    assert lineage["dataset"]["digest"] == registry["digest"] and lineage["curation_runs"][0]["run_id"] == registry["curation"]
+    assert served["sync-score"]["source"] == "preset:tiny" and served["sync-score"]["lineage"]["missing"].startswith("a preset")
     assert body["generation"]["num_inference_steps"] == STEPS and body["limits"]["max_steps"] == LONG and body["auth_required"]
 
 
 # ------------------------------------------------------------------------------------------------ jobs
 
 
-def test_a_job_reports_every_step_and_ends_with_an_mp4_with_its_audio(client):
+def test_a_job_reports_every_step_and_ends_with_an_mp4_with_its_audio(client, registry):
     submitted = client.post("/v1/animations", **pair(steps=12, seed=11))
     assert submitted.status_code == 202, submitted.text
     job = submitted.json()
@@ -157,10 +164,12 @@ def test_a_job_reports_every_step_and_ends_with_an_mp4_with_its_audio(client):
     steps = [j["progress"]["step"] for j in seen]
     assert steps == sorted(steps) and finished["progress"] == {"step": 12, "total_steps": 12, "fraction": 1.0}
     assert any(0 < step < 12 for step in steps), steps  # polled while it ran
-    assert finished["model"]["version"] == 1 and finished["settings"]["seed"] == 11
+    assert finished["model"]["version"] == 1 and finished["model"]["lineage"]["step"] == 2 and finished["settings"]["seed"] == 11
     video = client.get(finished["video_url"])
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
     assert video.headers["x-avsync-seed"] == "11" and video.headers["x-avsync-model-version"] == "1"
+    made_by = {name: video.headers[f"x-avsync-{name}"] for name in ("model-id", "training-run", "training-step", "dataset-digest")}
+    assert made_by == {"model-id": registry["exports"][2]["model_id"], "training-run": registry["training"], "training-step": "2", "dataset-digest": registry["digest"]}
     info, clip = decoded(video.content)
     assert (info.video.codec, info.video.width, info.video.height, info.video.num_frames) == ("h264", 64, 64, 12)
     assert info.audio.codec == "aac" and abs(info.audio.duration - 2.0) < 0.1 and np.abs(clip.audio).max() > 0.05
@@ -418,7 +427,7 @@ def test_405_names_every_method_and_expected_client_errors_log_no_traceback(app,
 # ------------------------------------------------------------------------------------------------ swaps
 
 
-def test_a_user_config_change_swaps_the_model_in_place(app, client):
+def test_a_user_config_change_swaps_the_model_in_place(app, client, registry):
     from avsync_ray.serve.app import deploy
 
     before = models(client)["animation"]
@@ -429,10 +438,11 @@ def test_a_user_config_change_swaps_the_model_in_place(app, client):
     deadline = time.monotonic() + 120
     while (after := models(client)["animation"])["version"] != 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert (after["version"], after["alias"]) == (2, "challenger")
+    assert (after["version"], after["alias"], after["lineage"]["step"]) == (2, "challenger", 4)
     assert after["replica"] == before["replica"] and after["stats"]["requests"] >= before["stats"]["requests"]  # the same replica
     response = client.post("/v1/animations:sync", **pair())
-    assert response.headers["x-avsync-model-version"] == "2"
+    assert response.headers["x-avsync-model-version"] == "2" and response.headers["x-avsync-training-step"] == "4"
+    assert response.headers["x-avsync-model-id"] == registry["exports"][4]["model_id"] != before["lineage"]["model_id"]
 
 
 def test_moving_the_registry_alias_swaps_the_model_without_a_restart(app, client, registry):
@@ -448,11 +458,13 @@ def test_moving_the_registry_alias_swaps_the_model_without_a_restart(app, client
     while (current := models(client)["animation"])["version"] != 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert (current["version"], current["alias"]) == (1, "champion")
-    MlflowClient(registry).set_registered_model_alias(MODEL, "champion", "2")
+    assert current["lineage"]["model_id"] == registry["exports"][2]["model_id"]
+    MlflowClient(registry["uri"]).set_registered_model_alias(MODEL, "champion", "2")
     deadline = time.monotonic() + 120
     while (moved := models(client)["animation"])["version"] != 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert (moved["version"], moved["alias"], moved["replica"]) == (2, "champion", current["replica"])
+    assert (moved["lineage"]["model_id"], moved["lineage"]["step"]) == (registry["exports"][4]["model_id"], 4)  # what it reports moved too
 
 
 def test_a_killed_model_replica_leaves_no_model_copy_behind(app, client):

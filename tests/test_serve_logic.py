@@ -1,5 +1,6 @@
 """`avsync serve` without Ray: the job book's bounds, request grouping, batched generation, upload probing and
-limits, model sources and swaps, the Serve config it deploys (checked with Ray's own schema) and the cluster's."""
+limits, model sources and swaps, the lineage each model reports (from an MLflow store built as the jobs log), the
+Serve config it deploys (checked with Ray's own schema) and the cluster's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from serve_support import Remote, ingress_client, mp4, png, wav
 from avsync_ray.config.base import ConfigError, load_config
 from avsync_ray.config.sampling import SamplingConfig
 from avsync_ray.config.serve import ServeConfig, ServeLimits
+from avsync_ray.lineage import shard_dataset
 from avsync_ray.serve.jobs import JobBook
 from avsync_ray.serve.schemas import ApiError, GenerationRequest, group_compatible
 
@@ -362,6 +364,145 @@ def test_auth_refuses_to_start_open_when_it_names_a_missing_variable(monkeypatch
     monkeypatch.setenv("AVSYNC_TEST_MISSING_TOKEN", "s3cret")
     assert configured_token_digest(AuthConfig(token_env="AVSYNC_TEST_MISSING_TOKEN")) == token_digest("s3cret") != "s3cret"
     assert configured_token_digest(AuthConfig()) is None
+
+
+# ------------------------------------------------------------------------------------------------ lineage
+
+
+def lineage_of(slot) -> dict:
+    """The lineage a slot reports, checked against the schema /v1/models states it with (every field kept)."""
+    from avsync_ray.serve.schemas import ModelLineage
+
+    lineage = slot.describe()["lineage"]
+    assert ModelLineage.model_validate(lineage).model_dump() == lineage
+    return lineage
+
+
+def test_a_registry_model_reports_its_lineage_read_once_per_load_and_a_moved_alias_reports_the_new_one(lineage_registry, monkeypatch):
+    from lineage_support import REGISTERED
+    from mlflow.tracking import MlflowClient
+
+    from avsync_ray import lineage
+    from avsync_ray.serve.model_slot import ModelSlot
+
+    store, client = lineage_registry, MlflowClient(lineage_registry["uri"])
+    reads, read = [], lineage.model_lineage
+    monkeypatch.setattr(lineage, "model_lineage", lambda mlflow_client, model_id: reads.append(model_id) or read(mlflow_client, model_id))
+    config = {"source": f"models:/{REGISTERED}@serving", "tracking_uri": store["uri"]}
+    client.set_registered_model_alias(REGISTERED, "serving", "1")  # an alias of this test's own
+    slot = ModelSlot("animation", loader=str, presets={})
+    try:
+        run(slot.apply(config))
+        served = lineage_of(slot)
+        assert served["model_id"] == store["exports"][2]["model_id"] and served["training_run_id"] == store["training"]
+        assert (served["training_run_name"], served["step"], served["recorded_in"], served["missing"]) == ("tiny-run", 2, "mlflow", None)
+        assert served["dataset"]["digest"] == shard_dataset(store["shards"], "train").digest and served["dataset"]["source"].endswith("/train.index.json")
+        assert served["curation_runs"] == [{"run_id": store["curation"], "run_name": "curate-shards"}]
+        run(slot.apply(config))  # the same version: nothing is loaded or read again, however often it is described
+        assert lineage_of(slot) == served and reads == [store["exports"][2]["model_id"]]
+        client.set_registered_model_alias(REGISTERED, "serving", "2")
+        run(slot.apply(config))
+        moved = lineage_of(slot)
+        assert (slot.describe()["version"], moved["model_id"], moved["step"]) == (2, store["exports"][4]["model_id"], 4)
+        assert moved["dataset"] == served["dataset"] and len(reads) == 2
+    finally:
+        client.delete_registered_model_alias(REGISTERED, "serving")
+        slot.close()
+
+
+def test_a_folder_reports_what_its_export_recorded_and_a_model_without_lineage_says_why(lineage_registry, tmp_path):
+    import shutil
+
+    from avsync_ray.lineage import LINEAGE_FILE, served_lineage
+    from avsync_ray.serve.model_slot import ModelSlot
+    from avsync_ray.tracking import ModelSource
+
+    store = lineage_registry
+    exported = store["exports"][4]["folder"]
+    plain, corrupt = tmp_path / "plain", tmp_path / "corrupt"
+    plain.mkdir()
+    shutil.copytree(exported, corrupt)
+    (corrupt / LINEAGE_FILE).write_text("{not json")
+    slot = ModelSlot("animation", loader=str, presets={"tiny": lambda folder: folder.mkdir()})
+    try:
+        run(slot.apply({"source": str(exported)}))  # no store is asked: the folder's lineage.json says it
+        served = lineage_of(slot)
+        assert (served["model_id"], served["training_run_id"], served["step"]) == (store["exports"][4]["model_id"], store["training"], 4)
+        assert served["dataset"] == {"name": "shards/train", "digest": shard_dataset(store["shards"], "train").digest, "source": None}
+        assert (served["recorded_in"], served["training_run_name"], served["curation_runs"], served["missing"]) == (LINEAGE_FILE, None, [], None)
+        for source, why in ((plain, "the folder has no lineage.json"), (corrupt, "its lineage.json is unreadable"), ("preset:tiny", "a preset: random weights")):
+            run(slot.apply({"source": str(source)}))  # each loads and is served: only its report is empty
+            unknown = lineage_of(slot)
+            assert unknown["missing"].startswith(why) and [key for key, value in unknown.items() if value not in (None, [])] == ["missing"]
+    finally:
+        slot.close()
+    # A registry version the store cannot answer for: its downloaded folder's lineage.json, else why not.
+    ghost = {"uri": "models:/x/9", "name": "x", "version": 9, "model_id": "m-0123456789abcdef0123456789abcdef"}
+    fallback = served_lineage(ModelSource(path=str(exported), **ghost), store["uri"])
+    assert (fallback["recorded_in"], fallback["model_id"]) == (LINEAGE_FILE, store["exports"][4]["model_id"])
+    lost = served_lineage(ModelSource(path=str(plain), **ghost), store["uri"])
+    assert lost["model_id"] is None and lost["missing"].startswith(f"the MLflow store at {store['uri']} has no lineage of {ghost['model_id']}")
+    unlinked = served_lineage(ModelSource(path=str(plain), **{**ghost, "model_id": None}), store["uri"])
+    assert unlinked["missing"] == "version 9 of x points at no LoggedModel (not registered by `avsync export --register`)"
+
+
+def test_models_jobs_and_every_video_report_the_model_and_its_lineage(lineage_registry):
+    from lineage_support import REGISTERED
+    from serve_support import fake_deployments
+
+    from avsync_ray.config.serve import ServeAppArgs
+    from avsync_ray.lineage import no_lineage, served_lineage
+    from avsync_ray.serve.api import RESULT_HEADERS
+    from avsync_ray.tracking import ModelSource
+
+    store = lineage_registry
+    champion = ModelSource(path=str(store["exports"][2]["folder"]), uri=f"models:/{REGISTERED}@champion", name=REGISTERED, version=1, alias="champion",
+                           model_id=store["exports"][2]["model_id"])  # fmt: skip
+    lineage = served_lineage(champion, store["uri"])
+    registered = {"role": "animation", "name": REGISTERED, "source": champion.uri, "version": 1, "alias": "champion", "loaded_at": "now", "lineage": lineage}
+    expected = {"x-avsync-model": REGISTERED, "x-avsync-model-version": "1", "x-avsync-model-id": store["exports"][2]["model_id"],
+                "x-avsync-training-run": store["training"], "x-avsync-training-step": "2", "x-avsync-dataset-digest": lineage["dataset"]["digest"]}  # fmt: skip
+    settings = ServeAppArgs(categories=["dog barking"], sampling={"height": 64, "width": 64, "num_inference_steps": 2})
+    inputs = {"data": {"category": "dog barking"}, "files": {"image": ("a.png", png()), "audio": ("a.wav", wav(3.0))}}
+
+    async def scenario(described):
+        async with ingress_client(settings, **fake_deployments(settings, described=described)) as client:
+            assert (await client.get("/v1/models")).json()["models"][0]["lineage"] == described["lineage"]
+            now = await client.post("/v1/animations:sync", **inputs)
+            job = (await client.post("/v1/animations", **inputs)).json()
+            while job["status"] in ("queued", "running"):
+                await asyncio.sleep(0.05)
+                job = (await client.get(f"/v1/animations/{job['id']}")).json()
+            assert job["status"] == "succeeded" and job["model"]["lineage"] == described["lineage"]
+            later = await client.get(job["video_url"])
+            assert now.status_code == later.status_code == 200 and {name.lower() for name in RESULT_HEADERS} <= set(later.headers)
+            return now.headers, later.headers
+
+    for headers in run(scenario(registered)):
+        assert {name: headers[name] for name in expected} == expected
+    # A model without lineage, in a folder whose name is no plain ASCII: the headers say nothing, the name in ASCII.
+    from urllib.parse import unquote
+
+    unnamed = {"role": "animation", "name": "modèle 100%", "source": "/models/modèle 100%", "loaded_at": "now", "lineage": no_lineage("no lineage.json")}
+    for headers in run(scenario(unnamed)):
+        assert {name: headers[name] for name in expected} == {**dict.fromkeys(expected, ""), "x-avsync-model": "mod%C3%A8le 100%25"}
+        assert unquote(headers["x-avsync-model"]) == unnamed["name"]
+
+
+def test_the_schema_states_the_lineage_and_the_headers_of_a_video():
+    from avsync_ray.config.serve import ServeAppArgs
+    from avsync_ray.serve.api import RESULT_HEADERS, openapi_schema
+    from avsync_ray.serve.ingress import app
+
+    schema = openapi_schema(app, ServeAppArgs())
+    components = schema["components"]["schemas"]
+    lineage = components["ModelLineage"]["properties"]
+    assert {"model_id", "training_run_id", "step", "dataset", "curation_runs", "missing"} <= set(lineage) and "digest" in components["DatasetRef"]["required"]
+    for model in ("ModelView", "ResultModel"):
+        assert {"$ref": "#/components/schemas/ModelLineage"} in components[model]["properties"]["lineage"]["anyOf"]
+    assert {"$ref": "#/components/schemas/ResultModel"} in components["JobView"]["properties"]["model"]["anyOf"]
+    for path, method in (("/v1/animations/{job_id}/video", "get"), ("/v1/animations:sync", "post")):
+        assert list(schema["paths"][path][method]["responses"]["200"]["headers"]) == list(RESULT_HEADERS)
 
 
 # ------------------------------------------------------------------------------------------------ Serve configs

@@ -21,14 +21,19 @@ INGRESS_ONGOING = 2
 
 
 @pytest.fixture(scope="module")
-def page_url(ray_session):
+def page_app(ray_session):
     port = free_port()
     config = load_config(ServeConfig, "serve", overrides=[
         f"http.port={port}", f"sampling.num_inference_steps={STEPS}", "sync_classifier.source=null", "deployments.ingress.num_cpus=0.1",
         f"deployments.ingress.max_ongoing_requests={INGRESS_ONGOING}", "deployments.ingress.max_queued_requests=1",
     ])  # fmt: skip
-    with serving(config):
-        yield f"http://127.0.0.1:{port}/"
+    with serving(config) as serve_config:
+        yield {"url": f"http://127.0.0.1:{port}/", "serve_config": serve_config}
+
+
+@pytest.fixture(scope="module")
+def page_url(page_app):
+    return page_app["url"]
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +151,12 @@ def test_the_page_asks_for_the_token_in_words_a_person_can_act_on(browser_page, 
         page.unroute("**/v1/animations")
 
 
-def test_the_page_says_the_tiny_model_only_makes_noise(browser_page):
+def test_the_page_says_the_tiny_model_only_makes_noise_and_has_no_lineage(browser_page):
     browser_page.reload()
     notice = browser_page.locator("#demo-model")
     assert notice.is_visible() and "random" in notice.inner_text() and "noise" in notice.inner_text()
+    browser_page.wait_for_selector("#model-line", state="visible", timeout=60_000)
+    assert browser_page.locator("#model-line").inner_text() == "Model: tiny: no lineage (a preset: random weights, never trained)"
 
 
 def test_the_api_docs_load_with_no_network(browser_page, page_url):
@@ -189,3 +196,36 @@ def test_a_full_ingress_queue_is_refused_by_serve_with_503_and_retry_after(page_
     codes = sorted(r.status_code for r in responses)
     assert set(codes) <= {200, 503} and codes.count(200) >= INGRESS_ONGOING and 503 in codes, codes
     assert all(r.headers.get("retry-after") == "5" for r in responses if r.status_code == 503)  # limits.retry_after_s
+
+
+def test_the_page_says_which_model_version_made_the_clip_and_what_it_was_trained_on(browser_page, page_app, inputs, lineage_registry):
+    """Swapped in place to a registered version with its lineage (tests/lineage_support.py), the page names it, its
+    training run and step and its dataset, above the form and under the clip it made."""
+    from lineage_support import REGISTERED
+
+    from avsync_ray.lineage import shard_dataset
+    from avsync_ray.serve.app import deploy
+
+    serve_config = page_app["serve_config"]
+    model = next(d for d in serve_config["applications"][0]["deployments"] if d["name"] == "AVSyncDModel")
+    preset = model["user_config"]
+    model["user_config"] = {**preset, "source": f"models:/{REGISTERED}/2", "tracking_uri": lineage_registry["uri"]}
+    expected = f"{REGISTERED} version 2, trained by run tiny-run (step 4) on shards/train #{shard_dataset(lineage_registry['shards'], 'train').digest}"
+    page = browser_page
+    try:
+        deploy(serve_config, timeout_s=300)
+        page.wait_for_function("""async (version) => {
+            const models = await (await fetch("/v1/models")).json();
+            return models.models.some((m) => m.role === "animation" && m.version === version);
+        }""", arg=2, timeout=120_000, polling=500)  # fmt: skip
+        page.reload()
+        page.wait_for_function("() => document.getElementById('model-line').textContent.includes('version 2')", timeout=60_000)
+        assert page.locator("#model-line").inner_text() == f"Model: {expected}" and page.locator("#demo-model").is_hidden()
+        page.set_input_files("#image", str(inputs["image"]))
+        page.set_input_files("#audio", str(inputs["audio"]))
+        page.click("#animate")
+        page.wait_for_selector("#result", state="visible", timeout=240_000)
+        assert page.locator("#details").inner_text().endswith(f"model {expected}")
+    finally:
+        model["user_config"] = preset
+        deploy(serve_config, timeout_s=300)

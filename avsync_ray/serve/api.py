@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -34,7 +35,20 @@ from avsync_ray.serve.schemas import ApiError, ErrorBody
 logger = logging.getLogger("ray.serve")
 MAX_SEED = 2**32 - 1
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
-VIDEO_RESPONSE = {200: {"content": {"video/mp4": {}}, "description": "the mp4 (H.264 with the AAC audio muxed in)"}}
+# What a video's headers say about the job and the model that made it (empty: not known, as for a preset or a
+# folder without lineage; values that are not plain ASCII are percent-encoded).
+RESULT_HEADERS = {
+    "X-AVSync-Job": "the job's id",
+    "X-AVSync-Seed": "the noise seed",
+    "X-AVSync-Model": "the model's registered name, folder name or preset",
+    "X-AVSync-Model-Version": "its MLflow registry version",
+    "X-AVSync-Model-Id": "its MLflow LoggedModel id (models:/<id>)",
+    "X-AVSync-Training-Run": "the id of the MLflow run that trained it",
+    "X-AVSync-Training-Step": "the training step of its checkpoint",
+    "X-AVSync-Dataset-Digest": "the digest of the MLflow dataset it trained on (the shard index's content id)",
+}
+VIDEO_RESPONSE = {200: {"content": {"video/mp4": {}}, "description": "the mp4 (H.264 with the AAC audio muxed in)",
+                        "headers": {name: {"description": text, "schema": {"type": "string"}} for name, text in RESULT_HEADERS.items()}}}  # fmt: skip
 ANIMATIONS, ANIMATIONS_SYNC = "/v1/animations", "/v1/animations:sync"
 UPLOAD = "image: PNG, JPEG, ...; audio: any format FFmpeg reads; video: its centred clip gives what is missing"
 
@@ -326,13 +340,27 @@ def docs_page(title: str) -> HTMLResponse:
                                swagger_ui_parameters={"validatorUrl": None})  # fmt: skip  (no badge from the online validator)
 
 
-def video_response(mp4: bytes, view: dict) -> Response:
+# Printable ASCII stays as it is, but for "%" itself: a header value then always reads back with one unquote.
+_HEADER_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
+
+
+def result_headers(view: dict) -> dict[str, str]:
+    """The :data:`RESULT_HEADERS` of a finished job (``view``: its JobView)."""
     model = view.get("model") or {}
-    headers = {
+    lineage = model.get("lineage") or {}
+    values = {
         "X-AVSync-Job": view["id"],
-        "X-AVSync-Seed": str(view["settings"]["seed"]),
-        "X-AVSync-Model": str(model.get("name") or ""),
-        "X-AVSync-Model-Version": "" if model.get("version") is None else str(model["version"]),
-        "Content-Disposition": f'inline; filename="avsyncd-{view["id"]}.mp4"',
+        "X-AVSync-Seed": view["settings"]["seed"],
+        "X-AVSync-Model": model.get("name"),
+        "X-AVSync-Model-Version": model.get("version"),
+        "X-AVSync-Model-Id": lineage.get("model_id"),
+        "X-AVSync-Training-Run": lineage.get("training_run_id"),
+        "X-AVSync-Training-Step": lineage.get("step"),
+        "X-AVSync-Dataset-Digest": (lineage.get("dataset") or {}).get("digest"),
     }
+    return {name: "" if value is None else quote(str(value), safe=_HEADER_SAFE) for name, value in values.items()}
+
+
+def video_response(mp4: bytes, view: dict) -> Response:
+    headers = {**result_headers(view), "Content-Disposition": f'inline; filename="avsyncd-{view["id"]}.mp4"'}
     return Response(mp4, media_type="video/mp4", headers=headers)

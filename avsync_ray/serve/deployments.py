@@ -30,7 +30,7 @@ from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
 from avsync_ray.pipelines.sampling import configure_pipeline, generate_batch, with_model_size
 from avsync_ray.serve.jobs import JobBook
 from avsync_ray.serve.model_slot import ModelSlot
-from avsync_ray.serve.schemas import ApiError, GenerationRequest, GenerationResult, group_compatible
+from avsync_ray.serve.schemas import RESULT_MODEL_FIELDS, ApiError, GenerationRequest, GenerationResult, group_compatible
 from avsync_ray.serve.uploads import api_error
 
 JOBS = "AnimationJobs"
@@ -224,7 +224,7 @@ class AVSyncDModel:
         loaded = self.slot.loaded
         if loaded is None:
             raise ApiError(503, "not_ready", "the animation model is still loading; retry shortly", {"Retry-After": "5"})
-        model = {key: value for key, value in self._describe(loaded).items() if key in ("role", "name", "source", "version", "alias", "replica")}
+        model = {key: value for key, value in self._describe(loaded).items() if key in RESULT_MODEL_FIELDS}
         self.stats["batches"] += 1
         self.stats["requests"] += len(requests)
         results: dict[str, GenerationResult] = {}
@@ -317,7 +317,7 @@ class SyncScorer:
         if loaded is None:
             raise ApiError(404, "not_found", "this server has no sync classifier loaded (set sync_classifier.source)")
         result = await asyncio.to_thread(self._score, loaded.model, audio, video, self.limits)
-        return {**result, "model": {k: v for k, v in self.slot.describe().items() if k in ("name", "source", "version", "alias")}}
+        return {**result, "model": {k: v for k, v in self.slot.describe().items() if k in RESULT_MODEL_FIELDS}}
 
     @staticmethod
     def _score(classifier, audio: bytes, video: bytes, limits: ServeLimits) -> dict:

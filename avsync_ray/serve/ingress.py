@@ -194,7 +194,8 @@ class AnimationIngress:
         inputs = await asyncio.to_thread(prepare_sync_inputs, self.settings.limits, *files)
         return await call(self.scorer.score, inputs.audio, inputs.video)
 
-    @app.get("/v1/models", response_model=ModelsView, summary="The models served, their registry versions, and the request bounds", **guarded())
+    @app.get("/v1/models", response_model=ModelsView, summary="The models served, their registry versions and lineage (LoggedModel, training run, "
+             "step, dataset), and the request bounds", **guarded())  # fmt: skip
     async def models(self):
         return {"models": await self._describe_models(), **public_settings(self.settings)}
 

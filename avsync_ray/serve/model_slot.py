@@ -1,7 +1,9 @@
 """One replica's model and where it comes from: a folder, an MLflow registry URI (``models:/avsyncd@champion``,
 resolved with ``tracking.resolve_model``) or a preset built at start. A new source is resolved and loaded
 while the current model keeps serving, then swapped in; an alias can be re-read on a timer, so moving it in
-the registry swaps the served version without restarting anything.
+the registry swaps the served version without restarting anything. Each load also reads where the model comes from
+(``lineage.served_lineage``: its LoggedModel, training run, step and dataset), once, so every request reports it
+for free and a swap reports the new model's.
 
 Registry downloads and presets go to the replica's working folder (``avsync-serve-<role>-*`` in the temp folder),
 removed when the replica stops; a replica that died without stopping leaves it behind, so every replica starting
@@ -23,6 +25,7 @@ from typing import Any
 
 from avsync_ray.config.base import validate_config
 from avsync_ray.config.serve import PRESET_PREFIX, ModelSourceConfig
+from avsync_ray.lineage import no_lineage, served_lineage
 from avsync_ray.tracking import ModelSource, is_registry_uri, registry_version, resolve_model
 
 logger = logging.getLogger("ray.serve")
@@ -65,6 +68,7 @@ class LoadedModel:
     model: Any
     source: ModelSource
     loaded_at: float
+    lineage: dict  # lineage.served_lineage of the source, read when it was loaded
     download_dir: str | None = None  # a registry download of ours, removed when the model is swapped out
 
 
@@ -100,6 +104,13 @@ class ModelSlot:
             raise FileNotFoundError(f"{self.role} source {source!r} is not a folder on this machine (nor a models:/ URI or {PRESET_PREFIX}<name>)")
         return ModelSource(path=str(Path(source).resolve()), uri=source, name=Path(source).name), None
 
+    @staticmethod
+    def _lineage(source: ModelSource, config: ModelSourceConfig) -> dict:
+        """Where the model comes from (a preset: nowhere, its weights are random). Blocking."""
+        if source.uri.startswith(PRESET_PREFIX):
+            return no_lineage("a preset: random weights, never trained")
+        return served_lineage(source, config.tracking_uri)
+
     def _is_current(self, config: ModelSourceConfig) -> bool:
         """Whether ``config`` names the model already loaded (for an alias: the version it points at now)."""
         if self.loaded is None or config.source != self.loaded.source.uri:
@@ -126,11 +137,12 @@ class ModelSlot:
         source, download = await asyncio.to_thread(self._resolve, config)
         try:
             model = await asyncio.to_thread(self.loader, source.path)
+            lineage = await asyncio.to_thread(self._lineage, source, config)
         except BaseException:
             if download:
                 shutil.rmtree(download, ignore_errors=True)
             raise
-        self._swap_in(LoadedModel(model=model, source=source, loaded_at=time.time(), download_dir=download))
+        self._swap_in(LoadedModel(model=model, source=source, loaded_at=time.time(), lineage=lineage, download_dir=download))
         logger.info("%s model %s (version %s) loaded from %s", self.role, source.uri, source.version, source.path)
 
     def _swap_in(self, loaded: LoadedModel | None) -> None:
@@ -180,4 +192,5 @@ class ModelSlot:
             "run_id": source.run_id,
             "path": source.path,
             "loaded_at": datetime.fromtimestamp(self.loaded.loaded_at, timezone.utc).isoformat(timespec="seconds"),
+            "lineage": self.loaded.lineage,
         }
