@@ -89,6 +89,22 @@ def test_the_sweeps_nested_runs_come_back_as_comparable_rows(first_run, eval_set
     assert model_runs["metrics.fvd"].tolist() == [summary["metrics"][n]["fvd"] for n in ("audio_guidance_scale-1.0", "audio_guidance_scale-4.0")]
 
 
+def test_every_run_has_the_test_set_as_its_dataset_and_the_parent_holds_the_models_metrics(first_run, eval_setup):
+    from avsync_ray.lineage import EVALUATION_CONTEXT, run_dataset, shard_dataset
+
+    summary, _ = first_run
+    digest = shard_dataset(eval_setup["shards"], "test", take=2).digest  # max_videos=2 of the 4 test clips
+    assert summary["test_set"]["digest"] == digest
+    mlflow.set_tracking_uri(f"sqlite:///{eval_setup['root'] / 'mlruns.db'}")
+    query = f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}' and dataset.digest = '{digest}'"
+    assert len(mlflow.search_runs(experiment_names=["avsync/eval"], filter_string=query)) == len(summary["settings"])
+    parent = mlflow.get_run(summary["mlflow_run_id"])
+    assert run_dataset(parent, EVALUATION_CONTEXT).digest == digest and parent.data.params["model_ref"].startswith(f"{eval_setup['model']}@")
+    for setting in ("audio_guidance_scale-1.0", "audio_guidance_scale-4.0"):  # the model's own settings, not the baselines
+        assert parent.data.metrics[f"{setting}/fvd"] == summary["metrics"][setting]["fvd"]
+    assert not any(key.startswith(("baseline-static/", "gt/")) for key in parent.data.metrics)
+
+
 def test_a_rerun_regenerates_only_missing_clips_and_reuses_real_features(first_run, eval_setup):
     summary, out = first_run
     clips = sorted((out / "generated" / "audio_guidance_scale-4.0").glob("*.mp4"))
@@ -117,24 +133,27 @@ def test_other_settings_and_bad_weights_are_refused_before_any_work(first_run, e
 
 
 def test_a_setting_whose_clips_all_fail_is_undefined_and_the_command_exits_1(eval_setup, ray_session, tmp_path):
-    """``generate_actor.device=cuda`` on a machine without one: every model clip fails, the static baseline (which
-    needs no model) is scored; everything is written and logged, the model's metrics are undefined with the
-    reason, and the exit code is 1. Without the baseline nothing can be scored: exit 1, no MLflow run."""
-    if torch.cuda.is_available():
-        pytest.skip("needs a machine without CUDA")
-    args = ["eval", eval_setup["model"], eval_setup["shards"], "--set", "max_videos=1", "--set", "generate_actor.device=cuda"]
+    """A model whose UNet weights file is damaged: every model clip fails, the static baseline (which needs no
+    model) is scored; everything is written and logged, the model's metrics are undefined with the reason, and the
+    exit code is 1. Without the baseline nothing can be scored: exit 1, no MLflow run."""
+    import shutil
+
+    model = tmp_path / "damaged-model"
+    shutil.copytree(eval_setup["model"], model)
+    for weights in (model / "unet").glob("diffusion_pytorch_model.*"):
+        weights.write_bytes(b"not a weights file")
+    args = ["eval", str(model), eval_setup["shards"], "--set", "max_videos=1"]
     overrides = [item for o in eval_setup["overrides"] if not o.startswith("max_videos") for item in ("--set", o)]
     tracking = f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}"
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "some"), *overrides, "--set", tracking])
     assert result.exit_code == 1, result.output
     summary = json.loads(result.stdout[result.stdout.rindex('{\n  "output"') :])
     assert summary["metrics"]["baseline-static"]["fvd"] is not None and summary["metrics"]["model"]["fvd"] is None
-    reason = summary["undefined"]["model"]["fvd"]
-    assert reason.startswith("FVD undefined: all 3 of its clips failed (3 generation_error") and "DeviceError" in reason
+    assert summary["undefined"]["model"]["fvd"].startswith("FVD undefined: all 3 of its clips failed (3 generation_error; e.g. generation_error:")
     assert "error: eval: undefined metrics (model: FVD, IA, IT, RelSync, AlignSync), e.g. FVD undefined: all 3" in result.stderr
     assert "undefined" in (tmp_path / "some" / "report" / "report.md").read_text() and summary["mlflow_run_id"]
     table = pq.read_table(tmp_path / "some" / "per_clip.parquet").to_pylist()
-    assert sum("DeviceError" in r["error"] for r in table if r["variant"] == "model") == 3
+    assert sum(r["error"].startswith("generation_error") for r in table if r["variant"] == "model") == 3
 
     alone = [item for o in eval_setup["overrides"] if not o.startswith(("max_videos", "baselines")) for item in ("--set", o)]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "none"), *alone, "--set", f"tracking.uri=sqlite:///{tmp_path / 'none.db'}"])

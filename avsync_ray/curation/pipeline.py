@@ -53,7 +53,7 @@ from avsync_ray.curation.stages import (
     write_parquet,
 )
 from avsync_ray.errors import InputError
-from avsync_ray.ray_runtime import init_ray
+from avsync_ray.ray_runtime import ResourceRequest, actor_request, init_ray, require_resources
 from avsync_ray.shards import SCORE_TABLE_SCHEMA, plan_bundles, shard_stats, write_bundled_shard, write_index
 from avsync_ray.sources import list_inputs
 from avsync_ray.storage import exists, filesystem, join_uri, list_files, uri_prefix, write_json_atomic
@@ -132,6 +132,13 @@ def _check_output(output: str) -> None:
         existing = next(p for p in [path, *map(str, Path(path).parents)] if os.path.exists(p))
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(f"output {output}: {existing} is not writable")
+
+
+def _actor_requests(config: CurateConfig) -> list[ResourceRequest]:
+    """The actor pools of the model stages :func:`_scoring` runs, for the resource check at start."""
+    stages = config.filters
+    pools = {"imagebind_actor": stages.semantic.enabled or stages.imagebind.enabled, "sync_actor": stages.sync.enabled}
+    return [actor_request(name, getattr(config, name)) for name, used in pools.items() if used]
 
 
 def _scoring(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
@@ -245,6 +252,8 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     recorded = _ledger_entries(config.output)
     _check_resumable(recorded, config, rethreshold)  # before the saved config is replaced
     init_ray(config.ray)
+    if not rethreshold:  # rethresholding runs no model
+        require_resources(_actor_requests(config), config.ray)
     save_config(config, join_uri(config.output, CONFIG_NAME))
     ray_stats = _rethreshold(config, recorded) if rethreshold else _score(config, sources, recorded)
     entries = _ledger_entries(config.output)
@@ -255,6 +264,6 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     write_json_atomic(join_uri(config.output, f"{config.shards.split}.stats.json"), stats)
     report = report_module.build_report(config, scores, list(entries.values()), index, stats, ray_stats, listing.skipped)
     summary = report_module.summarize(report, time.perf_counter() - started)
-    summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config)) if config.tracking.enabled else None
+    summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config), sources) if config.tracking.enabled else None
     write_json_atomic(join_uri(config.output, "report", "summary.json"), summary)
     return summary

@@ -32,7 +32,7 @@ from avsync_ray.evaluation.plan import (
     real_cache_key,
     setting_record,
 )
-from avsync_ray.evaluation.report import report_header, write_report
+from avsync_ray.evaluation.report import METRIC_KEYS, report_header, write_report
 from avsync_ray.evaluation.scoring import ClipScorer, check_feature_networks
 from avsync_ray.evaluation.statistics import SummaryOptions, summarize_evaluation
 from avsync_ray.evaluation.sync_eval import SyncEvaluator, eval_spec, summarize
@@ -124,6 +124,7 @@ def run_eval(config: EvalConfig) -> dict:
     check_pipeline_folder(source.path)
     config = config.model_copy(update={"sampling": with_model_size(config.sampling, source.path)})
     items, test_set = list_eval_inputs(config)
+    test_dataset = _test_dataset(config, items)
     settings = plan_settings(config)
     identity = _model_identity(source)
     claim_setting_folders(config.output, [setting_record(s, config, identity, test_set) for s in settings])
@@ -140,13 +141,13 @@ def run_eval(config: EvalConfig) -> dict:
         {"model": config.model, "tracking_uri": config.tracking.uri, "actor": config.generate_actor, "batch_size": config.generate_batch_size,
          "settings": {s.name: {"kind": s.kind, "sampling": s.sampling.model_dump()} for s in settings}, "output_paths": folders,
          "slow_clip_s": (faults.plan_from_env() or faults.FaultPlan()).slow_clip_s},
-        config.generate_actor, config.generate_batch_size,
+        config.generate_actor, config.generate_batch_size, "generate_actor",
     )  # fmt: skip
     scorer = ActorStage(
         ClipScorer,
         {"features": config.features.model_dump(), "metrics": config.metrics, "protocol": config.protocol, "actor": config.feature_actor,
          "num_frames": config.sampling.num_frames, "fps": config.sampling.fps, "real_folder": real_folder},
-        config.feature_actor, config.feature_batch_size,
+        config.feature_actor, config.feature_batch_size, "feature_actor",
     )  # fmt: skip
     job = BatchJob(
         items=[item.to_row() for item in items],
@@ -190,13 +191,14 @@ def run_eval(config: EvalConfig) -> dict:
     parent_id, child_ids = _write_outputs(
         config, _per_clip_table(summary.per_clip, failed, settings, folders),
         {"entries": entries, "provenance": provenance, "skipped_videos": skipped_videos, "failed_clips": failed}, report,
-        lambda local: _log_runs(config, source, entries, summary.categories, provenance, local) if config.tracking.enabled else (None, []),
+        lambda local: log_eval_runs(config, source, entries, summary.categories, provenance, local, test_dataset) if config.tracking.enabled else (None, []),
     )  # fmt: skip
     result = {
         "output": config.output,
         "report": join_uri(config.output, "report", "report.md"),
         "per_clip": join_uri(config.output, "per_clip.parquet"),
         "settings": [e["name"] for e in entries],
+        "test_set": {"name": test_dataset.name, "digest": test_dataset.digest},
         "metrics": {e["name"]: {k: e["summary"].get(k) for k in ("fid", "fvd", "ia", "it", "relsync", "alignsync")} for e in entries},
         "undefined": {e["name"]: e["summary"]["undefined"] for e in entries if e["summary"]["undefined"]},
         "clips": len(real_state.features),
@@ -256,10 +258,25 @@ def _per_clip_table(per_clip: dict[str, list[dict]], failed: list[dict], setting
     return sorted(table, key=lambda r: (r["variant"], r["key"]))
 
 
-def _log_runs(config: EvalConfig, source, entries, by_category, provenance, local: str) -> tuple[str, list[str]]:
+def _test_dataset(config: EvalConfig, items: list):
+    """The test set as an MLflow dataset: the shards (the first ``max_videos`` of them) or the raw videos listed."""
+    from avsync_ray.lineage import corpus_dataset, shard_dataset
+
+    if items[0].shard:
+        return shard_dataset(config.test, config.test_split, take=sum(item.take for item in items))
+    return corpus_dataset(config.test, [(item.uri, item.key, item.label) for item in items])
+
+
+def log_eval_runs(config: EvalConfig, source, entries, by_category, provenance, local: str, test_dataset) -> tuple[str, list[str]]:
+    """The evaluation's MLflow runs: a parent (with the report folder `local` as artifacts) and one nested run per setting,
+    baseline and GT row, each with the test set as its dataset; the model's own settings are logged against its
+    LoggedModel (see :func:`avsync_ray.tracking.log_parent_with_children`). Returns the parent's and children's ids."""
+    from avsync_ray.lineage import evaluated_model
     from avsync_ray.tracking import ChildRun, log_parent_with_children
 
-    common = {"model": config.model, "model_version": source.version, "protocol": config.protocol, "fid_batchnorm": provenance["fid_batchnorm"],
+    model_id, model_ref = evaluated_model(source, provenance["model"]["files"], config.tracking.uri)
+    common = {"model": config.model, "model_version": source.version, "model_ref": model_ref, "model_id": model_id or "", "protocol": config.protocol,
+              "fid_batchnorm": provenance["fid_batchnorm"],
               "frechet": config.frechet, "test": str(config.test), "test_set": provenance["test_set"], "clips": provenance["clips"],
               "networks": provenance["networks"]}  # fmt: skip
     sampling = {s.name: s.sampling.model_dump(mode="json") for s in plan_settings(config)}
@@ -274,9 +291,12 @@ def _log_runs(config: EvalConfig, source, entries, by_category, provenance, loca
         tags = {"avsync.variant": entry["kind"], "avsync.setting": entry["name"],
                 **{f"avsync.undefined.{metric}": reason[:4000] for metric, reason in entry["summary"]["undefined"].items()}}  # fmt: skip
         children.append(ChildRun(entry["name"], params, metrics, tags))
+    # The model's own settings, against the model and the test set: plain names, or <setting>/<metric> in a sweep.
+    settings = [e for e in entries if e["kind"] == "model"]
+    model_metrics = {f"{e['name']}/{k}" if len(settings) > 1 else k: v for e in settings for k, v in _numbers(e["summary"]).items() if k in METRIC_KEYS}
     parent_params = {**common, "sweep": json.dumps(config.sweep), "baselines": json.dumps(config.baselines), "output": config.output}
     return log_parent_with_children(config.tracking, "eval", parent_params, {"clips": provenance["clips"], "skipped_videos": provenance["skipped_videos"]},
-                                    children, local)  # fmt: skip
+                                    children, local, test_dataset, model_id, model_metrics)  # fmt: skip
 
 
 def _model_identity(source) -> dict:

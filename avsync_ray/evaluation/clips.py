@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avsync_ray.config.sampling import InputLimits
 from avsync_ray.evaluation.plan import GT, clip_key
 from avsync_ray.examples import SAMPLE_ERRORS, ClipSource, avsyncd_clip, clip_source
-from avsync_ray.media import TARGET_SAMPLE_RATE, load_audio, probe
+from avsync_ray.media import TARGET_SAMPLE_RATE, MediaError, MediaErrorReason, load_audio, probe
 from avsync_ray.media.frames import to_uint8_frames
 from avsync_ray.metrics.protocol import clip_seed, clip_starts
 from avsync_ray.shards import VIDEO_MEMBER, iter_samples
@@ -51,8 +52,9 @@ def row(**values) -> dict:
     return {**empty, **values}
 
 
-def _videos(item: dict):
-    """(video key, raw sample dict for avsyncd_clip, its ClipSource) of each test video of an input item."""
+def _videos(item: dict, limits: InputLimits):
+    """(video key, raw sample dict for avsyncd_clip, its ClipSource) of each test video of an input item; a raw video
+    is held to ``limits`` (its frame size from the header, its length counted on the audio decoded)."""
     if item["shard"]:
         for number, sample in enumerate(iter_samples([item["shard"]])):
             if 0 <= item["take"] <= number:
@@ -61,8 +63,11 @@ def _videos(item: dict):
     else:
 
         def source() -> ClipSource:
-            info = probe(item["uri"])
-            audio = load_audio(item["uri"])
+            info = probe(item["uri"], max_pixels=limits.max_video_pixels)
+            if info.video is not None and info.video.width * info.video.height > limits.max_video_pixels:
+                raise MediaError(item["uri"], MediaErrorReason.TOO_LARGE, f"{info.video.width}x{info.video.height} frames; limits.max_video_pixels "
+                                 f"is {limits.max_video_pixels:,}")  # fmt: skip
+            audio = load_audio(item["uri"], max_seconds=limits.max_video_s)
             durations = [d for d in (info.video and info.video.duration, len(audio) / TARGET_SAMPLE_RATE) if d]
             return ClipSource({"label": item["label"]}, audio, min(durations))
 
@@ -70,14 +75,21 @@ def _videos(item: dict):
 
 
 def eval_video_rows(
-    item: dict, num_frames: int, fps: float, size: tuple[int, int], clips_per_video: int, wanted: Callable[[str], bool] | None = None
+    item: dict,
+    num_frames: int,
+    fps: float,
+    size: tuple[int, int],
+    clips_per_video: int,
+    limits: InputLimits | None = None,
+    wanted: Callable[[str], bool] | None = None,
 ) -> list[dict]:
     """One real row per test video of an input item (its clips, see :data:`ROW_FIELDS`), or one ``error`` row
-    per video that cannot be decoded or is shorter than a clip (the whole video is then left out, with its
-    reason). Videos for which ``wanted(video key)`` is false are not decoded and give no row."""
+    per video that cannot be decoded, is outside ``limits`` (default :class:`InputLimits`) or is shorter than a clip
+    (the whole video is then left out, with its reason). Videos for which ``wanted(video key)`` is false are not
+    decoded and give no row."""
     rows = []
     clip_seconds = num_frames / fps
-    for video, raw, source in _videos(item):
+    for video, raw, source in _videos(item, limits or InputLimits()):
         if wanted is not None and not wanted(video):
             continue
         try:
@@ -136,7 +148,8 @@ def clip_jobs(item: dict, config: dict, seeds: dict[str, int], stored: StoredCli
         return any(k not in stored.real or any(k not in stored.scored[name] for name in seeds) for k in keys)
 
     jobs = []
-    for video_row in eval_video_rows(item, sampling["num_frames"], sampling["fps"], (sampling["height"], sampling["width"]), per_video, wanted):
+    size, limits = (sampling["height"], sampling["width"]), InputLimits.model_validate(config["limits"])
+    for video_row in eval_video_rows(item, sampling["num_frames"], sampling["fps"], size, per_video, limits, wanted):
         if video_row["error"]:
             jobs.append(video_row)
             continue
