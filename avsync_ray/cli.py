@@ -54,9 +54,10 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     """What a user fixes by changing the command: arguments, config, input files, devices, refused resumes."""
     from avsync_ray.devices import DeviceError
     from avsync_ray.media import MediaError
+    from avsync_ray.storage import StorageError
 
     return (ConfigError, InputError, DeviceError, MediaError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            FileExistsError, PermissionError, typer.BadParameter)  # fmt: skip
+            FileExistsError, PermissionError, StorageError, typer.BadParameter)  # fmt: skip
 
 
 def _message(error: BaseException) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -71,7 +73,7 @@ def test_decide_reports_the_first_failed_rule_in_funnel_order():
     keep, reasons = decide(scores, cfg)
     assert keep.tolist() == [True, False, False, False, False]
     assert reasons == ["", "too_static", "too_sharp", "too_quiet", "too_static"]
-    counts = funnel(scores, reasons)
+    counts = funnel(Counter(reasons))
     assert counts["removed_by_pixel_diff"] == 3 and counts["removed_by_audio_peak"] == 1 and counts["kept"] == 1
 
 

@@ -108,6 +108,9 @@ class CurateConfig(StrictModel):
     imagebind_actor: ActorConfig = Field(ActorConfig(), description="actor pool of the semantic/ImageBind stage")
     sync_actor: ActorConfig = Field(ActorConfig(), description="actor pool of the P_sync stage")
     shards: ShardsConfig = Field(ShardsConfig(), description="clip encoding and WebDataset shards")
+    keep_staged_clips: bool = Field(
+        False, description="keep each video's clip bundle under _work/clips/ after the shards commit (off: the shards are the only copy)"
+    )
     tracking: CurationTracking = CURATION_TRACKING
     ray: RayConfig = Field(RayConfig(), description="Ray")
 

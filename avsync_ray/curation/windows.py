@@ -192,12 +192,13 @@ def decide(scores: dict[str, np.ndarray], config: CurateConfig) -> tuple[np.ndar
     return keep, reasons
 
 
-def funnel(scores: dict[str, np.ndarray], keep_reasons: list[str]) -> dict[str, int]:
-    """How many windows each rule removed, in order (a window counts against its first failed rule)."""
-    counts = {"windows": len(keep_reasons)}
+def funnel(reason_counts: dict[str, int]) -> dict[str, int]:
+    """How many windows each rule removed, in order, from the count of windows per reason ('' for kept; a window
+    counts against its first failed rule)."""
+    counts = {"windows": sum(reason_counts.values())}
     for name in SCORE_RULES:
-        counts[f"removed_by_{name}"] = sum(reason in REASONS[name] for reason in keep_reasons)
-    counts["kept"] = sum(not reason for reason in keep_reasons)
+        counts[f"removed_by_{name}"] = sum(reason_counts.get(reason, 0) for reason in set(REASONS[name]))
+    counts["kept"] = reason_counts.get("", 0)
     return counts
 
 

@@ -127,6 +127,12 @@ def probe(uri: Source) -> MediaInfo:
         return media_info(uri, container, size)
 
 
+def is_still_image(info: MediaInfo) -> bool:
+    """A picture, not a video: FFmpeg read the file with an image demuxer (``png_pipe``, ``jpeg_pipe``, ``image2``,
+    ...), whatever its name says."""
+    return info.video is not None and (info.format_name == "image2" or info.format_name.endswith("_pipe"))
+
+
 def audio_frame_to_float(frame: av.AudioFrame) -> np.ndarray:
     """(channels, samples) float32 in [-1, 1] for any sample format, planar or packed."""
     data = frame.to_ndarray()
