@@ -4,8 +4,9 @@ process (driver and Ray workers).
 
 Per N it prints the driver's wall seconds outside Ray tasks (the run's wall time minus the time the driver waits
 on Ray Data and on the shard tasks: what the cluster idles through), the requests per video by kind, the driver's
-peak RSS (and its growth during the run), and driver seconds per video; then a linear fit and the projection to
-200k and 2M videos (time, requests, request cost, driver memory).
+resident memory (where the run starts, with Ray started and the package imported, and its peak growth during
+the run, sampled every 20 ms; and Arrow's peak allocation), and driver seconds per video; then linear fits and
+the projection to 200k and 2M videos (time, requests, request cost, driver memory).
 
 Two kinds of corpus, each run in a fresh driver process with its own local Ray:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -112,8 +114,32 @@ def synthesize(count: int, inputs: str) -> None:
         fs.put([str(p) for p in sorted(Path(folder).rglob("*.mp4"))], [f"{inputs}/{p.parent.name}/{p.name}".removeprefix("s3://") for p in sorted(Path(folder).rglob("*.mp4"))])
 
 
+class PeakMemory:
+    """The process's resident memory, sampled every 20 ms in a thread: its peak above where it started."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.process, self.stop = psutil.Process(), threading.Event()
+        self.start = self.peak = self.process.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.02):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def close(self) -> dict:
+        self.stop.set()
+        self.thread.join()
+        return {"rss_start_mb": self.start / 2**20, "rss_growth_mb": (self.peak - self.start) / 2**20}
+
+
 def driver(inputs: str, output: str) -> dict:
     """In this fresh process: ``avsync curate inputs output``, timing what the driver waits on Ray for."""
+    import pyarrow as pa
     import ray
 
     from avsync_ray.curation import pipeline
@@ -134,25 +160,30 @@ def driver(inputs: str, output: str) -> dict:
     pipeline.init_ray(config.ray)  # Ray's start is not the driver's per-video work
     pipeline._drain = timed(pipeline._drain)
     pipeline.ray.get = timed(ray.get)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    memory = PeakMemory()
     started = time.perf_counter()
     summary = pipeline.run_curation(config)
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"wall_s": wall, "ray_wait_s": waited["seconds"], "driver_s": wall - waited["seconds"], "peak_rss_mb": peak,
-            "rss_growth_mb": peak - before, "videos": summary["videos"], "clips": summary["clips"], "shards": summary["shards"]}  # fmt: skip
+    return {"wall_s": wall, "ray_wait_s": waited["seconds"], "driver_s": wall - waited["seconds"], **memory.close(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "arrow_peak_mb": pa.default_memory_pool().max_memory() / 2**20,
+            "videos": summary["videos"], "clips": summary["clips"], "shards": summary["shards"]}  # fmt: skip
 
 
-def measure(kind: str, count: int, proxy, env: dict) -> dict:
+def measure(kind: str, count: int, proxy, env: dict, latency_s: float) -> dict:
+    from avsync_ray.curation.work import records_per_part
+
     inputs, output = f"{BUCKET}/{kind}-{count}/in", f"{BUCKET}/{kind}-{count}/out"
     (fabricate(count, inputs, output) if kind == "fabricated" else synthesize(count, inputs))
-    proxy.counts.clear()
+    proxy.reset()
+    proxy.latency_s = latency_s
     done = subprocess.run([sys.executable, __file__, "--driver", inputs, output], env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    counts = dict(proxy.counts)
-    result.update(kind=kind, n=count, requests=counts, requests_per_video=sum(counts.values()) / count,
+    counts, areas = dict(proxy.counts), dict(proxy.by_area)
+    parts = {k: v for (area, k), v in areas.items() if area == "parts"}
+    result.update(kind=kind, n=count, records_per_part=records_per_part(count), requests=counts, part_requests=parts,
+                  requests_per_video=sum(counts.values()) / count, part_requests_per_video=sum(parts.values()) / count,
                   put_class_per_video=sum(counts.get(k, 0) for k in PUT_CLASS) / count, get_class_per_video=sum(counts.get(k, 0) for k in GET_CLASS) / count,
                   driver_ms_per_video=1000 * result["driver_s"] / count)  # fmt: skip
     return result
@@ -168,21 +199,30 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def projection(results: list[dict]) -> dict:
+    """Driver time and memory: a linear fit of the fabricated runs. Requests: the real runs' requests that are not
+    record parts (source reads, bundles, shards, listings), fitted against N; the parts' requests per record, scaled
+    by the records a part holds at the projected N (1,000 from 200k videos on, against 1 or 2 in a small run)."""
+    from avsync_ray.curation.work import records_per_part
+
     fabricated = [r for r in results if r["kind"] == "fabricated"]
-    real = [r for r in results if r["kind"] == "real"]
-    out = {}
-    time_fit = fit([(r["n"], r["driver_s"]) for r in fabricated]) if fabricated else None
-    memory_fit = fit([(r["n"], r["peak_rss_mb"]) for r in fabricated]) if fabricated else None
-    basis = real or fabricated
-    largest = max(basis, key=lambda r: r["n"])
+    real = [r for r in results if r["kind"] == "real"] or fabricated
+    time_fit = fit([(r["n"], r["driver_s"]) for r in fabricated]) if fabricated else (0.0, 0.0)
+    memory_fit = fit([(r["n"], r["rss_growth_mb"]) for r in fabricated]) if fabricated else (0.0, 0.0)
+    baseline = max(r["rss_start_mb"] for r in fabricated) if fabricated else 0.0
+    fits = {}
+    for name, kinds in (("put", PUT_CLASS), ("get", GET_CLASS)):
+        other = fit([(r["n"], sum(v for k, v in r["requests"].items() if k in kinds) - sum(v for k, v in r["part_requests"].items() if k in kinds)) for r in real])
+        per_record = max(sum(v for k, v in r["part_requests"].items() if k in kinds) * r["records_per_part"] / r["n"] for r in real)
+        fits[name] = (other, per_record)
+    out = {"driver_seconds_fit": {"intercept": round(time_fit[0], 2), "per_video_ms": round(1000 * time_fit[1], 4)},
+           "driver_rss_growth_fit": {"intercept_mb": round(memory_fit[0], 1), "per_video_kb": round(1024 * memory_fit[1], 3), "baseline_mb": round(baseline)}}  # fmt: skip
     for n in (200_000, 2_000_000):
-        entry = {}
-        if time_fit:
-            entry["driver_minutes"] = round((time_fit[0] + time_fit[1] * n) / 60, 2)
-            entry["driver_peak_rss_gb"] = round((memory_fit[0] + memory_fit[1] * n) / 1024, 2)
-        put, get = largest["put_class_per_video"] * n, largest["get_class_per_video"] * n
-        entry.update(requests_millions=round((put + get) / 1e6, 2), request_cost_usd=round(put * PRICE["put"] + get * PRICE["get"], 2), basis=f"{largest['kind']} N={largest['n']}")
-        out[str(n)] = entry
+        requests = {name: other[0] + other[1] * n + per_record * n / records_per_part(n) for name, (other, per_record) in fits.items()}
+        out[str(n)] = {
+            "driver_minutes": round((time_fit[0] + time_fit[1] * n) / 60, 2), "driver_peak_rss_gb": round((baseline + memory_fit[0] + memory_fit[1] * n) / 1024, 2),
+            "requests_millions": round(sum(requests.values()) / 1e6, 3), "requests_per_video": round(sum(requests.values()) / n, 2),
+            "request_cost_usd": round(requests["put"] * PRICE["put"] + requests["get"] * PRICE["get"], 2),
+        }  # fmt: skip
     return out
 
 
@@ -205,7 +245,8 @@ def main() -> None:
     os.environ.update(credentials, AWS_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}")  # set-up goes straight to moto
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
     server.start()
-    proxy = S3Proxy(f"http://127.0.0.1:{moto_port}", latency_s=args.latency_ms / 1000).start()
+    proxy = S3Proxy(f"http://127.0.0.1:{moto_port}").start()
+    proxy.areas = {"parts": re.compile(r"/_work/(chunks|videos)/")}
     import boto3
 
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET.removeprefix("s3://"))
@@ -214,11 +255,11 @@ def main() -> None:
     try:
         for kind, sizes in (("fabricated", args.fabricated), ("real", args.real)):
             for count in sizes:
-                results.append(measure(kind, count, proxy, env))
+                results.append(measure(kind, count, proxy, env, args.latency_ms / 1000))
                 r = results[-1]
                 print(f"{kind:>10} N={count:>6}: driver {r['driver_s']:7.1f} s outside Ray ({r['driver_ms_per_video']:.2f} ms/video; wall {r['wall_s']:.1f} s), "
-                      f"{r['requests_per_video']:.2f} requests/video {r['requests']}, peak RSS {r['peak_rss_mb']:.0f} MB "
-                      f"(+{r['rss_growth_mb']:.0f} MB in the run)", file=sys.stderr, flush=True)  # fmt: skip
+                      f"{r['requests_per_video']:.2f} requests/video {r['requests']} ({r['part_requests_per_video']:.2f} of them record parts), RSS "
+                      f"{r['rss_start_mb']:.0f} MB +{r['rss_growth_mb']:.0f} MB during the run (Arrow peak {r['arrow_peak_mb']:.0f} MB)", file=sys.stderr, flush=True)  # fmt: skip
     finally:
         proxy.stop()
         server.stop()

@@ -7,6 +7,8 @@ storage does.
     proxy.latency_s, proxy.slowdown_share = 0.03, 0.1
     ... run something against proxy.url ...
     proxy.counts   # requests by kind: GET, HEAD, PUT, LIST, POST, DELETE (answered with 503 ones included)
+    proxy.areas = {"parts": re.compile("/_work/(chunks|videos)/")}
+    proxy.by_area  # requests by (area, kind): the first area whose pattern the path (or listed prefix) matches, else "other"
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 import re
 import threading
 from collections import Counter
+from urllib.parse import unquote
 
 from aiohttp import ClientSession, web
 
@@ -43,6 +46,8 @@ class S3Proxy:
         self.latency_s, self.slowdown_share, self.reset_share = latency_s, slowdown_share, reset_share
         self.refused_keys: re.Pattern | None = None  # every request to a matching path is answered 503
         self.counts: Counter = Counter()
+        self.areas: dict[str, re.Pattern] = {}
+        self.by_area: Counter = Counter()
         self.throttled = 0
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -57,6 +62,7 @@ class S3Proxy:
         """Zero the counts and make the proxy plain again (no latency, no faults)."""
         with self._lock:
             self.counts.clear()
+            self.by_area.clear()
             self.throttled = 0
         self.latency_s = self.slowdown_share = self.reset_share = 0.0
         self.refused_keys = None
@@ -79,8 +85,12 @@ class S3Proxy:
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        kind = request_kind(request.method, request.query)
+        target = f"{request.path}?{unquote(request.query_string)}"  # a listing names its folder in the query
+        area = next((name for name, pattern in self.areas.items() if pattern.search(target)), "other")
         with self._lock:
-            self.counts[request_kind(request.method, request.query)] += 1
+            self.counts[kind] += 1
+            self.by_area[area, kind] += 1
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         body = await request.read()

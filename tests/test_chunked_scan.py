@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from avsync_ray.config.curate import CurateConfig
+from avsync_ray.curation import work
 from avsync_ray.curation.chunks import CHUNK_SECONDS
 from avsync_ray.curation.shots import ShotDetector
-from avsync_ray.curation import work
 from avsync_ray.curation.stages import curate_video, scan_video
 from avsync_ray.curation.windows import (
     audio_peak,

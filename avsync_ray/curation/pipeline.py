@@ -291,7 +291,11 @@ def _write_shards(config: CurateConfig, clips: pa.Table, plan_id: str) -> dict:
 def _assemble(config: CurateConfig, generation: int, committed: dict | None) -> tuple[pa.Table, dict, pa.Table]:
     """The recorded videos, the shards (rewritten only when their clips changed; clips of committed shards
     whose bundles went are staged again first), the index, and the clips; then the staged bundles go."""
-    videos = latest_videos(work.read_records(config.output, "videos"))
+    uris = work.part_uris(config.output, "videos")
+    records = work.read_parts(uris, VIDEO_SCHEMA)
+    videos = latest_videos(records)
+    superseded = records.num_rows > 2 * videos.num_rows  # most stored records are old (re-thresholds, retries)
+    del records
     clips = clip_table(videos)
     clips = clips.take(pa.array(shard_order(clips["key"].to_pylist())))
     plan_id = _plan_id(config, clips)
@@ -306,6 +310,8 @@ def _assemble(config: CurateConfig, generation: int, committed: dict | None) -> 
         index = _write_shards(config, clips, plan_id)
     kept = sorted({work.bundle_uri(config.output, s, g) for s, g in zip(clips["source_id"].to_pylist(), clips["generation"].to_pylist())})
     work.commit(config.output, plan_id, max(clips["generation"].to_pylist(), default=-1), kept if config.keep_staged_clips else None)
+    if superseded:
+        work.compact_videos(config.output, uris, videos)
     return videos, index, clips
 
 
@@ -319,6 +325,8 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     if listing.skipped:
         logger.warning("%d entries of the input are not videos and are skipped (listed in the report)", len(listing.skipped))
     sources = pa.table({name: [getattr(s, name) for s in listing.sources] for name in ("uri", "source_id", "label")})
+    skipped = listing.skipped
+    del listing  # the Python objects of every video: the Arrow table holds what the run needs
     work.prepare(config.output)
     recorded = latest_videos(work.read_records(config.output, "videos", LIGHT_COLUMNS))
     _check_resumable(recorded, config, rethreshold)  # before the saved config is replaced
@@ -333,7 +341,7 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     write_parquet(join_uri(config.output, "ledger.parquet"), ledger_table(videos))
     stats = shard_stats(index, clips)
     write_json_atomic(join_uri(config.output, f"{config.shards.split}.stats.json"), stats)
-    report = report_module.build_report(config, scores, ledger_table(videos), index, stats, ray_stats, listing.skipped)
+    report = report_module.build_report(config, scores, ledger_table(videos), index, stats, ray_stats, skipped)
     summary = report_module.summarize(report, time.perf_counter() - started)
     summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config)) if config.tracking.enabled else None
     write_json_atomic(join_uri(config.output, "report", "summary.json"), summary)

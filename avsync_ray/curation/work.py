@@ -136,6 +136,14 @@ def remove_parts(uris: list[str]) -> None:
     remove_many(uris)
 
 
+def compact_videos(output: str, uris: list[str], latest: pa.Table) -> None:
+    """Store the ``latest`` video records (read from the parts ``uris``) in full parts and remove those parts, so
+    that later runs read N / 1,000 parts again after re-thresholds and retries superseded many records. A run
+    stopped in between leaves both, and a record stored twice counts once."""
+    written = {write_part(output, "videos", latest.slice(start, PART_RECORDS)) for start in range(0, latest.num_rows, PART_RECORDS)}
+    remove_many(sorted(set(uris) - written))
+
+
 def read_committed(output: str) -> dict | None:
     uri = committed_uri(output)
     return read_json(uri) if exists(uri) else None
