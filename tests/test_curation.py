@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -201,7 +202,7 @@ def test_shards_index_stats_and_members(reference):
     # A clip lists the windows it was made of: each passes every rule, so its scores' minima do too.
     for sample in samples:
         meta = json.loads(sample["json"])
-        assert meta["windows"] and all(w["end"] - w["start"] == 3.0 and meta["span"]["start"] <= w["start"] for w in meta["windows"])
+        assert meta["windows"] and all(abs(w["end"] - w["start"] - 3.0) < 1e-6 and meta["span"]["start"] <= w["start"] for w in meta["windows"])
         for name, rule in meta["thresholds"].items():
             if rule["enabled"] and rule["min"] is not None:
                 assert all(w[name] >= rule["min"] for w in meta["windows"]) and meta["scores"][name]["min"] >= rule["min"], (sample["__key__"], name)
@@ -407,7 +408,7 @@ def test_every_shared_media_file_and_every_bad_file_is_accounted_for(media_dir, 
     assert statuses["truncated.mp4"] == "failed"  # the cut film has no audio stream
     # GRID's 2.98-s clips hold no 3-s window, and say so; the report breaks down why videos have no clip.
     details = {Path(e["uri"]).name: e["detail"] for e in entries.values()}
-    assert details["bbaf2n.mpg"] == "2.98 s long, shorter than one 3-s window"
+    assert re.fullmatch(r"2\.9\d s long, shorter than one 3-s window", details["bbaf2n.mpg"]), details["bbaf2n.mpg"]
     no_clip = [e for e in entries.values() if e["status"] == "zero_survivors"]
     assert report["zero_survivor_reasons"] == dict(sorted(Counter(e["reason"] for e in no_clip).items())) and report["zero_survivor_reasons"]["no_window"] >= 1
     assert "Why videos have no clip:" in (tmp_path / "out" / "report" / "report.md").read_text()

@@ -21,6 +21,7 @@ from avsync_ray.curation.windows import (
     psync_clip_starts,
     semantic_difference,
     windows_in_shots,
+    windows_of_clip,
 )
 
 NO_MODELS = {"filters": {"semantic": {"enabled": False}, "imagebind": {"enabled": False}, "sync": {"enabled": False}}}
@@ -99,3 +100,13 @@ def test_merge_overlapping_and_touching_windows_per_shot():
     assert merge_windows(windows, np.array([True] * 5 + [False]), max_seconds=4.0) == [Window(0, 0.0, 4.0), Window(0, 4.0, 7.5)]
     clip = Window(0, 0.0, 3.5)
     assert clip.covers(Window(0, 0.5, 3.5)) and not clip.covers(Window(1, 0.5, 3.5)) and not clip.covers(Window(0, 1.0, 4.0))
+
+
+def test_a_clip_is_made_of_its_kept_windows_only():
+    """Kept windows 0-3 s and 1-4 s overlap and merge into 0-4 s, which covers the rejected 0.5-3.5 s window: the
+    clip's metadata lists the two it was made of (shards/README.md), not the one a rule rejected."""
+    windows = [Window(0, 0.0, 3.0), Window(0, 0.5, 3.5), Window(0, 1.0, 4.0), Window(1, 4.0, 7.0)]
+    keep = np.array([True, False, True, False])
+    clips = merge_windows(windows, keep)
+    assert clips == [Window(0, 0.0, 4.0)] and clips[0].covers(windows[1])
+    assert windows_of_clip(clips[0], windows, keep) == [0, 2]

@@ -29,7 +29,7 @@ from avsync_ray.curation import work
 from avsync_ray.curation.chunks import ChunkPlan, Sampling, cheap_scores, plan_chunks
 from avsync_ray.curation.records import CHUNK_SCHEMA, VIDEO_SCHEMA, from_ipc, record_table, scanned_videos, to_ipc, video_record
 from avsync_ray.curation.shots import ShotDetector
-from avsync_ray.curation.windows import SCORE_RULES, Window, clip_audio_span, decide, merge_windows, rules, windows_in_shots
+from avsync_ray.curation.windows import SCORE_RULES, Window, clip_audio_span, decide, merge_windows, rules, windows_in_shots, windows_of_clip
 from avsync_ray.media import MediaError, MediaErrorReason, encode_wav, is_still_image, probe
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE
 from avsync_ray.media.encoding import Mp4Encoder
@@ -333,8 +333,7 @@ def _zero_survivors_detail(windows: list[Window], reasons: list[str], scan_detai
     rejected (how many for each reason)."""
     if not windows:
         return "no_window", scan_detail
-    counts = Counter(r or "kept but in no clip" for r in reasons)
-    return "all_windows_rejected", ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.items()))
+    return "all_windows_rejected", ", ".join(f"{reason}: {count}" for reason, count in sorted(Counter(reasons).items()))
 
 
 def _clip_samples(path: str, clips: list[Window], config: CurateConfig, info, fps: float, video_end: float, audio_start: float) -> tuple[list[tuple], int]:
@@ -401,7 +400,7 @@ def _materialize(video: dict, config: CurateConfig, generation: int, old: dict[s
     samples = []
     for clip, key in zip(clips, keys):
         fps, mp4, wav, frames, size = media[key]
-        made_of = [i for i, window in enumerate(windows) if keep[i] and clip.covers(window)]
+        made_of = windows_of_clip(clip, windows, keep)
         samples.append({"__key__": key, "json": _sample_json(source, clip, made_of, windows, scores, fps, frames, tuple(size), config), "mp4": mp4, "wav": wav})
     ranges = []
     if samples:

@@ -202,6 +202,12 @@ def funnel(reason_counts: dict[str, int]) -> dict[str, int]:
     return counts
 
 
+def windows_of_clip(clip: Window, windows: list[Window], keep: np.ndarray) -> list[int]:
+    """The kept windows a clip was merged from (indices into ``windows``): a rejected window that its span happens to
+    cover (between two kept ones that overlap) is not one of them."""
+    return [index for index, window in enumerate(windows) if keep[index] and clip.covers(window)]
+
+
 def merge_windows(windows: list[Window], keep: np.ndarray, max_seconds: float | None = None) -> list[Window]:
     """Surviving windows of the same shot that overlap or touch become one clip. Clips longer than
     ``max_seconds`` are cut into consecutive pieces of at most that length."""
