@@ -81,6 +81,9 @@ class ShardsConfig(StrictModel):
         "faster", description="x264 speed/size trade-off of the clip mp4s"
     )
     max_clip_s: float | None = Field(None, gt=0, description="split merged clips longer than this")
+    order: Literal["hash", "key"] = Field(
+        "hash", description="hash: clips ordered across shards by the SHA-1 of their key (mixes labels and sources); key: by key (a video's clips together)"
+    )
 
     @field_validator("short_side")
     @classmethod

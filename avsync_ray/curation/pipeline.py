@@ -178,10 +178,12 @@ def _drain(ds: ray.data.Dataset, total: int, verb: str, failures: dict[str, str]
 
 
 def _record_missing(config: CurateConfig, pending: pa.Table, generation: int, failures: dict[str, str]) -> None:
-    """Videos of this run without a record: their part could not be stored (``storage_error``, retried by the next
-    run), or their task failed every retry, its worker dying each time (``worker_crashed``); never silence."""
-    recorded = work.read_records(config.output, "videos", ["source_id"])["source_id"]
-    missing = pending.filter(pc.invert(pc.is_in(pending["source_id"], value_set=recorded.combine_chunks())))
+    """Videos of this run without a record of this run's ``generation``: their part could not be stored
+    (``storage_error``, retried by the next run), or their task failed every retry, its worker dying each time
+    (``worker_crashed``); never silence."""
+    stored = work.read_records(config.output, "videos", ["source_id", "generation"])
+    recorded = stored.filter(pc.equal(stored["generation"], generation))["source_id"].combine_chunks()
+    missing = pending.filter(pc.invert(pc.is_in(pending["source_id"], value_set=recorded)))
     if not missing.num_rows:
         return
     rows = []
@@ -296,8 +298,9 @@ def _assemble(config: CurateConfig, generation: int, committed: dict | None) -> 
     videos = latest_videos(records)
     superseded = records.num_rows > 2 * videos.num_rows  # most stored records are old (re-thresholds, retries)
     del records
-    clips = clip_table(videos)
-    clips = clips.take(pa.array(shard_order(clips["key"].to_pylist())))
+    clips = clip_table(videos)  # by key
+    if config.shards.order == "hash":
+        clips = clips.take(pa.array(shard_order(clips["key"].to_pylist())))
     plan_id = _plan_id(config, clips)
     uri = index_uri(config.output, config.shards.split)
     index = read_json(uri) if exists(uri) else None
