@@ -29,7 +29,16 @@ from avsync_ray.curation import work
 from avsync_ray.curation.chunks import ChunkPlan, Sampling, cheap_scores, plan_chunks
 from avsync_ray.curation.records import CHUNK_SCHEMA, VIDEO_SCHEMA, from_ipc, record_table, scanned_videos, to_ipc, video_record
 from avsync_ray.curation.shots import ShotDetector
-from avsync_ray.curation.windows import SCORE_RULES, Window, clip_audio_span, decide, merge_windows, rules, windows_in_shots, windows_of_clip
+from avsync_ray.curation.windows import (
+    SCORE_RULES,
+    Window,
+    clip_audio_span,
+    decide,
+    merge_windows,
+    rules,
+    windows_in_shots,
+    windows_of_clip,
+)
 from avsync_ray.media import MediaError, MediaErrorReason, encode_wav, is_still_image, probe
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE
 from avsync_ray.media.encoding import Mp4Encoder
