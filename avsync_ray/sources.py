@@ -12,7 +12,7 @@ import pyarrow.csv
 import pyarrow.parquet
 
 from avsync_ray.errors import InputError
-from avsync_ray.storage import is_object_store, join_uri, uri_prefix
+from avsync_ray.storage import find_paths, is_object_store, join_uri, uri_prefix
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def _entries(fs, root: str) -> list[tuple[str, str]]:
     """(path, 'file' or 'directory') of everything under ``root``, sorted. On object stores, one listing of the
     keys (folders are the keys' prefixes), without the per-object details a detailed listing holds."""
     if is_object_store(fs):
-        files = fs.find(root)
+        files = find_paths(fs, root)
         folders = {parent for file in files for parent in _parents(file, root)}
         return sorted([(file, "file") for file in files] + [(folder, "directory") for folder in folders])
     return sorted((entry_path, info["type"]) for entry_path, info in fs.find(root, withdirs=True, detail=True).items())

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import fsspec
+import fsspec.asyn
 import fsspec.config
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -212,11 +213,30 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return sorted(f"{uri_prefix(fs)}{p}" for p in fs.ls(path, detail=False) if p.endswith(suffix))
 
 
+def find_paths(fs, path: str) -> list[str]:
+    """The paths of ``fs`` of every file under ``path`` ([] when absent). On S3, page by page from the listing
+    (one request per 1,000 keys), keeping only the keys: s3fs's ``find`` holds every object's details (about
+    1 KB each) until the whole listing is in."""
+    if _protocol(fs) not in ("s3", "s3a"):
+        return fs.find(path)
+    bucket, _, prefix = fs._strip_protocol(path).partition("/")
+    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
+
+    async def keys() -> list[str]:
+        await fs.set_session()
+        found = []
+        async for page in fs.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            found.extend(f"{bucket}/{item['Key']}" for item in page.get("Contents", ()) if not item["Key"].endswith("/"))
+        return found
+
+    return fsspec.asyn.sync(fs.loop, keys)
+
+
 def find_files(uri: str, suffix: str = "") -> list[str]:
     """Full URIs of the files anywhere under folder ``uri`` ending with ``suffix`` (sorted; [] if absent): one
     listing of the whole tree (on object stores, one request per 1,000 keys)."""
     fs, path = filesystem(uri)
-    return sorted(f"{uri_prefix(fs)}{p}" for p in fs.find(path) if p.endswith(suffix))  # [] when absent
+    return sorted(f"{uri_prefix(fs)}{p}" for p in find_paths(fs, path) if p.endswith(suffix))
 
 
 @contextlib.contextmanager

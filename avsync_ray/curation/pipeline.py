@@ -261,10 +261,16 @@ def _rethreshold(config: CurateConfig, generation: int, committed: dict | None) 
     return _rematerialize(config, scored, generation, committed, "re-thresholded")
 
 
+def _strings(column: pa.ChunkedArray, batch: int = 10_000):
+    """The values of a column, a batch at a time: never all of them as Python objects at once."""
+    for start in range(0, len(column), batch):
+        yield from column.slice(start, batch).to_pylist()
+
+
 def _plan_id(config: CurateConfig, clips: pa.Table) -> str:
     """What the shards hold, in order: the settings that make their bytes, every clip's key and size."""
     digest = hashlib.sha256(curation_id(config).encode())
-    for key, length in zip(clips["key"].to_pylist(), clips["length"].to_pylist()):
+    for key, length in zip(_strings(clips["key"]), _strings(clips["length"])):
         digest.update(f"\n{key} {length}".encode())
     return digest.hexdigest()[:32]
 
@@ -275,12 +281,12 @@ def _write_shards(config: CurateConfig, clips: pa.Table, plan_id: str) -> dict:
     split = config.shards.split
     numbers = plan_shards(clips["length"].to_numpy(), config.shards.target_size_mb * 2**20, config.shards.max_samples)
     bounds = np.flatnonzero(np.r_[True, numbers[1:] != numbers[:-1], True]) if len(numbers) else np.zeros(1, dtype=np.int64)
-    uris = [work.bundle_uri(config.output, s, g) for s, g in zip(clips["source_id"].to_pylist(), clips["generation"].to_pylist())]
     writer = ray.remote(num_cpus=1)(write_sourced_shard)
     refs = []
     for number, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         part = clips.slice(lo, hi - lo)
-        refs.append(writer.remote(config.output, split, number, part["key"].to_pylist(), uris[lo:hi], part["offset"].to_pylist(), part["length"].to_pylist()))
+        uris = [work.bundle_uri(config.output, s, g) for s, g in zip(part["source_id"].to_pylist(), part["generation"].to_pylist())]
+        refs.append(writer.remote(config.output, split, number, part["key"].to_pylist(), uris, part["offset"].to_pylist(), part["length"].to_pylist()))
     results = ray.get(refs)
     located = pa.table({
         "key": clips["key"], "shard": pa.array(np.repeat([r["entry"]["url"] for r in results], [r["entry"]["nsamples"] for r in results]).tolist(), pa.string()),
@@ -300,7 +306,7 @@ def _assemble(config: CurateConfig, generation: int, committed: dict | None) -> 
     del records
     clips = clip_table(videos)  # by key
     if config.shards.order == "hash":
-        clips = clips.take(pa.array(shard_order(clips["key"].to_pylist())))
+        clips = clips.take(pa.array(shard_order(_strings(clips["key"]), clips.num_rows)))
     plan_id = _plan_id(config, clips)
     uri = index_uri(config.output, config.shards.split)
     index = read_json(uri) if exists(uri) else None
@@ -311,8 +317,10 @@ def _assemble(config: CurateConfig, generation: int, committed: dict | None) -> 
                 _rematerialize(config, unstaged, generation, committed, "staged again")
                 return _assemble(config, generation, None)
         index = _write_shards(config, clips, plan_id)
-    kept = sorted({work.bundle_uri(config.output, s, g) for s, g in zip(clips["source_id"].to_pylist(), clips["generation"].to_pylist())})
-    work.commit(config.output, plan_id, max(clips["generation"].to_pylist(), default=-1), kept if config.keep_staged_clips else None)
+    kept = None
+    if config.keep_staged_clips:
+        kept = sorted({work.bundle_uri(config.output, s, g) for s, g in zip(_strings(clips["source_id"]), _strings(clips["generation"]))})
+    work.commit(config.output, plan_id, pc.max(clips["generation"]).as_py() if clips.num_rows else -1, kept)
     if superseded:
         work.compact_videos(config.output, uris, videos)
     return videos, index, clips

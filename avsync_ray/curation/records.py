@@ -84,13 +84,18 @@ def from_ipc(data: list[bytes], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
 
 
-def _first_of_groups(keys: np.ndarray) -> np.ndarray:
-    """Indices where a run of equal ``keys`` starts (``keys`` sorted)."""
-    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=np.int64)
+def _changes(column: pa.ChunkedArray) -> np.ndarray:
+    """Where each row differs from the previous one (the first row always), with Arrow compute: no Python object
+    per row."""
+    array = column.combine_chunks()
+    if len(array) < 2:
+        return np.ones(len(array), dtype=bool)
+    return np.r_[True, pc.not_equal(array.slice(1), array.slice(0, len(array) - 1)).to_numpy(zero_copy_only=False)]
 
 
-def _strings(column) -> np.ndarray:
-    return np.asarray(column.to_pylist(), dtype=object)
+def _first_of_groups(column: pa.ChunkedArray) -> np.ndarray:
+    """Indices where a run of equal values starts (``column`` sorted)."""
+    return np.flatnonzero(_changes(column))
 
 
 def latest_videos(videos: pa.Table) -> pa.Table:
@@ -99,8 +104,7 @@ def latest_videos(videos: pa.Table) -> pa.Table:
         return videos
     order = videos.append_column("_row", pa.array(np.arange(videos.num_rows)))
     order = order.sort_by([("source_id", "ascending"), ("generation", "descending"), ("_row", "ascending")])
-    first = _first_of_groups(_strings(order["source_id"]))
-    return order.take(pa.array(first)).drop_columns(["_row"])
+    return order.take(pa.array(_first_of_groups(order["source_id"]))).drop_columns(["_row"])
 
 
 def final_ids(videos: pa.Table) -> pa.Array:
@@ -123,15 +127,13 @@ def _current_chunks(chunks: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]
     it has no chunk; with the first row of each video and whether all of the video's chunks are there."""
     stale = pc.equal(chunks["reason"], "storage_error")
     table = chunks.append_column("_stale", stale).sort_by([("source_id", "ascending"), ("chunk", "ascending"), ("_stale", "ascending")])
-    ids, numbers = _strings(table["source_id"]), table["chunk"].to_numpy()
-    unique = np.r_[True, (ids[1:] != ids[:-1]) | (numbers[1:] != numbers[:-1])]
-    starts = _first_of_groups(ids)
-    has_chunks = np.repeat(np.maximum.reduceat(numbers, starts) >= 0, np.diff(np.r_[starts, len(ids)]))
-    keep = np.flatnonzero(unique & ~(has_chunks & (numbers < 0)))
-    table = table.take(pa.array(keep)).drop_columns(["_stale"])
-    ids = ids[keep]
-    starts = _first_of_groups(ids)
-    counts = np.diff(np.r_[starts, len(ids)])
+    numbers, new_video = table["chunk"].to_numpy(), _changes(table["source_id"])
+    unique = new_video | _changes(table["chunk"])
+    starts = np.flatnonzero(new_video)
+    has_chunks = np.repeat(np.maximum.reduceat(numbers, starts) >= 0, np.diff(np.r_[starts, len(numbers)]))
+    table = table.take(pa.array(np.flatnonzero(unique & ~(has_chunks & (numbers < 0))))).drop_columns(["_stale"])
+    starts = _first_of_groups(table["source_id"])
+    counts = np.diff(np.r_[starts, table.num_rows])
     expected = table["chunks"].to_numpy()[starts]
     return table, starts, (expected == 0) | (counts == expected)
 
@@ -143,7 +145,7 @@ def scanned_ids(chunks: pa.Table) -> pa.Array:
     if not chunks.num_rows:
         return pa.array([], pa.string())
     table, starts, complete = _current_chunks(chunks)
-    usable = complete & (_strings(table["reason"])[starts] != "storage_error")
+    usable = complete & pc.not_equal(table["reason"].take(pa.array(starts)), "storage_error").to_numpy(zero_copy_only=False)
     return table["source_id"].take(pa.array(starts[usable])).combine_chunks()
 
 
@@ -153,7 +155,7 @@ def scanned_videos(chunks: pa.Table) -> pa.Table:
     if not chunks.num_rows:
         return chunks.drop_columns(["chunk", "chunks"])
     table, starts, complete = _current_chunks(chunks)
-    failed = np.flatnonzero(_strings(table["status"]) != "ok")
+    failed = np.flatnonzero(pc.not_equal(table["status"], "ok").to_numpy(zero_copy_only=False))
     # The row holding each video's status: its first failed chunk, else its first chunk.
     status_row = starts.copy()
     for index in reversed(failed.tolist()):
