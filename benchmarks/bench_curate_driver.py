@@ -38,7 +38,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the proxy is shared with the tests
 
-BUCKET = "s3://bench"
 PUT_CLASS, GET_CLASS = ("PUT", "POST", "LIST"), ("GET", "HEAD")
 PRICE = {"put": 0.005 / 1000, "get": 0.0004 / 1000}  # USD per request, S3 standard
 
@@ -170,9 +169,13 @@ def driver(inputs: str, output: str) -> dict:
 
 
 def measure(kind: str, count: int, proxy, env: dict, latency_s: float) -> dict:
+    import boto3
+
     from avsync_ray.curation.work import records_per_part
 
-    inputs, output = f"{BUCKET}/{kind}-{count}/in", f"{BUCKET}/{kind}-{count}/out"
+    bucket = f"bench-{kind}-{count}"  # a bucket per run: moto's listings cost the bucket's size, S3's do not
+    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+    inputs, output = f"s3://{bucket}/in", f"s3://{bucket}/out"
     (fabricate(count, inputs, output) if kind == "fabricated" else synthesize(count, inputs))
     proxy.reset()
     proxy.latency_s = latency_s
@@ -247,9 +250,6 @@ def main() -> None:
     server.start()
     proxy = S3Proxy(f"http://127.0.0.1:{moto_port}").start()
     proxy.areas = {"parts": re.compile(r"/_work/(chunks|videos)/")}
-    import boto3
-
-    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket=BUCKET.removeprefix("s3://"))
     env = {**os.environ, **credentials, "AWS_ENDPOINT_URL": proxy.url, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
     results = []
     try:
