@@ -16,7 +16,7 @@ import ray
 import ray.data
 
 from avsync_ray.config.base import ActorConfig, RayConfig, TrackingConfig
-from avsync_ray.ray_runtime import init_ray
+from avsync_ray.ray_runtime import actor_request, init_ray, require_resources
 from avsync_ray.shards import iter_samples
 
 
@@ -41,6 +41,7 @@ class ActorStage:
     kwargs: dict
     actor: ActorConfig
     batch_size: int = 1
+    field: str = "actor"  # the config field of ``actor`` (errors name it)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class BatchJob:
 
     def run(self) -> list[dict]:
         init_ray(self.ray_config)
+        require_resources([actor_request(stage.field, stage.actor) for stage in self.stages], self.ray_config)
         if not self.items:
             return []
         dataset = ray.data.from_items(self.items, override_num_blocks=len(self.items))

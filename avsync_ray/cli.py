@@ -21,19 +21,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from avsync_ray.cloud_schemas import KUBERNETES_VERSION
 from avsync_ray.config.base import ConfigError, load_config, preset_names, read_preset, show_config
-from avsync_ray.config.curate import CurateConfig
-from avsync_ray.config.demo import DemoConfig
-from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
 from avsync_ray.config.presets import preset_schema
-from avsync_ray.config.sampling import GenerateConfig
-from avsync_ray.config.serve import ServeConfig
-from avsync_ray.config.train import PrecomputeConfig, TrainConfig, TrainSyncConfig
 from avsync_ray.errors import InputError, WorkFailedError
 
 app = typer.Typer(help="AVSyncD at cluster scale: curation, training, evaluation and serving.", no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the typed configs and their packaged presets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+runs_app = typer.Typer(help="Read the MLflow store: registered models with their lineage and evaluations; evaluations side by side.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 cluster_app = typer.Typer(help="Cluster configs: check them offline, render the KubeRay RayJobs from jobs/.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 
@@ -51,13 +48,14 @@ class _Settings:
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    """What a user fixes by changing the command: arguments, config, input files, devices, refused resumes."""
-    from avsync_ray.devices import DeviceError
-    from avsync_ray.media import MediaError
-    from avsync_ray.storage import StorageError
-
-    return (ConfigError, InputError, DeviceError, MediaError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            FileExistsError, PermissionError, StorageError, typer.BadParameter)  # fmt: skip
+    """What a user fixes by changing the command: arguments, config, input files, devices, refused resumes, and
+    storage that kept failing (the same command again resumes). The device and media errors are only looked up
+    where their (torch-importing) modules are loaded: an error of a module that was never imported cannot have
+    been raised, and a quick refusal stays quick."""
+    modules = (("avsync_ray.devices", "DeviceError"), ("avsync_ray.media.errors", "MediaError"), ("avsync_ray.storage", "StorageError"))
+    loaded = [getattr(sys.modules[module], name) for module, name in modules if module in sys.modules]
+    return (ConfigError, InputError, *loaded, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+            PermissionError, typer.BadParameter)  # fmt: skip
 
 
 def _message(error: BaseException) -> str:
@@ -95,7 +93,7 @@ def verb(name: str | None = None, group: typer.Typer = app):
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of expected errors, and Ray's own logs.")] = False,
 ):
-    from avsync_ray.ray_runtime import VERBOSE_ENV_VAR
+    from avsync_ray.ray_runtime import VERBOSE_ENV_VAR, skip_noisy_worker_lines
 
     _Settings.debug = debug
     if debug:
@@ -103,18 +101,34 @@ def main_options(
     # This project's progress lines (INFO) on stderr; other libraries' warnings only, unless debugging.
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("avsync_ray").setLevel(logging.INFO)
+    if not sys.stderr.isatty():  # the libraries' progress bars (Hugging Face saving and loading, MLflow artifacts) on a terminal only
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not debug:  # MLflow narrates its store's set-up and new experiments at INFO on its own handler, set on import
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("DeepSpeed").addFilter(_not_the_cpu_accelerator_notice)
+        skip_noisy_worker_lines()
 
 
-def _load(schema, preset: str, path: str | None, overrides: list[str] | None, values: dict | None = None):
-    """The verb's config: ``values`` are its positional arguments, taken verbatim (no YAML parsing)."""
-    return load_config(schema, preset, path, overrides or [], values)
+def _not_the_cpu_accelerator_notice(record: logging.LogRecord) -> bool:
+    """DeepSpeed, imported by diffusers and transformers too, warns that it found no GPU ("Setting accelerator to
+    CPU") on every command of a CPU machine; a command that needs a GPU says so itself."""
+    return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+def _verb_config(context: typer.Context):
+    """The running verb's typed config, built from its command line (preset, ``--config``, ``--set``, and its
+    arguments taken verbatim) as :data:`avsync_ray.jobs.VERB_CONFIGS` says: ``avsync submit`` and ``avsync cluster
+    validate`` check a job spec's entrypoint with the same table, so what they accept is what the verb loads."""
+    from avsync_ray.jobs import VERB_CONFIGS
+
+    return load_config(*VERB_CONFIGS[context.info_name].load_args(context.params))
 
 
 @verb()
 def generate(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="AVSyncD pipeline folder (init-model / convert-official / export output).")],
     out: Annotated[str, typer.Option(help="Output .mp4 (any fsspec URI).")],
     category: Annotated[str, typer.Option(help="Class prompt, e.g. 'lions roaring'.")],
@@ -130,11 +144,7 @@ def generate(
     """Animate an image with audio: writes an mp4 (12 frames at 6 fps with the 2-s conditioning audio)."""
     from avsync_ray.generate import run_generate
 
-    overrides = list(set_ or [])
-    for key, value in (("audio_guidance_scale", audio_guidance), ("num_inference_steps", steps), ("seed", seed)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    cfg = _load(GenerateConfig, "generate", config, overrides)
+    cfg = _verb_config(ctx)
     return run_generate(model, out, category, cfg, image=image, audio=audio, video=video)
 
 
@@ -186,6 +196,7 @@ def synth(
 
 @verb()
 def curate(
+    ctx: typer.Context,
     input: Annotated[str, typer.Argument(help="Folder, glob or URI list (any fsspec storage), or a CSV/Parquet manifest (uri, label).")],
     output: Annotated[str, typer.Argument(help="Output folder (any fsspec URI): shards, index, score table, ledger, report.")],
     rethreshold: Annotated[bool, typer.Option(help="Re-apply thresholds to the stored scores (no model runs).")] = False,
@@ -195,7 +206,7 @@ def curate(
     """Curate raw audio-video into filtered WebDataset shards, on Ray Data (resumes where it stopped)."""
     from avsync_ray.curation.pipeline import run_curation
 
-    cfg = _load(CurateConfig, "curate", config, set_, {"input": input, "output": output})
+    cfg = _verb_config(ctx)
     summary = run_curation(cfg, rethreshold=rethreshold)
     skipped = sum(summary["skipped_inputs"].values())
     return (
@@ -214,19 +225,19 @@ def probe(uri: Annotated[str, typer.Argument(help="Media file (any fsspec URI)."
 
 
 @verb()
-def demo(config: ConfigOption = None, set_: set_option("sync_training_steps=200") = None):
+def demo(ctx: typer.Context, config: ConfigOption = None, set_: set_option("sync_training_steps=200") = None):
     """The main job end to end on an embedded default (tiny models, synthetic input, this machine)."""
     from avsync_ray.demo import run_demo
 
-    return run_demo(_load(DemoConfig, "demo", config, set_))
+    return run_demo(_verb_config(ctx))
 
 
-def _train(task: str, schema, shards: str, preset: str, resume: str | None, config: str | None, set_: list[str] | None) -> dict:
+def _train(ctx: typer.Context, task: str) -> dict:
     from avsync_ray.shards import read_index
     from avsync_ray.training.features import check_features
     from avsync_ray.training.launcher import launch
 
-    cfg = _load(schema, preset, config, set_, {"data.root": shards, **({"run.resume": resume} if resume else {})})
+    cfg = _verb_config(ctx)
     index = read_index(cfg.data.root, cfg.data.split)  # fails here, before any worker starts, without shards
     if getattr(cfg, "precomputed", False):  # workers also check the encoders' weights
         check_features(index, cfg)
@@ -235,6 +246,7 @@ def _train(task: str, schema, shards: str, preset: str, resume: str | None, conf
 
 @verb("train-sync")
 def train_sync(
+    ctx: typer.Context,
     shards: Annotated[str, typer.Argument(help="Curated shard folder (any fsspec URI) with <split>.index.json.")],
     preset: Annotated[str, typer.Option(help="train-sync (the paper's recipe) or train-sync-tiny (CPU).")] = "train-sync",
     resume: ResumeOption = None,
@@ -242,11 +254,12 @@ def train_sync(
     set_: set_option("max_steps=2000") = None,
 ):
     """Train the sync classifier (contrastive over time shifts) with Ray Train + DeepSpeed."""
-    return _train("sync-classifier", TrainSyncConfig, shards, preset, resume, config, set_)
+    return _train(ctx, "sync-classifier")
 
 
 @verb()
 def train(
+    ctx: typer.Context,
     shards: Annotated[str, typer.Argument(help="Curated shard folder (any fsspec URI) with <split>.index.json.")],
     preset: Annotated[str, typer.Option(help="train (the paper's recipe) or train-tiny (CPU).")] = "train",
     resume: ResumeOption = None,
@@ -254,11 +267,12 @@ def train(
     set_: set_option("scaling.num_workers=4") = None,
 ):
     """Train AVSyncD's temporal and audio modules with Ray Train + DeepSpeed."""
-    return _train("avsyncd", TrainConfig, shards, preset, resume, config, set_)
+    return _train(ctx, "avsyncd")
 
 
 @verb()
 def precompute(
+    ctx: typer.Context,
     shards: Annotated[str, typer.Argument(help="Curated shard folder (any fsspec URI) with <split>.index.json.")],
     out: Annotated[str, typer.Argument(help="Folder of the new shards (any fsspec URI).")],
     preset: Annotated[str, typer.Option(help="precompute (SD1.5 + ImageBind-huge, as `train`) or precompute-tiny.")] = "precompute",
@@ -269,11 +283,12 @@ def precompute(
     so `avsync train --set precomputed=true` skips those encoders."""
     from avsync_ray.training.precompute import run_precompute
 
-    return run_precompute(_load(PrecomputeConfig, preset, config, set_, {"input.root": shards, "output": out}))
+    return run_precompute(_verb_config(ctx))
 
 
 @verb("eval-sync")
 def eval_sync(
+    ctx: typer.Context,
     classifier: Annotated[str, typer.Argument(help="SyncClassifier folder (an export) or the official modules/ folder.")],
     shards: Annotated[str, typer.Argument(help="Test shard folder with <split>.index.json (split: test unless --set data.split=...).")],
     out: Annotated[Optional[str], typer.Option(help="Write the summary and per-clip verdicts as JSON here.")] = None,
@@ -283,11 +298,12 @@ def eval_sync(
     """Sync accuracy (a2v, v2a) of a classifier: 31 clips 0.04 s apart, correct within +-5, on Ray Data."""
     from avsync_ray.evaluation.batch import run_eval_sync
 
-    return run_eval_sync(_load(EvalSyncConfig, "eval-sync", config, set_, {"classifier": classifier, "data.root": shards}), out)
+    return run_eval_sync(_verb_config(ctx), out)
 
 
 @verb("eval")
 def eval_(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="AVSyncD pipeline folder or a registry URI (models:/avsyncd@champion).")],
     test: Annotated[str, typer.Argument(help="Test shards (any fsspec URI), or a folder / glob / manifest of raw test videos.")],
     out: Annotated[str, typer.Option(help="Output folder (any fsspec URI): generated/, report/, per_clip.parquet.")],
@@ -297,38 +313,28 @@ def eval_(
 ):
     """FID, FVD, IA, IT, RelSync and AlignSync of generated test clips (paper §3.4) on Ray Data, with MLflow runs."""
     from avsync_ray.evaluation.batch import run_eval
-    from avsync_ray.evaluation.plan import parse_sweep
 
-    values: dict = {"model": model, "test": test, "output": out}
-    for option in sweep or []:
-        try:
-            key, swept = parse_sweep(option)
-        except ValueError as exc:
-            raise InputError(f"--sweep {option!r}: {exc}") from None
-        values[f"sweep.{key}"] = swept
-    return run_eval(_load(EvalConfig, "eval", config, set_, values))
+    return run_eval(_verb_config(ctx))
 
 
 @verb()
 def export(
     checkpoint: Annotated[str, typer.Option(help="Training checkpoint folder (any fsspec URI), e.g. <storage>/<run>/checkpoint_*.")],
     out: Annotated[str, typer.Option(help="Output folder (diffusers layout, safetensors).")],
-    register: Annotated[Optional[str], typer.Option(help="Also log it to MLflow as a model, register it under this name.")] = None,
+    register: Annotated[Optional[str], typer.Option(help="Also log its weights to MLflow as a pyfunc model and register it under this name.")] = None,
     alias: Annotated[str, typer.Option(help="Registry alias pointed at the new version.")] = "candidate",
-    tracking_uri: Annotated[str, typer.Option(help="MLflow tracking URI for --register.")] = "sqlite:///mlruns.db",
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: the training run's, from the checkpoint's config).")] = None,
 ):
-    """DeepSpeed checkpoint -> a folder AVSyncDPipeline / SyncClassifier.from_pretrained loads (and the registry)."""
+    """DeepSpeed checkpoint -> a folder AVSyncDPipeline / SyncClassifier.from_pretrained loads, an MLflow LoggedModel of
+    the training run at the checkpoint's step (named in the folder's lineage.json), and with --register a registry version."""
     from avsync_ray.config.base import resolve_tracking_uri
     from avsync_ray.training.export import export_checkpoint
 
     summary = export_checkpoint(checkpoint, out)
-    if register:
-        from avsync_ray.mlflow_models import register_model
+    uri = resolve_tracking_uri(tracking_uri or summary["tracking_uri"] or "sqlite:///mlruns.db")
+    from avsync_ray.mlflow_models import log_export
 
-        summary["registered"] = register_model(
-            out, register, summary["task"], resolve_tracking_uri(tracking_uri), alias, source_run_id=summary["mlflow_run_id"]
-        )
-    return summary
+    return {**summary, **log_export(summary, uri, register, alias)}
 
 
 @verb()
@@ -338,13 +344,13 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Stream the job's logs until it ends (exit status 1 unless it succeeds).")] = True,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override appended to the job's verb, e.g. --set max_steps=100 (repeatable).")] = None,
 ):
-    """Submit a job spec to a Ray cluster through the Ray Jobs API (its id is <task>-<UTC time>)."""
-    from avsync_ray.jobs import follow, load_job_spec, logs_command, submit as submit_job, with_overrides
+    """Submit a job spec to a Ray cluster through the Ray Jobs API (its id is <task>-<UTC time>), once its fields,
+    runtime_env, entrypoint and every --set (the spec's and these) pass the checks the job would fail on."""
+    from avsync_ray.jobs import follow, load_job_spec, logs_command, submission_problems, submit as submit_job, with_overrides
 
     spec = load_job_spec(job_spec)
-    command = typer.main.get_command(app).commands.get(spec.verb)
-    if command is None or (set_ and "--set" not in {opt for param in command.params for opt in param.opts}):
-        raise ConfigError(f"{job_spec}: entrypoint: `avsync {spec.verb}` " + ("takes no --set" if command else "is not a verb"))
+    if problems := submission_problems(spec, typer.main.get_command(app).commands, set_ or []):
+        raise ConfigError(f"{job_spec}: " + "; ".join(problems))
     job_id, resolved = submit_job(with_overrides(spec, set_ or []), address)
     submitted = f"submitted {job_id} to {resolved}\nfollow its logs: {logs_command(job_id, resolved)}"
     if not wait:
@@ -358,14 +364,22 @@ def submit(
 
 @verb("validate", cluster_app)
 def cluster_validate(
-    files: Annotated[list[str], typer.Argument(help="Cluster-launcher configs and ray.io/v1 manifests (YAML).")],
+    files: Annotated[list[str], typer.Argument(help="Cluster-launcher configs, KubeRay and Kubernetes manifests, Ray Serve configs, job specs (YAML).")],
     crds: Annotated[str, typer.Option(help="Folder of the KubeRay CRD schemas.")] = "cluster/kuberay/crds",
+    kubernetes_version: Annotated[str, typer.Option(help="Kubernetes version whose schema pod templates and other Kubernetes objects are checked against.")] = KUBERNETES_VERSION,
 ):
-    """Check configs offline: launcher configs with Ray's own schema, manifests with KubeRay's CRD schemas."""
+    """Check configs offline for what a deploy would refuse or drop: launcher configs with Ray's own checks and the
+    cloud's request schema, manifests with KubeRay's CRDs and Kubernetes' schema, Serve configs with Serve's
+    schemas, job specs as `avsync submit` checks them. One line per problem."""
+    from avsync_ray.cloud_schemas import kubernetes_versions, missing_schema_packages
     from avsync_ray.cluster_configs import file_problems, load_crd_schemas
 
-    schemas = load_crd_schemas(crds)
-    problems = [line for path in files for line in file_problems(path, schemas)]
+    if missing := missing_schema_packages():
+        raise InputError(f"avsync cluster validate reads its schemas from {', '.join(missing)}: pip install 'avsync-ray[cluster]'")
+    if kubernetes_version not in kubernetes_versions():
+        raise InputError(f"--kubernetes-version {kubernetes_version}: the schemas at hand are for {', '.join(kubernetes_versions())}")
+    schemas, verbs = load_crd_schemas(crds), typer.main.get_command(app).commands
+    problems = [line for path in files for line in file_problems(path, schemas, verbs, kubernetes_version)]
     for line in problems:
         typer.echo(line, err=True)
     if problems:
@@ -387,6 +401,37 @@ def cluster_render(
     if check and drifted:
         raise WorkFailedError(f"out of date in {out} (run `avsync cluster render`): {', '.join(drifted)}")
     return f"{out}: " + (f"updated {', '.join(drifted)}" if drifted and not check else "up to date")
+
+
+TrackingOption = Annotated[str, typer.Option(help="MLflow tracking URI of the store to read.")]
+
+
+@verb("models", runs_app)
+def runs_models(name: Annotated[str, typer.Argument(help="Registered model name, e.g. avsyncd.")], tracking_uri: TrackingOption = "sqlite:///mlruns.db"):
+    """Each version of a registered model: aliases, training run and step, dataset, curation run, and the
+    evaluation metrics logged against it per test set."""
+    from mlflow.tracking import MlflowClient
+
+    from avsync_ray.config.base import resolve_tracking_uri
+    from avsync_ray.runs import models_table
+
+    return models_table(MlflowClient(resolve_tracking_uri(tracking_uri)), name)
+
+
+@verb("compare", runs_app)
+def runs_compare(
+    references: Annotated[list[str], typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, a LoggedModel id (m-...) or an eval run id.")],
+    out: Annotated[str, typer.Option(help="The PNG plot of the metrics with their intervals.")] = "compare.png",
+    test_set: Annotated[Optional[str], typer.Option(help="Only the evaluations on the test set of this digest.")] = None,
+    tracking_uri: TrackingOption = "sqlite:///mlruns.db",
+):
+    """Evaluation metrics of models and runs side by side (a table), and a plot of them with their intervals."""
+    from mlflow.tracking import MlflowClient
+
+    from avsync_ray.config.base import resolve_tracking_uri
+    from avsync_ray.runs import compare
+
+    return compare(MlflowClient(resolve_tracking_uri(tracking_uri)), references, out, test_set)
 
 
 class MetricName(str, Enum):
@@ -426,6 +471,7 @@ def metric(
 
 @verb()
 def serve(
+    ctx: typer.Context,
     config: ConfigOption = None,
     set_: set_option("model.source=models:/avsyncd@champion") = None,
     print_config: Annotated[bool, typer.Option(help="Print the Ray Serve config (for `serve deploy` or a RayService's serveConfigV2) and exit.")] = False,
@@ -433,7 +479,7 @@ def serve(
     """Serve AVSyncD with Ray Serve: the HTTP API (docs at /docs), a web page at /, jobs with progress, sync scores."""
     from avsync_ray.serve.app import deploy_config, run_serve
 
-    cfg = _load(ServeConfig, "serve", config, set_)
+    cfg = _verb_config(ctx)
     if print_config:
         import yaml
 

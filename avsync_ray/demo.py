@@ -3,8 +3,10 @@
 Synthetic corpora -> curation on a local Ray -> the sync classifier trained with Ray Train + DeepSpeed and
 evaluated on held-out clips -> curation of the main corpus with its P_sync filter -> the tiny AVSyncD trained on
 the curated shards -> export -> a generated video -> ``avsync eval`` on held-out clips. Every step logs to the local
-MLflow store. After each training it checks that the model learned (``DemoConfig.checks``) and stops with one line
-naming the model that did not.
+MLflow store, with the lineage MLflow 3 keeps (:mod:`avsync_ray.lineage`): each export is registered as
+``demo-sync-classifier`` / ``demo-avsyncd`` (alias ``candidate``), a version that leads to its training run, step,
+dataset and curation run. After each training it checks that the model learned (``DemoConfig.checks``) and stops
+with one line naming the model that did not.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from avsync_ray.generate import run_generate
 from avsync_ray.shards import iter_samples, read_index, read_metadata
 from avsync_ray.synth import EXPECTED, synthesize_corpus
 
+# The registered models the demo's exports become (in its MLflow store), by task.
+REGISTERED_MODELS = {"sync-classifier": "demo-sync-classifier", "avsyncd": "demo-avsyncd"}
 # A window reached the P_sync rules when it passed every earlier one: P_sync then kept or removed it.
 _PSYNC_REASONS = ("", *REASONS["psync_a2v"], *REASONS["psync_v2a"])
 
@@ -131,6 +135,16 @@ def check_runs_in_store(tracking_uri: str, runs: dict[str, str | None]) -> None:
         raise WorkFailedError(f"the MLflow store {tracking_uri} lacks the runs of: {', '.join(missing)}")
 
 
+def _export(checkpoint: str, folder: Path, tracking_uri: str) -> dict:
+    """``avsync export --register``: the folder, its LoggedModel (of the training run, at the checkpoint's step) and a
+    new registry version of it; returns what the registry holds."""
+    from avsync_ray.mlflow_models import log_export
+    from avsync_ray.training.export import export_checkpoint
+
+    summary = export_checkpoint(checkpoint, folder)
+    return log_export(summary, tracking_uri, register=REGISTERED_MODELS[summary["task"]])["registered"]
+
+
 def _evaluate(out: Path, models: Path, test_shards: Path, config: DemoConfig) -> dict:
     """``avsync eval`` of the demo's pipeline on held-out shards: an audio-guidance sweep and both baselines, with
     random feature networks in the real file formats (the numbers exercise the code, they mean nothing)."""
@@ -164,7 +178,6 @@ def run_demo(config: DemoConfig) -> dict:
 
     from avsync_ray.evaluation.batch import run_eval_sync
     from avsync_ray.training.engine import read_checkpoint_meta
-    from avsync_ray.training.export import export_checkpoint
     from avsync_ray.training.launcher import launch
 
     started = time.perf_counter()
@@ -195,7 +208,7 @@ def run_demo(config: DemoConfig) -> dict:
         "sync-classifier",
     )
     models = out / "models"
-    export_checkpoint(sync_run["checkpoint"], models / "sync_classifier")
+    registered = {"sync_classifier": _export(sync_run["checkpoint"], models / "sync_classifier", config.tracking_uri)}
     _step("evaluating the classifier on held-out clips (31 clips, +-5)", started)
     evaluation = run_eval_sync(
         load_config(EvalSyncConfig, "eval-sync", values={"classifier": str(models / "sync_classifier"), "data.root": str(shards / "classifier-test"),
@@ -227,7 +240,7 @@ def run_demo(config: DemoConfig) -> dict:
     avsyncd_run_id = read_checkpoint_meta(avsyncd_run["checkpoint"])["mlflow_run_id"]
     avsyncd_losses = _logged_losses(config.tracking_uri, avsyncd_run_id)
     _stop_unless_learned(avsyncd_failure(config.checks, avsyncd_losses))
-    export_checkpoint(avsyncd_run["checkpoint"], models / "avsyncd")
+    registered["avsyncd"] = _export(avsyncd_run["checkpoint"], models / "avsyncd", config.tracking_uri)
     _step("generating a video with the trained pipeline", started)
     sample = next(iter_samples([str(main_shards / index["shardlist"][0]["url"])]))
     clip = out / "inputs" / f"{sample['__key__']}.mp4"
@@ -274,6 +287,8 @@ def run_demo(config: DemoConfig) -> dict:
             "tracking_uri": config.tracking_uri,
             "runs": runs,
             "experiments": ["avsync/curation", "avsync/sync-classifier", "avsync/avsyncd", "avsync/eval"],
+            "registered": {name: entry["model_uri"] for name, entry in registered.items()},
+            "lineage": f"avsync runs models {REGISTERED_MODELS['avsyncd']} --tracking-uri {config.tracking_uri}",
             "ui": f"mlflow ui --backend-store-uri {config.tracking_uri}",
         },
         "seconds": round(time.perf_counter() - started, 1),

@@ -1,23 +1,25 @@
 """``avsync generate``: one animation from files, written as an mp4 with the audio muxed in (the inputs are
-prepared by :mod:`avsync_ray.conditioning`, sampled by :mod:`avsync_ray.pipelines.sampling`)."""
+prepared by :mod:`avsync_ray.conditioning`, sampled by :mod:`avsync_ray.pipelines.sampling`).
+
+Importing this module is light: torch, diffusers and PyAV load only once the arguments have been checked, so a
+mistyped path is reported at once.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from avsync_ray.conditioning import Conditioning, load_conditioning, pad_to
 from avsync_ray.config.base import save_config
 from avsync_ray.config.sampling import GenerateConfig
-from avsync_ray.devices import resolve_device
 from avsync_ray.errors import InputError
-from avsync_ray.media import encode_mp4
-from avsync_ray.media.audio import DEFAULT_MEL
-from avsync_ray.pipelines.loading import check_pipeline_folder, load_pipeline
-from avsync_ray.pipelines.sampling import configure_pipeline, generate_batch, with_model_size
 from avsync_ray.storage import filesystem
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from avsync_ray.conditioning import Conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +38,21 @@ def check_output(out: str | Path, suffix: str = ".mp4") -> str:
     return out
 
 
+def check_inputs_exist(**sources: str | None) -> None:
+    """Each given input file (``image``, ``audio``, ``video``: a path or URI) exists, named as
+    :mod:`avsync_ray.conditioning` names its inputs; the files are read (and checked further) later."""
+    for field, source in sources.items():
+        if source:
+            fs, path = filesystem(source)
+            if not fs.exists(path):
+                raise FileNotFoundError(f"{field} {source}: not found")
+
+
 def generate(pipe, conditioning: Conditioning, prompt: str, config: GenerateConfig) -> tuple[np.ndarray, np.ndarray]:
     """Run the pipeline once (configured by :func:`configure_pipeline`); returns uint8 frames (T, H, W, 3) and
     the 16 kHz conditioning clip."""
+    from avsync_ray.pipelines.sampling import generate_batch
+
     frames, audio = generate_batch(pipe, [conditioning.image], [conditioning.audio], [prompt], [config.seed], config)
     return frames[0], audio[0]
 
@@ -46,6 +60,10 @@ def generate(pipe, conditioning: Conditioning, prompt: str, config: GenerateConf
 def write_animation(frames: np.ndarray, clip: np.ndarray, fps: float, out: str) -> float:
     """Write ``frames`` at ``fps`` with ``clip`` (16 kHz) muxed in as AAC to ``out``; audio shorter than the video
     is padded with silence (with a warning). Returns the seconds of padding."""
+    from avsync_ray.conditioning import pad_to
+    from avsync_ray.media import encode_mp4
+    from avsync_ray.media.audio import DEFAULT_MEL
+
     sound, padded = pad_to(clip, len(frames) / fps)
     if padded:
         logger.warning("the audio lasts %.2f s, shorter than the %.2f-s video: padded with %.2f s of silence", len(clip) / DEFAULT_MEL.sample_rate, len(frames) / fps, padded)
@@ -67,10 +85,17 @@ def run_generate(
     (``<out>.config.yaml``). Returns a summary. Audio shorter than the clip is heard as the official code
     hears it (the mel is padded) and muxed padded with silence; the summary says how much."""
     out = check_output(out)
+    check_inputs_exist(image=image, audio=audio, video=video)
+    from avsync_ray.conditioning import load_conditioning
+    from avsync_ray.devices import resolve_device
+    from avsync_ray.media.audio import DEFAULT_MEL
+    from avsync_ray.pipelines.loading import check_pipeline_folder, load_pipeline
+    from avsync_ray.pipelines.sampling import configure_pipeline, with_model_size
+
     resolve_device(config.device)  # no GPU, when one is asked for, is an error before any work
     model_dir = check_pipeline_folder(model)
     config = with_model_size(config, model_dir)
-    conditioning = load_conditioning(config, image=image, audio=audio, video=video)
+    conditioning = load_conditioning(config, image=image, audio=audio, video=video, limits=config.limits)
     pipe = configure_pipeline(load_pipeline(model_dir, config.device, config.dtype), config)
     frames, clip = generate(pipe, conditioning, prompt, config)
     padded = write_animation(frames, clip, config.fps, out)

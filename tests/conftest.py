@@ -225,3 +225,13 @@ def synthetic_shards(tmp_path_factory):
     synthesize_shards(root, "train", 8, seed=0, corrupt_keys=(corrupt,))
     synthesize_shards(root, "test", 4, seed=1)
     return {"root": root, "corrupt_key": corrupt}
+
+
+@pytest.fixture(scope="session")
+def lineage_registry(tmp_path_factory, synthetic_shards, tiny_model_dir):
+    """An MLflow store with lineage (tests/lineage_support.py): the synthetic shards curated, a training run on them,
+    and its exports at steps 2 and 4 registered as versions 1 (@champion) and 2 (@candidate) of ``REGISTERED``. Tests
+    that add to it add runs or aliases of their own."""
+    from lineage_support import REGISTERED, lineage_store
+
+    return lineage_store(tmp_path_factory.mktemp("lineage"), synthetic_shards["root"], {2: tiny_model_dir, 4: tiny_model_dir}, REGISTERED, {"champion": 1})

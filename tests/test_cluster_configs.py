@@ -1,15 +1,18 @@
-"""Cluster configs, checked offline: the launcher configs with Ray's own schema and checks, the KubeRay manifests
-with KubeRay's CRD schemas (vendored), the RayJobs equal to what `avsync cluster render` makes of jobs/, the
-image's Dockerfile against the pins, and one clear line naming the field for each kind of bad config."""
+"""Cluster configs, checked offline: the launcher configs with Ray's own schema and checks and the clouds' request
+schemas, the KubeRay manifests with KubeRay's CRD schemas (vendored) and Kubernetes' own, the Serve config and the
+job specs, the RayJobs equal to what `avsync cluster render` makes of jobs/, the image's Dockerfile against the
+pins, and one clear line naming the field for each realistic mistake in a copy of a shipped file."""
 
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,9 @@ from packaging.specifiers import SpecifierSet
 from typer.testing import CliRunner
 
 from avsync_ray.cli import app
+from avsync_ray.cloud_schemas import KUBERNETES_VERSION, kubernetes_definition, kubernetes_versions
 from avsync_ray.cluster_configs import (
+    CHECKED_FILES,
     CRD_SCHEMAS,
     crd_openapi_schema,
     dump_manifest,
@@ -44,15 +49,18 @@ LAUNCHERS = sorted((CLUSTER / "launcher").glob("*.yaml"))
 RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOBS = sorted((CLUSTER / "kuberay" / "jobs").glob("*.yaml"))
 JOB_SPECS = sorted((REPO / "jobs").glob("*.yaml"))
+SERVE_CONFIGS = sorted((CLUSTER / "serve").glob("*.yaml"))
 DOCKERFILE = CLUSTER / "docker" / "Dockerfile"
+CRDS = str(CLUSTER / "kuberay" / "crds")
 
 
 def _pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def _pin(name: str) -> str:
-    for line in _pyproject()["project"]["dependencies"]:
+def _pin(name: str, extra: str | None = None) -> str:
+    project = _pyproject()["project"]
+    for line in project["optional-dependencies"][extra] if extra else project["dependencies"]:
         requirement = Requirement(line)
         if requirement.name == name:
             (spec,) = requirement.specifier
@@ -116,7 +124,7 @@ def test_launcher_config_validates_with_rays_own_checks(path):
 def test_gcp_gpu_resources_match_its_accelerators():
     gpu = _load(CLUSTER / "launcher" / "gcp.yaml")["available_node_types"]["ray_worker_gpu"]
     assert gpu["resources"]["GPU"] == sum(a["acceleratorCount"] for a in gpu["node_config"]["guestAccelerators"])
-    assert {"onHostMaintenance": "TERMINATE"} in gpu["node_config"]["scheduling"]
+    assert gpu["node_config"]["scheduling"] == {"onHostMaintenance": "TERMINATE"}  # a mapping: instances.insert's Scheduling
 
 
 def test_launcher_errors_name_the_field():
@@ -131,16 +139,38 @@ def test_launcher_errors_name_the_field():
     ]
 
     bad = copy.deepcopy(good)
-    bad["available_node_types"]["ray.worker.cpu"]["min_workers"] = 19  # Ray's own check, after the schema
+    bad["available_node_types"]["ray.worker.cpu"]["min_workers"] = 19  # above its own max_workers and the global one
     assert launcher_problems(bad) == [
-        "<root>: The specified global `max_workers` is smaller than the sum of `min_workers` of all the available node types."
+        'available_node_types["ray.worker.cpu"].min_workers: 19 is above max_workers 16',
+        "max_workers: 18 is below the sum of the node types' min_workers (19)",
     ]
+
+    bad = copy.deepcopy(good)
+    bad["head_node_type"] = "ray.head.defaul"  # Ray's own check, after the schema and the clouds'
+    assert launcher_problems(bad) == ["<root>: `head_node_type` must be one of `available_node_types`."]
+
+    bad = copy.deepcopy(good)
+    bad["docker"]["image"] = ""  # Ray asserts it while filling in its defaults
+    assert launcher_problems(bad) == ["<root>: Ray cannot fill in its defaults: AssertionError: Must provide a container & image name"]
 
     bad = copy.deepcopy(good)
     bad["docker"]["image"] = "ghcr.io/my-org/avsync-ray:0.1.0-ray2.59.0-py3.11-cu130"
     assert launcher_problems(bad) == ["docker.image: the tag says Ray 2.59.0 but this client runs Ray 2.60.0"]
 
     assert launcher_problems({"cluster_name": "x"}) == ["provider: required (a mapping with the cloud provider's type, region, ...)"]
+
+
+def test_node_configs_are_checked_as_the_clouds_requests():
+    aws = _load(CLUSTER / "launcher" / "aws.yaml")
+    aws["available_node_types"]["ray.worker.cpu"]["node_config"]["SubnetIds"] = "subnet-0123"  # Ray's own key: a list
+    assert launcher_problems(aws) == ['available_node_types["ray.worker.cpu"].node_config.SubnetIds: must be a list of subnet ids (Ray launches in the first with capacity)']
+
+    gcp = _load(CLUSTER / "launcher" / "gcp.yaml")  # a TPU node goes to the TPU API, with its own schema
+    tpu = {"acceleratorType": "v4-8", "runtimeVersion": "tpu-ubuntu2204-base", "schedulingConfig": {"preemptibl": True}}
+    gcp["available_node_types"]["ray_worker_gpu"]["node_config"] = tpu
+    assert launcher_problems(gcp) == ["available_node_types.ray_worker_gpu.node_config.schedulingConfig.preemptibl: unknown field (not in the TPU nodes.create schema)"]
+    tpu.update(acceleratorType="v4-x", schedulingConfig={"preemptible": True})
+    assert launcher_problems(gcp) == ["available_node_types.ray_worker_gpu.node_config: `acceleratorType` should match v(generation)-(cores/chips). Got v4-x."]
 
 
 @pytest.mark.parametrize(
@@ -312,25 +342,184 @@ def test_a_rayservice_embeds_a_serve_config_file_and_checks_it(schemas):
     assert problem.startswith("spec.serveConfigV2.applications[0].deployments[0].max_ongoing_requests: ")
 
 
-def test_validate_cli_prints_one_line_per_problem(tmp_path):
-    files = [str(p) for p in [*LAUNCHERS, RAYCLUSTER, *RAYJOBS]]
-    good = CliRunner().invoke(app, ["cluster", "validate", *files, "--crds", str(CLUSTER / "kuberay" / "crds")])
-    assert good.exit_code == 0 and f"{len(files)} file(s) valid" in good.output
+def test_every_shipped_config_and_job_spec_validates():
+    """All the YAML in cluster/ and jobs/: launcher configs, the RayCluster and the RayJobs, the Serve config, the
+    job specs (their entrypoints' --set keys and values included)."""
+    files = [str(p) for p in [*LAUNCHERS, RAYCLUSTER, *RAYJOBS, *SERVE_CONFIGS, *JOB_SPECS]]
+    assert len(files) == len(list(CLUSTER.glob("*/*.yaml"))) + len(RAYJOBS) + len(JOB_SPECS)  # none left out
+    good = CliRunner().invoke(app, ["cluster", "validate", *files, "--crds", CRDS])
+    assert good.exit_code == 0 and good.output.strip().endswith(f"{len(files)} file(s) valid"), good.output
 
+
+def test_validate_cli_prints_one_line_per_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(RAYCLUSTER.read_text().replace("maxReplicas: 2", "maxReplicas: 2\n      maxReplica: 3"))
     other = tmp_path / "notes.yaml"
     other.write_text("hello: world\n")
-    result = CliRunner().invoke(app, ["cluster", "validate", str(bad), str(other), "--crds", str(CLUSTER / "kuberay" / "crds")])
+    result = CliRunner().invoke(app, ["cluster", "validate", str(bad), str(other), "--crds", CRDS])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.splitlines() == [
         f"{bad}: spec.workerGroupSpecs[1].maxReplica: unknown field (not in the RayCluster schema)",
-        f"{other}: <root>: neither a ray.io/v1 manifest (apiVersion, kind), a cluster-launcher config (provider) nor a Ray Serve config (applications)",
+        f"{other}: <root>: a YAML mapping of hello, not a file validate knows: {CHECKED_FILES}",
         "error: 2 problem(s) in 2 file(s), listed above",
     ]
 
     missing = CliRunner().invoke(app, ["cluster", "validate", str(RAYCLUSTER), "--crds", str(tmp_path)])
     assert missing.exit_code == 2 and "raycluster_v1.json: the RayCluster schema is missing" in missing.output
+    unknown = CliRunner().invoke(app, ["cluster", "validate", str(RAYCLUSTER), "--kubernetes-version", "1.99"])
+    assert unknown.exit_code == 2 and unknown.output.startswith("error: --kubernetes-version 1.99: the schemas at hand are for 1.25, ")
+
+
+# --- realistic mistakes in copies of the shipped files: each one line naming the field ------------------------
+
+GCP = "launcher/gcp.yaml"
+BOTOCORE = re.escape(f"(the EC2 model of botocore {installed_version('botocore')})")
+# (case, shipped file, text in it, replaced by, the lines validate prints; a compiled pattern must match fully)
+MISTAKES = [
+    ("serve-autoscaling-field", "serve/avsyncd.yaml", "      max_replicas: 8", "      max_replica: 8",
+     ["applications[0].deployments[1].autoscaling_config.max_replica: unknown field (not in Ray Serve's AutoscalingConfig)"]),
+    ("serve-autoscaling-type", "serve/avsyncd.yaml", "target_ongoing_requests: 4.0", "target_ongoing_requests: four",
+     ["applications[0].deployments[1].autoscaling_config.target_ongoing_requests: Input should be a valid number, unable to parse string as a number"]),
+    ("serve-actor-options", "serve/avsyncd.yaml", "      num_gpus: 1.0", "      num_gpu: 1.0",
+     ["applications[0].deployments[1].ray_actor_options.num_gpu: unknown field (not in Ray Serve's RayActorOptionsSchema)"]),
+    ("serve-http-options", "serve/avsyncd.yaml", "  request_timeout_s: 600.0", "  request_timeout: 600.0",
+     ["http_options.request_timeout: unknown field (not in Ray Serve's HTTPOptionsSchema)"]),
+    ("serve-app-args", "serve/avsyncd.yaml", "      max_batch_size: 4", "      max_batch_size: four",
+     ["applications[0].args.batching.max_batch_size: Input should be a valid integer, unable to parse string as an integer"]),
+    ("aws-node-config-field", "launcher/aws.yaml", "InstanceType: m6i.8xlarge", "InstanceTyp: m6i.8xlarge",
+     ['available_node_types["ray.worker.cpu"].node_config.InstanceTyp: unknown field (not in the EC2 RunInstances parameters)']),
+    ("aws-instance-type", "launcher/aws.yaml", "InstanceType: p4d.24xlarge", "InstanceType: p4d.24xlargee",
+     [re.compile(r'available_node_types\["ray\.worker\.gpu"\]\.node_config\.InstanceType: \'p4d\.24xlargee\' is not one of the \d+ values of the EC2 model of botocore .+')]),
+    ("aws-volume-type", "launcher/aws.yaml", "VolumeSize: 500", "VolumeSize: 500GB",
+     ['available_node_types["ray.worker.gpu"].node_config.BlockDeviceMappings[0].Ebs.VolumeSize: \'500GB\' is not of type int']),
+    ("aws-spot-market", "launcher/aws.yaml", "MarketType: spot", "MarketType: spott",
+     [re.compile(r'available_node_types\["ray\.worker\.cpu"\]\.node_config\.InstanceMarketOptions\.MarketType: \'spott\' is not one of \[.*\'spot\'.*\] ' + BOTOCORE)]),
+    ("aws-min-above-max", "launcher/aws.yaml", "        min_workers: 0\n        max_workers: 2", "        min_workers: 3\n        max_workers: 2",
+     ['available_node_types["ray.worker.gpu"].min_workers: 3 is above max_workers 2']),
+    ("gcp-project-id", GCP, "project_id: my-project", "projectid: my-project",
+     ["provider.projectid: unknown field (not read by Ray's gcp provider)", "provider.project_id: required for a gcp cluster"]),
+    ("gcp-machine-type-name", GCP, "            machineType: n2-standard-32", "            machine_type: n2-standard-32",
+     ["available_node_types.ray_worker_cpu.node_config.machineType: required: Ray's GCP provider creates a Compute Engine instance of this machine type (a TPU node has acceleratorType instead)",
+      "available_node_types.ray_worker_cpu.node_config.machine_type: unknown field (not in the Compute Engine instances.insert schema)"]),
+    ("gcp-machine-type-place", GCP, "        node_config:\n            machineType: n2-standard-32", "        machineType: n2-standard-32\n        node_config:",
+     ["available_node_types.ray_worker_cpu.machineType: unknown field (not in the cluster-launcher schema)"]),
+    ("gcp-scheduling-list", GCP, "            scheduling:\n              preemptible: true", "            scheduling:\n              - preemptible: true",
+     ["available_node_types.ray_worker_cpu.node_config.scheduling: [{'preemptible': True}] is not of type 'object'"]),
+    ("gcp-enum", GCP, "onHostMaintenance: TERMINATE", "onHostMaintenance: TERMINATED",
+     ["available_node_types.ray_worker_gpu.node_config.scheduling.onHostMaintenance: 'TERMINATED' is not one of ['MIGRATE', 'TERMINATE']"]),
+    ("gcp-disk-size-type", GCP, "diskSizeGb: 500", "diskSizeGb: true",
+     ["available_node_types.ray_worker_gpu.node_config.disks[0].initializeParams.diskSizeGb: True is not of type 'string', 'integer'"]),
+    ("kuberay-image-pull-policy", "kuberay/raycluster.yaml", "          - name: ray-head\n", "          - name: ray-head\n            imagePullPolicy: Allways\n",
+     ["spec.headGroupSpec.template.spec.containers[0].imagePullPolicy: 'Allways' is not one of ['Always', 'IfNotPresent', 'Never']"]),
+    ("kuberay-restart-policy", "kuberay/raycluster.yaml", "        restartPolicy: Never\n  workerGroupSpecs", "        restartPolicy: Nevr\n  workerGroupSpecs",
+     ["spec.headGroupSpec.template.spec.restartPolicy: 'Nevr' is not one of ['Always', 'OnFailure', 'Never']"]),
+    ("kuberay-toleration", "kuberay/raycluster.yaml", "effect: NoSchedule", "effect: NoSchedul",
+     ["spec.workerGroupSpecs[1].template.spec.tolerations[0].effect: 'NoSchedul' is not one of ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute']"]),
+    ("kuberay-probe", "kuberay/raycluster.yaml", "          - name: ray-head\n",
+     "          - name: ray-head\n            readinessProbe: {httpGet: {path: /api/gcs_healthz, port: 8265, scheme: HTTP2}}\n",
+     ["spec.headGroupSpec.template.spec.containers[0].readinessProbe.httpGet.scheme: 'HTTP2' is not one of ['HTTP', 'HTTPS']"]),
+    ("kuberay-volume", "kuberay/raycluster.yaml", "sizeLimit: 16Gi", "sizeLimt: 16Gi",  # a YAML anchor: every group's
+     [f"spec.{group}.template.spec.volumes[1].emptyDir.sizeLimt: unknown field (not in the RayCluster schema)"
+      for group in ("headGroupSpec", "workerGroupSpecs[0]", "workerGroupSpecs[1]")]),
+    ("kuberay-resources", "kuberay/raycluster.yaml", "                cpu: \"8\"\n                memory: 32Gi\n              requests",
+     "                cpu: \"8\"\n                memory: 32Gb\n              requests",
+     [re.compile(r"spec\.headGroupSpec\.template\.spec\.containers\[0\]\.resources\.limits\.memory: '32Gb' does not match .+")]),
+    ("kuberay-autoscaler", "kuberay/raycluster.yaml", "    upscalingMode: Default\n", "    upscalingMode: Default\n    imagePullPolicy: IfNotPresnt\n",
+     ["spec.autoscalerOptions.imagePullPolicy: 'IfNotPresnt' is not one of ['Always', 'IfNotPresent', 'Never']"]),
+    ("kuberay-service-type", "kuberay/raycluster.yaml", "  headGroupSpec:\n", "  headGroupSpec:\n    serviceType: ClusterIp\n",
+     ["spec.headGroupSpec.serviceType: 'ClusterIp' is not one of ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName']"]),
+    ("rayjob-entrypoint", "kuberay/jobs/curate-tiny.yaml", "shards.short_side=128", "shards.short_sid=128",
+     ["spec.entrypoint: avsync curate: shards.short_sid: unknown field (not in CurateConfig), set by --set shards.short_sid=128"]),
+    ("job-spec-set-key", "../jobs/curate-tiny.yaml", "shards.short_side=128", "shards.short_sid=128",
+     ["entrypoint: avsync curate: shards.short_sid: unknown field (not in CurateConfig), set by --set shards.short_sid=128"]),
+    ("job-spec-set-value", "../jobs/train-sync-tiny.yaml", "\n  --preset train-sync-tiny\n", "\n  --preset train-sync-tiny --set max_steps=many\n",
+     ["entrypoint: avsync train-sync: max_steps: Input should be a valid integer, unable to parse string as an integer, set by --set max_steps=many"]),
+    ("job-spec-preset", "../jobs/train-sync-tiny.yaml", "\n  --preset train-sync-tiny\n", "\n  --preset train-sync-tin\n",
+     [re.compile(r"entrypoint: avsync train-sync: unknown preset 'train-sync-tin'; available: \[.*\]")]),
+    ("job-spec-option", "../jobs/eval-sync.yaml", "--out s3://", "--output s3://",
+     ["entrypoint: avsync eval-sync: No such option: --output (Possible options: --out)"]),
+    ("job-spec-missing-option", "../jobs/generate.yaml", '  --category "lions roaring"\n', "",
+     ["entrypoint: avsync generate: Missing option '--category'."]),
+    ("job-spec-field", "../jobs/train.yaml", "  active_deadline_s: 1209600", "  active_deadline: 1209600",
+     ["kuberay.active_deadline: unknown field (not a job spec field)"]),
+    ("job-spec-runtime-env", "../jobs/curate.yaml", 'HF_HUB_OFFLINE: "1"', "HF_HUB_OFFLINE: 1",
+     ["runtime_env: runtime_env['env_vars'] must be of type Dict[str, str], but the value 1 is of type <class 'int'>"]),
+    ("job-spec-runtime-env-field", "../jobs/curate.yaml", "  env_vars:", "  envvars:",
+     ["runtime_env: envvars: unknown field (not a Ray runtime_env field)"]),
+    ("job-spec-no-verb", "../jobs/export.yaml", "avsync export", "avsync exports",
+     ["entrypoint: `avsync exports` is not a verb"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, source, old, new, expected", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_a_mistake_in_a_copy_of_a_shipped_file_is_one_line_naming_the_field(tmp_path, case, source, old, new, expected):
+    text = (CLUSTER / source).read_text()
+    assert old in text, f"{source} no longer has {old!r}: update this case"
+    bad = tmp_path / Path(source).name
+    bad.write_text(text.replace(old, new, 1))
+    result = CliRunner().invoke(app, ["cluster", "validate", str(bad), "--crds", CRDS])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    *lines, summary = result.output.splitlines()
+    assert summary == f"error: {len(expected)} problem(s) in 1 file(s), listed above", result.output
+    assert len(lines) == len(expected), result.output
+    for line, want in zip(lines, expected):
+        if isinstance(want, re.Pattern):
+            assert want.fullmatch(line.removeprefix(f"{bad}: ")), line
+        else:
+            assert line == f"{bad}: {want}"
+
+
+def test_a_pod_field_newer_than_the_stated_kubernetes_is_an_error(tmp_path):
+    """The CRD (made with a recent Kubernetes) has a container's restartPolicy (sidecars, Kubernetes 1.28); a
+    cluster stated to run 1.27 would refuse it."""
+    bad = tmp_path / "raycluster.yaml"
+    bad.write_text(RAYCLUSTER.read_text().replace("          - name: ray-head\n", "          - name: ray-head\n            restartPolicy: Always\n", 1))
+    assert CliRunner().invoke(app, ["cluster", "validate", str(bad), "--crds", CRDS]).exit_code == 0
+    old = CliRunner().invoke(app, ["cluster", "validate", str(bad), "--crds", CRDS, "--kubernetes-version", "1.27"])
+    assert old.exit_code == 2
+    assert old.output.splitlines()[0] == (
+        f"{bad}: spec.headGroupSpec.template.spec.containers[0].restartPolicy: unknown field (not in the Kubernetes 1.27 PodTemplateSpec schema)"
+    )
+
+
+def test_files_validate_does_not_check_are_one_line_saying_what_they_are(tmp_path):
+    pvc = tmp_path / "pvc.yaml"  # a built-in Kubernetes object: checked with Kubernetes' schema
+    pvc.write_text("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: avsync-shared}\n"
+                   "spec: {accessMode: [ReadWriteMany], resources: {requests: {storage: 1Ti}}}\n")  # fmt: skip
+    other = tmp_path / "deployment.yaml"
+    other.write_text("apiVersion: example.com/v1\nkind: Widget\n")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [1, 2\n")
+    ignore = CLUSTER / "docker" / "Dockerfile.dockerignore"
+    files = [DOCKERFILE, ignore, pvc, other, listed, broken]
+    result = CliRunner().invoke(app, ["cluster", "validate", *map(str, files), "--crds", CRDS])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines() == [
+        f"{DOCKERFILE}: a Dockerfile, which validate does not check (hadolint lints it); {CHECKED_FILES}",
+        f"{ignore}: a Docker ignore file (the build context's filter), which validate does not check; {CHECKED_FILES}",
+        f"{pvc}: spec.accessMode: unknown field (not in the Kubernetes {KUBERNETES_VERSION} PersistentVolumeClaim schema)",
+        f"{other}: apiVersion, kind: example.com/v1 Widget is neither a KubeRay ray.io/v1 resource nor a built-in kind of Kubernetes {KUBERNETES_VERSION}",
+        f"{listed}: <root>: a YAML list, not a file validate knows: {CHECKED_FILES}",
+        f"{broken}: not YAML (line 2, column 1: expected ',' or ']', but got '<stream end>'); {CHECKED_FILES}",
+        "error: 6 problem(s) in 6 file(s), listed above",
+    ]
+
+
+def test_the_schemas_come_offline_from_the_pinned_packages():
+    """The cloud and Kubernetes schemas are read from the installed packages, which are the pinned ones."""
+    import botocore.session
+
+    for package in ("botocore", "google-api-python-client", "kubernetes-validate", "jsonschema"):
+        assert installed_version(package) == _pin(package, "cluster"), package
+    documents = importlib.resources.files("googleapiclient") / "discovery_cache" / "documents"
+    assert (documents / "compute.v1.json").is_file() and (documents / "tpu.v2alpha1.json").is_file()
+    assert "InstanceType" in botocore.session.get_session().get_service_model("ec2").operation_model("RunInstances").input_shape.members
+    assert KUBERNETES_VERSION in kubernetes_versions()
+    assert kubernetes_definition("v1", "PersistentVolumeClaim") == "io.k8s.api.core.v1.PersistentVolumeClaim"
+    assert kubernetes_definition("apps/v1", "Deployment") == "io.k8s.api.apps.v1.Deployment"
+    assert kubernetes_definition("example.com/v1", "Widget") is None
 
 
 # --- the image --------------------------------------------------------------------------------------------

@@ -1,12 +1,11 @@
 """Jobs on a running two-node Ray cluster, submitted as a user does: `ray start --head` and a second node with
-`ray start --address` (1 CPU each, loopback, free ports), then `avsync submit jobs/curate-tiny.yaml` (default
-suite, about a minute) and `avsync submit jobs/train-sync-tiny.yaml` (slow) through the Ray Jobs API, their
-paths pointed at temporary folders with `--set`. The curation's shards, index and ledger, the training's
-checkpoint and both jobs' logs are checked. The two training workers need 1 CPU each, so they run one on each
-node: a multi-node run. The cluster (`tests/local_cluster.py`) is stopped by the pids this test started.
-
-Ray's job supervisor hands each driver the GCS address with 127.0.0.1 replaced by the node's interface address
-(`resolve_ip_for_localhost`): the drivers reach the head through this machine's own address, never another."""
+`ray start --address` (1 CPU each, on the loopback address 127.0.0.2, free ports), then `avsync submit
+jobs/curate-tiny.yaml` (default suite, about a minute) and `avsync submit jobs/train-sync-tiny.yaml` (slow) through
+the Ray Jobs API, their paths pointed at temporary folders with `--set`. The curation's shards, index and ledger,
+the training's checkpoint and both jobs' logs are checked, and so is where the cluster's processes listen: on
+loopback, but for the sockets Ray 2.60 binds to every interface (`local_cluster.ALL_INTERFACES`). The two training
+workers need 1 CPU each, so they run one on each node: a multi-node run. The cluster (`tests/local_cluster.py`) is
+stopped by the pids this test started."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from local_cluster import REPO, LocalCluster
+from local_cluster import ALL_INTERFACES, LOOPBACK_ONLY, REPO, LocalCluster
 
 from avsync_ray.synth import synthesize_corpus
 from avsync_ray.training.engine import read_checkpoint_meta
@@ -27,10 +26,10 @@ from avsync_ray.training.engine import read_checkpoint_meta
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and a worker node, 1 CPU each; yields (dashboard URL, env for clients)."""
+    """A head and a worker node, 1 CPU each (``.address``: the dashboard URL, ``.env``: for clients)."""
     with LocalCluster() as running:
         running.add_node()
-        yield running.address, running.env
+        yield running
 
 
 def _submit(spec: str, address: str, env: dict, *overrides: str, wait: bool = True) -> subprocess.CompletedProcess:
@@ -54,7 +53,7 @@ def test_curation_job_on_a_two_node_cluster(cluster, tmp_path):
     """`avsync submit --no-wait`, then the printed `ray job logs --follow` command, as a user follows a job."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    address, env = cluster
+    address, env = cluster.address, cluster.env
     corpus, shards = tmp_path / "corpus", tmp_path / "shards"
     synthesize_corpus(corpus, num_videos=4, seed=0, categories=["sync"], duration=6.0)
     submitted = _submit(
@@ -84,13 +83,30 @@ def test_curation_job_on_a_two_node_cluster(cluster, tmp_path):
     assert sorted(row["status"] for row in ledger) == ["done"] * 4
 
 
+def test_the_cluster_listens_on_loopback_but_where_ray_binds_every_interface(cluster):
+    """After a job ran (its workers and the agents up): every LISTEN socket of every process the cluster started
+    is on a loopback address or, for the components Ray gives no host flag, on every interface; none is on this
+    machine's own network address, and each has a known role."""
+    listeners = cluster.listening()
+    shown = "\n".join(f"{l.role} {l.scope} {l.ip}:{l.port} node{l.node} {l.process}" for l in listeners)
+    assert {l.scope for l in listeners} <= {"loopback", "all interfaces"}, shown
+    assert "unknown" not in {l.role for l in listeners}, shown
+    everywhere = {l.role for l in listeners if l.scope == "all interfaces"}
+    loopback = {l.role for l in listeners if l.scope == "loopback"}
+    assert everywhere <= set(ALL_INTERFACES) and loopback == set(LOOPBACK_ONLY), shown
+    assert {"gcs", "node-manager", "object-manager", "dashboard-agent-grpc"} <= everywhere, shown  # as the docs say
+    for index in range(len(cluster.nodes)):  # each node's own agents are on loopback, its raylet everywhere
+        mine = {(l.role, l.scope) for l in listeners if l.node == index}
+        assert {("runtime-env-agent", "loopback"), ("dashboard-agent-http", "loopback"), ("node-manager", "all interfaces")} <= mine, shown
+
+
 @pytest.mark.slow
 def test_training_job_spans_both_nodes(cluster, synthetic_shards, tmp_path):
     """`avsync submit` waiting for the job: 2 Ray Train workers of 1 CPU each, so one on each node."""
     from ray.job_submission import JobSubmissionClient
     from ray.util.state import list_actors
 
-    address, env = cluster
+    address, env = cluster.address, cluster.env
     runs = tmp_path / "runs"
     result = _submit(
         "jobs/train-sync-tiny.yaml", address, env,

@@ -90,18 +90,48 @@ def test_readme_documents_every_field(verb):
     assert not missing, f"README.md does not document: {missing} (regenerate with `avsync config fields {verb}`)"
 
 
-def test_every_packaged_preset_validates():
+# What each verb's preset needs besides its defaults (inputs and weights), as --set overrides.
+REQUIRED = {"curate": ["input=x", "output=y", "filters.semantic.checkpoint=c", "filters.imagebind.checkpoint=i", "filters.sync.classifier=s"], "train-sync": ["data.root=x", "model.avid_cma=a.pth"],
+            "train": ["data.root=x", "model.sd15=sd", "model.imagebind=ib.pth"], "eval-sync": ["classifier=c", "data.root=x"],
+            "eval": ["model=m", "test=t", "output=o", "features.fid_inception=f", "features.i3d=i", "features.imagebind=b", "features.sync_classifier=s"],
+            "precompute": ["input.root=x", "output=y", "model.sd15=sd", "model.imagebind=ib.pth"]}  # fmt: skip
+
+
+def _every_preset() -> dict:
+    """Every packaged preset validated with only what it needs."""
     from avsync_ray.config.base import preset_names
     from avsync_ray.config.presets import preset_schema
 
-    required = {"curate": ["input=x", "output=y", "filters.semantic.checkpoint=c", "filters.imagebind.checkpoint=i", "filters.sync.classifier=s"], "train-sync": ["data.root=x", "model.avid_cma=a.pth"],
-                "train": ["data.root=x", "model.sd15=sd", "model.imagebind=ib.pth"], "eval-sync": ["classifier=c", "data.root=x"],
-                "eval": ["model=m", "test=t", "output=o", "features.fid_inception=f", "features.i3d=i", "features.imagebind=b", "features.sync_classifier=s"],
-                "precompute": ["input.root=x", "output=y", "model.sd15=sd", "model.imagebind=ib.pth"]}  # fmt: skip
+    configs = {}
     for name in preset_names():
-        schema = preset_schema(name)
-        verb = next((v for v in sorted(required, key=len, reverse=True) if name == v or name.startswith(f"{v}-")), None)
-        assert isinstance(load_config(schema, name, overrides=required.get(verb, [])), schema), name
+        verb = next((v for v in sorted(REQUIRED, key=len, reverse=True) if name == v or name.startswith(f"{v}-")), None)
+        configs[name] = load_config(preset_schema(name), name, overrides=REQUIRED.get(verb, []))
+    return configs
+
+
+def test_every_packaged_preset_validates():
+    from avsync_ray.config.presets import preset_schema
+
+    for name, config in _every_preset().items():
+        assert isinstance(config, preset_schema(name)), name
+
+
+def test_every_default_path_and_store_means_relative_to_where_the_command_runs(tmp_path, monkeypatch):
+    """Defaults nobody typed (``tracking.uri``, ``cache``, ``output_dir``, a model source's store) are resolved as
+    typed values are: a config re-validated in another folder (as a Ray worker does) is the same config."""
+    monkeypatch.chdir(tmp_path)
+    configs = _every_preset()
+    store = f"sqlite:///{tmp_path}/mlruns.db"
+    assert configs["train-tiny"].tracking.uri == configs["curate"].tracking.uri == configs["eval"].tracking.uri == store
+    assert configs["serve"].model.tracking_uri == configs["serve"].sync_classifier.tracking_uri == configs["demo"].tracking_uri == store
+    assert (configs["eval"].cache, configs["demo"].output_dir) == (str(tmp_path / "eval_cache"), str(tmp_path / "demo_out"))
+    default_run = TrainSyncConfig.model_validate({"max_steps": 1, "data": {"root": "s"}, "run": {"name": "r"}, "model": {"init": "random"}})
+    assert default_run.run.storage_path == str(tmp_path / "runs")  # RunSettings' own default, no preset
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for name, config in configs.items():
+        assert type(config).model_validate(config.model_dump(mode="json")) == config, name
 
 
 def test_a_partial_tracking_section_keeps_the_jobs_experiment():

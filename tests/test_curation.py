@@ -235,6 +235,13 @@ def test_mlflow_run_records_the_curation(reference):
     assert not {f"funnel.removed_by_{name}" for name in ("semantic_diff", "ia", "it", "psync_a2v", "psync_v2a")} & set(run.data.metrics)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"curate.config.yaml", "train.index.json", "stats.json", "report"} <= artifacts
+    # Lineage: the manifest's videos as the input dataset, the shards as the output one (the dataset training reads).
+    from avsync_ray.lineage import CORPUS_CONTEXT, CURATED_CONTEXT, run_dataset, shard_dataset
+
+    corpus, curated = run_dataset(run, CORPUS_CONTEXT), run_dataset(run, CURATED_CONTEXT)
+    assert json.loads(corpus.source)["uri"].endswith("manifest.csv") and json.loads(corpus.profile)["videos"] == reference["summary"]["videos"]
+    assert curated.digest == shard_dataset(str(reference["output"]), "train").digest
+    assert json.loads(curated.profile)["clips"] == reference["summary"]["clips"]
 
 
 def test_rerun_skips_recorded_videos_and_changes_nothing(corpus, reference):

@@ -83,6 +83,22 @@ def test_the_sweeps_nested_runs_come_back_as_comparable_rows(first_run, eval_set
     assert model_runs["metrics.fvd"].tolist() == [summary["metrics"][n]["fvd"] for n in ("audio_guidance_scale-1.0", "audio_guidance_scale-4.0")]
 
 
+def test_every_run_has_the_test_set_as_its_dataset_and_the_parent_holds_the_models_metrics(first_run, eval_setup):
+    from avsync_ray.lineage import EVALUATION_CONTEXT, run_dataset, shard_dataset
+
+    summary, _ = first_run
+    digest = shard_dataset(eval_setup["shards"], "test", take=2).digest  # max_videos=2 of the 4 test clips
+    assert summary["test_set"]["digest"] == digest
+    mlflow.set_tracking_uri(f"sqlite:///{eval_setup['root'] / 'mlruns.db'}")
+    query = f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}' and dataset.digest = '{digest}'"
+    assert len(mlflow.search_runs(experiment_names=["avsync/eval"], filter_string=query)) == len(summary["settings"])
+    parent = mlflow.get_run(summary["mlflow_run_id"])
+    assert run_dataset(parent, EVALUATION_CONTEXT).digest == digest and parent.data.params["model_ref"].startswith(f"{eval_setup['model']}@")
+    for setting in ("audio_guidance_scale-1.0", "audio_guidance_scale-4.0"):  # the model's own settings, not the baselines
+        assert parent.data.metrics[f"{setting}/fvd"] == summary["metrics"][setting]["fvd"]
+    assert not any(key.startswith(("baseline-static/", "gt/")) for key in parent.data.metrics)
+
+
 def test_a_rerun_regenerates_only_missing_clips_and_reuses_real_features(first_run, eval_setup):
     summary, out = first_run
     clips = sorted((out / "generated" / "audio_guidance_scale-4.0").glob("*.mp4"))

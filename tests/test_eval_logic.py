@@ -62,6 +62,19 @@ def test_a_bad_or_short_video_is_one_error_row(synthetic_shards, tmp_path):
     assert len(rows) == 1 and rows[0]["error"].startswith("ClipTooShortError")
 
 
+def test_a_raw_test_video_past_the_limits_is_one_error_row_decoded_no_further(tmp_path):
+    """A raw video whose header says 2 s but which holds 30 s: its audio is decoded up to limits.max_video_s only."""
+    from hostile_media import lying_mkv
+
+    from avsync_ray.config.sampling import InputLimits
+
+    (tmp_path / "lying.mkv").write_bytes(lying_mkv(header_s=2.0, holds_s=30.0))
+    item = EvalInput(uri=str(tmp_path / "lying.mkv"), key="lying", label="ball").to_row()
+    rows = eval_clip_rows(item, 12, 6.0, (64, 64), 3, InputLimits(max_video_s=10))
+    assert len(rows) == 1 and "too long" in rows[0]["error"] and "more than 10 s of audio decoded" in rows[0]["error"], rows
+    assert len(eval_clip_rows(item, 12, 6.0, (64, 64), 3)) == 3  # within the default limits: 30 s of test video, three clips
+
+
 def test_seeds_depend_on_the_clip_alone():
     assert clip_seed(0, "a", 1) == clip_seed(0, "a", 1)
     assert len({clip_seed(0, "a", 0), clip_seed(0, "a", 1), clip_seed(0, "b", 0), clip_seed(1, "a", 0)}) == 4

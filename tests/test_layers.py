@@ -11,13 +11,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "avsync_ray"
 FEATURES = ("curation", "training", "evaluation", "serve")
-# generate: the one-off verb; mlflow_models: the pyfunc wrappers (they generate as the verb does); jobs,
-# cluster_configs: submitting and checking cluster jobs.
-APPS = ("cli", "demo", "generate", "mlflow_models", "jobs", "cluster_configs", "__main__")
+# generate: the one-off verb; mlflow_models: the pyfunc wrappers (they generate as the verb does); runs: the tables
+# `avsync runs` reads from MLflow (evaluation's tables); jobs, cluster_configs, cloud_schemas: submitting and checking
+# cluster jobs and configs.
+APPS = ("cli", "demo", "generate", "mlflow_models", "runs", "jobs", "cluster_configs", "cloud_schemas", "__main__")
 # Lower layers: what every feature may use. None of them may import a feature or an app.
 # The paper's metrics (``metrics``) sit here too: curation's sync filter, training's loss, evaluation and serving use them.
 SHARED = ("config", "devices", "faults", "storage", "sources", "media", "models", "pipelines", "shards", "examples", "synth",
-          "conditioning", "metrics", "nested", "tracking", "ray_runtime", "batch_jobs")  # fmt: skip
+          "conditioning", "metrics", "nested", "tracking", "lineage", "ray_runtime", "batch_jobs")  # fmt: skip
 # The only modules that run Ray (or start it through ray_runtime / batch_jobs).
 RAY_MODULES = {
     "avsync_ray.cli", "avsync_ray.demo", "avsync_ray.ray_runtime", "avsync_ray.batch_jobs", "avsync_ray.curation.pipeline",

@@ -364,3 +364,65 @@ def test_mp4_encoder_fed_in_pieces_writes_the_bytes_of_encode_mp4():
             encoder.add(frames[start : start + 4])
         pieces = encoder.finish(audio)
     assert pieces == encode_mp4(frames, 10, audio, 16_000, crf=28, preset="faster")
+
+
+def test_decode_limits_count_what_is_decoded_not_what_the_header_says(tmp_path):
+    """A FLAC whose STREAMINFO says 2 s but which holds 120 s: refused once 8 s are decoded, whatever the header;
+    a whole track within the limit decodes as before, its channels averaged as they arrive."""
+    from hostile_media import lying_flac
+
+    lying = lying_flac(header_s=2.0, holds_s=120.0, rate=16_000, channels=6)
+    assert probe(lying).audio.duration == 2.0
+    with pytest.raises(MediaError) as refused:
+        load_audio(lying, max_seconds=8)
+    assert refused.value.reason is MediaErrorReason.TOO_LONG and "more than 8 s of audio decoded, and the header says 2.0 s" in str(refused.value)
+    assert len(load_audio(lying)) == 120 * 16_000  # unbounded: the whole of it
+    channels = np.random.default_rng(3).uniform(-0.5, 0.5, (16_000 * 3, 6)).astype(np.float32)
+    soundfile.write(tmp_path / "six.wav", channels, 16_000, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(str(tmp_path / "six.wav"), max_seconds=8), channels.mean(axis=1, dtype=np.float32))
+
+
+def test_decode_limits_bound_frame_sizes_and_frame_counts(tmp_path):
+    path = tmp_path / "v.mp4"
+    _indexed_video(path, fps=24, seconds=2)
+    with pytest.raises(MediaError) as large:
+        decode(str(path), fps=6, end=2.0, max_pixels=32 * 32 - 1)
+    assert large.value.reason is MediaErrorReason.TOO_LARGE and "32x32" in str(large.value)
+    with pytest.raises(MediaError) as long:
+        decode(str(path), fps=None, max_seconds=0.5)  # frames past 0.5 s (+ the 1-s slack) are refused, not kept
+    assert long.value.reason is MediaErrorReason.TOO_LONG
+    assert decode(str(path), fps=6, start=0.5, end=1.5, max_seconds=2.0, max_pixels=32 * 32).frames.shape == (6, 32, 32, 3)
+
+
+def test_images_are_bounded_before_their_pixels_are_decoded_and_bad_ones_are_typed(tmp_path):
+    from hostile_media import corrupt_png, png_claiming, truncated, zero_png
+    from serve_support import png
+
+    with pytest.raises(MediaError) as large:
+        load_image(zero_png(3000, 3000), max_pixels=100 * 100)
+    assert large.value.reason is MediaErrorReason.TOO_LARGE and "3000x3000" in str(large.value)
+    with pytest.raises(MediaError) as bomb:
+        load_image(png_claiming(60_000, 60_000))
+    assert bomb.value.reason is MediaErrorReason.TOO_LARGE and "Pillow" not in str(bomb.value)
+    for data, reason in ((truncated(png(160, 120)), MediaErrorReason.TRUNCATED), (corrupt_png(), MediaErrorReason.CORRUPT)):
+        with pytest.raises(MediaError) as bad:
+            load_image(data)
+        assert bad.value.reason is reason, bad.value
+    frames = _indexed_video(tmp_path / "v.mp4")
+    assert np.array_equal(load_image(str(tmp_path / "v.mp4"), max_pixels=32 * 32), frames[0])  # a video's first frame
+
+
+def test_a_frame_over_the_limit_is_never_allocated_by_the_decoder():
+    """FFmpeg decodes one frame of an image stream to learn its size when it opens a file: with a pixel limit it does
+    not (the stream opens as 0 x 0), and decoding it fails instead of allocating it."""
+    import resource
+
+    from hostile_media import zero_png
+
+    huge = zero_png(6000, 6000)  # 108 MB of pixels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    info = probe(huge, max_pixels=100_000)
+    assert (info.video.width, info.video.height) == (0, 0)
+    with pytest.raises(MediaError):
+        decode(huge, fps=None, audio=False, max_pixels=100_000)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 50  # MB

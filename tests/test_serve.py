@@ -1,13 +1,17 @@
 """`avsync serve` through HTTP: one Serve app on the session's Ray (loopback, a free port) with the tiny pipeline
-from an MLflow registry: job lifecycle with per-step progress, the :sync route, cancellation, models, health,
-auth, every limit, sync scores, overload (503 with Retry-After, not timeouts), a bounded load and a bounded
-OpenAPI fuzz, then model swaps by reconfigure and by moving the registry alias, without a replica restart."""
+from an MLflow registry, with its lineage: job lifecycle with per-step progress, the :sync route, cancellation, models, health,
+auth, every limit, hostile uploads, sync scores, overload (503 with Retry-After, not timeouts), a bounded load,
+a bounded OpenAPI fuzz and schemathesis with every check, quiet logs for client errors, then model swaps by
+reconfigure and by moving the registry alias, without a replica restart, and a killed replica's folder removed."""
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -27,16 +31,19 @@ MODEL = "avsyncd-serve-test"
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """Two tiny pipelines (other seeds, so other weights) registered as versions 1 (@champion) and 2 (@challenger)."""
-    from avsync_ray.mlflow_models import register_model
+def registry(tmp_path_factory, synthetic_shards):
+    """Two tiny pipelines (other seeds, so other weights) exported from one training run at steps 2 and 4, with their
+    lineage (curated shards, training run, dataset: tests/lineage_support.py), registered as versions 1 (@champion)
+    and 2 (@challenger)."""
+    from lineage_support import lineage_store
+
+    from avsync_ray.lineage import shard_dataset
     from avsync_ray.pipelines.presets import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("serve_registry")
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    for seed, alias in ((0, "champion"), (1, "challenger")):
-        register_model(str(save_tiny_pipeline(root / f"tiny-{seed}", seed=seed)), MODEL, "avsyncd", uri, alias=alias)
-    return uri
+    folders = {step: save_tiny_pipeline(root / f"tiny-{seed}", seed=seed) for step, seed in ((2, 0), (4, 1))}
+    store = lineage_store(root, synthetic_shards["root"], folders, MODEL, {"champion": 1, "challenger": 2})
+    return {**store, "digest": shard_dataset(store["shards"], "train").digest}
 
 
 def app_config(port: int = 8000, tracking_uri: str = "sqlite:///unused.db") -> ServeConfig:
@@ -52,18 +59,23 @@ def published_schema() -> dict:
     """The OpenAPI schema the ingress publishes, built as it builds it (schemathesis needs it before the app runs:
     its pytest fixture loader does not work with this pytest); a test checks it is the live one."""
     from avsync_ray.config.serve import ServeAppArgs
-    from avsync_ray.serve.api import build_api, token_digest
+    from avsync_ray.serve.api import openapi_schema
     from avsync_ray.serve.app import app_args
+    from avsync_ray.serve.ingress import app
 
-    return build_api(ServeAppArgs(**app_args(app_config())), backend=None, token_sha256=token_digest(TOKEN)).openapi()
+    return openapi_schema(app, ServeAppArgs(**app_args(app_config())))
 
 
 @pytest.fixture(scope="module")
-def app(ray_session, registry):
+def app(ray_session, registry, tmp_path_factory):
+    """The app, its replicas' temp folder their own (TMPDIR), to see what they leave there."""
     port = free_port()
-    with serving(app_config(port, registry), env_vars={"AVSYNC_SERVE_TEST_TOKEN": TOKEN}) as serve_config:
+    temp = tmp_path_factory.mktemp("replica_tmp")
+    with serving(app_config(port, registry["uri"]), env_vars={"AVSYNC_SERVE_TEST_TOKEN": TOKEN, "TMPDIR": str(temp)}) as serve_config:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as client:
-            yield {"client": client, "serve_config": serve_config, "url": f"http://127.0.0.1:{port}"}
+            yield {"client": client, "serve_config": serve_config, "url": f"http://127.0.0.1:{port}", "temp": temp}
+    left = sorted(path.name for path in temp.glob("avsync-serve-*"))
+    assert not left, f"the replicas left their working folders behind on shutdown: {left}"
 
 
 @pytest.fixture
@@ -122,7 +134,7 @@ def test_health_needs_no_token_everything_else_does(app):
     assert_error(httpx.get(f"{url}/v1/models", headers={"Authorization": f"Basic {TOKEN}"}), 401, "unauthorized")
 
 
-def test_ready_and_models_name_the_registry_version(client):
+def test_ready_and_models_name_the_registry_version_and_its_lineage(client, registry):
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] and "(version 1)" in ready.json()["message"]
     body = client.get("/v1/models").json()
@@ -131,14 +143,18 @@ def test_ready_and_models_name_the_registry_version(client):
     assert (animation["name"], animation["version"], animation["alias"], animation["source"]) == (MODEL, 1, "champion", f"models:/{MODEL}@champion")
     assert (animation["device"], animation["dtype"]) == ("cpu", "float32") and animation["replica"]
     assert animation["config"]["components"]["unet"] == "AVSyncDUNet3DModel"
-    assert served["sync-score"]["source"] == "preset:tiny"
+    lineage = animation["lineage"]  # from the store, through the registry version's LoggedModel
+    assert (lineage["model_id"], lineage["training_run_id"], lineage["training_run_name"], lineage["step"]) == (
+        registry["exports"][2]["model_id"], registry["training"], "tiny-run", 2)  # fmt: skip
+    assert lineage["dataset"]["digest"] == registry["digest"] and lineage["curation_runs"][0]["run_id"] == registry["curation"]
+    assert served["sync-score"]["source"] == "preset:tiny" and served["sync-score"]["lineage"]["missing"].startswith("a preset")
     assert body["generation"]["num_inference_steps"] == STEPS and body["limits"]["max_steps"] == LONG and body["auth_required"]
 
 
 # ------------------------------------------------------------------------------------------------ jobs
 
 
-def test_a_job_reports_every_step_and_ends_with_an_mp4_with_its_audio(client):
+def test_a_job_reports_every_step_and_ends_with_an_mp4_with_its_audio(client, registry):
     submitted = client.post("/v1/animations", **pair(steps=12, seed=11))
     assert submitted.status_code == 202, submitted.text
     job = submitted.json()
@@ -148,10 +164,12 @@ def test_a_job_reports_every_step_and_ends_with_an_mp4_with_its_audio(client):
     steps = [j["progress"]["step"] for j in seen]
     assert steps == sorted(steps) and finished["progress"] == {"step": 12, "total_steps": 12, "fraction": 1.0}
     assert any(0 < step < 12 for step in steps), steps  # polled while it ran
-    assert finished["model"]["version"] == 1 and finished["settings"]["seed"] == 11
+    assert finished["model"]["version"] == 1 and finished["model"]["lineage"]["step"] == 2 and finished["settings"]["seed"] == 11
     video = client.get(finished["video_url"])
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
     assert video.headers["x-avsync-seed"] == "11" and video.headers["x-avsync-model-version"] == "1"
+    made_by = {name: video.headers[f"x-avsync-{name}"] for name in ("model-id", "training-run", "training-step", "dataset-digest")}
+    assert made_by == {"model-id": registry["exports"][2]["model_id"], "training-run": registry["training"], "training-step": "2", "dataset-digest": registry["digest"]}
     info, clip = decoded(video.content)
     assert (info.video.codec, info.video.width, info.video.height, info.video.num_frames) == ("h264", 64, 64, 12)
     assert info.audio.codec == "aac" and abs(info.audio.duration - 2.0) < 0.1 and np.abs(clip.audio).max() > 0.05
@@ -230,7 +248,7 @@ def test_a_sync_client_that_goes_away_cancels_its_job(client, app):
         ({"data": {"category": "dog barking"}, "files": {"image": ("a.png", png()), "audio": ("a.wav", wav(0.3))}}, 422, "too_short", "limits.min_audio_s"),
         ({"data": {"category": "dog barking"}, "files": {"video": ("v.mp4", mp4(6))}}, 422, "too_long", "limits.max_video_s"),
         ({"data": {"category": "dog barking"}, "files": {"video": ("v.mp4", mp4(3, size=352))}}, 413, "upload_too_large", "limits.max_video_pixels"),
-        ({"data": {"category": "dog barking"}, "files": {"video": ("v.mp4", mp4(3, audio=False))}}, 422, "unusable_media", "video: has no audio track"),
+        ({"data": {"category": "dog barking"}, "files": {"video": ("v.mp4", mp4(3, audio=False))}}, 422, "unusable_media", "video: no audio stream"),
         ({"data": {"category": "dog barking"}, "files": {"image": ("a.png", png()), "audio": ("a.wav", bytes(3 * 2**20))}}, 413, "upload_too_large", "limits.max_upload_mb"),
     ],
 )
@@ -250,6 +268,39 @@ def test_unknown_jobs_and_routes_are_json_404s(client):
     assert_error(client.put("/v1/models"), 405, "method_not_allowed")
 
 
+def test_hostile_uploads_get_a_4xx_naming_the_field_and_the_ingress_does_not_grow(app, client):
+    """The cases of tests/test_serve_fuzz.py that broke the server before, through Serve: a FLAC whose header says
+    2 s but which holds 600 s (decoded in full it took about 1 GB), a truncated PNG, a PNG sent as the video."""
+    from hostile_media import lying_flac, truncated
+
+    _, ingress = _replica("AnimationIngress")
+    before = _peak_rss_mb(ingress)
+    lying = client.post("/v1/animations", data={"category": "dog barking"}, files={"image": ("a.png", png()), "audio": ("a.flac", lying_flac())})
+    assert_error(lying, 422, "too_long", "audio: too long (limits.max_audio_s): more than 8 s of audio decoded, and the header says 2.0 s")
+    assert _peak_rss_mb(ingress) - before < 100, (before, _peak_rss_mb(ingress))
+    cut = client.post("/v1/animations", data={"category": "dog barking"}, files={"image": ("a.png", truncated(png(160, 120))), "audio": ("a.wav", wav(3))})
+    assert_error(cut, 415, "unsupported_media", "image: truncated")
+    still = client.post("/v1/animations", data={"category": "dog barking"}, files={"video": ("v.png", png()), "audio": ("a.wav", wav(3))})
+    assert_error(still, 422, "unusable_media", "video: out of range")
+
+
+def _replica(deployment: str):
+    """(the actor of the one replica of ``deployment``, its process id)."""
+    import os
+
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "serve" and f"avsyncd#{deployment}#" in a["name"]]
+    assert len(names) == 1, names
+    actor = ray.get_actor(names[0], namespace="serve")
+    return actor, ray.get(actor.__ray_call__.remote(lambda replica: os.getpid()))
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
 # ------------------------------------------------------------------------------------------------ sync scores
 
 
@@ -265,6 +316,14 @@ def test_the_sync_score_route_scores_a_pair_with_the_classifier(client, media_di
     short = client.post("/v1/sync-score", files={"video": ("clip.mp4", mp4(2.0))}).json()
     assert short["psync"] is None and "P_sync needs 2.5 s" in short["psync_error"] and isinstance(short["score"], float)
     assert_error(client.post("/v1/sync-score", files={"audio": ("a.wav", wav(3))}), 422, "invalid_request", "give a video")
+
+
+def test_a_silent_video_is_scored_against_a_separate_sound(client):
+    silent = mp4(3.0, audio=False)
+    scored = client.post("/v1/sync-score", files={"video": ("silent.mp4", silent), "audio": ("sound.wav", wav(3.0))})
+    assert scored.status_code == 200, scored.text
+    assert isinstance(scored.json()["score"], float) and scored.json()["psync"] is not None
+    assert_error(client.post("/v1/sync-score", files={"video": ("silent.mp4", silent)}), 422, "unusable_media", "video: no audio stream")
 
 
 # ------------------------------------------------------------------------------------------------ load
@@ -335,10 +394,40 @@ def test_no_generated_request_gets_a_5xx_long(case, app):
     case.call_and_validate(base_url=app["url"], headers=AUTH, checks=[not_a_server_error], timeout=60)
 
 
+def test_schemathesis_with_every_check_finds_no_failure(app, tmp_path):
+    """`schemathesis run --checks all` (coverage and fuzzing phases, seeded, a few hundred cases): the schema says what
+    the server does (auth, the uploads' rules, 400 for a broken multipart body, 405 with Allow). tests/schemathesis.toml
+    says why an upload may be refused for its content."""
+    tests = Path(__file__).resolve().parent
+    command = [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(tests / "schemathesis.toml"), "run", f"{app['url']}/openapi.json",
+               "--checks", "all", "-H", f"Authorization: Bearer {TOKEN}", "--phases", "examples,coverage,fuzzing", "--max-examples", "10",
+               "--seed", "1", "--generation-database", "none", "--request-timeout", "60", "--workers", "1", "--no-color"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache stays out of the repo
+    summary = done.stdout[done.stdout.find("SUMMARY") :]
+    assert done.returncode == 0, done.stdout[-6000:]
+    assert " passed" in summary and "generated" in summary, summary
+
+
+def test_405_names_every_method_and_expected_client_errors_log_no_traceback(app, client):
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    sizes = {path: path.stat().st_size for path in logs.glob("replica_avsyncd_*.log")}
+    options = client.options("/v1/animations/nope")
+    assert options.status_code == 405 and options.headers["allow"] == "GET, DELETE", (options.status_code, options.headers)
+    assert_error(client.get("/v1/animations/nope"), 404, "not_found")
+    running = client.post("/v1/animations", **pair(steps=LONG)).json()
+    assert_error(client.get(f"/v1/animations/{running['id']}/video"), 409, "not_ready")
+    client.delete(f"/v1/animations/{running['id']}")
+    time.sleep(2)  # replica logs are flushed as they are written; give the files a moment
+    written = "".join(path.read_text(errors="replace")[sizes.get(path, 0) :] for path in logs.glob("replica_avsyncd_*.log"))
+    assert "Traceback" not in written and "Request failed" not in written, written[-3000:]
+
+
 # ------------------------------------------------------------------------------------------------ swaps
 
 
-def test_a_user_config_change_swaps_the_model_in_place(app, client):
+def test_a_user_config_change_swaps_the_model_in_place(app, client, registry):
     from avsync_ray.serve.app import deploy
 
     before = models(client)["animation"]
@@ -349,10 +438,11 @@ def test_a_user_config_change_swaps_the_model_in_place(app, client):
     deadline = time.monotonic() + 120
     while (after := models(client)["animation"])["version"] != 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert (after["version"], after["alias"]) == (2, "challenger")
+    assert (after["version"], after["alias"], after["lineage"]["step"]) == (2, "challenger", 4)
     assert after["replica"] == before["replica"] and after["stats"]["requests"] >= before["stats"]["requests"]  # the same replica
     response = client.post("/v1/animations:sync", **pair())
-    assert response.headers["x-avsync-model-version"] == "2"
+    assert response.headers["x-avsync-model-version"] == "2" and response.headers["x-avsync-training-step"] == "4"
+    assert response.headers["x-avsync-model-id"] == registry["exports"][4]["model_id"] != before["lineage"]["model_id"]
 
 
 def test_moving_the_registry_alias_swaps_the_model_without_a_restart(app, client, registry):
@@ -368,8 +458,34 @@ def test_moving_the_registry_alias_swaps_the_model_without_a_restart(app, client
     while (current := models(client)["animation"])["version"] != 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert (current["version"], current["alias"]) == (1, "champion")
-    MlflowClient(registry).set_registered_model_alias(MODEL, "champion", "2")
+    assert current["lineage"]["model_id"] == registry["exports"][2]["model_id"]
+    MlflowClient(registry["uri"]).set_registered_model_alias(MODEL, "champion", "2")
     deadline = time.monotonic() + 120
     while (moved := models(client)["animation"])["version"] != 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert (moved["version"], moved["alias"], moved["replica"]) == (2, "champion", current["replica"])
+    assert (moved["lineage"]["model_id"], moved["lineage"]["step"]) == (registry["exports"][4]["model_id"], 4)  # what it reports moved too
+
+
+def test_a_killed_model_replica_leaves_no_model_copy_behind(app, client):
+    """A replica that dies without stopping cannot remove its working folder (a copy of the registry model); the
+    replica Serve starts in its place does."""
+    import ray
+
+    described = models(client)["animation"]
+    workdir = app["temp"] / Path(described["path"]).relative_to(app["temp"]).parts[0]
+    assert workdir.is_dir() and workdir.name.startswith("avsync-serve-animation-"), workdir
+    ray.kill(_replica("AVSyncDModel")[0], no_restart=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            replaced = models(client)["animation"]
+            if replaced.get("replica") not in (None, described["replica"]) and replaced.get("loaded_at"):
+                break
+        except (httpx.HTTPError, KeyError):
+            pass
+        time.sleep(1)
+    else:
+        raise AssertionError("no new model replica within 300 s")
+    assert not workdir.exists(), f"{workdir} of the killed replica is still there"
+    assert len(list(app["temp"].glob("avsync-serve-animation-*"))) == 1

@@ -1,5 +1,6 @@
 """`avsync serve` without Ray: the job book's bounds, request grouping, batched generation, upload probing and
-limits, model sources and swaps, the Serve config it deploys (checked with Ray's own schema) and the cluster's."""
+limits, model sources and swaps, the lineage each model reports (from an MLflow store built as the jobs log), the
+Serve config it deploys (checked with Ray's own schema) and the cluster's."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from serve_support import mp4, png, wav
+from serve_support import Remote, ingress_client, mp4, png, wav
 
 from avsync_ray.config.base import ConfigError, load_config
 from avsync_ray.config.sampling import SamplingConfig
 from avsync_ray.config.serve import ServeConfig, ServeLimits
+from avsync_ray.lineage import shard_dataset
 from avsync_ray.serve.jobs import JobBook
 from avsync_ray.serve.schemas import ApiError, GenerationRequest, group_compatible
 
@@ -215,21 +217,23 @@ def test_a_video_gives_both_inputs(media_dir):
     [
         (dict(audio=b"sound"), (422, "invalid_request", "give an image and an audio file, or a video")),
         (dict(image=b"i", audio=b"a", video=b"v"), (422, "invalid_request", "not all three")),
-        (dict(image=b"not an image", audio=b"a"), (415, "unsupported_media", "image: corrupt (not an image Pillow reads")),
+        (dict(image=b"not an image", audio=b"a"), (415, "unsupported_media", "image: corrupt (not a readable image (PNG, JPEG")),
         (dict(image="big", audio="wav"), (413, "upload_too_large", "image: 120x90 is 10,800 pixels, above the limit of 10,000 (limits.max_image_pixels)")),
         (dict(image="png", audio=b"\x00garbage" * 100), (415, "unsupported_media", "audio: corrupt")),
         (dict(image="png", audio="long wav"), (422, "too_long", "audio: lasts 9.0 s, longer than the limit of 8 s (limits.max_audio_s)")),
         (dict(image="png", audio="short wav"), (422, "too_short", "audio: its audio lasts 0.30 s, shorter than 0.5 s (limits.min_audio_s)")),
-        (dict(video="silent mp4"), (422, "unusable_media", "video: has no audio track")),
+        (dict(video="silent mp4"), (422, "unusable_media", "video: no audio stream")),
         (dict(video="large mp4"), (413, "upload_too_large", "video: 128x128 frames are 16,384 pixels, above the limit of 9,216 (limits.max_video_pixels)")),
         (dict(video="long mp4"), (422, "too_long", "video: lasts 6.0 s, longer than the limit of 5 s (limits.max_video_s)")),
         (dict(video="short mp4"), (422, "unusable_media", "video: out of range")),
         (dict(image="png", video=b"\x00" * 64), (415, "unsupported_media", "video: corrupt")),
+        (dict(image="truncated png", audio="wav"), (415, "unsupported_media", "image: truncated (unreadable image: image file is truncated")),
+        (dict(video="png", audio="wav"), (422, "unusable_media", "video: out of range")),  # a still image has no clip to take
     ],
 )
 def test_bad_uploads_are_refused_before_decoding_with_a_message(files, expected):
     made = {"big": png(120, 90), "wav": wav(3.0), "png": png(), "long wav": wav(9.0), "short wav": wav(0.3), "silent mp4": mp4(3.0, audio=False),
-            "large mp4": mp4(3.0, size=128), "long mp4": mp4(6.0), "short mp4": mp4(1.0)}  # fmt: skip
+            "large mp4": mp4(3.0, size=128), "long mp4": mp4(6.0), "short mp4": mp4(1.0), "truncated png": png(90, 60)[:2000]}  # fmt: skip
     status, code, message = refusal(**{k: made.get(v, v) if isinstance(v, str) else v for k, v in files.items()})
     assert (status, code) == expected[:2] and expected[2] in message, message
 
@@ -290,6 +294,66 @@ def test_a_model_slot_loads_presets_and_folders_and_keeps_the_model_when_a_swap_
     slot.close()
 
 
+def test_a_dead_replicas_working_folder_is_removed_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """A replica that dies leaves its folder (a copy of a registry model); the next replica on the node removes it,
+    but never the folder of a replica still alive, in this process or another."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from avsync_ray.serve.model_slot import ModelSlot
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    made = "from avsync_ray.serve.model_slot import owned_workdir; print(owned_workdir('animation')[0])"
+    dead = Path(subprocess.run([sys.executable, "-c", made], capture_output=True, text=True, env=env, check=True).stdout.strip())
+    assert dead.is_dir() and dead.parent == tmp_path
+    (dead / "registry-1").mkdir()
+    first = ModelSlot("animation", loader=str, presets={})
+    assert not dead.exists()
+    second = ModelSlot("sync-score", loader=str, presets={})
+    assert first._workdir.is_dir() and second._workdir.is_dir()  # both alive: neither took the other for an orphan
+    first.close()
+    first.close()  # idempotent (Serve's __del__, then the interpreter's)
+    assert not first._workdir.exists() and second._workdir.is_dir()
+    second.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_schema_states_auth_the_upload_rules_and_every_answer_as_the_server_gives_them():
+    from avsync_ray.config.serve import ServeAppArgs
+    from avsync_ray.serve.api import openapi_schema
+    from avsync_ray.serve.ingress import app
+
+    open_server, guarded = openapi_schema(app, ServeAppArgs()), openapi_schema(app, ServeAppArgs(auth={"token_env": "TOKEN"}))
+    operations = [op for methods in open_server["paths"].values() for op in methods.values()]
+    assert "securitySchemes" not in open_server["components"] and not any("security" in op or "401" in op["responses"] for op in operations)
+    assert guarded["paths"]["/v1/models"]["get"]["security"] == [{"HTTPBearer": []}] and "401" in guarded["paths"]["/v1/models"]["get"]["responses"]
+    bodies = open_server["components"]["schemas"]
+    animation = bodies["Body_submit_v1_animations_post"]
+    assert animation["anyOf"] == [{"required": ["image", "audio"]}, {"required": ["video"]}] and animation["not"] == {"required": ["image", "audio", "video"]}
+    assert animation["properties"]["image"] == {"type": "string", "contentMediaType": "application/octet-stream", "title": "Image", "description": animation["properties"]["image"]["description"]}
+    assert bodies["Body_sync_score_v1_sync_score_post"]["required"] == ["video"]
+    for path in ("/v1/animations", "/v1/animations:sync", "/v1/sync-score"):
+        assert "400" in open_server["paths"][path]["post"]["responses"]  # a multipart body that does not parse
+
+
+def test_the_api_docs_come_from_the_server_itself():
+    async def scenario():
+        async with api_client() as client:
+            docs = (await client.get("/docs")).text
+            assert "/docs/assets/swagger-ui-bundle.js" in docs and "/docs/assets/swagger-ui.css" in docs and "https://" not in docs
+            script = await client.get("/docs/assets/swagger-ui-bundle.js")
+            assert script.status_code == 200 and len(script.content) > 500_000
+            options = await client.options("/v1/animations/abc")
+            assert options.status_code == 405 and options.headers["allow"] == "GET, DELETE"
+            broken = await client.post("/v1/animations", content=b"--x\r\nnot a part", headers={"content-type": "multipart/form-data; boundary=x"})
+            assert broken.status_code in (400, 422) and broken.json()["error"] in ("bad_request", "invalid_request")
+
+    run(scenario())
+
+
 def test_auth_refuses_to_start_open_when_it_names_a_missing_variable(monkeypatch):
     from avsync_ray.config.serve import AuthConfig
     from avsync_ray.serve.api import configured_token_digest, token_digest
@@ -300,6 +364,145 @@ def test_auth_refuses_to_start_open_when_it_names_a_missing_variable(monkeypatch
     monkeypatch.setenv("AVSYNC_TEST_MISSING_TOKEN", "s3cret")
     assert configured_token_digest(AuthConfig(token_env="AVSYNC_TEST_MISSING_TOKEN")) == token_digest("s3cret") != "s3cret"
     assert configured_token_digest(AuthConfig()) is None
+
+
+# ------------------------------------------------------------------------------------------------ lineage
+
+
+def lineage_of(slot) -> dict:
+    """The lineage a slot reports, checked against the schema /v1/models states it with (every field kept)."""
+    from avsync_ray.serve.schemas import ModelLineage
+
+    lineage = slot.describe()["lineage"]
+    assert ModelLineage.model_validate(lineage).model_dump() == lineage
+    return lineage
+
+
+def test_a_registry_model_reports_its_lineage_read_once_per_load_and_a_moved_alias_reports_the_new_one(lineage_registry, monkeypatch):
+    from lineage_support import REGISTERED
+    from mlflow.tracking import MlflowClient
+
+    from avsync_ray import lineage
+    from avsync_ray.serve.model_slot import ModelSlot
+
+    store, client = lineage_registry, MlflowClient(lineage_registry["uri"])
+    reads, read = [], lineage.model_lineage
+    monkeypatch.setattr(lineage, "model_lineage", lambda mlflow_client, model_id: reads.append(model_id) or read(mlflow_client, model_id))
+    config = {"source": f"models:/{REGISTERED}@serving", "tracking_uri": store["uri"]}
+    client.set_registered_model_alias(REGISTERED, "serving", "1")  # an alias of this test's own
+    slot = ModelSlot("animation", loader=str, presets={})
+    try:
+        run(slot.apply(config))
+        served = lineage_of(slot)
+        assert served["model_id"] == store["exports"][2]["model_id"] and served["training_run_id"] == store["training"]
+        assert (served["training_run_name"], served["step"], served["recorded_in"], served["missing"]) == ("tiny-run", 2, "mlflow", None)
+        assert served["dataset"]["digest"] == shard_dataset(store["shards"], "train").digest and served["dataset"]["source"].endswith("/train.index.json")
+        assert served["curation_runs"] == [{"run_id": store["curation"], "run_name": "curate-shards"}]
+        run(slot.apply(config))  # the same version: nothing is loaded or read again, however often it is described
+        assert lineage_of(slot) == served and reads == [store["exports"][2]["model_id"]]
+        client.set_registered_model_alias(REGISTERED, "serving", "2")
+        run(slot.apply(config))
+        moved = lineage_of(slot)
+        assert (slot.describe()["version"], moved["model_id"], moved["step"]) == (2, store["exports"][4]["model_id"], 4)
+        assert moved["dataset"] == served["dataset"] and len(reads) == 2
+    finally:
+        client.delete_registered_model_alias(REGISTERED, "serving")
+        slot.close()
+
+
+def test_a_folder_reports_what_its_export_recorded_and_a_model_without_lineage_says_why(lineage_registry, tmp_path):
+    import shutil
+
+    from avsync_ray.lineage import LINEAGE_FILE, served_lineage
+    from avsync_ray.serve.model_slot import ModelSlot
+    from avsync_ray.tracking import ModelSource
+
+    store = lineage_registry
+    exported = store["exports"][4]["folder"]
+    plain, corrupt = tmp_path / "plain", tmp_path / "corrupt"
+    plain.mkdir()
+    shutil.copytree(exported, corrupt)
+    (corrupt / LINEAGE_FILE).write_text("{not json")
+    slot = ModelSlot("animation", loader=str, presets={"tiny": lambda folder: folder.mkdir()})
+    try:
+        run(slot.apply({"source": str(exported)}))  # no store is asked: the folder's lineage.json says it
+        served = lineage_of(slot)
+        assert (served["model_id"], served["training_run_id"], served["step"]) == (store["exports"][4]["model_id"], store["training"], 4)
+        assert served["dataset"] == {"name": "shards/train", "digest": shard_dataset(store["shards"], "train").digest, "source": None}
+        assert (served["recorded_in"], served["training_run_name"], served["curation_runs"], served["missing"]) == (LINEAGE_FILE, None, [], None)
+        for source, why in ((plain, "the folder has no lineage.json"), (corrupt, "its lineage.json is unreadable"), ("preset:tiny", "a preset: random weights")):
+            run(slot.apply({"source": str(source)}))  # each loads and is served: only its report is empty
+            unknown = lineage_of(slot)
+            assert unknown["missing"].startswith(why) and [key for key, value in unknown.items() if value not in (None, [])] == ["missing"]
+    finally:
+        slot.close()
+    # A registry version the store cannot answer for: its downloaded folder's lineage.json, else why not.
+    ghost = {"uri": "models:/x/9", "name": "x", "version": 9, "model_id": "m-0123456789abcdef0123456789abcdef"}
+    fallback = served_lineage(ModelSource(path=str(exported), **ghost), store["uri"])
+    assert (fallback["recorded_in"], fallback["model_id"]) == (LINEAGE_FILE, store["exports"][4]["model_id"])
+    lost = served_lineage(ModelSource(path=str(plain), **ghost), store["uri"])
+    assert lost["model_id"] is None and lost["missing"].startswith(f"the MLflow store at {store['uri']} has no lineage of {ghost['model_id']}")
+    unlinked = served_lineage(ModelSource(path=str(plain), **{**ghost, "model_id": None}), store["uri"])
+    assert unlinked["missing"] == "version 9 of x points at no LoggedModel (not registered by `avsync export --register`)"
+
+
+def test_models_jobs_and_every_video_report_the_model_and_its_lineage(lineage_registry):
+    from lineage_support import REGISTERED
+    from serve_support import fake_deployments
+
+    from avsync_ray.config.serve import ServeAppArgs
+    from avsync_ray.lineage import no_lineage, served_lineage
+    from avsync_ray.serve.api import RESULT_HEADERS
+    from avsync_ray.tracking import ModelSource
+
+    store = lineage_registry
+    champion = ModelSource(path=str(store["exports"][2]["folder"]), uri=f"models:/{REGISTERED}@champion", name=REGISTERED, version=1, alias="champion",
+                           model_id=store["exports"][2]["model_id"])  # fmt: skip
+    lineage = served_lineage(champion, store["uri"])
+    registered = {"role": "animation", "name": REGISTERED, "source": champion.uri, "version": 1, "alias": "champion", "loaded_at": "now", "lineage": lineage}
+    expected = {"x-avsync-model": REGISTERED, "x-avsync-model-version": "1", "x-avsync-model-id": store["exports"][2]["model_id"],
+                "x-avsync-training-run": store["training"], "x-avsync-training-step": "2", "x-avsync-dataset-digest": lineage["dataset"]["digest"]}  # fmt: skip
+    settings = ServeAppArgs(categories=["dog barking"], sampling={"height": 64, "width": 64, "num_inference_steps": 2})
+    inputs = {"data": {"category": "dog barking"}, "files": {"image": ("a.png", png()), "audio": ("a.wav", wav(3.0))}}
+
+    async def scenario(described):
+        async with ingress_client(settings, **fake_deployments(settings, described=described)) as client:
+            assert (await client.get("/v1/models")).json()["models"][0]["lineage"] == described["lineage"]
+            now = await client.post("/v1/animations:sync", **inputs)
+            job = (await client.post("/v1/animations", **inputs)).json()
+            while job["status"] in ("queued", "running"):
+                await asyncio.sleep(0.05)
+                job = (await client.get(f"/v1/animations/{job['id']}")).json()
+            assert job["status"] == "succeeded" and job["model"]["lineage"] == described["lineage"]
+            later = await client.get(job["video_url"])
+            assert now.status_code == later.status_code == 200 and {name.lower() for name in RESULT_HEADERS} <= set(later.headers)
+            return now.headers, later.headers
+
+    for headers in run(scenario(registered)):
+        assert {name: headers[name] for name in expected} == expected
+    # A model without lineage, in a folder whose name is no plain ASCII: the headers say nothing, the name in ASCII.
+    from urllib.parse import unquote
+
+    unnamed = {"role": "animation", "name": "modèle 100%", "source": "/models/modèle 100%", "loaded_at": "now", "lineage": no_lineage("no lineage.json")}
+    for headers in run(scenario(unnamed)):
+        assert {name: headers[name] for name in expected} == {**dict.fromkeys(expected, ""), "x-avsync-model": "mod%C3%A8le 100%25"}
+        assert unquote(headers["x-avsync-model"]) == unnamed["name"]
+
+
+def test_the_schema_states_the_lineage_and_the_headers_of_a_video():
+    from avsync_ray.config.serve import ServeAppArgs
+    from avsync_ray.serve.api import RESULT_HEADERS, openapi_schema
+    from avsync_ray.serve.ingress import app
+
+    schema = openapi_schema(app, ServeAppArgs())
+    components = schema["components"]["schemas"]
+    lineage = components["ModelLineage"]["properties"]
+    assert {"model_id", "training_run_id", "step", "dataset", "curation_runs", "missing"} <= set(lineage) and "digest" in components["DatasetRef"]["required"]
+    for model in ("ModelView", "ResultModel"):
+        assert {"$ref": "#/components/schemas/ModelLineage"} in components[model]["properties"]["lineage"]["anyOf"]
+    assert {"$ref": "#/components/schemas/ResultModel"} in components["JobView"]["properties"]["model"]["anyOf"]
+    for path, method in (("/v1/animations/{job_id}/video", "get"), ("/v1/animations:sync", "post")):
+        assert list(schema["paths"][path][method]["responses"]["200"]["headers"]) == list(RESULT_HEADERS)
 
 
 # ------------------------------------------------------------------------------------------------ Serve configs
@@ -404,22 +607,15 @@ def test_avsync_serve_print_config_writes_the_serve_config(tmp_path):
 # ------------------------------------------------------------------------------------------------ HTTP layer
 
 
-class NoBackend:
-    async def models(self):
-        return []
-
-    async def frame_size(self):
-        return 64, 64
+async def _frame_size():
+    return 64, 64
 
 
 def api_client(**limits):
-    import httpx
-
     from avsync_ray.config.serve import ServeAppArgs
-    from avsync_ray.serve.api import build_api
 
     settings = ServeAppArgs(limits=limits, categories=["dog barking", "</script><b>"])
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(settings, NoBackend(), None)), base_url="http://test")
+    return ingress_client(settings, model=Remote(frame_size=_frame_size))
 
 
 def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams():

@@ -1,60 +1,39 @@
 """The web page of `avsync serve` in a real browser: Debian's Chromium driven by Playwright (never a browser of
 Playwright's own), against the Serve app on loopback. A person's path: choose an image and a sound, animate,
-watch the progress, play the clip with its sound, download it; and the messages for mistakes. The same app has a
+watch the progress, play the clip with its sound, download it; the messages for mistakes, which say what to do;
+the notice that the tiny model only makes noise; and the API docs, which load with no network. The same app has a
 small ingress queue, to see Serve itself refuse the overflow with 503 and Retry-After."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from browser_support import FLAGS, chromium
 from serve_support import free_port, serving
 
 from avsync_ray.config.base import load_config
 from avsync_ray.config.serve import ServeConfig
 
-CHROMIUM = "/usr/bin/chromium"
-# What runs here (closed network, root, no GPU): see the machine notes; the autoplay flag lets the test press play.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
 STEPS = 12
 INGRESS_ONGOING = 2
 
 
-# apt-get's time, all told, stays well under pytest's per-test --timeout (600 s), so a slow mirror skips, not fails.
-APT_TIMEOUTS_S = {"update": 120, "install": 300}
-
-
-def chromium() -> str:
-    """Debian's Chromium, installed with apt-get where it is missing and this process may; else skip with why."""
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(f"{CHROMIUM} is missing and apt-get cannot install it here (not root, or no apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
-        timeout = APT_TIMEOUTS_S[command[1]]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"`{' '.join(command)}` did not finish in {timeout} s")
-        if done.returncode:
-            pytest.skip(f"`{' '.join(command)}` failed: {done.stderr.strip().splitlines()[-1:]}")
-    return CHROMIUM
-
-
 @pytest.fixture(scope="module")
-def page_url(ray_session):
+def page_app(ray_session):
     port = free_port()
     config = load_config(ServeConfig, "serve", overrides=[
         f"http.port={port}", f"sampling.num_inference_steps={STEPS}", "sync_classifier.source=null", "deployments.ingress.num_cpus=0.1",
         f"deployments.ingress.max_ongoing_requests={INGRESS_ONGOING}", "deployments.ingress.max_queued_requests=1",
     ])  # fmt: skip
-    with serving(config):
-        yield f"http://127.0.0.1:{port}/"
+    with serving(config) as serve_config:
+        yield {"url": f"http://127.0.0.1:{port}/", "serve_config": serve_config}
+
+
+@pytest.fixture(scope="module")
+def page_url(page_app):
+    return page_app["url"]
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +125,60 @@ def test_the_page_says_what_is_missing_or_wrong(browser_page, inputs):
     page.set_input_files("#audio", str(inputs["audio"]))
     page.click("#animate")
     page.wait_for_function("() => document.getElementById('error').textContent.length > 0", timeout=60_000)
-    assert page.locator("#error").inner_text().startswith("image: corrupt (not an image Pillow reads")
+    message = page.locator("#error").inner_text()
+    assert message.startswith("image: corrupt (not a readable image") and message.endswith("Choose another file: this one could not be read."), message
+    assert "Pillow" not in message and page.locator("#status").inner_text() == ""  # no longer "uploading…"
     assert page.locator("#animate").is_enabled()
+
+
+def test_the_page_asks_for_the_token_in_words_a_person_can_act_on(browser_page, inputs):
+    """This app needs no token; a server that does answers 401 (stood in for here by the browser's own routing)."""
+    page = browser_page
+    page.reload()
+    unauthorized = '{"error": "unauthorized", "message": "this server needs a bearer token: send \'Authorization: Bearer <token>\'"}'
+    page.route("**/v1/animations", lambda route: route.fulfill(status=401, body=unauthorized, content_type="application/json",
+                                                               headers={"WWW-Authenticate": "Bearer"}))  # fmt: skip
+    try:
+        page.set_input_files("#image", str(inputs["image"]))
+        page.set_input_files("#audio", str(inputs["audio"]))
+        page.click("#animate")
+        page.wait_for_function("() => document.getElementById('error').textContent.length > 0", timeout=60_000)
+        message = page.locator("#error").inner_text()
+        assert "paste it in the field above" in message and "Authorization" not in message and "Bearer" not in message, message
+        assert page.locator("#auth").is_visible() and page.locator("#status").inner_text() == ""
+        assert "Authorization" not in page.locator("#auth").inner_text()
+    finally:
+        page.unroute("**/v1/animations")
+
+
+def test_the_page_says_the_tiny_model_only_makes_noise_and_has_no_lineage(browser_page):
+    browser_page.reload()
+    notice = browser_page.locator("#demo-model")
+    assert notice.is_visible() and "random" in notice.inner_text() and "noise" in notice.inner_text()
+    browser_page.wait_for_selector("#model-line", state="visible", timeout=60_000)
+    assert browser_page.locator("#model-line").inner_text() == "Model: tiny: no lineage (a preset: random weights, never trained)"
+
+
+def test_the_api_docs_load_with_no_network(browser_page, page_url):
+    """Swagger UI comes from the app itself: with every request off this server refused, /docs still shows the API."""
+    page = browser_page.context.new_page()
+    elsewhere = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(page_url):
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_this_server)
+    try:
+        page.goto(f"{page_url}docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=60_000)
+        assert "AVSyncD" in page.locator(".swagger-ui .info .title").inner_text()
+        page.wait_for_selector(".opblock", timeout=60_000)
+        assert page.locator(".opblock").count() >= 9 and not elsewhere, elsewhere
+    finally:
+        page.close()
 
 
 def test_a_full_ingress_queue_is_refused_by_serve_with_503_and_retry_after(page_url, inputs):
@@ -165,3 +196,36 @@ def test_a_full_ingress_queue_is_refused_by_serve_with_503_and_retry_after(page_
     codes = sorted(r.status_code for r in responses)
     assert set(codes) <= {200, 503} and codes.count(200) >= INGRESS_ONGOING and 503 in codes, codes
     assert all(r.headers.get("retry-after") == "5" for r in responses if r.status_code == 503)  # limits.retry_after_s
+
+
+def test_the_page_says_which_model_version_made_the_clip_and_what_it_was_trained_on(browser_page, page_app, inputs, lineage_registry):
+    """Swapped in place to a registered version with its lineage (tests/lineage_support.py), the page names it, its
+    training run and step and its dataset, above the form and under the clip it made."""
+    from lineage_support import REGISTERED
+
+    from avsync_ray.lineage import shard_dataset
+    from avsync_ray.serve.app import deploy
+
+    serve_config = page_app["serve_config"]
+    model = next(d for d in serve_config["applications"][0]["deployments"] if d["name"] == "AVSyncDModel")
+    preset = model["user_config"]
+    model["user_config"] = {**preset, "source": f"models:/{REGISTERED}/2", "tracking_uri": lineage_registry["uri"]}
+    expected = f"{REGISTERED} version 2, trained by run tiny-run (step 4) on shards/train #{shard_dataset(lineage_registry['shards'], 'train').digest}"
+    page = browser_page
+    try:
+        deploy(serve_config, timeout_s=300)
+        page.wait_for_function("""async (version) => {
+            const models = await (await fetch("/v1/models")).json();
+            return models.models.some((m) => m.role === "animation" && m.version === version);
+        }""", arg=2, timeout=120_000, polling=500)  # fmt: skip
+        page.reload()
+        page.wait_for_function("() => document.getElementById('model-line').textContent.includes('version 2')", timeout=60_000)
+        assert page.locator("#model-line").inner_text() == f"Model: {expected}" and page.locator("#demo-model").is_hidden()
+        page.set_input_files("#image", str(inputs["image"]))
+        page.set_input_files("#audio", str(inputs["audio"]))
+        page.click("#animate")
+        page.wait_for_selector("#result", state="visible", timeout=240_000)
+        assert page.locator("#details").inner_text().endswith(f"model {expected}")
+    finally:
+        model["user_config"] = preset
+        deploy(serve_config, timeout_s=300)

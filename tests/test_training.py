@@ -32,13 +32,15 @@ def classifier_run(ray_session, synthetic_shards, tmp_path_factory) -> dict:
     """One classifier run whose rank 1 raises after step 3 (the tests' fault hook); Ray Train restarts the worker
     group from the step-2 checkpoint and finishes at step 6. Later fixtures resume it and export it."""
     tmp_path = tmp_path_factory.mktemp("classifier_run")
-    tracking = f"sqlite:///{tmp_path}/mlruns.db"
-    common = [
-        f"data.root={synthetic_shards['root']}", f"run.storage_path={tmp_path}/runs", f"tracking.uri={tracking}", "run.name=sync",
+    tracking = f"sqlite:///{tmp_path}/mlruns.db"  # the default store of a command run in tmp_path
+    settings = [
+        f"data.root={synthetic_shards['root']}", "run.name=sync",
         "model.base_width=4", "model.image_size=32", "clips.num_clips=5", "checkpoint.every_n_steps=2", "log_every_n_steps=1",
     ]  # fmt: skip
-    config = load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*common, "max_steps=6"])
+    common = [*settings, f"run.storage_path={tmp_path}/runs", f"tracking.uri={tracking}"]  # the same, from any folder
     with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)  # the first run keeps the default store and storage: ./mlruns.db and ./runs
+        config = load_config(TrainSyncConfig, "train-sync-tiny", overrides=[*settings, "max_steps=6"])
         patch.setenv(FAULTS_ENV_VAR, json.dumps({"fail_training_at_step": 3, "fail_rank": 1}))
         first = launch(config, "sync-classifier")
     meta = read_checkpoint_meta(first["checkpoint"])
@@ -58,6 +60,26 @@ def exported_classifier(resumed_run, classifier_run):
 
     folder = classifier_run["tmp"] / "classifier"
     return folder, export_checkpoint(resumed_run["checkpoint"], folder)
+
+
+def _artifact_folder(tracking_uri: str, run_id: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri).get_run(run_id).info.artifact_uri.removeprefix("file://")
+
+
+def test_the_default_store_is_where_the_command_ran_with_the_artifacts_beside_it(classifier_run):
+    """With no tracking.uri, rank 0 (working in Ray's session folder) logs to ./mlruns.db where the run was launched,
+    and every experiment keeps its runs' artifacts in ./mlruns beside it (MLflow's layout, mlruns/<experiment id>),
+    not in a Ray temp folder that vanishes."""
+    from mlflow.tracking import MlflowClient
+
+    tmp_path = classifier_run["tmp"]
+    experiments = MlflowClient(classifier_run["tracking"]).search_experiments()
+    assert sorted(e.name for e in experiments) == ["Default", "avsync/sync-classifier"]
+    assert all(e.artifact_location.removeprefix("file://") == str(tmp_path / "mlruns" / e.experiment_id) for e in experiments)
+    artifacts = _artifact_folder(classifier_run["tracking"], classifier_run["run_id"])
+    assert os.path.isfile(os.path.join(artifacts, "sync-classifier.config.yaml")) and artifacts.startswith(str(tmp_path / "mlruns"))
 
 
 def test_an_injected_failure_restarts_from_the_last_checkpoint(classifier_run):
@@ -111,16 +133,38 @@ def test_export_writes_the_trained_weights(resumed_run, exported_classifier, cla
         torch.testing.assert_close(value.float() if value.is_floating_point() else value, trained[f"classifier.{name}"])
 
 
-def test_registered_classifier_serves_through_mlflow(exported_classifier, classifier_run, synthetic_shards):
+def test_registered_classifier_serves_through_mlflow(resumed_run, classifier_run, synthetic_shards):
+    """`avsync export --register` (its output a pipe, as a job's log) prints MLflow's two registration lines and no
+    colour codes, progress bar or advice to the model's author; the version leads to its lineage, and its weights
+    stay beside the store."""
+    import subprocess
+    import sys
+
     import mlflow
     import pandas as pd
+    from mlflow.tracking import MlflowClient
 
-    from avsync_ray.mlflow_models import register_model
+    from avsync_ray.lineage import TRAINING_CONTEXT, model_lineage, read_folder_lineage, run_dataset, shard_dataset
     from avsync_ray.shards import read_samples
 
     tracking, tmp_path = classifier_run["tracking"], classifier_run["tmp"]
-    registered = register_model(str(exported_classifier[0]), "tiny-sync", "sync-classifier", tracking, source_run_id=classifier_run["run_id"])
+    # `avsync export --register` with no --tracking-uri: the training run's store, from the checkpoint's config.
+    folder = tmp_path / "registered"
+    command = [sys.executable, "-m", "avsync_ray", "export", "--checkpoint", resumed_run["checkpoint"], "--out", str(folder), "--register", "tiny-sync"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.splitlines() == ["Successfully registered model 'tiny-sync'.", "Created version '1' of model 'tiny-sync'."], done.stderr[-3000:]
+    registered = json.loads(done.stdout)["registered"]
     assert registered["version"] == 1 and registered["model_uri"] == "models:/tiny-sync@candidate"
+    weights = MlflowClient(tracking).get_logged_model(registered["model_id"]).artifact_location.removeprefix("file://")
+    assert weights.startswith(str(tmp_path / "mlruns")) and os.path.isdir(weights)
+    # The version leads to the training run, the step the checkpoint was taken at, and the shards it trained on.
+    client = MlflowClient(tracking)
+    lineage = model_lineage(client, registered["model_id"])
+    assert (lineage["training_run_id"], lineage["step"]) == (classifier_run["run_id"], 8) and registered["run_id"] == classifier_run["run_id"]
+    trained_on = run_dataset(client.get_run(classifier_run["run_id"]), TRAINING_CONTEXT)
+    assert lineage["dataset"]["digest"] == trained_on.digest == shard_dataset(str(synthetic_shards["root"]), "train").digest
+    assert read_folder_lineage(folder)["model_id"] == registered["model_id"]
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(read_samples(str(synthetic_shards["root"] / "test-000000.tar"))[0]["mp4"])
     mlflow.set_tracking_uri(tracking)
@@ -151,15 +195,15 @@ def test_eval_sync_scores_every_held_out_clip(exported_classifier, classifier_ru
 
 def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synthetic_shards, tmp_path, monkeypatch):
     """ZeRO-3, checkpoints on S3 (every rank's shards gathered there by Ray Train), an MLflow preview video in the
-    caller's relative SQLite store (not one in rank 0's working folder), and an export from the S3 checkpoint that
-    the pipeline loads."""
+    default store where the command ran, ./mlruns.db with ./mlruns beside it (not in rank 0's working folder), and an
+    export from the S3 checkpoint that the pipeline loads."""
     monkeypatch.chdir(tmp_path)
     tracking = f"sqlite:///{tmp_path}/mlruns.db"
     config = load_config(
         TrainConfig,
         "train-tiny",
         overrides=[
-            f"data.root={synthetic_shards['root']}", f"run.storage_path={s3_server}/runs", "tracking.uri=sqlite:///mlruns.db",
+            f"data.root={synthetic_shards['root']}", f"run.storage_path={s3_server}/runs",
             "max_steps=4", "checkpoint.every_n_steps=2", "log_every_n_steps=1", "height=32", "width=32",
             "deepspeed.zero_stage=3", "preview_every_n_steps=4", "preview_inference_steps=2",
         ],
@@ -175,6 +219,8 @@ def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synth
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["deepspeed.zero_stage"] == "3"
     assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/step_00000004.mp4"]
+    assert os.path.isfile(os.path.join(_artifact_folder(tracking, run.info.run_id), "samples", "step_00000004.mp4"))
+    assert _artifact_folder(tracking, run.info.run_id).startswith(str(tmp_path / "mlruns"))
     assert len(_metric_history(tracking, run.info.run_id, "loss")) == 4
 
     # The exported folder is a pipeline that generates, with the trained UNet weights.

@@ -42,7 +42,9 @@ MISSING_KINDS = ("missing", "missing_input")
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Defaults are validated like given values: a default path or store (``runs``, ``sqlite:///mlruns.db``) is made
+    # absolute where the command runs, as a typed one is.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 def _multiple_of_eight(value: int) -> int:
@@ -122,15 +124,23 @@ class TrackingConfig(StrictModel):
     run_name: str | None = Field(None, description="MLflow run name (None: named after the job's output or run name)")
 
 
+def nested_default(default: StrictModel, description: str):
+    """A nested field whose default instance differs from its class's defaults: when a file or ``--set`` gives only
+    some of its keys, the others keep ``default``'s values (not the class's). Only the values ``default`` was built
+    with are kept: the class's own defaults are validated with the config, so a default store or path is made
+    absolute where the command runs, not where the module was imported."""
+    given = default.model_dump(exclude_unset=True)
+
+    def over_default(value):
+        return {**given, **value} if isinstance(value, dict) else value
+
+    return Annotated[type(default), BeforeValidator(over_default)], Field(given, description=description)
+
+
 def job_tracking(experiment: str, description: str = "MLflow"):
     """A job's ``tracking`` field: a :class:`TrackingConfig` whose ``experiment`` defaults to the job's own,
     also when a file or ``--set`` gives only some of its fields (``tracking: {uri: ...}``)."""
-
-    def with_experiment(value):
-        return {"experiment": experiment, **value} if isinstance(value, dict) else value
-
-    kind = Annotated[TrackingConfig, BeforeValidator(with_experiment)]
-    return kind, Field(TrackingConfig(experiment=experiment), description=description)
+    return nested_default(TrackingConfig(experiment=experiment), description)
 
 
 class RayConfig(StrictModel):
@@ -138,23 +148,28 @@ class RayConfig(StrictModel):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by this command")
     progress_bars: bool | None = Field(None, description="Ray Data progress bars (None: when the output is a terminal)")
     verbose: bool = Field(False, description="also show Ray's own internal logs (off: only this job's progress and warnings)")
+    resource_wait_s: float = Field(
+        600.0, ge=0, description="on a cluster that may add nodes, how long a job waits for the GPUs and CPUs it asks for before it is refused (a local Ray refuses at once)"
+    )
 
 
-def nested_default(default: StrictModel, description: str):
-    """A nested field whose default instance differs from its class's defaults: when a file or ``--set`` gives only
-    some of its keys, the others keep ``default``'s values (not the class's)."""
-
-    def over_default(value):
-        return {**default.model_dump(), **value} if isinstance(value, dict) else value
-
-    return Annotated[type(default), BeforeValidator(over_default)], Field(default, description=description)
-
-
-def _read_yaml(source) -> dict[str, Any]:
-    data = yaml.safe_load(source) or {}
+def _read_yaml(source, name: str) -> dict[str, Any]:
+    """The mapping a YAML document holds; a syntax error is a :class:`ConfigError` naming ``name`` and where."""
+    try:
+        data = yaml.safe_load(source) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{name}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"a config file must hold a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(f"{name}: a config file must hold a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A user's YAML config file (any fsspec URI)."""
+    with fsspec.open(path, "r") as handle:
+        return _read_yaml(handle, path)
 
 
 def preset_names() -> list[str]:
@@ -165,7 +180,7 @@ def read_preset(name: str) -> dict[str, Any]:
     resource = importlib.resources.files("avsync_ray") / "configs" / f"{name}.yaml"
     if not resource.is_file():
         raise ConfigError(f"unknown preset {name!r}; available: {preset_names()}")
-    return _read_yaml(resource.read_text())
+    return _read_yaml(resource.read_text(), f"preset {name}")
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -240,8 +255,7 @@ def load_config(
     keys set verbatim, e.g. a command's positional arguments) and ``--set`` overrides, in that order."""
     data: dict[str, Any] = read_preset(preset) if preset else {}
     if path:
-        with fsspec.open(path, "r") as handle:
-            data = deep_merge(data, _read_yaml(handle))
+        data = deep_merge(data, read_config_file(path))
     for dotted, value in (values or {}).items():
         data = set_value(data, dotted.split("."), value)
     for override in overrides:
@@ -250,14 +264,34 @@ def load_config(
 
 
 def validate_config(schema: type[T], data: dict[str, Any]) -> T:
-    """``schema.model_validate(data)``, with every problem named by its dotted field in one :class:`ConfigError`."""
+    """``schema.model_validate(data)``, with every problem named by its dotted field in one :class:`ConfigError`.
+    Where required values are absent, the checks that need them (the weights a job's settings call for) have not
+    run: they are run on the data with stand-ins for those values, so every missing input is listed at once."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        problems = [(".".join(map(str, e["loc"])) or "<root>", e["msg"], e["type"]) for e in exc.errors()]
-        error = ConfigError(f"invalid {schema.__name__}: " + "; ".join(f"{where}: {message}" for where, message, _ in problems))
-        error.problems = problems
-        raise error from None
+        problems = _problems(exc)
+    absent = [where for where, _, kind in problems if kind == "missing"]
+    if absent:
+        stand_ins = data
+        for where in absent:
+            annotation = _leaf_annotation(schema, where.split("."))
+            is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            stand_ins = set_value(stand_ins, where.split("."), {} if is_section else "<missing>")
+        try:
+            schema.model_validate(stand_ins)
+        except ValidationError as exc:
+            problems += [p for p in _problems(exc) if p[2] == "missing_input" and p not in problems]
+    error = ConfigError(f"invalid {schema.__name__}: " + "; ".join(message if where == ROOT else f"{where}: {message}" for where, message, _ in problems))
+    error.problems = problems
+    raise error from None
+
+
+ROOT = "<root>"  # where a problem of the whole config (a model validator's) is
+
+
+def _problems(error: ValidationError) -> list[tuple[str, str, str]]:
+    return [(".".join(map(str, e["loc"])) or ROOT, e["msg"], e["type"]) for e in error.errors()]
 
 
 def show_config(schema: type[T], preset: str | None = None, path: str | None = None, overrides: Sequence[str] = ()) -> tuple[str, list[str]]:
@@ -269,14 +303,13 @@ def show_config(schema: type[T], preset: str | None = None, path: str | None = N
     except ConfigError as error:
         if not error.problems or any(kind not in MISSING_KINDS for _, _, kind in error.problems):
             raise
-        missing = [f"{where}: {message}" if kind == "missing_input" else where for where, message, kind in error.problems]
+        missing = [where if kind == "missing" else message if where == ROOT else f"{where}: {message}" for where, message, kind in error.problems]
     data: dict[str, Any] = {}
     for name, _, default, _ in describe_fields(schema):
         data = set_value(data, name.split("."), None if default == "(required)" else json.loads(default))
     data = deep_merge(data, read_preset(preset) if preset else {})
     if path:
-        with fsspec.open(path, "r") as handle:
-            data = deep_merge(data, _read_yaml(handle))
+        data = deep_merge(data, read_config_file(path))
     for override in overrides:
         data = apply_override(data, override, schema)
     return yaml.safe_dump(data, sort_keys=False), missing
@@ -301,6 +334,8 @@ def describe_fields(schema: type[BaseModel], defaults: BaseModel | None = None, 
         dotted = f"{prefix}{name}"
         default = getattr(defaults, name) if defaults is not None else field.default
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            if isinstance(default, dict):  # a nested_default's given values, over the class's defaults as written
+                default = field.annotation.model_construct(**default)
             # A required section (e.g. ``run``) has no default instance: its fields show their own defaults.
             rows += describe_fields(field.annotation, default if isinstance(default, BaseModel) else None, f"{dotted}.")
             continue

@@ -120,10 +120,8 @@ class CurateConfig(StrictModel):
     @model_validator(mode="after")
     def _models_have_weights(self):
         stages = self.filters
-        if stages.imagebind.enabled and not stages.imagebind.checkpoint:
-            raise missing_input("filters.imagebind.enabled needs filters.imagebind.checkpoint (or set it to false)")
-        if stages.semantic.enabled and not stages.semantic.checkpoint:
-            raise missing_input("filters.semantic.enabled needs filters.semantic.checkpoint (or set it to false)")
-        if stages.sync.enabled and not stages.sync.classifier:
-            raise missing_input("filters.sync.enabled needs filters.sync.classifier (or set it to false)")
+        weights = {"semantic": (stages.semantic, "checkpoint"), "imagebind": (stages.imagebind, "checkpoint"), "sync": (stages.sync, "classifier")}
+        missing = [f"filters.{name}.{field}" for name, (stage, field) in weights.items() if stage.enabled and not getattr(stage, field)]
+        if missing:
+            raise missing_input(f"{', '.join(missing)} (the weights of the enabled model stages; or set filters.<stage>.enabled=false)")
         return self

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from avsync_ray.config.base import VIDEO_EXTENSIONS, ActorConfig, PathOrURI, RayConfig, StrictModel, job_tracking, missing_input
-from avsync_ray.config.sampling import SamplingConfig
+from avsync_ray.config.sampling import InputLimits, SamplingConfig
 from avsync_ray.config.train import ShardsInput
 
 EvalSyncTracking, EVAL_SYNC_TRACKING = job_tracking("avsync/sync-classifier")
@@ -68,6 +68,7 @@ class EvalConfig(StrictModel):
     video_extensions: list[str] = Field(VIDEO_EXTENSIONS, description="files a folder of raw test videos contributes")
     max_videos: int | None = Field(None, ge=1, description="evaluate only the first N test videos (in shard order, or by URI)")
     clips_per_video: int = Field(3, ge=1, description="clips per test video at linspace(0, duration - 2 s, n): head, centre, tail")
+    limits: InputLimits = Field(InputLimits(), description="bounds on raw test videos (their frame size and length; counted on what is decoded)")
     protocol: Literal["official", "standard"] = Field(
         "official", description="official: ASVA's 229-px FID and 224-px bicubic FVD inputs; standard: pytorch-fid's and StyleGAN-V's"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from avsync_ray.config.base import DType, PixelSize, StrictModel
 
@@ -33,8 +33,26 @@ class SamplingConfig(StrictModel):
     )
 
 
+class InputLimits(StrictModel):
+    """Bounds on the conditioning inputs (image, audio, video) of every generating command: checked on the
+    header before decoding, and again on what is decoded (see :mod:`avsync_ray.conditioning`)."""
+
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest image, width x height")
+    max_video_pixels: int = Field(4096 * 2160, ge=1, description="largest video frame, width x height")
+    min_audio_s: float = Field(0.0, ge=0, description="shortest audio (the mel front end needs 0.025 s in any case)")
+    max_audio_s: float = Field(600.0, gt=0, description="longest audio file; the model hears its centred 2 s")
+    max_video_s: float = Field(3600.0, gt=0, description="longest video")
+
+    @model_validator(mode="after")
+    def _audio_range(self):
+        if self.min_audio_s >= self.max_audio_s:
+            raise ValueError(f"min_audio_s ({self.min_audio_s}) must be below max_audio_s ({self.max_audio_s})")
+        return self
+
+
 class GenerateConfig(SamplingConfig):
     """``avsync generate``: sampling settings (defaults are the official demo's) and where the model runs."""
 
+    limits: InputLimits = Field(InputLimits(), description="bounds on the image, audio and video inputs")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: DType = "float32"

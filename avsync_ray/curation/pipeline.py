@@ -67,7 +67,7 @@ from avsync_ray.curation.stages import (
     setting_differences,
 )
 from avsync_ray.errors import InputError
-from avsync_ray.ray_runtime import init_ray
+from avsync_ray.ray_runtime import ResourceRequest, actor_request, init_ray, require_resources
 from avsync_ray.shards import index_uri, plan_shards, shard_order, shard_stats, write_index, write_sourced_shard
 from avsync_ray.sources import list_inputs
 from avsync_ray.storage import exists, filesystem, join_uri, read_json, uri_prefix, write_json_atomic, write_parquet
@@ -143,6 +143,13 @@ def _check_output(output: str) -> None:
         existing = next(p for p in [path, *map(str, Path(path).parents)] if os.path.exists(p))
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(f"output {output}: {existing} is not writable")
+
+
+def _actor_requests(config: CurateConfig) -> list[ResourceRequest]:
+    """The actor pools of the model stages :func:`_scoring` runs, for the resource check at start."""
+    stages = config.filters
+    pools = {"imagebind_actor": stages.semantic.enabled or stages.imagebind.enabled, "sync_actor": stages.sync.enabled}
+    return [actor_request(name, getattr(config, name)) for name, used in pools.items() if used]
 
 
 def _scoring(ds: ray.data.Dataset, config: CurateConfig, count: int) -> ray.data.Dataset:
@@ -344,6 +351,8 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     generation = (pc.max(recorded["generation"]).as_py() + 1) if recorded.num_rows else 0
     committed = work.read_committed(config.output)
     init_ray(config.ray)
+    if not rethreshold:  # rethresholding runs no model
+        require_resources(_actor_requests(config), config.ray)
     save_config(config, join_uri(config.output, CONFIG_NAME))
     ray_stats = _rethreshold(config, generation, committed) if rethreshold else _score(config, sources, recorded, generation)
     videos, index, clips = _assemble(config, generation, committed)
@@ -354,6 +363,10 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     write_json_atomic(join_uri(config.output, f"{config.shards.split}.stats.json"), stats)
     report = report_module.build_report(config, scores, ledger_table(videos), index, stats, ray_stats, skipped)
     summary = report_module.summarize(report, time.perf_counter() - started)
-    summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config)) if config.tracking.enabled else None
+    if config.tracking.enabled:  # the listed videos, a batch at a time (never all as Python objects)
+        listed = (row for batch in sources.to_batches(10_000) for row in batch.to_pylist())
+        summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config), listed)
+    else:
+        summary["mlflow_run_id"] = None
     write_json_atomic(join_uri(config.output, "report", "summary.json"), summary)
     return summary

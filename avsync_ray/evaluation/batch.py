@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 from avsync_ray.batch_jobs import ActorStage, BatchJob, log_batch_run, shard_sample_rows
 from avsync_ray.config.base import save_config
 from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
+from avsync_ray.config.sampling import InputLimits
 from avsync_ray.evaluation.clips import eval_clip_rows, from_bytes
 from avsync_ray.evaluation.generation import ClipGenerator, generation_row
 from avsync_ray.evaluation.plan import GT, claim_setting_folders, list_eval_inputs, plan_settings, real_cache_key, setting_record
-from avsync_ray.evaluation.report import write_report
+from avsync_ray.evaluation.report import METRIC_KEYS, write_report
 from avsync_ray.evaluation.scoring import ClipScorer, check_feature_networks
 from avsync_ray.evaluation.sync_eval import SyncEvaluator, eval_spec, summarize
 from avsync_ray.metrics.protocol import clip_seed
@@ -64,7 +65,8 @@ def _clip_jobs(item: dict, config: dict, seeds: dict[str, int], with_gt: bool) -
     """``expand`` of the eval job: an input item -> its GT clip rows (when their features are not cached) and
     one generation row per clip and setting (``seeds``: setting -> its base seed)."""
     sampling = config["sampling"]
-    rows = eval_clip_rows(item, sampling["num_frames"], sampling["fps"], (sampling["height"], sampling["width"]), config["clips_per_video"])
+    rows = eval_clip_rows(item, sampling["num_frames"], sampling["fps"], (sampling["height"], sampling["width"]), config["clips_per_video"],
+                          InputLimits.model_validate(config["limits"]))  # fmt: skip
     jobs = []
     for gt in rows:
         if gt["error"] or with_gt:
@@ -128,6 +130,7 @@ def run_eval(config: EvalConfig) -> dict:
     check_pipeline_folder(source.path)
     config = config.model_copy(update={"sampling": with_model_size(config.sampling, source.path)})
     items, test_set = list_eval_inputs(config)
+    test_dataset = _test_dataset(config, items)
     settings = plan_settings(config)
     identity = _model_identity(source)
     claim_setting_folders(config.output, [setting_record(s, config, identity, test_set) for s in settings])
@@ -141,13 +144,13 @@ def run_eval(config: EvalConfig) -> dict:
         ClipGenerator,
         {"model": config.model, "tracking_uri": config.tracking.uri, "actor": config.generate_actor, "batch_size": config.generate_batch_size,
          "settings": {s.name: {"kind": s.kind, "sampling": s.sampling.model_dump()} for s in settings}, "output_paths": folders},
-        config.generate_actor, config.generate_batch_size,
+        config.generate_actor, config.generate_batch_size, "generate_actor",
     )  # fmt: skip
     scorer = ActorStage(
         ClipScorer,
         {"features": config.features.model_dump(), "metrics": config.metrics, "protocol": config.protocol, "actor": config.feature_actor,
          "num_frames": config.sampling.num_frames, "fps": config.sampling.fps},
-        config.feature_actor, config.feature_batch_size,
+        config.feature_actor, config.feature_batch_size, "feature_actor",
     )  # fmt: skip
     job = BatchJob(
         items=[item.to_row() for item in items],
@@ -205,12 +208,13 @@ def run_eval(config: EvalConfig) -> dict:
             fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(local)}")
         parent_id, child_ids = None, []
         if config.tracking.enabled:
-            parent_id, child_ids = _log_runs(config, source, entries, by_category, provenance, local)
+            parent_id, child_ids = log_eval_runs(config, source, entries, by_category, provenance, local, test_dataset)
     return {
         "output": config.output,
         "report": join_uri(config.output, "report", "report.md"),
         "per_clip": join_uri(config.output, "per_clip.parquet"),
         "settings": [e["name"] for e in entries],
+        "test_set": {"name": test_dataset.name, "digest": test_dataset.digest},
         "metrics": {e["name"]: {k: e["summary"].get(k) for k in ("fid", "fvd", "ia", "it", "relsync", "alignsync")} for e in entries},
         "clips": len(real),
         "skipped_videos": len(skipped_videos),
@@ -240,11 +244,25 @@ def _per_clip_table(rows: list[dict], real: dict[str, ClipFeatures], settings) -
     return table
 
 
-def _log_runs(config: EvalConfig, source, entries, by_category, provenance, local: Path) -> tuple[str, list[str]]:
+def _test_dataset(config: EvalConfig, items: list):
+    """The test set as an MLflow dataset: the shards (the first ``max_videos`` of them) or the raw videos listed."""
+    from avsync_ray.lineage import corpus_dataset, shard_dataset
+
+    if items[0].shard:
+        return shard_dataset(config.test, config.test_split, take=sum(item.take for item in items))
+    return corpus_dataset(config.test, [(item.uri, item.key, item.label) for item in items])
+
+
+def log_eval_runs(config: EvalConfig, source, entries, by_category, provenance, local: Path, test_dataset) -> tuple[str, list[str]]:
+    """The evaluation's MLflow runs: a parent (with the report folder `local` as artifacts) and one nested run per setting,
+    baseline and GT row, each with the test set as its dataset; the model's own settings are logged against its
+    LoggedModel (see :func:`avsync_ray.tracking.log_parent_with_children`). Returns the parent's and children's ids."""
+    from avsync_ray.lineage import evaluated_model
     from avsync_ray.tracking import ChildRun, log_parent_with_children
 
-    common = {"model": config.model, "model_version": source.version, "protocol": config.protocol, "frechet": config.frechet,
-              "test": str(config.test), "test_set": provenance["test_set"], "clips": provenance["clips"],
+    model_id, model_ref = evaluated_model(source, provenance["model"]["files"], config.tracking.uri)
+    common = {"model": config.model, "model_version": source.version, "model_ref": model_ref, "model_id": model_id or "", "protocol": config.protocol,
+              "frechet": config.frechet, "test": str(config.test), "test_set": provenance["test_set"], "clips": provenance["clips"],
               "networks": provenance["networks"]}  # fmt: skip
     children = []
     for entry in entries:
@@ -255,6 +273,9 @@ def _log_runs(config: EvalConfig, source, entries, by_category, provenance, loca
         if entry["kind"] != GT:
             params["sampling"] = next(s.sampling.model_dump(mode="json") for s in plan_settings(config) if s.name == entry["name"])
         children.append(ChildRun(entry["name"], params, metrics, {"avsync.variant": entry["kind"], "avsync.setting": entry["name"]}))
+    # The model's own settings, against the model and the test set: plain names, or <setting>/<metric> in a sweep.
+    settings = [e for e in entries if e["kind"] == "model"]
+    model_metrics = {f"{e['name']}/{k}" if len(settings) > 1 else k: v for e in settings for k, v in _numbers(e["summary"]).items() if k in METRIC_KEYS}
     parent_params = {**common, "sweep": json.dumps(config.sweep), "baselines": json.dumps(config.baselines), "output": config.output}
     return log_parent_with_children(config.tracking, "eval", parent_params, {"clips": provenance["clips"], "skipped_videos": provenance["skipped_videos"]},
-                                    children, str(local))  # fmt: skip
+                                    children, str(local), test_dataset, model_id, model_metrics)  # fmt: skip

@@ -14,9 +14,10 @@ import io
 
 import numpy as np
 
+from avsync_ray.config.sampling import InputLimits
 from avsync_ray.evaluation.plan import GT, clip_key
 from avsync_ray.examples import SAMPLE_ERRORS, ClipSource, avsyncd_clip, clip_source
-from avsync_ray.media import TARGET_SAMPLE_RATE, load_audio, probe
+from avsync_ray.media import TARGET_SAMPLE_RATE, MediaError, MediaErrorReason, load_audio, probe
 from avsync_ray.media.frames import to_uint8_frames
 from avsync_ray.metrics.protocol import clip_starts
 from avsync_ray.shards import VIDEO_MEMBER, iter_samples
@@ -45,8 +46,9 @@ def row(**values) -> dict:
     return {**empty, **values}
 
 
-def _videos(item: dict):
-    """(video key, raw sample dict for avsyncd_clip, its ClipSource) of each test video of an input item."""
+def _videos(item: dict, limits: InputLimits):
+    """(video key, raw sample dict for avsyncd_clip, its ClipSource) of each test video of an input item; a raw video
+    is held to ``limits`` (its frame size from the header, its length counted on the audio decoded)."""
     if item["shard"]:
         for number, sample in enumerate(iter_samples([item["shard"]])):
             if 0 <= item["take"] <= number:
@@ -55,20 +57,26 @@ def _videos(item: dict):
     else:
 
         def source() -> ClipSource:
-            info = probe(item["uri"])
-            audio = load_audio(item["uri"])
+            info = probe(item["uri"], max_pixels=limits.max_video_pixels)
+            if info.video is not None and info.video.width * info.video.height > limits.max_video_pixels:
+                raise MediaError(item["uri"], MediaErrorReason.TOO_LARGE, f"{info.video.width}x{info.video.height} frames; limits.max_video_pixels "
+                                 f"is {limits.max_video_pixels:,}")  # fmt: skip
+            audio = load_audio(item["uri"], max_seconds=limits.max_video_s)
             durations = [d for d in (info.video and info.video.duration, len(audio) / TARGET_SAMPLE_RATE) if d]
             return ClipSource({"label": item["label"]}, audio, min(durations))
 
         yield item["key"], {VIDEO_MEMBER: item["uri"]}, source
 
 
-def eval_clip_rows(item: dict, num_frames: int, fps: float, size: tuple[int, int], clips_per_video: int) -> list[dict]:
+def eval_clip_rows(
+    item: dict, num_frames: int, fps: float, size: tuple[int, int], clips_per_video: int, limits: InputLimits | None = None
+) -> list[dict]:
     """The GT rows of an input item's test videos: one per clip, or one ``error`` row per video that cannot be
-    decoded or is shorter than a clip (the whole video is then left out, with its reason)."""
+    decoded, is outside ``limits`` (default :class:`InputLimits`) or is shorter than a clip (the whole video is then
+    left out, with its reason)."""
     rows = []
     clip_seconds = num_frames / fps
-    for video, raw, source in _videos(item):
+    for video, raw, source in _videos(item, limits or InputLimits()):
         try:
             src = source()
             starts = clip_starts(src.duration, clip_seconds, clips_per_video)

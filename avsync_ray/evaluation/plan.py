@@ -12,6 +12,7 @@ from typing import Literal
 from avsync_ray.config.base import parse_override_value
 from avsync_ray.config.evaluate import EvalConfig
 from avsync_ray.config.sampling import SamplingConfig
+from avsync_ray.errors import InputError
 from avsync_ray.nested import content_id
 from avsync_ray.shards import read_index
 from avsync_ray.sources import list_sources
@@ -21,7 +22,7 @@ GT = "gt"  # the variant name of the real clips
 Kind = Literal["model", "static", "no_audio"]
 
 
-class EvalOutputError(RuntimeError):
+class EvalOutputError(InputError):
     """The output folder holds generated clips made with other settings (use another folder)."""
 
 

@@ -10,10 +10,13 @@ from pathlib import Path
 
 OVERALL_COLUMNS = ("fid", "ia", "it", "fvd", "alignsync", "relsync")  # Tab. 10's order
 CATEGORY_COLUMNS = ("fid", "fvd", "ia", "it", "alignsync", "relsync")  # Tab. 6's order
+SUMMARY_SUFFIXES = ("", "_std", "_ci_low", "_ci_high")  # a metric's value, its spread over clips, its interval
+METRIC_KEYS = tuple(f"{metric}{suffix}" for metric in OVERALL_COLUMNS for suffix in SUMMARY_SUFFIXES)  # a setting's headline numbers
 LABELS = {"fid": "FID↓", "fvd": "FVD↓", "ia": "IA↑", "it": "IT↑", "alignsync": "AlignSync↑", "relsync": "RelSync↑"}
 
 
-def _cell(summary: dict, metric: str) -> str:
+def metric_cell(summary: dict, metric: str) -> str:
+    """A metric as the tables show it: FID and FVD with their interval, the others with their spread, "–" if absent."""
     value = summary.get(metric)
     if value is None:
         return "–"
@@ -40,19 +43,19 @@ def csv_text(header: list[str], rows: list[list]) -> str:
 def overall_rows(entries: list[dict], swept: list[str]) -> tuple[list[str], list[list[str]], list[list]]:
     """(header, Markdown rows, CSV rows) of Tab. 10: ``entries`` are ``{"name", "swept", "summary"}``."""
     header = ["setting", *swept, *(LABELS[m] for m in OVERALL_COLUMNS), "clips"]
-    csv_header = ["setting", *swept, *[f"{m}{s}" for m in OVERALL_COLUMNS for s in ("", "_std", "_ci_low", "_ci_high")], "clips"]
+    csv_header = ["setting", *swept, *METRIC_KEYS, "clips"]
     shown, raw = [], []
     for entry in entries:
         summary, values = entry["summary"], [str(entry["swept"].get(k, "")) for k in swept]
-        shown.append([entry["name"], *values, *(_cell(summary, m) for m in OVERALL_COLUMNS), str(summary["clips"])])
-        raw.append([entry["name"], *values, *[summary.get(f"{m}{s}") for m in OVERALL_COLUMNS for s in ("", "_std", "_ci_low", "_ci_high")],
+        shown.append([entry["name"], *values, *(metric_cell(summary, m) for m in OVERALL_COLUMNS), str(summary["clips"])])
+        raw.append([entry["name"], *values, *[summary.get(key) for key in METRIC_KEYS],
                     summary["clips"]])  # fmt: skip
     return header, shown, [csv_header, *raw]
 
 
 def category_rows(by_category: dict[str, dict]) -> tuple[list[str], list[list[str]], list[list]]:
     header = ["category", *(LABELS[m] for m in CATEGORY_COLUMNS), "clips"]
-    shown = [[name, *(_cell(s, m) for m in CATEGORY_COLUMNS), str(s["clips"])] for name, s in sorted(by_category.items())]
+    shown = [[name, *(metric_cell(s, m) for m in CATEGORY_COLUMNS), str(s["clips"])] for name, s in sorted(by_category.items())]
     raw = [["category", *CATEGORY_COLUMNS, "clips"]] + [[name, *(s.get(m) for m in CATEGORY_COLUMNS), s["clips"]] for name, s in sorted(by_category.items())]
     return header, shown, raw
 

@@ -2,7 +2,7 @@
 
 from avsync_ray.media.audio import DEFAULT_MEL, TARGET_SAMPLE_RATE, MelConfig, resample, to_mono, waveform_to_mel
 from avsync_ray.media.container import AudioInfo, MediaInfo, VideoInfo, is_still_image, probe
-from avsync_ray.media.decoding import DecodedAV, decode, load_audio
+from avsync_ray.media.decoding import DecodedAV, DecodeLimits, decode, first_frame, load_audio
 from avsync_ray.media.encoding import Mp4Encoder, encode_mp4, encode_wav
 from avsync_ray.media.errors import MediaError, MediaErrorReason
 from avsync_ray.media.images import ImageInfo, load_image, probe_image
@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_MEL",
     "TARGET_SAMPLE_RATE",
     "AudioInfo",
+    "DecodeLimits",
     "DecodedAV",
     "ImageInfo",
     "MediaError",
@@ -24,6 +25,7 @@ __all__ = [
     "decode",
     "encode_mp4",
     "encode_wav",
+    "first_frame",
     "is_still_image",
     "load_audio",
     "load_image",

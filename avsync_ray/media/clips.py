@@ -55,10 +55,11 @@ PSYNC_CLIPS = MultiClipSpec(num_clips=3, shift=0.25, placement="center")  # P_sy
 
 @dataclass
 class MultiClip:
-    """``audio`` (K, samples) float32; ``frames`` (K, num_frames, H, W, 3) uint8; ``starts`` (K,) seconds;
-    ``frame_times`` (K, num_frames) the source timestamps of the chosen frames."""
+    """``audio`` (K, samples) float32 (None when cut from a decode without audio: the caller takes the clips from
+    another file's audio with :func:`audio_clips`); ``frames`` (K, num_frames, H, W, 3) uint8; ``starts`` (K,)
+    seconds; ``frame_times`` (K, num_frames) the source timestamps of the chosen frames."""
 
-    audio: np.ndarray
+    audio: np.ndarray | None
     frames: np.ndarray
     starts: np.ndarray
     frame_times: np.ndarray
@@ -105,15 +106,15 @@ def audio_clips(audio: np.ndarray, audio_start: float, starts: np.ndarray, spec:
 
 
 def sample_clips(decoded: DecodedAV, starts: np.ndarray, spec: MultiClipSpec) -> MultiClip:
-    """Cut K clips out of one decode (every source frame, audio at ``spec.sample_rate``)."""
+    """Cut K clips out of one decode (every source frame, and the audio at ``spec.sample_rate`` if it was decoded)."""
     if decoded.fps is not None:
         raise ValueError("sample_clips needs every source frame: decode with fps=None")
-    if decoded.audio is None or decoded.frames is None:
-        raise ValueError("sample_clips needs both the video frames and the audio of the decode")
-    if decoded.sample_rate != spec.sample_rate:
+    if decoded.frames is None:
+        raise ValueError("sample_clips needs the video frames of the decode")
+    if decoded.audio is not None and decoded.sample_rate != spec.sample_rate:
         raise ValueError(f"decode is at {decoded.sample_rate} Hz, the spec wants {spec.sample_rate} Hz")
     starts = np.asarray(starts, dtype=np.float64)
-    audio = audio_clips(decoded.audio, decoded.audio_start, starts, spec)
+    audio = audio_clips(decoded.audio, decoded.audio_start, starts, spec) if decoded.audio is not None else None
     targets = starts[:, None] + np.arange(spec.num_frames)[None, :] / spec.fps
     source = decoded.source_frame_times
     frame_duration = 1.0 / decoded.info.video.fps if decoded.info.video and decoded.info.video.fps else 0.0
@@ -132,11 +133,16 @@ def decode_clips(
     window: tuple[float, float] | None = None,
     rng: np.random.Generator | None = None,
     size: int | tuple[int, int] | None = None,
+    audio: bool = True,
+    max_seconds: float | None = None,
+    max_pixels: int | None = None,
 ) -> MultiClip:
     """Decode the span the K clips need, once, and cut them. ``window`` defaults to the time both streams
-    cover; the decode reaches one frame beyond each end so the nearest frame is always available."""
-    info = probe(uri)
-    durations = [d for d in (info.video and info.video.duration, info.audio and info.audio.duration) if d]
+    cover (the video's alone with ``audio=False``, whose clips then have no audio); the decode reaches one frame
+    beyond each end so the nearest frame is always available. ``max_seconds`` and ``max_pixels`` bound the decode
+    (:class:`~avsync_ray.media.decoding.DecodeLimits`)."""
+    info = probe(uri, max_pixels)
+    durations = [d for d in (info.video and info.video.duration, audio and info.audio and info.audio.duration) if d]
     media_end = min(durations) if durations else (info.duration or 0.0)
     window = window or (0.0, media_end)
     starts = clip_starts(*window, spec, rng)
@@ -147,6 +153,9 @@ def decode_clips(
         size=size,
         start=max(0.0, float(starts[0]) - margin),
         end=min(float(starts[-1]) + spec.clip_duration + margin, media_end),
+        audio=audio,
         sample_rate=spec.sample_rate,
+        max_seconds=max_seconds,
+        max_pixels=max_pixels,
     )
     return sample_clips(decoded, starts, spec)

@@ -74,14 +74,23 @@ def check_source(uri: Source):
     return fs, path, int(size)
 
 
-def open_container(uri: Source):
+# Decoders allocate frames at their coded size (rounded up to whole macroblocks): their bound is this many times a
+# pixel limit, which each decoded frame's own size is then checked against.
+DECODER_PIXEL_SLACK = 2
+
+
+def open_container(uri: Source, max_pixels: int | None = None):
+    """(the opened container, the file's size). ``max_pixels``: no decoder allocates a frame of more than about that
+    many pixels, not even the one FFmpeg decodes while it opens the file to learn a stream's size (an image stream,
+    a cover picture): such a stream opens with an unknown (0 x 0) size and does not decode."""
     fs, path, size = check_source(uri)
     if fs is None:
         file = io.BytesIO(uri)
     else:  # local files are read by FFmpeg directly; remote ones through fsspec's seekable file object
         file = fs.open(path, "rb") if uri_prefix(fs) else path
+    options = {} if max_pixels is None else {"options": {"max_pixels": str(DECODER_PIXEL_SLACK * max_pixels)}}
     try:
-        return av.open(file, mode="r", metadata_errors="ignore"), size
+        return av.open(file, mode="r", metadata_errors="ignore", **options), size
     except av.FFmpegError as exc:
         # An mp4 cut before its index (moov written last) is the common form of a truncated download.
         reason = MediaErrorReason.TRUNCATED if "moov atom not found" in str(exc) else MediaErrorReason.CORRUPT
@@ -120,9 +129,10 @@ def media_info(uri: Source, container, size: int) -> MediaInfo:
     return MediaInfo(source_name(uri), container.format.name, size, duration, video, audio, start_time)
 
 
-def probe(uri: Source) -> MediaInfo:
-    """Streams, duration, frame rate and sizes of a media file, without decoding."""
-    container, size = open_container(uri)
+def probe(uri: Source, max_pixels: int | None = None) -> MediaInfo:
+    """Streams, duration, frame rate and sizes of a media file, without decoding (``max_pixels``: see
+    :func:`open_container`)."""
+    container, size = open_container(uri, max_pixels)
     with container:
         return media_info(uri, container, size)
 
@@ -196,6 +206,14 @@ def select_streams(uri: Source, container, info: MediaInfo, video: bool, audio: 
     if info.duration is not None and start >= info.duration:
         raise MediaError(uri, MediaErrorReason.OUT_OF_RANGE, f"start {start:.3f} s is past the end ({info.duration:.3f} s)")
     return streams
+
+
+def bound_decoders(streams: list, max_pixels: int | None) -> None:
+    """No decoder of ``streams`` allocates a frame of more than about ``max_pixels`` (it refuses the packet instead;
+    the exact bound is the caller's check of each decoded frame)."""
+    if max_pixels is not None:
+        for stream in streams:
+            stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(DECODER_PIXEL_SLACK * max_pixels)}
 
 
 def rgb_converter(size, info: MediaInfo, interpolation: str):

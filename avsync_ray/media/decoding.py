@@ -11,6 +11,7 @@ from typing import Literal
 
 import av
 import numpy as np
+import torch
 
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE, resample, to_mono
 from avsync_ray.media.container import (
@@ -20,6 +21,7 @@ from avsync_ray.media.container import (
     Source,
     audio_frame_to_float,
     audio_origin,
+    bound_decoders,
     check_complete,
     check_decoded,
     check_finite,
@@ -35,6 +37,53 @@ FrameSelection = Literal["nearest", "next"]
 
 # Seek this far before the start (to a keyframe at or before it); nearer starts are read from the beginning.
 _SEEK_PREROLL = 1.0
+
+# A length limit also bounds the frames decoded, at this many per second whatever the timestamps say (frames whose
+# times never advance would otherwise never reach the end of a window).
+MAX_FRAME_RATE = 240.0
+
+# What is decoded may pass a length limit by this much (encoder priming and padding, a last partial frame).
+LIMIT_SLACK_S = 1.0
+
+
+class DecodeLimits:
+    """The bounds of one decode, counted on what is decoded, never on what the header says: ``max_seconds`` of
+    audio samples, of frame timestamps and of frames (at :data:`MAX_FRAME_RATE`), and ``max_pixels`` per frame
+    (the decoders themselves allocate no larger frame: see ``open_container``). Past either, the decode stops with
+    :class:`MediaError` (``TOO_LONG``, ``TOO_LARGE``), so its memory and time are bounded by the limits whatever
+    the file claims."""
+
+    def __init__(self, uri: Source, max_seconds: float | None, max_pixels: int | None):
+        self.uri, self.max_seconds, self.max_pixels = uri, max_seconds, max_pixels
+        self.audio_seconds = 0.0
+        self.frames = 0
+
+    def check_header(self, info: MediaInfo, video: bool) -> None:
+        """Refuse at once what the header already shows to be too large."""
+        if video and info.video is not None:
+            self._check_pixels(info.video.width, info.video.height, "the header states")
+
+    def _check_pixels(self, width: int, height: int, where: str) -> None:
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            raise MediaError(self.uri, MediaErrorReason.TOO_LARGE, f"{where} {width}x{height} frames, {width * height:,} pixels; at most {self.max_pixels:,}")
+
+    def _too_long(self, what: str, declared: float | None) -> MediaError:
+        header = f"the header says {declared:.1f} s" if declared else "the header states no length"
+        return MediaError(self.uri, MediaErrorReason.TOO_LONG, f"more than {self.max_seconds:g} s of {what} decoded, and {header}")
+
+    def video_frame(self, frame: av.VideoFrame, time: float, declared: float | None) -> None:
+        self._check_pixels(frame.width, frame.height, "decoded")
+        if self.max_seconds is not None:
+            self.frames += 1
+            longest = self.max_seconds + LIMIT_SLACK_S
+            if time > longest or self.frames > longest * MAX_FRAME_RATE:
+                raise self._too_long("video", declared)
+
+    def audio_frame(self, frame: av.AudioFrame, declared: float | None) -> None:
+        if self.max_seconds is not None:
+            self.audio_seconds += frame.samples / frame.sample_rate
+            if self.audio_seconds > self.max_seconds + LIMIT_SLACK_S:
+                raise self._too_long("audio", declared)
 
 
 @dataclass
@@ -137,6 +186,8 @@ def decode(
     frame_selection: FrameSelection = "nearest",
     sample_rate: int = TARGET_SAMPLE_RATE,
     interpolation: str = "AREA",
+    max_seconds: float | None = None,
+    max_pixels: int | None = None,
 ) -> DecodedAV:
     """Decode ``[start, end)`` of a file in one pass: RGB uint8 frames and mono float32 audio.
 
@@ -147,13 +198,14 @@ def decode(
         frame_selection: ``"nearest"`` takes the frame whose timestamp is nearest each grid time (the sync
             classifier's rule); ``"next"`` takes the first frame at or after it (the official AVSyncD loader).
         sample_rate: audio is resampled (band-limited sinc) to this rate after a proper channel mean.
+        max_seconds, max_pixels: the :class:`DecodeLimits` of an untrusted file (None: unbounded).
 
     Raises:
-        MediaError: missing, empty, corrupt or truncated files, a missing requested stream, or a window
-            outside the media.
+        MediaError: missing, empty, corrupt or truncated files, a missing requested stream, a window
+            outside the media, or a file past the limits (``TOO_LONG``, ``TOO_LARGE``).
     """
-    kwargs = dict(fps=fps, size=size, start=start, end=end, video=video, audio=audio,
-                  frame_selection=frame_selection, sample_rate=sample_rate, interpolation=interpolation)  # fmt: skip
+    kwargs = dict(fps=fps, size=size, start=start, end=end, video=video, audio=audio, frame_selection=frame_selection,
+                  sample_rate=sample_rate, interpolation=interpolation, max_seconds=max_seconds, max_pixels=max_pixels)  # fmt: skip
     try:
         return _decode(uri, seek=start > _SEEK_PREROLL, **kwargs)
     except _SeekOvershoot:  # imprecise seeking (e.g. MPEG program streams): read from the beginning instead
@@ -177,15 +229,20 @@ def _decode(
     frame_selection: FrameSelection,
     sample_rate: int,
     interpolation: str,
+    max_seconds: float | None,
+    max_pixels: int | None,
 ) -> DecodedAV:
     if end is not None and end <= start:
         raise ValueError(f"end ({end}) must be after start ({start})")
     if not (video or audio):
         raise ValueError("nothing to decode: both video and audio are False")
-    container, size_bytes = open_container(uri)
+    container, size_bytes = open_container(uri, max_pixels)
     with container:
         info = media_info(uri, container, size_bytes)
         streams = select_streams(uri, container, info, video, audio, start)
+        bound_decoders(streams, max_pixels)
+        limits = DecodeLimits(uri, max_seconds, max_pixels)
+        limits.check_header(info, video)
         if seek:
             container.seek(int((info.start_time + start - _SEEK_PREROLL) * av.time_base), backward=True)
         to_rgb = rgb_converter(size, info, interpolation) if video else None
@@ -205,10 +262,12 @@ def _decode(
             if is_video:
                 if video_done:
                     continue
+                limits.video_frame(frame, time, info.video.duration or info.duration)
                 sampler.push(time, frame)
                 past_end = end is not None and time >= end + (1.0 / fps if fps else 0.0)
                 video_done = sampler.done or past_end
             elif not audio_done:
+                limits.audio_frame(frame, info.audio.duration or info.duration)
                 if time + frame.samples / frame.sample_rate <= start:
                     continue
                 if end is not None and time >= end:
@@ -216,7 +275,7 @@ def _decode(
                     continue
                 if audio_t0 is None:
                     audio_t0 = time
-                audio_chunks.append(audio_frame_to_float(frame))
+                audio_chunks.append(to_mono(audio_frame_to_float(frame)).numpy())  # mono at once: memory does not grow with the channels
             if video_done and audio_done:
                 break
         rate = info.video.fps if video and info.video.fps else 25.0
@@ -253,10 +312,10 @@ def _decode(
     if audio:
         if not audio_chunks:
             raise MediaError(uri, MediaErrorReason.TRUNCATED, f"no audio in [{start:.3f}, {end}) s")
-        native = np.concatenate(audio_chunks, axis=1)
+        native = np.concatenate(audio_chunks)
         first, audio_start = audio_origin(start, audio_t0, audio_rate)
-        last = native.shape[1] if covered_end == math.inf else min(native.shape[1], first + round((covered_end - audio_start) * audio_rate))
-        mono = to_mono(native[:, first:last])
+        last = len(native) if covered_end == math.inf else min(len(native), first + round((covered_end - audio_start) * audio_rate))
+        mono = torch.from_numpy(native[first:last])
         check_finite(uri, bool(mono.isfinite().all()))
         waveform = resample(mono, audio_rate, sample_rate).numpy().astype(np.float32, copy=False)
         if covered_end == math.inf:
@@ -285,6 +344,26 @@ def _decode(
     )
 
 
-def load_audio(uri: Source, sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
-    """The whole audio track of any file PyAV reads (audio-only or video), as mono float32 at ``sample_rate``."""
-    return decode(uri, video=False, audio=True, sample_rate=sample_rate).audio
+def load_audio(uri: Source, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """The whole audio track of any file PyAV reads (audio-only or video), as mono float32 at ``sample_rate``; a
+    track that holds more than ``max_seconds`` is refused once that much is decoded (``TOO_LONG``)."""
+    return decode(uri, video=False, audio=True, sample_rate=sample_rate, max_seconds=max_seconds).audio
+
+
+def first_frame(uri: Source, max_pixels: int | None = None) -> np.ndarray:
+    """The first frame of a video (the first at or after its start), as RGB uint8 (H, W, 3), decoding nothing after it."""
+    container, size_bytes = open_container(uri, max_pixels)
+    with container:
+        info = media_info(uri, container, size_bytes)
+        streams = select_streams(uri, container, info, video=True, audio=False, start=0.0)
+        bound_decoders(streams, max_pixels)
+        limits = DecodeLimits(uri, None, max_pixels)
+        limits.check_header(info, video=True)
+        demuxer = Demuxer(container, streams)
+        for frame in demuxer:
+            if frame.time is None or frame.time - info.start_time < -TIME_EPS:
+                continue
+            limits.video_frame(frame, 0.0, None)
+            return frame.to_ndarray(format="rgb24")
+    check_decoded(uri, demuxer, False)
+    raise MediaError(uri, MediaErrorReason.TRUNCATED, "no video frame")

@@ -15,6 +15,7 @@ class MediaErrorReason(str, Enum):
     NO_AUDIO_STREAM = "no_audio_stream"
     OUT_OF_RANGE = "out_of_range"
     TOO_LARGE = "too_large"
+    TOO_LONG = "too_long"
 
 
 def source_name(source: str | bytes) -> str:

@@ -10,6 +10,7 @@ from the middle of the video, with the classifier's own (training) preprocessing
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,14 +18,34 @@ from typing import Literal
 import numpy as np
 import torch
 
+from avsync_ray.conditioning import audio_notes, reading, too_short_for_the_mel
+from avsync_ray.config.sampling import InputLimits
+from avsync_ray.errors import InputError
 from avsync_ray.media import decode, load_audio
-from avsync_ray.media.clips import PSYNC_CLIPS, audio_clips, decode_clips
+from avsync_ray.media.clips import PSYNC_CLIPS, ClipSamplingError, audio_clips, decode_clips
+from avsync_ray.media.errors import source_name
 from avsync_ray.metrics import sync_metrics
 from avsync_ray.metrics.imagebind_scores import image_audio_similarity
 from avsync_ray.models.imagebind import AUDIO, VISION, ImageBind
 from avsync_ray.models.sync_classifier import SyncClassifier
 
+logger = logging.getLogger(__name__)
+
 Metric = Literal["score", "psync", "relsync", "alignsync"]
+
+
+class TooShortForPsyncError(InputError, ClipSamplingError):
+    """A file too short for P_sync's three clips, named: an input error to a command, still a
+    :class:`ClipSamplingError` to callers that report P_sync as undefined instead (the sync-score route)."""
+
+
+def _check_sound(audio: np.ndarray, source, clip_seconds: float | None = None) -> None:
+    """Refuse audio too short for the mel front end, naming ``source``; warn of silent audio, or audio shorter than
+    ``clip_seconds`` (as ``avsync generate`` does)."""
+    if (why := too_short_for_the_mel(audio)) is not None:
+        raise InputError(f"{source_name(source)}: {why}")
+    for note in audio_notes(audio, clip_seconds):
+        logger.warning("%s: %s", source_name(source), note)
 
 
 @dataclass
@@ -33,13 +54,39 @@ class Pair:
     frames: np.ndarray  # (T, H, W, 3) uint8
 
 
-def load_pair_audio(uri: str, seconds: float = 2.0) -> np.ndarray:
-    """The first ``seconds`` of the audio track (shorter audio is kept whole; the mel pads it)."""
-    return load_audio(uri)[: int(seconds * 16_000)]
+def load_pair_audio(uri: str | bytes, seconds: float = 2.0, max_seconds: float | None = None) -> np.ndarray:
+    """The first ``seconds`` of the audio track (shorter audio is kept whole, with a warning; the mel pads it); a
+    track longer than ``max_seconds`` is refused."""
+    audio = load_audio(uri, max_seconds=max_seconds)[: int(seconds * 16_000)]
+    _check_sound(audio, uri, seconds)
+    return audio
 
 
-def load_pair_frames(uri: str, num_frames: int = 12, fps: float = 6.0) -> np.ndarray:
-    return decode(uri, fps=fps, start=0.0, end=num_frames / fps, audio=False, frame_selection="next").frames
+def load_pair_frames(uri: str | bytes, num_frames: int = 12, fps: float = 6.0, max_seconds: float | None = None, max_pixels: int | None = None) -> np.ndarray:
+    return decode(uri, fps=fps, start=0.0, end=num_frames / fps, audio=False, frame_selection="next", max_seconds=max_seconds, max_pixels=max_pixels).frames
+
+
+class _Reader:
+    """Reads the files of one pair: an error names the input it came from (``audio``, ``video``, ``ref_audio``,
+    ``ref_video``; the video when its own track is the sound), and ``limits`` (None: unbounded) bound every
+    decode: a video by ``max_video_s`` and ``max_video_pixels``, an audio file by ``max_audio_s``."""
+
+    def __init__(self, audio, video, limits: InputLimits | None):
+        self.limits = limits
+        self.own_track = audio is video or audio == video
+
+    def video(self, field: str, source, load, **kwargs):
+        bounds = {} if self.limits is None else {"max_seconds": self.limits.max_video_s, "max_pixels": self.limits.max_video_pixels}
+        with reading(field, source, too_long="limits.max_video_s", too_large="limits.max_video_pixels"):
+            return load(source, **kwargs, **bounds)
+
+    def audio(self, field: str, source, load, **kwargs):
+        if field == "audio" and self.own_track:
+            field, setting, seconds = "video", "limits.max_video_s", self.limits and self.limits.max_video_s
+        else:
+            setting, seconds = "limits.max_audio_s", self.limits and self.limits.max_audio_s
+        with reading(field, source, too_long=setting):
+            return load(source, **kwargs, **({} if seconds is None else {"max_seconds": seconds}))
 
 
 @torch.no_grad()
@@ -57,11 +104,15 @@ def pair_metric(
     ref_audio: str | None = None,
     ref_video: str | None = None,
     imagebind: ImageBind | None = None,
+    limits: InputLimits | None = None,
 ) -> dict:
-    """One metric of one pair. Values are fractions (``percent`` = x100, as the paper reports)."""
+    """One metric of one pair (files: paths, URIs or bytes). Values are fractions (``percent`` = x100, as the paper
+    reports). ``limits`` bound every decode (uploads); an input that cannot be read raises the
+    :class:`~avsync_ray.conditioning.ConditioningError` of its field."""
+    read = _Reader(audio, video, limits)
     if metric == "psync":
-        return _psync(classifier, audio, video)
-    pair = Pair(load_pair_audio(audio), load_pair_frames(video))
+        return _psync(classifier, audio, video, read)
+    pair = Pair(read.audio("audio", audio, load_pair_audio), read.video("video", video, load_pair_frames))
     score = _score(classifier, pair.audio, pair.frames)
     if metric == "score":
         return {"metric": "score", "value": float(score)}
@@ -69,8 +120,8 @@ def pair_metric(
         raise ValueError("relsync needs exactly one of ref_audio and ref_video")
     if metric == "alignsync" and (ref_video is None or imagebind is None):
         raise ValueError("alignsync needs ref_video and an ImageBind model")
-    ref_frames = load_pair_frames(ref_video) if ref_video else None
-    reference = _score(classifier, load_pair_audio(ref_audio), pair.frames) if ref_audio else _score(classifier, pair.audio, ref_frames)
+    ref_frames = read.video("ref_video", ref_video, load_pair_frames) if ref_video else None
+    reference = _score(classifier, read.audio("ref_audio", ref_audio, load_pair_audio), pair.frames) if ref_audio else _score(classifier, pair.audio, ref_frames)
     result = {"score": float(score), "reference_score": float(reference)}
     if metric == "relsync":
         value = sync_metrics.relsync(score, reference)
@@ -86,12 +137,20 @@ def pair_metric(
 
 
 @torch.no_grad()
-def _psync(classifier: SyncClassifier, audio: str, video: str) -> dict:
-    """Three clips 0.25 s apart from the middle of ``video``; audio from ``audio`` at the same times."""
-    clips = decode_clips(video, PSYNC_CLIPS)
-    if audio != video:
-        other = decode(audio, video=False)
-        clips.audio = audio_clips(other.audio, other.audio_start, clips.starts, PSYNC_CLIPS)
+def _psync(classifier: SyncClassifier, audio, video, read: _Reader) -> dict:
+    """Three clips 0.25 s apart from the middle of ``video``; audio from ``audio`` at the same times (a separate
+    sound needs no audio track in the video)."""
+    try:
+        clips = read.video("video", video, decode_clips, spec=PSYNC_CLIPS, audio=read.own_track)
+    except ClipSamplingError as exc:
+        raise TooShortForPsyncError(f"{source_name(video)}: too short for P_sync: {exc}") from None
+    if not read.own_track:
+        other = read.audio("audio", audio, decode, video=False)
+        try:
+            clips.audio = audio_clips(other.audio, other.audio_start, clips.starts, PSYNC_CLIPS)
+        except ClipSamplingError as exc:
+            raise TooShortForPsyncError(f"{source_name(audio)}: too short for P_sync: {exc}") from None
+    _check_sound(clips.audio.ravel(), audio)  # warns when silent
     mel = classifier.preprocess_audio(torch.from_numpy(clips.audio))
     frames = classifier.preprocess_video(clips.frames)
     device = classifier.device

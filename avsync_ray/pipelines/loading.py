@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from avsync_ray.devices import resolve_device, torch_dtype
 from avsync_ray.pipelines.pipeline_avsyncd import AVSyncDPipeline
+
+logger = logging.getLogger(__name__)
 
 
 class NotAPipelineError(FileNotFoundError):
@@ -65,4 +68,6 @@ def load_pipeline(model_dir: str | Path, device: str = "auto", dtype: str = "flo
     quiet_loading_bars()
     pipe = AVSyncDPipeline.from_pretrained(check_pipeline_folder(model_dir), dtype=torch_dtype(dtype), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(target)
+    if dtype == "float16" and target.type == "cpu":  # once, instead of diffusers' warning for every component moved
+        logger.warning("dtype=float16 on the CPU: slow, and some operations may fail there; float32 or bfloat16 suit a CPU")
+    return pipe.to(target, silence_dtype_warnings=True)

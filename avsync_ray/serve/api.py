@@ -1,49 +1,175 @@
-"""The HTTP API and the web page, as a FastAPI app built per ingress replica from the app's settings (so the
-OpenAPI schema at ``/docs`` states the real bounds). Routes validate, authorise and probe uploads, then hand
-the work to a :class:`Backend` (the Serve deployments in production); every 4xx is JSON with a message."""
+"""The HTTP pieces of the ingress that need no Ray: the multipart form of an animation request and its bounds from
+the app's settings, the OpenAPI schema those bounds go into, bearer-token checks, the request-body limit, the JSON
+errors (every 4xx is ``{error, message}``) and the page. :mod:`avsync_ray.serve.ingress` puts them together."""
 
-# No ``from __future__ import annotations``: FastAPI reads the route signatures, whose types are built per app.
-import asyncio
+# No ``from __future__ import annotations``: FastAPI reads the form's signature.
+import functools
 import hashlib
 import hmac
 import importlib.resources
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from avsync_ray.conditioning import Conditioning
 from avsync_ray.config.base import ConfigError
 from avsync_ray.config.sampling import SchedulerName
 from avsync_ray.config.serve import AuthConfig, ServeAppArgs
-from avsync_ray.serve.schemas import ApiError, ErrorBody, Health, JobView, ModelsView, Readiness, SyncScoreView
-from avsync_ray.serve.uploads import SyncInputs, prepare_animation_inputs, prepare_sync_inputs
+from avsync_ray.serve.schemas import ApiError, ErrorBody
 
 logger = logging.getLogger("ray.serve")
 MAX_SEED = 2**32 - 1
-ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 415, 422, 503)}
-VIDEO_RESPONSE = {200: {"content": {"video/mp4": {}}, "description": "the mp4 (H.264 with the AAC audio muxed in)"}}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
+# What a video's headers say about the job and the model that made it (empty: not known, as for a preset or a
+# folder without lineage; values that are not plain ASCII are percent-encoded).
+RESULT_HEADERS = {
+    "X-AVSync-Job": "the job's id",
+    "X-AVSync-Seed": "the noise seed",
+    "X-AVSync-Model": "the model's registered name, folder name or preset",
+    "X-AVSync-Model-Version": "its MLflow registry version",
+    "X-AVSync-Model-Id": "its MLflow LoggedModel id (models:/<id>)",
+    "X-AVSync-Training-Run": "the id of the MLflow run that trained it",
+    "X-AVSync-Training-Step": "the training step of its checkpoint",
+    "X-AVSync-Dataset-Digest": "the digest of the MLflow dataset it trained on (the shard index's content id)",
+}
+VIDEO_RESPONSE = {200: {"content": {"video/mp4": {}}, "description": "the mp4 (H.264 with the AAC audio muxed in)",
+                        "headers": {name: {"description": text, "schema": {"type": "string"}} for name, text in RESULT_HEADERS.items()}}}  # fmt: skip
+ANIMATIONS, ANIMATIONS_SYNC = "/v1/animations", "/v1/animations:sync"
+UPLOAD = "image: PNG, JPEG, ...; audio: any format FFmpeg reads; video: its centred clip gives what is missing"
 
 
-class Backend(Protocol):
-    """What the routes need from the rest of the app. Failures are :class:`ApiError`."""
+# ------------------------------------------------------------------------------------------------ the animation form
 
-    async def frame_size(self) -> tuple[int, int]: ...  # (height, width) of the clips: the uploaded image is cropped to it
-    async def submit(self, conditioning: Conditioning, settings: dict) -> dict: ...  # a queued job's view
-    async def run_sync(self, conditioning: Conditioning, settings: dict) -> tuple[bytes, dict]: ...  # (mp4, view)
-    async def job(self, job_id: str) -> dict: ...
-    async def cancel(self, job_id: str) -> dict: ...
-    async def video(self, job_id: str) -> tuple[bytes, dict]: ...
-    async def sync_score(self, inputs: SyncInputs) -> dict: ...
-    async def models(self) -> list[dict]: ...
-    async def ready(self) -> tuple[bool, str]: ...
+
+@dataclass
+class AnimationForm:
+    """The multipart fields of an animation request as FastAPI parses them (a route dependency). Their bounds
+    depend on the app's settings, so :func:`animation_fields` checks them and :func:`openapi_schema` states them."""
+
+    category: Annotated[str, Form()]
+    image: Annotated[UploadFile | None, File(description=UPLOAD)] = None
+    audio: Annotated[UploadFile | None, File(description=UPLOAD)] = None
+    video: Annotated[UploadFile | None, File(description=UPLOAD)] = None
+    audio_guidance_scale: Annotated[float | None, Form()] = None
+    num_inference_steps: Annotated[int | None, Form()] = None
+    seed: Annotated[int | None, Form()] = None
+    scheduler: Annotated[SchedulerName | None, Form()] = None
+
+    async def files(self) -> list[bytes | None]:
+        """The image, audio and video uploads (None where not given)."""
+        return [await upload.read() if upload is not None else None for upload in (self.image, self.audio, self.video)]
+
+
+def animation_fields(settings: ServeAppArgs, most_steps: int, where: str) -> type[BaseModel]:
+    """The non-file fields of an animation request with this app's bounds and defaults (``most_steps`` denoising
+    steps at most, ``where`` says which limit that is)."""
+    limits, defaults = settings.limits, settings.sampling
+    category = Literal[tuple(settings.categories)] if settings.categories else Annotated[str, Field(min_length=1, max_length=limits.max_category_chars)]
+    return create_model(
+        "AnimationFields",
+        category=(category, Field(description="the class prompt, e.g. 'lions roaring'")),
+        audio_guidance_scale=(float | None, Field(None, ge=limits.min_audio_guidance, le=limits.max_audio_guidance,
+                                                  description=f"audio guidance (default {defaults.audio_guidance_scale:g})")),
+        num_inference_steps=(int | None, Field(None, ge=1, le=most_steps,
+                                               description=f"denoising steps (default {defaults.num_inference_steps}; at most {most_steps} {where})")),
+        seed=(int | None, Field(None, ge=0, le=MAX_SEED, description=f"noise seed (default {defaults.seed})")),
+        scheduler=(SchedulerName | None, Field(None, description=f"sampler (default {defaults.scheduler})")),
+    )  # fmt: skip
+
+
+def animation_forms(settings: ServeAppArgs) -> dict[str, type[BaseModel]]:
+    """The fields of each animation route (by path) with this app's bounds: the job route takes up to
+    ``limits.max_steps`` steps, the ``:sync`` route ``limits.max_sync_steps``."""
+    limits = settings.limits
+    return {
+        ANIMATIONS: animation_fields(settings, limits.max_steps, "(limits.max_steps)"),
+        ANIMATIONS_SYNC: animation_fields(settings, limits.max_sync_steps, "here (limits.max_sync_steps): longer jobs go through POST /v1/animations"),
+    }
+
+
+def job_settings(fields: type[BaseModel], form: AnimationForm, settings: ServeAppArgs) -> dict:
+    """A job's settings: the form's values, checked against ``fields`` (a 422 like FastAPI's own), over the defaults."""
+    given = {name: getattr(form, name) for name in fields.model_fields if getattr(form, name) is not None}
+    try:
+        checked = fields.model_validate(given)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    defaults = settings.sampling
+    return {
+        "category": checked.category,
+        "num_inference_steps": checked.num_inference_steps or defaults.num_inference_steps,
+        "scheduler": checked.scheduler or defaults.scheduler,
+        "audio_guidance_scale": defaults.audio_guidance_scale if checked.audio_guidance_scale is None else checked.audio_guidance_scale,
+        "seed": defaults.seed if checked.seed is None else checked.seed,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the schema
+
+
+def _body_schema(schema: dict, path: str) -> dict:
+    """The component schema of the multipart body of ``POST path``."""
+    ref = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    return schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+
+
+# Which uploads each multipart route takes, as JSON Schema: what the server enforces besides each field's type.
+# An animation takes an image and a sound, or a video (with at most one of them, replacing its own).
+_ANIMATION_UPLOADS = {"anyOf": [{"required": ["image", "audio"]}, {"required": ["video"]}], "not": {"required": ["image", "audio", "video"]}}
+UPLOAD_RULES = {ANIMATIONS: _ANIMATION_UPLOADS, ANIMATIONS_SYNC: _ANIMATION_UPLOADS, "/v1/sync-score": {"required": ["video"]}}
+
+
+def _drop_null(prop: dict) -> None:
+    """A multipart field is sent or left out, never null: drop the null alternative of an optional field's schema."""
+    kinds = [kind for kind in prop.pop("anyOf", []) if kind != {"type": "null"}]
+    if len(kinds) == 1:
+        prop.update(kinds[0])
+    elif kinds:
+        prop["anyOf"] = kinds
+
+
+def openapi_schema(app: FastAPI, settings: ServeAppArgs) -> dict:
+    """The OpenAPI schema of ``app`` as a deployment with ``settings`` serves it: FastAPI's schema of the routes,
+    with the fields of each animation form (:func:`animation_forms`) bounded and described by ``settings``, the
+    upload rules of each multipart route (:data:`UPLOAD_RULES`), and bearer auth only where the server asks for it."""
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path, fields in animation_forms(settings).items():
+        properties = fields.model_json_schema()["properties"]
+        for prop in properties.values():
+            prop.pop("default", None)  # a missing field takes the server's default, which the description states
+        _body_schema(schema, path)["properties"].update(properties)
+    for path, rule in UPLOAD_RULES.items():
+        body = _body_schema(schema, path)
+        for prop in body["properties"].values():
+            _drop_null(prop)
+        body["required"] = sorted(set(body.get("required", [])) | set(rule.get("required", [])))
+        body.update({key: value for key, value in rule.items() if key != "required"})
+    if settings.auth.token_env is None:  # an open server: no route asks for a token, none answers 401 or 403
+        schema["components"].pop("securitySchemes", None)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.pop("security", None)
+                for status in ("401", "403"):
+                    operation.get("responses", {}).pop(status, None)
+    return schema
+
+
+# ------------------------------------------------------------------------------------------------ auth
 
 
 def token_digest(token: str) -> str:
@@ -63,6 +189,19 @@ def configured_token_digest(auth: AuthConfig) -> str | None:
     return token_digest(token)
 
 
+def check_bearer(token_sha256: str | None, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """401 without a bearer token, 403 with a wrong one (``token_sha256`` None: no auth)."""
+    if token_sha256 is None:
+        return
+    if credentials is None:
+        raise ApiError(401, "unauthorized", "this server needs a bearer token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token_digest(credentials.credentials), token_sha256):
+        raise ApiError(403, "forbidden", "the bearer token is not valid for this server")
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
@@ -73,18 +212,19 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` is refused with 413 before it is parsed, by its
+    """ASGI middleware: a request body over ``max_bytes()`` is refused with 413 before it is parsed, by its
     Content-Length or, for a chunked upload, as soon as the bytes read pass the limit."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: Callable[[], int]):
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = BodyTooLarge(self.max_bytes)
+        max_bytes = self.max_bytes()
+        too_large = BodyTooLarge(max_bytes)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        if length is not None and length.isdigit() and int(length) > max_bytes:
             return await error_response(413, "upload_too_large", too_large.detail)(scope, receive, send)
         received, started = 0, False
 
@@ -92,7 +232,7 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > max_bytes:
                 raise too_large  # inside a route's form parsing, FastAPI passes an HTTPException on as it is
             return message
 
@@ -116,10 +256,44 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def _page(settings: ServeAppArgs) -> str:
-    page = (importlib.resources.files("avsync_ray.serve") / "static" / "index.html").read_text()
-    # "<\/" keeps any "</script>" inside a category name from closing the page's script.
-    return page.replace("/*SERVER_SETTINGS*/null", json.dumps(public_settings(settings)).replace("</", "<\\/"))
+async def _api_error(request: Request, exc: ApiError):
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _invalid(request: Request, exc: RequestValidationError):
+    return error_response(422, "invalid_request", _validation_message(exc))
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers at the request's path (Starlette's own 405 names only those of
+    the first route whose path matches)."""
+    routes = request.app.router.routes
+    return [m for m in _METHODS if any(route.matches({**request.scope, "method": m})[0] is Match.FULL for route in routes)]
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    code = "upload_too_large" if exc.status_code == 413 else HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    message = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase else f"{request.method} {request.url.path}: {code.replace('_', ' ')}"
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        headers, message = {"Allow": ", ".join(allowed)}, f"{message}; {request.url.path} answers {', '.join(allowed)}"
+    return error_response(exc.status_code, code, message, headers)
+
+
+async def _unexpected(request: Request, exc: Exception):
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", f"the server failed on this request ({type(exc).__name__}); see the replica's log")
+
+
+# What the app answers each kind of failure with: every error is JSON {error, message}.
+ERROR_HANDLERS = {ApiError: _api_error, RequestValidationError: _invalid, StarletteHTTPException: _http_error, Exception: _unexpected}
+
+
+# ------------------------------------------------------------------------------------------------ page and bodies
 
 
 def public_settings(settings: ServeAppArgs) -> dict:
@@ -137,172 +311,56 @@ def public_settings(settings: ServeAppArgs) -> dict:
     }
 
 
-def build_api(settings: ServeAppArgs, backend: Backend, token_sha256: str | None) -> FastAPI:
-    """The app's FastAPI routes over ``backend``; ``token_sha256`` (None: no auth) guards all but the health
-    check, the page and the docs (the page asks for the token and sends it with every call)."""
-    limits, defaults = settings.limits, settings.sampling
-    app = FastAPI(
-        title="AVSyncD",
-        version="1",
-        description="Animate an image in sync with a sound (AVSyncD, ECCV 2024). Submit a job, poll its progress, fetch the mp4; "
-        "or score how well a sound matches a video. Every error is JSON: {error, message}.",
-    )
-    app.add_middleware(BodyLimit, max_bytes=int(limits.max_upload_mb * 2**20))
-    bearer = HTTPBearer(auto_error=False, description="the token in the environment variable named by auth.token_env")
-
-    async def authorize(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if token_sha256 is None:
-            return
-        if credentials is None:
-            raise ApiError(401, "unauthorized", "this server needs a bearer token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(token_digest(credentials.credentials), token_sha256):
-            raise ApiError(403, "forbidden", "the bearer token is not valid for this server")
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        return error_response(422, "invalid_request", _validation_message(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        code = "upload_too_large" if exc.status_code == 413 else HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-        message = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase else f"{request.method} {request.url.path}: {code.replace('_', ' ')}"
-        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", f"the server failed on this request ({type(exc).__name__}); see the replica's log")
-
-    # ---------------------------------------------------------------------------------- open routes
-
-    page = _page(settings)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page)
-
-    @app.get("/healthz", response_model=Health, summary="Liveness: the ingress answers")
-    async def healthz() -> Health:
-        return Health()
-
-    # ---------------------------------------------------------------------------------- guarded routes
-
-    api = APIRouter(dependencies=[Depends(authorize)], responses={401: ERRORS[401], 403: ERRORS[403]})
-    category_type = Literal[tuple(settings.categories)] if settings.categories else str  # type: ignore[valid-type]
-
-    # FastAPI keeps per-parameter state in these, so every route gets its own.
-    def category_form():
-        bounds = {} if settings.categories else {"min_length": 1, "max_length": limits.max_category_chars}
-        return Form(description="the class prompt, e.g. 'lions roaring'", **bounds)
-
-    def guidance_form():
-        return Form(ge=limits.min_audio_guidance, le=limits.max_audio_guidance, description=f"audio guidance (default {defaults.audio_guidance_scale:g})")
-
-    def seed_form():
-        return Form(ge=0, le=MAX_SEED, description=f"noise seed (default {defaults.seed})")
-
-    def scheduler_form():
-        return Form(description=f"sampler (default {defaults.scheduler})")
-
-    def steps_form(most: int, where: str):
-        return Form(ge=1, le=most, description=f"denoising steps (default {defaults.num_inference_steps}; at most {most} {where})")
-
-    def upload():
-        return File(description="image: PNG, JPEG, ...; audio: any format FFmpeg reads; video: its centred clip gives what is missing")
-
-    def animation_form(most_steps: int, where: str):
-        """The multipart fields of an animation request, as a dependency: the probed, decoded inputs and the
-        job's settings (request values over the configured defaults)."""
-
-        async def inputs(
-            category: Annotated[category_type, category_form()],
-            image: Annotated[UploadFile | None, upload()] = None,
-            audio: Annotated[UploadFile | None, upload()] = None,
-            video: Annotated[UploadFile | None, upload()] = None,
-            audio_guidance_scale: Annotated[float | None, guidance_form()] = None,
-            num_inference_steps: Annotated[int | None, steps_form(most_steps, where)] = None,
-            seed: Annotated[int | None, seed_form()] = None,
-            scheduler: Annotated[SchedulerName | None, scheduler_form()] = None,
-        ) -> tuple[Conditioning, dict]:
-            data = [await file.read() if file is not None else None for file in (image, audio, video)]
-            height, width = await backend.frame_size()
-            sized = defaults.model_copy(update={"height": height, "width": width})
-            conditioning = await asyncio.to_thread(prepare_animation_inputs, sized, limits, *data)
-            return conditioning, {
-                "category": category,
-                "num_inference_steps": num_inference_steps or defaults.num_inference_steps,
-                "scheduler": scheduler or defaults.scheduler,
-                "audio_guidance_scale": defaults.audio_guidance_scale if audio_guidance_scale is None else audio_guidance_scale,
-                "seed": defaults.seed if seed is None else seed,
-            }
-
-        return inputs
-
-    job_form = animation_form(limits.max_steps, "(limits.max_steps)")
-    sync_form = animation_form(limits.max_sync_steps, "here (limits.max_sync_steps): longer jobs go through POST /v1/animations")
-
-    @api.post("/v1/animations", status_code=202, response_model=JobView, responses={k: ERRORS[k] for k in (413, 415, 422, 503)},
-              summary="Submit an animation job (image + audio, or a video)")  # fmt: skip
-    async def submit(response: Response, inputs: Annotated[tuple[Conditioning, dict], Depends(job_form)]):
-        view = await backend.submit(*inputs)
-        response.headers["Location"] = f"/v1/animations/{view['id']}"
-        return view
-
-    @api.post("/v1/animations:sync", response_class=Response, responses={**VIDEO_RESPONSE, **{k: ERRORS[k] for k in (413, 415, 422, 503)}},
-              summary="Animate and answer with the mp4 (short jobs)")  # fmt: skip
-    async def animate_now(inputs: Annotated[tuple[Conditioning, dict], Depends(sync_form)]):
-        if inputs[1]["num_inference_steps"] > limits.max_sync_steps:
-            raise ApiError(422, "invalid_request", f"num_inference_steps: the default ({defaults.num_inference_steps}) is above limits.max_sync_steps "
-                           f"({limits.max_sync_steps}); pass fewer steps or use POST /v1/animations")  # fmt: skip
-        return _video_response(*await backend.run_sync(*inputs))
-
-    @api.get("/v1/animations/{job_id}", response_model=JobView, responses={404: ERRORS[404]}, summary="A job's status and progress")
-    async def job(job_id: str):
-        return await backend.job(job_id)
-
-    @api.get("/v1/animations/{job_id}/video", response_class=Response, responses={**VIDEO_RESPONSE, 404: ERRORS[404], 409: ERRORS[409]},
-             summary="A finished job's mp4 (with its audio)")  # fmt: skip
-    async def job_video(job_id: str):
-        return _video_response(*await backend.video(job_id))
-
-    @api.delete("/v1/animations/{job_id}", response_model=JobView, responses={404: ERRORS[404]},
-                summary="Cancel a queued or running job (it stops at its next denoising step); delete a finished one")  # fmt: skip
-    async def cancel(job_id: str):
-        return await backend.cancel(job_id)
-
-    @api.post("/v1/sync-score", response_model=SyncScoreView, responses={k: ERRORS[k] for k in (404, 413, 415, 422, 503)},
-              summary="How well a sound matches a video: the sync classifier's score and P_sync")  # fmt: skip
-    async def sync_score(video: Annotated[UploadFile | None, upload()] = None, audio: Annotated[UploadFile | None, upload()] = None):
-        if not settings.sync_score:
-            raise ApiError(404, "not_found", "this server has no sync classifier (set sync_classifier.source)")
-        files = [await file.read() if file is not None else None for file in (audio, video)]
-        inputs = await asyncio.to_thread(prepare_sync_inputs, limits, *files)
-        return await backend.sync_score(inputs)
-
-    @api.get("/v1/models", response_model=ModelsView, summary="The models served, their registry versions, and the request bounds")
-    async def models():
-        return {"models": await backend.models(), **public_settings(settings)}
-
-    @api.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, summary="Readiness: every model is loaded")
-    async def readyz():
-        ready, message = await backend.ready()
-        return JSONResponse({"ready": ready, "message": message}, status_code=200 if ready else 503)
-
-    app.include_router(api)
-    return app
+@functools.cache
+def _page_template() -> str:
+    return (importlib.resources.files("avsync_ray.serve") / "static" / "index.html").read_text()
 
 
-def _video_response(mp4: bytes, view: dict) -> Response:
+def page(settings: ServeAppArgs, random_init_model: bool = False) -> str:
+    """The web page with this app's settings in it; ``random_init_model``: the model served is a preset with
+    random weights (the page says its clips are noise)."""
+    settings_json = json.dumps({**public_settings(settings), "random_init_model": random_init_model})
+    # "<\/" keeps any "</script>" inside a category name from closing the page's script.
+    return _page_template().replace("/*SERVER_SETTINGS*/null", settings_json.replace("</", "<\\/"))
+
+
+# Swagger UI's files, served by the app itself (from the pinned fastapi-offline package): /docs works with no
+# network, as on an air-gapped cluster.
+DOCS_ASSETS = "/docs/assets"
+
+
+def docs_assets() -> StaticFiles:
+    return StaticFiles(directory=str(importlib.resources.files("fastapi_offline") / "static"))
+
+
+def docs_page(title: str) -> HTMLResponse:
+    """Swagger UI over ``/openapi.json``, every file of it from :data:`DOCS_ASSETS`."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{title} - Swagger UI", swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                               swagger_ui_parameters={"validatorUrl": None})  # fmt: skip  (no badge from the online validator)
+
+
+# Printable ASCII stays as it is, but for "%" itself: a header value then always reads back with one unquote.
+_HEADER_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
+
+
+def result_headers(view: dict) -> dict[str, str]:
+    """The :data:`RESULT_HEADERS` of a finished job (``view``: its JobView)."""
     model = view.get("model") or {}
-    headers = {
+    lineage = model.get("lineage") or {}
+    values = {
         "X-AVSync-Job": view["id"],
-        "X-AVSync-Seed": str(view["settings"]["seed"]),
-        "X-AVSync-Model": str(model.get("name") or ""),
-        "X-AVSync-Model-Version": "" if model.get("version") is None else str(model["version"]),
-        "Content-Disposition": f'inline; filename="avsyncd-{view["id"]}.mp4"',
+        "X-AVSync-Seed": view["settings"]["seed"],
+        "X-AVSync-Model": model.get("name"),
+        "X-AVSync-Model-Version": model.get("version"),
+        "X-AVSync-Model-Id": lineage.get("model_id"),
+        "X-AVSync-Training-Run": lineage.get("training_run_id"),
+        "X-AVSync-Training-Step": lineage.get("step"),
+        "X-AVSync-Dataset-Digest": (lineage.get("dataset") or {}).get("digest"),
     }
+    return {name: "" if value is None else quote(str(value), safe=_HEADER_SAFE) for name, value in values.items()}
+
+
+def video_response(mp4: bytes, view: dict) -> Response:
+    headers = {**result_headers(view), "Content-Disposition": f'inline; filename="avsyncd-{view["id"]}.mp4"'}
     return Response(mp4, media_type="video/mp4", headers=headers)

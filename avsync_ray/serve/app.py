@@ -24,7 +24,8 @@ from avsync_ray.config.serve import (
     ServeDeployments,
 )
 from avsync_ray.errors import WorkFailedError
-from avsync_ray.serve.deployments import INGRESS, MODEL, SCORER, AnimationIngress, AnimationJobs, AVSyncDModel, SyncScorer
+from avsync_ray.serve.deployments import MODEL, SCORER, AnimationJobs, AVSyncDModel, SyncScorer
+from avsync_ray.serve.ingress import INGRESS, AnimationIngress
 from avsync_ray.tracking import is_registry_uri
 
 BUILDER = SERVE_BUILDER
@@ -61,7 +62,7 @@ def build_app(args: dict):
     tiny = ModelSourceConfig(source=f"{PRESET_PREFIX}tiny").model_dump()
     jobs = AnimationJobs.bind(settings.limits.model_dump())
     model = AVSyncDModel.options(**deployment_options(defaults.model), user_config=tiny).bind(settings.model_dump(mode="json"), jobs)
-    scorer = SyncScorer.options(**deployment_options(defaults.sync_score), user_config=tiny).bind() if settings.sync_score else None
+    scorer = SyncScorer.options(**deployment_options(defaults.sync_score), user_config=tiny).bind(settings.limits.model_dump()) if settings.sync_score else None
     ingress = AnimationIngress.options(**deployment_options(defaults.ingress, settings.limits.retry_after_s))
     return ingress.bind(settings.model_dump(mode="json"), model, jobs, scorer)
 

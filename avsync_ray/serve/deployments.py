@@ -1,8 +1,6 @@
-"""The Ray Serve deployments, shaped as Ray's Stable Diffusion example (a CPU FastAPI ingress calling a model
-deployment through a handle), plus a job book and a sync scorer:
+"""The Ray Serve deployments behind the HTTP ingress (:mod:`avsync_ray.serve.ingress`, shaped as Ray's Stable
+Diffusion example: a CPU FastAPI ingress calling a model deployment through a handle):
 
-- ``AnimationIngress`` (CPU): the API and page (``api.build_api``), uploads probed and decoded, jobs run as
-  tasks that call the model and encode the mp4;
 - ``AVSyncDModel``: one ``AVSyncDPipeline`` per replica (on the GPU when the replica has one); ``@serve.batch``
   collects requests and each compatible group runs as one pipeline call, reporting every denoising step to the
   job book and stopping at the next step once all of its jobs are cancelled;
@@ -15,31 +13,27 @@ Both model deployments take their model from ``user_config`` (``reconfigure`` sw
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import ray
 from ray import serve
-from ray.exceptions import RayTaskError
-from ray.serve.exceptions import BackPressureError
 
-from avsync_ray.conditioning import Conditioning
+from avsync_ray.conditioning import ConditioningError
 from avsync_ray.config.sampling import SamplingConfig
 from avsync_ray.config.serve import MODEL_DEPLOYMENTS, ServeAppArgs, ServeLimits
 from avsync_ray.devices import resolve_device
-from avsync_ray.media import DEFAULT_MEL, MediaError, encode_mp4
 from avsync_ray.media.clips import ClipSamplingError
 from avsync_ray.media.frames import center_crop_resize, to_uint8_frames
 from avsync_ray.pipelines.sampling import configure_pipeline, generate_batch, with_model_size
-from avsync_ray.serve.api import build_api, configured_token_digest
 from avsync_ray.serve.jobs import JobBook
 from avsync_ray.serve.model_slot import ModelSlot
-from avsync_ray.serve.schemas import ApiError, GenerationRequest, GenerationResult, group_compatible, overloaded
-from avsync_ray.serve.uploads import SyncInputs, media_error
+from avsync_ray.serve.schemas import RESULT_MODEL_FIELDS, ApiError, GenerationRequest, GenerationResult, group_compatible
+from avsync_ray.serve.uploads import api_error
 
-JOBS, INGRESS = "AnimationJobs", "AnimationIngress"
+JOBS = "AnimationJobs"
 MODEL, SCORER = MODEL_DEPLOYMENTS
 logger = logging.getLogger("ray.serve")
 
@@ -60,13 +54,27 @@ def _gpu_memory(device) -> dict:
             "gpu_memory_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}  # fmt: skip
 
 
-async def _call(method, *args):
-    """Await a handle call; an :class:`ApiError` raised in the other replica comes back as itself."""
-    try:
-        return await method.remote(*args)
-    except RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        raise cause if isinstance(cause, ApiError) else exc from None
+def refusals_returned(method):
+    """A deployment method whose expected refusals (:class:`ApiError`: an unknown job, a full book) are returned, not
+    raised: Serve logs every exception a replica raises with its traceback, and a 404 is no failure. :func:`call`
+    raises them again where the route awaits the handle."""
+
+    @functools.wraps(method)
+    async def answer(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except ApiError as refusal:
+            return refusal
+
+    return answer
+
+
+async def call(method, *args):
+    """Await a handle call; a refusal the other replica returned (see :func:`refusals_returned`) is raised here."""
+    result = await method.remote(*args)
+    if isinstance(result, ApiError):
+        raise result
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ job book
@@ -81,6 +89,7 @@ class AnimationJobs:
         self.book = JobBook(limits.max_active_jobs, limits.job_timeout_s, limits.result_ttl_s, limits.max_stored_results, limits.retry_after_s)
 
     # async: every call runs on the replica's event loop, one at a time, so the book needs no lock.
+    @refusals_returned
     async def submit(self, settings: dict, total_steps: int) -> dict:
         return self.book.submit(settings, total_steps)
 
@@ -96,15 +105,18 @@ class AnimationJobs:
     async def fail(self, job_id: str, error: str) -> None:
         self.book.fail(job_id, error)
 
+    @refusals_returned
     async def cancel(self, job_id: str) -> dict:
         return self.book.cancel(job_id)
 
     async def discard(self, job_id: str) -> None:
         self.book.discard(job_id)
 
+    @refusals_returned
     async def view(self, job_id: str) -> dict:
         return self.book.view(job_id)
 
+    @refusals_returned
     async def video(self, job_id: str) -> tuple[bytes, dict]:
         return self.book.video(job_id)
 
@@ -139,7 +151,7 @@ class StepReporter:
             await self._wake.wait()
             self._wake.clear()
             if not self.closed:
-                self.stopped = set(await _call(self.jobs.progress, self.job_ids, self.step))
+                self.stopped = set(await call(self.jobs.progress, self.job_ids, self.step))
 
     def close(self) -> None:
         self.closed = True
@@ -168,6 +180,9 @@ class AVSyncDModel:
         # started, pipeline calls (one per compatible group) and the last call's steps (a cancelled call ends early).
         self.stats = {"batches": 0, "requests": 0, "skipped_jobs": 0, "pipeline_calls": 0, "cancelled_calls": 0, "last_call": None}
 
+    def __del__(self):  # Serve calls it when the replica stops
+        self.slot.close()
+
     def _load(self, path: str) -> ServedPipeline:
         from avsync_ray.pipelines.loading import load_pipeline
 
@@ -191,6 +206,7 @@ class AVSyncDModel:
                 "config": {"components": components, "scheduler": type(pipe.scheduler).__name__, "height": config.height, "width": config.width},
                 **_gpu_memory(self.device)}  # fmt: skip
 
+    @refusals_returned
     async def frame_size(self) -> tuple[int, int]:
         """(height, width) of the clips this replica makes: the app's, or its model's own where the app leaves it open."""
         loaded = self.slot.loaded
@@ -208,13 +224,13 @@ class AVSyncDModel:
         loaded = self.slot.loaded
         if loaded is None:
             raise ApiError(503, "not_ready", "the animation model is still loading; retry shortly", {"Retry-After": "5"})
-        model = {key: value for key, value in self._describe(loaded).items() if key in ("role", "name", "source", "version", "alias", "replica")}
+        model = {key: value for key, value in self._describe(loaded).items() if key in RESULT_MODEL_FIELDS}
         self.stats["batches"] += 1
         self.stats["requests"] += len(requests)
         results: dict[str, GenerationResult] = {}
         for group in group_compatible(requests, GenerationRequest.batch_key):
             batch = [requests[i] for i in group]
-            skip = set(await _call(self.jobs.start, [r.job_id for r in batch], model))
+            skip = set(await call(self.jobs.start, [r.job_id for r in batch], model))
             self.stats["skipped_jobs"] += len(skip)
             live = [r for r in batch if r.job_id not in skip]
             outputs, stopped = await self._run_group(loaded.model, live) if live else ([], set())
@@ -276,9 +292,13 @@ def _write_tiny_classifier(folder):
 class SyncScorer:
     """The sync classifier: the raw score of a pair, and P_sync as curation computes it."""
 
-    def __init__(self):
+    def __init__(self, limits: dict):
+        self.limits = ServeLimits(**limits)
         self.device = resolve_device("auto", num_gpus=len(ray.get_gpu_ids()))
         self.slot = ModelSlot("sync-score", loader=self._load, presets={"tiny": _write_tiny_classifier})
+
+    def __del__(self):  # Serve calls it when the replica stops
+        self.slot.close()
 
     def _load(self, path: str):
         from avsync_ray.models.sync_classifier import load_sync_classifier
@@ -291,151 +311,25 @@ class SyncScorer:
     async def describe(self) -> dict:
         return {**self.slot.describe(), "device": str(self.device), "dtype": "float32", "replica": _replica_id(), **_gpu_memory(self.device)}
 
+    @refusals_returned
     async def score(self, audio: bytes, video: bytes) -> dict:
         loaded = self.slot.loaded
         if loaded is None:
             raise ApiError(404, "not_found", "this server has no sync classifier loaded (set sync_classifier.source)")
-        result = await asyncio.to_thread(self._score, loaded.model, audio, video)
-        return {**result, "model": {k: v for k, v in self.slot.describe().items() if k in ("name", "source", "version", "alias")}}
+        result = await asyncio.to_thread(self._score, loaded.model, audio, video, self.limits)
+        return {**result, "model": {k: v for k, v in self.slot.describe().items() if k in RESULT_MODEL_FIELDS}}
 
     @staticmethod
-    def _score(classifier, audio: bytes, video: bytes) -> dict:
+    def _score(classifier, audio: bytes, video: bytes, limits: ServeLimits) -> dict:
+        """The score and P_sync of a pair, every decode bounded by ``limits`` (the files are only probed upstream)."""
         from avsync_ray.metrics.pair_metrics import pair_metric
 
         try:
-            score = pair_metric("score", classifier, audio, video)["value"]
-        except MediaError as exc:
-            raise media_error("video", exc) from None
-        try:
-            psync = pair_metric("psync", classifier, audio, video)
-        except ClipSamplingError as exc:  # too short for three clips: the score stands, P_sync is not defined
-            return {"score": score, "psync": None, "psync_error": f"P_sync needs 2.5 s of audio and video: {exc}"}
-        except MediaError as exc:
-            raise media_error("video", exc) from None
+            score = pair_metric("score", classifier, audio, video, limits=limits)["value"]
+            try:
+                psync = pair_metric("psync", classifier, audio, video, limits=limits)
+            except ClipSamplingError as exc:  # too short for three clips: the score stands, P_sync is not defined
+                return {"score": score, "psync": None, "psync_error": f"P_sync needs 2.5 s of audio and video: {exc}"}
+        except ConditioningError as exc:
+            raise api_error(exc) from None
         return {"score": score, "psync": {"a2v": psync["a2v"], "v2a": psync["v2a"]}, "psync_error": None}
-
-
-# ------------------------------------------------------------------------------------------------ ingress
-
-
-class HandleBackend:
-    """What the routes do, through the other deployments' handles. A job runs as a task of the ingress replica
-    that accepted it: the model call (retried while the model deployment's queue is full), then the mp4 encode."""
-
-    # How long the model's frame size is trusted before it is asked again (a swap may change it; a replica
-    # re-crops a frame made for another size, so a stale size costs a second resize, never a wrong clip).
-    FRAME_SIZE_TTL_S = 30.0
-
-    def __init__(self, settings: ServeAppArgs, model, jobs, scorer):
-        self.settings, self.model, self.jobs, self.scorer = settings, model, jobs, scorer
-        self._tasks: set[asyncio.Task] = set()
-        self._frame_size: tuple[tuple[int, int], float] | None = None  # (size, when asked)
-
-    async def frame_size(self) -> tuple[int, int]:
-        sampling = self.settings.sampling
-        if sampling.height and sampling.width:
-            return sampling.height, sampling.width
-        if self._frame_size is None or time.monotonic() - self._frame_size[1] > self.FRAME_SIZE_TTL_S:
-            try:
-                self._frame_size = (tuple(await _call(self.model.frame_size)), time.monotonic())
-            except BackPressureError:
-                if self._frame_size is None:
-                    raise overloaded("the animation model is busy; retry shortly", self.settings.limits.retry_after_s) from None
-        return self._frame_size[0]
-
-    @staticmethod
-    def _request(job: dict, conditioning: Conditioning) -> GenerationRequest:
-        s = job["settings"]
-        return GenerationRequest(job_id=job["id"], image=conditioning.image, audio=conditioning.audio, prompt=s["category"], seed=s["seed"],
-                                 num_inference_steps=s["num_inference_steps"], scheduler=s["scheduler"], audio_guidance_scale=s["audio_guidance_scale"])  # fmt: skip
-
-    async def submit(self, conditioning: Conditioning, settings: dict) -> dict:
-        job = await _call(self.jobs.submit, settings, settings["num_inference_steps"])
-        task = asyncio.get_running_loop().create_task(self._run(self._request(job, conditioning)))
-        self._tasks.add(task)  # held until done: the loop keeps only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
-        return job
-
-    async def run_sync(self, conditioning: Conditioning, settings: dict) -> tuple[bytes, dict]:
-        job = await _call(self.jobs.submit, settings, settings["num_inference_steps"])
-        try:
-            await self._run(self._request(job, conditioning))
-            view = await _call(self.jobs.view, job["id"])
-            if view["status"] == "succeeded":
-                return await _call(self.jobs.video, job["id"])
-            if view["status"] == "cancelled":
-                raise ApiError(409, "cancelled", f"job {job['id']} was cancelled (DELETE /v1/animations/{job['id']})")
-            raise ApiError(500, "generation_failed", f"job {job['id']} failed: {view['error']}")
-        except asyncio.CancelledError:  # the client went away: stop the model at its next step
-            await asyncio.shield(_call(self.jobs.cancel, job["id"]))
-            raise
-        finally:
-            await asyncio.shield(_call(self.jobs.discard, job["id"]))
-
-    async def _generate(self, request: GenerationRequest) -> GenerationResult:
-        delay = 0.1
-        while True:
-            try:
-                return await _call(self.model.generate, request)
-            except BackPressureError:  # the model deployment's queue is full: the job waits here, bounded by the job book
-                if request.job_id in await _call(self.jobs.progress, [request.job_id], 0):
-                    return GenerationResult(request.job_id, None, None)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 2.0)
-
-    async def _run(self, request: GenerationRequest) -> None:
-        try:
-            result = await self._generate(request)
-            if result.cancelled:
-                return
-            fps = self.settings.sampling.fps
-            mp4 = await asyncio.to_thread(encode_mp4, result.frames, fps, result.audio, DEFAULT_MEL.sample_rate)
-            await _call(self.jobs.succeed, request.job_id, mp4, result.model)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.exception("job %s failed", request.job_id)
-            message = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
-            await _call(self.jobs.fail, request.job_id, message)
-
-    async def job(self, job_id: str) -> dict:
-        return await _call(self.jobs.view, job_id)
-
-    async def cancel(self, job_id: str) -> dict:
-        return await _call(self.jobs.cancel, job_id)
-
-    async def video(self, job_id: str) -> tuple[bytes, dict]:
-        return await _call(self.jobs.video, job_id)
-
-    async def sync_score(self, inputs: SyncInputs) -> dict:
-        return await _call(self.scorer.score, inputs.audio, inputs.video)
-
-    def _model_handles(self):
-        return [self.model] + ([self.scorer] if self.scorer is not None else [])
-
-    async def models(self) -> list[dict]:
-        return list(await asyncio.gather(*(_call(handle.describe) for handle in self._model_handles())))
-
-    async def ready(self) -> tuple[bool, str]:
-        try:
-            models = await asyncio.wait_for(self.models(), timeout=10)
-        except (asyncio.TimeoutError, BackPressureError) as exc:
-            return False, f"the model deployments did not answer: {type(exc).__name__}"
-        missing = [m["role"] for m in models if not m.get("loaded_at")]
-        if missing:
-            return False, f"not loaded yet: {', '.join(missing)}"
-        return True, "; ".join(f"{m['role']}: {m['source']}" + (f" (version {m['version']})" if m.get("version") else "") for m in models)
-
-
-@serve.deployment(name=INGRESS)
-@serve.ingress()
-class AnimationIngress:
-    """The HTTP ingress: the FastAPI app of ``api.build_api`` over :class:`HandleBackend`."""
-
-    def __init__(self, args: dict, model, jobs, scorer=None):
-        self.settings = ServeAppArgs(**args)
-        self.token_sha256 = configured_token_digest(self.settings.auth)
-        self.backend = HandleBackend(self.settings, model, jobs, scorer)
-
-    def __serve_build_asgi_app__(self):
-        return build_api(self.settings, self.backend, self.token_sha256)

@@ -103,6 +103,47 @@ class JobSettings(BaseModel):
     seed: int
 
 
+class DatasetRef(BaseModel):
+    name: str = Field(..., description="the MLflow dataset's name: <shard folder>/<split>")
+    digest: str = Field(..., description="its digest: the shard index's content id, the same in the curation, training and evaluation runs")
+    source: str | None = Field(None, description="where it is (its <split>.index.json); known from the MLflow store only")
+
+
+class RunRef(BaseModel):
+    run_id: str
+    run_name: str | None = None
+
+
+class ModelLineage(BaseModel):
+    """Where a served model comes from in MLflow (avsync_ray.lineage.served_lineage), read once when it was loaded."""
+
+    model_id: str | None = Field(None, description="its MLflow LoggedModel (models:/<model_id>)")
+    model_name: str | None = Field(None, description="the LoggedModel's name (<training run>-step-<step>)")
+    training_run_id: str | None = Field(None, description="the MLflow run that trained it")
+    training_run_name: str | None = None
+    step: int | None = Field(None, description="the training step of the exported checkpoint")
+    dataset: DatasetRef | None = Field(None, description="what that run trained on")
+    curation_runs: list[RunRef] = Field(default_factory=list, description="the curation runs that wrote that dataset, newest first")
+    recorded_in: Literal["mlflow", "lineage.json"] | None = Field(
+        None, description="mlflow: the registry version's LoggedModel in the store; lineage.json: what the exported folder records; null: nothing")
+    missing: str | None = Field(None, description="why a link is unknown (a preset, a folder no export wrote, a run that logged no dataset); null: none is")
+
+
+class ResultModel(BaseModel):
+    """The model that made a result, with its lineage."""
+
+    role: Literal["animation", "sync-score"] | None = None
+    name: str | None = Field(None, description="registered model name, folder name or preset")
+    source: str | None = Field(None, description="what the config names: a folder, a models:/ URI or a preset")
+    version: int | None = Field(None, description="MLflow registry version (None for a folder or preset)")
+    alias: str | None = None
+    replica: str | None = Field(None, description="the Serve replica that answered")
+    lineage: ModelLineage | None = Field(None, description="training run, step and dataset of the model (set once it is loaded)")
+
+
+RESULT_MODEL_FIELDS = tuple(ResultModel.model_fields)  # what the model deployments tell about the model of each result
+
+
 class JobView(BaseModel):
     id: str
     status: JobStatus
@@ -113,21 +154,16 @@ class JobView(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     error: str | None = None
-    model: dict | None = Field(None, description="name, source, version and alias of the model that made the video")
+    model: ResultModel | None = Field(None, description="the model that made the video (set once the job started)")
     video_url: str | None = Field(None, description="where the mp4 is, once the job succeeded")
 
 
-class ModelView(BaseModel):
+class ModelView(ResultModel):
     role: Literal["animation", "sync-score"]
-    name: str | None = Field(None, description="registered model name, folder name or preset")
-    source: str | None = Field(None, description="what the config names: a folder, a models:/ URI or a preset")
-    version: int | None = Field(None, description="MLflow registry version (None for a folder or preset)")
-    alias: str | None = None
-    run_id: str | None = None
+    run_id: str | None = Field(None, description="the run of the registry version (its training run, for a version avsync export registered)")
     path: str | None = None
     device: str | None = None
     dtype: str | None = None
-    replica: str | None = Field(None, description="the Serve replica that answered")
     loaded_at: str | None = None
     gpu_memory_allocated_mb: float | None = None
     gpu_memory_peak_mb: float | None = None
@@ -153,7 +189,7 @@ class SyncScoreView(BaseModel):
     score: float = Field(..., description="the classifier's raw score of the first 2 s of audio against the first 12 frames at 6 fps")
     psync: PSync | None = Field(None, description="P_sync of three clips 0.25 s apart from the video's middle (curation's rule)")
     psync_error: str | None = Field(None, description="why P_sync is missing (the video is too short for the three clips)")
-    model: dict
+    model: ResultModel
 
 
 class Health(BaseModel):

@@ -43,4 +43,6 @@ def export_checkpoint(checkpoint: str, out: str | Path) -> dict:
     else:
         raise ValueError(f"unknown task {task!r} in {checkpoint}")
     save_config(config, out / TRAINING_CONFIG)
-    return {"task": task, "step": meta["step"], "checkpoint": str(checkpoint), "out": str(out), "mlflow_run_id": meta.get("mlflow_run_id")}
+    tracking_uri = config.tracking.uri if config.tracking.enabled else None  # the store of the training run
+    return {"task": task, "step": meta["step"], "checkpoint": str(checkpoint), "out": str(out), "mlflow_run_id": meta.get("mlflow_run_id"),
+            "tracking_uri": tracking_uri}  # fmt: skip

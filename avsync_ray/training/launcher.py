@@ -68,7 +68,7 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from avsync_ray.ray_runtime import init_ray, is_verbose
+    from avsync_ray.ray_runtime import ResourceRequest, init_ray, is_verbose, require_resources
     from avsync_ray.training.loops import train_loop_per_worker
 
     root = config.run.storage_path  # an absolute local path or a URI (config.PathOrURI), as Ray Train wants
@@ -78,6 +78,9 @@ def launch(config: TrainCommonConfig, task: str) -> dict:
     plan = faults.plan_from_env()  # the crash tests' plan (None in a real run)
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})}
+    fields = {"CPU": f"scaling.cpus_per_worker={scaling.cpus_per_worker:g}", "GPU": "scaling.use_gpu=true"}
+    workers = ResourceRequest("training worker", resources, fields, scaling.num_workers, f"scaling.num_workers={scaling.num_workers}")
+    require_resources([workers], config.ray)  # all workers start together: Ray Train would retry forever
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

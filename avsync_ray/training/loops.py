@@ -276,13 +276,16 @@ def _restore(engine, checkpoint: ray.train.Checkpoint | None) -> dict:
 
 
 def _open_tracker(config: TrainCommonConfig, task: str, run_id: str | None):
-    """Rank 0's MLflow run: the checkpoint's run when resuming, else a new one with the config as params."""
+    """Rank 0's MLflow run: the checkpoint's run when resuming, else a new one with the config as params and the
+    shards as its training dataset."""
+    from avsync_ray.lineage import shard_dataset
     from avsync_ray.tracking import TrainingTracker
 
     tracking = config.tracking
     return TrainingTracker(
         tracking.uri, tracking.experiment, tracking.run_name or config.run.name, task,
         config.model_dump(mode="json"), dump_config(config), run_id=run_id,
+        dataset=None if run_id else shard_dataset(config.data.root, config.data.split),
     )  # fmt: skip
 
 
