@@ -3,7 +3,8 @@
 process (driver and Ray workers).
 
 Per N it prints the driver's wall seconds outside Ray tasks (the run's wall time minus the time the driver waits
-on Ray Data and on the shard tasks: what the cluster idles through), the requests per video by kind, the driver's
+on Ray Data and on the shard tasks: what the cluster idles through; with its CPU seconds, and the seconds spent
+listing the input, where moto is much slower than S3), the requests per video by kind, the driver's
 resident memory (where the run starts, with Ray started and the package imported, and its peak growth during
 the run, sampled every 20 ms; and Arrow's peak allocation), and driver seconds per video; then linear fits and
 the projection to 200k and 2M videos (time, requests, request cost, driver memory).
@@ -143,27 +144,30 @@ def driver(inputs: str, output: str) -> dict:
 
     from avsync_ray.curation import pipeline
 
-    waited = {"seconds": 0.0}
+    spent = {"ray_wait_s": 0.0, "ray_wait_cpu_s": 0.0, "listing_s": 0.0}
 
-    def timed(function):
+    def timed(function, wall: str, cpu: str | None = None):
         def wrapper(*args, **kwargs):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             try:
                 return function(*args, **kwargs)
             finally:
-                waited["seconds"] += time.perf_counter() - started
+                spent[wall] += time.perf_counter() - started
+                if cpu:
+                    spent[cpu] += time.process_time() - started_cpu
 
         return wrapper
 
     config = curate_config(inputs, output)
     pipeline.init_ray(config.ray)  # Ray's start is not the driver's per-video work
-    pipeline._drain = timed(pipeline._drain)
-    pipeline.ray.get = timed(ray.get)
+    pipeline._drain = timed(pipeline._drain, "ray_wait_s", "ray_wait_cpu_s")
+    pipeline.ray.get = timed(ray.get, "ray_wait_s", "ray_wait_cpu_s")
+    pipeline.list_inputs = timed(pipeline.list_inputs, "listing_s")
     memory = PeakMemory()
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     summary = pipeline.run_curation(config)
-    wall = time.perf_counter() - started
-    return {"wall_s": wall, "ray_wait_s": waited["seconds"], "driver_s": wall - waited["seconds"], **memory.close(),
+    wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
+    return {"wall_s": wall, **spent, "driver_s": wall - spent["ray_wait_s"], "driver_cpu_s": cpu - spent["ray_wait_cpu_s"], **memory.close(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "arrow_peak_mb": pa.default_memory_pool().max_memory() / 2**20,
             "videos": summary["videos"], "clips": summary["clips"], "shards": summary["shards"]}  # fmt: skip
 
@@ -210,6 +214,7 @@ def projection(results: list[dict]) -> dict:
     fabricated = [r for r in results if r["kind"] == "fabricated"]
     real = [r for r in results if r["kind"] == "real"] or fabricated
     time_fit = fit([(r["n"], r["driver_s"]) for r in fabricated]) if fabricated else (0.0, 0.0)
+    cpu_fit = fit([(r["n"], r["driver_cpu_s"]) for r in fabricated]) if fabricated else (0.0, 0.0)
     memory_fit = fit([(r["n"], r["rss_growth_mb"]) for r in fabricated]) if fabricated else (0.0, 0.0)
     baseline = max(r["rss_start_mb"] for r in fabricated) if fabricated else 0.0
     fits = {}
@@ -218,11 +223,12 @@ def projection(results: list[dict]) -> dict:
         per_record = max(sum(v for k, v in r["part_requests"].items() if k in kinds) * r["records_per_part"] / r["n"] for r in real)
         fits[name] = (other, per_record)
     out = {"driver_seconds_fit": {"intercept": round(time_fit[0], 2), "per_video_ms": round(1000 * time_fit[1], 4)},
+           "driver_cpu_seconds_fit": {"intercept": round(cpu_fit[0], 2), "per_video_ms": round(1000 * cpu_fit[1], 4)},
            "driver_rss_growth_fit": {"intercept_mb": round(memory_fit[0], 1), "per_video_kb": round(1024 * memory_fit[1], 3), "baseline_mb": round(baseline)}}  # fmt: skip
     for n in (200_000, 2_000_000):
         requests = {name: other[0] + other[1] * n + per_record * n / records_per_part(n) for name, (other, per_record) in fits.items()}
         out[str(n)] = {
-            "driver_minutes": round((time_fit[0] + time_fit[1] * n) / 60, 2), "driver_peak_rss_gb": round((baseline + memory_fit[0] + memory_fit[1] * n) / 1024, 2),
+            "driver_minutes": round((time_fit[0] + time_fit[1] * n) / 60, 2), "driver_cpu_minutes": round((cpu_fit[0] + cpu_fit[1] * n) / 60, 2), "driver_peak_rss_gb": round((baseline + memory_fit[0] + memory_fit[1] * n) / 1024, 2),
             "requests_millions": round(sum(requests.values()) / 1e6, 3), "requests_per_video": round(sum(requests.values()) / n, 2),
             "request_cost_usd": round(requests["put"] * PRICE["put"] + requests["get"] * PRICE["get"], 2),
         }  # fmt: skip
@@ -257,7 +263,8 @@ def main() -> None:
             for count in sizes:
                 results.append(measure(kind, count, proxy, env, args.latency_ms / 1000))
                 r = results[-1]
-                print(f"{kind:>10} N={count:>6}: driver {r['driver_s']:7.1f} s outside Ray ({r['driver_ms_per_video']:.2f} ms/video; wall {r['wall_s']:.1f} s), "
+                print(f"{kind:>10} N={count:>6}: driver {r['driver_s']:7.1f} s outside Ray ({r['driver_ms_per_video']:.2f} ms/video; wall {r['wall_s']:.1f} s; "
+                      f"CPU {r['driver_cpu_s']:.1f} s; listing the input {r['listing_s']:.1f} s), "
                       f"{r['requests_per_video']:.2f} requests/video {r['requests']} ({r['part_requests_per_video']:.2f} of them record parts), RSS "
                       f"{r['rss_start_mb']:.0f} MB +{r['rss_growth_mb']:.0f} MB during the run (Arrow peak {r['arrow_peak_mb']:.0f} MB)", file=sys.stderr, flush=True)  # fmt: skip
     finally:
