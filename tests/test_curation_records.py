@@ -131,3 +131,14 @@ def test_an_earlier_versions_work_folder_is_refused_with_one_line(tmp_path):
 def test_clip_bundles_of_different_generations_have_their_own_names():
     first, second = work.bundle_uri("s3://b/out", "v", 0), work.bundle_uri("s3://b/out", "v", 1)
     assert first != second and first.startswith("s3://b/out/_work/clips/") and first.endswith("/v-000000.tar")
+
+
+def test_compaction_keeps_the_latest_records_and_removes_the_superseded_parts(tmp_path):
+    output = str(tmp_path / "out")
+    work.prepare(output)
+    for generation in range(3):  # e.g. a run and two re-thresholds
+        work.write_part(output, "videos", record_table([video(f"v{i}", generation) for i in range(5)], VIDEO_SCHEMA))
+    uris = work.part_uris(output, "videos")
+    work.compact_videos(output, uris, latest_videos(work.read_parts(uris, VIDEO_SCHEMA)))
+    after = work.read_records(output, "videos")
+    assert after.num_rows == 5 and set(after["generation"].to_pylist()) == {2} and len(work.part_uris(output, "videos")) == 1
