@@ -2,7 +2,8 @@
 Playwright's own), against the Serve app on loopback. A person's path: choose an image and a sound, animate,
 watch the progress, play the clip with its sound, download it; the messages for mistakes, which say what to do;
 the notice that the tiny model only makes noise; and the API docs, which load with no network. The same app has a
-small ingress queue, to see Serve itself refuse the overflow with 503 and Retry-After."""
+small ingress (two requests at once, a queue of a browser's parallel loads), to see Serve itself refuse the overflow
+with 503 and Retry-After."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from avsync_ray.config.serve import ServeConfig
 
 STEPS = 12
 INGRESS_ONGOING = 2
+INGRESS_QUEUED = 8  # a page's parallel loads (Swagger UI's script, styles, icon, schema) queue, never overflow
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def page_app(ray_session):
     port = free_port()
     config = load_config(ServeConfig, "serve", overrides=[
         f"http.port={port}", f"sampling.num_inference_steps={STEPS}", "sync_classifier.source=null", "deployments.ingress.num_cpus=0.1",
-        f"deployments.ingress.max_ongoing_requests={INGRESS_ONGOING}", "deployments.ingress.max_queued_requests=1",
+        f"deployments.ingress.max_ongoing_requests={INGRESS_ONGOING}", f"deployments.ingress.max_queued_requests={INGRESS_QUEUED}",
     ])  # fmt: skip
     with serving(config) as serve_config:
         yield {"url": f"http://127.0.0.1:{port}/", "serve_config": serve_config}
@@ -171,9 +173,15 @@ def test_the_api_docs_load_with_no_network(browser_page, page_url):
         return route.abort()
 
     page.route("**/*", only_this_server)
+    refused = []
+    page.on("response", lambda response: response.ok or refused.append(f"{response.status} {response.url}"))
     try:
         page.goto(f"{page_url}docs")
-        page.wait_for_selector(".swagger-ui .info .title", timeout=60_000)
+        try:
+            page.wait_for_selector(".swagger-ui .info .title", timeout=60_000)
+        except Exception as error:
+            raise AssertionError(f"Swagger UI did not show; answers that were not OK: {refused}") from error
+        assert not refused, refused
         assert "AVSyncD" in page.locator(".swagger-ui .info .title").inner_text()
         page.wait_for_selector(".opblock", timeout=60_000)
         assert page.locator(".opblock").count() >= 9 and not elsewhere, elsewhere
@@ -189,12 +197,16 @@ def test_a_full_ingress_queue_is_refused_by_serve_with_503_and_retry_after(page_
     files = {"image": ("frame.png", inputs["image"].read_bytes()), "audio": ("roll.flac", inputs["audio"].read_bytes())}
 
     def send(_):  # threads: Playwright's loop owns this thread's asyncio
-        return httpx.post(f"{page_url}v1/animations:sync", data={"category": "hammering"}, files=files, timeout=300)
+        return httpx.post(f"{page_url}v1/animations:sync", data={"category": "hammering", "num_inference_steps": "25"}, files=files, timeout=300)  # limits.max_sync_steps
 
-    with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(send, range(8)))
+    # Serve admits the replica's ongoing requests plus a queue of those not yet assigned to it, and admits more as
+    # those finish: so the contract is some served and the overflow refused. The longest synchronous jobs hold
+    # their places while the burst arrives.
+    sent = 2 * (INGRESS_ONGOING + INGRESS_QUEUED)
+    with ThreadPoolExecutor(sent) as pool:
+        responses = list(pool.map(send, range(sent)))
     codes = sorted(r.status_code for r in responses)
-    assert set(codes) <= {200, 503} and codes.count(200) >= INGRESS_ONGOING and 503 in codes, codes
+    assert set(codes) == {200, 503}, {code: codes.count(code) for code in set(codes)}
     assert all(r.headers.get("retry-after") == "5" for r in responses if r.status_code == 503)  # limits.retry_after_s
 
 
