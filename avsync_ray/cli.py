@@ -48,11 +48,12 @@ class _Settings:
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    """What a user fixes by changing the command: arguments, config, input files, devices, refused resumes. The
-    device and media errors are only looked up where their (torch-importing) modules are loaded: an error of a
-    module that was never imported cannot have been raised, and a quick refusal stays quick."""
-    loaded = [getattr(sys.modules[module], name) for module, name in (("avsync_ray.devices", "DeviceError"), ("avsync_ray.media.errors", "MediaError"))
-              if module in sys.modules]  # fmt: skip
+    """What a user fixes by changing the command: arguments, config, input files, devices, refused resumes, and
+    storage that kept failing (the same command again resumes). The device and media errors are only looked up
+    where their (torch-importing) modules are loaded: an error of a module that was never imported cannot have
+    been raised, and a quick refusal stays quick."""
+    modules = (("avsync_ray.devices", "DeviceError"), ("avsync_ray.media.errors", "MediaError"), ("avsync_ray.storage", "StorageError"))
+    loaded = [getattr(sys.modules[module], name) for module, name in modules if module in sys.modules]
     return (ConfigError, InputError, *loaded, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
             PermissionError, typer.BadParameter)  # fmt: skip
 

@@ -12,7 +12,7 @@ import pyarrow.csv
 import pyarrow.parquet
 
 from avsync_ray.errors import InputError
-from avsync_ray.storage import join_uri, uri_prefix
+from avsync_ray.storage import find_paths, is_object_store, join_uri, uri_prefix
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,12 @@ def list_inputs(inputs: str | list[str], extensions: list[str]) -> InputListing:
         prefix = uri_prefix(fs)
         if fs.isdir(path):
             root = path.rstrip("/")
-            entries = fs.find(root, withdirs=True, detail=True)
             found = []
-            for entry_path, info in sorted(entries.items()):
+            for entry_path, kind in _entries(fs, root):
                 video_suffix = entry_path.lower().endswith(suffixes)
                 if entry_path.rstrip("/") == root:
                     continue
-                if info["type"] == "directory":
+                if kind == "directory":
                     if video_suffix:
                         skipped.append(SkippedInput(f"{prefix}{entry_path}", "folder_with_video_suffix"))
                 elif video_suffix:  # files, and broken links, which end in the ledger as not found
@@ -100,6 +99,21 @@ def list_inputs(inputs: str | list[str], extensions: list[str]) -> InputListing:
             label = PurePosixPath(found_path).parent.name
             sources.append(Source(f"{prefix}{found_path}", source_id_for(relative), label))
     return InputListing(_unique(sources), skipped)
+
+
+def _entries(fs, root: str) -> list[tuple[str, str]]:
+    """(path, 'file' or 'directory') of everything under ``root``, sorted. On object stores, one listing of the
+    keys (folders are the keys' prefixes), without the per-object details a detailed listing holds."""
+    if is_object_store(fs):
+        files = find_paths(fs, root)
+        folders = {parent for file in files for parent in _parents(file, root)}
+        return sorted([(file, "file") for file in files] + [(folder, "directory") for folder in folders])
+    return sorted((entry_path, info["type"]) for entry_path, info in fs.find(root, withdirs=True, detail=True).items())
+
+
+def _parents(path: str, root: str) -> list[str]:
+    parts = path[len(root) :].strip("/").split("/")[:-1]
+    return [f"{root}/{'/'.join(parts[: k + 1])}" for k in range(len(parts))]
 
 
 def list_sources(inputs: str | list[str], extensions: list[str]) -> list[Source]:

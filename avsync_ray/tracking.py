@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from avsync_ray.config.base import TrackingConfig
@@ -89,7 +90,7 @@ def log_job_run(tracking: TrackingConfig, task: str, params: dict, metrics: dict
         return run.info.run_id
 
 
-def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: dict, resolved_yaml: str, sources: list[dict]) -> str:
+def log_curation_run(config: CurateConfig, report: dict, summary: dict, index: dict, resolved_yaml: str, sources: Iterable[dict]) -> str:
     """One run in ``config.tracking.experiment``, named after the output unless ``tracking.run_name`` is set:
     thresholds and model paths as params, the funnel (of the stages that ran) and outcomes as metrics, the
     report (with histograms), stats, shard index and resolved config as artifacts, and two datasets

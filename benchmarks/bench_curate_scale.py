@@ -56,7 +56,7 @@ def peak_rss_mb() -> float:
 
 def worker_memory(source: str, output: str, mode: str) -> dict:
     """In this (fresh) process: curate one source as a worker would, or hold one decode of it; peak RSS."""
-    from avsync_ray.curation.stages import materialize_video, record_chunk, scan_video
+    from avsync_ray.curation.stages import chunk_record, curate_video, scan_video
 
     before = peak_rss_mb()
     started = time.perf_counter()
@@ -70,10 +70,11 @@ def worker_memory(source: str, output: str, mode: str) -> dict:
     for row in scan_video(item, cfg):
         chunks += row["chunk"] >= 0
         largest = max(largest, row["frames"].nbytes + row["audio"].nbytes)
-        record_chunk(row, cfg)
+        chunk_record(row)
         del row
-    # The stages' scores are missing (not run), so the clips are chosen by the cheap rules alone.
-    entry = materialize_video(item, config(source, output, model_stages=False))
+    # The stages' scores are missing (not run), so the clips are chosen by the cheap rules alone (a second scan,
+    # as the scan task and the clip task of a run are two tasks).
+    entry = curate_video(item, config(source, output, model_stages=False))
     return {"peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": before, "chunks": chunks, "largest_row_mb": largest / 2**20,
             "windows": entry["windows"], "kept": entry["kept"], "clips": entry["clips"], "seconds": time.perf_counter() - started}  # fmt: skip
 

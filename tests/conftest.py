@@ -114,10 +114,11 @@ def _free_port() -> int:
         return probe_socket.getsockname()[1]
 
 
-# S3 tests talk to a local moto server; the variables are set before Ray starts so its workers inherit them.
-MOTO_PORT = _free_port()
+# S3 tests talk to a local moto server through a loopback proxy that counts requests and can throttle
+# (tests/s3_proxy.py); the variables are set before Ray starts so its workers inherit them.
+MOTO_PORT, PROXY_PORT = _free_port(), _free_port()
 os.environ.update(
-    AWS_ENDPOINT_URL=f"http://127.0.0.1:{MOTO_PORT}",
+    AWS_ENDPOINT_URL=f"http://127.0.0.1:{PROXY_PORT}",
     AWS_ACCESS_KEY_ID="testing",
     AWS_SECRET_ACCESS_KEY="testing",
     AWS_DEFAULT_REGION="us-east-1",
@@ -142,16 +143,34 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """An S3 API on loopback (moto), with a bucket; yields the bucket URI."""
+def _s3_endpoint():
+    """moto on loopback behind the counting proxy, with a bucket."""
     import boto3
     from moto.server import ThreadedMotoServer
+    from s3_proxy import S3Proxy
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=MOTO_PORT)
     server.start()
+    proxy = S3Proxy(f"http://127.0.0.1:{MOTO_PORT}", port=PROXY_PORT).start()
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="avsync-test")
-    yield "s3://avsync-test"
+    yield proxy
+    proxy.stop()
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(_s3_endpoint):
+    """An S3 API on loopback (moto), with a bucket; yields the bucket URI."""
+    return "s3://avsync-test"
+
+
+@pytest.fixture()
+def s3_proxy(_s3_endpoint):
+    """The proxy every S3 request of the tests goes through (all processes): counts from zero, no latency or
+    faults unless the test sets them (``latency_s``, ``slowdown_share``, ``reset_share``, ``refused_keys``)."""
+    _s3_endpoint.reset()
+    yield _s3_endpoint
+    _s3_endpoint.reset()
 
 
 @pytest.fixture(scope="session")

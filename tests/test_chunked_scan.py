@@ -8,13 +8,13 @@ single decode of the whole file gives, and no row holds more than one chunk's sp
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from avsync_ray.config.curate import CurateConfig
+from avsync_ray.curation import work
 from avsync_ray.curation.chunks import CHUNK_SECONDS
 from avsync_ray.curation.shots import ShotDetector
-from avsync_ray.curation.stages import materialize_video, record_chunk, scan_video, work_uri
+from avsync_ray.curation.stages import curate_video, scan_video
 from avsync_ray.curation.windows import (
     audio_peak,
     merge_windows,
@@ -82,15 +82,13 @@ def test_chunks_hold_what_one_decode_gives_and_no_more(source, tmp_path):
 def test_clips_are_the_bytes_one_decode_would_encode(source, tmp_path):
     config = _config(source, tmp_path / "out", model_stages=False)
     item = {"uri": str(source), "source_id": "long", "label": "ball"}
-    for row in scan_video(item, config):
-        record_chunk(row, config)
-    entry = materialize_video(item, config)
-    assert entry["status"] == "done" and entry["clips"] >= 2
+    record = curate_video(item, config)
+    assert record["status"] == "done" and record["clips"] >= 2
 
     decoded, windows = _one_decode(source, config)
-    keep = np.array(pq.read_table(work_uri(config.output, "scores", "long")).column("keep").to_pylist())
+    keep = np.array(record["window_keep"])
     clips = merge_windows(windows, keep, config.shards.max_clip_s)
-    samples = read_samples(work_uri(config.output, "clips", "long"))
+    samples = read_samples(work.bundle_uri(config.output, "long", 0))
     assert len(samples) == len(clips)
     for clip, sample in zip(clips, samples):
         times = decoded.source_frame_times

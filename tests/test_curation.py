@@ -6,9 +6,11 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import webdataset as wds
 from conftest import MEDIA_DIR
 
 from avsync_ray.config.curate import CurateConfig
+from avsync_ray.curation import work
 from avsync_ray.curation.pipeline import CurationError, run_curation
 from avsync_ray.faults import ENV_VAR as FAULTS_ENV_VAR
 from avsync_ray.media import decode, encode_mp4
@@ -138,6 +141,11 @@ def ledger(output: Path) -> dict[str, dict]:
     return {row["source_id"]: row for row in pq.read_table(output / "ledger.parquet").to_pylist()}
 
 
+def recorded(output: Path | str) -> list[dict]:
+    """The stored video records (the ledger entries written so far), as a run in progress leaves them."""
+    return work.read_records(str(output), "videos", ["source_id", "status", "reason", "detail", "windows", "kept", "clips", "generation"]).to_pylist()
+
+
 def test_synthetic_corpus_is_kept_or_rejected_as_the_ground_truth_says(corpus, reference):
     scores = pq.read_table(reference["output"] / "scores.parquet").to_pylist()
     expected_reason = {"pass": "", "too_static": "too_static", "too_sharp": "too_sharp"}
@@ -189,6 +197,17 @@ def test_shards_index_stats_and_members(reference):
     assert len(set(keys)) == len(keys) and not any("." in k for k in keys)
     for entry in index["shardlist"]:
         assert entry["sha256"] == hashlib.sha256((output / entry["url"]).read_bytes()).hexdigest()
+    # Shards mix the corpus: clips follow the SHA-1 of their key across the shards.
+    assert keys == sorted(keys, key=lambda key: hashlib.sha1(key.encode()).hexdigest())
+    # A clip lists the windows it was made of: each passes every rule, so its scores' minima do too.
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        assert meta["windows"] and all(abs(w["end"] - w["start"] - 3.0) < 1e-6 and meta["span"]["start"] <= w["start"] for w in meta["windows"])
+        for name, rule in meta["thresholds"].items():
+            if rule["enabled"] and rule["min"] is not None:
+                assert all(w[name] >= rule["min"] for w in meta["windows"]) and meta["scores"][name]["min"] >= rule["min"], (sample["__key__"], name)
+            if rule["enabled"] and rule["max"] is not None:
+                assert all(w[name] <= rule["max"] for w in meta["windows"]), (sample["__key__"], name)
     sample = samples[0]
     meta = json.loads(sample["json"])
     assert meta["key"] == sample["__key__"] and meta["schema_version"] == 1 and meta["thresholds"]["pixel_diff"]["min"] == 0.01
@@ -263,18 +282,19 @@ def test_a_driver_killed_from_outside_resumes_to_the_same_shards(corpus, referen
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while len(list((output / "_work" / "ledger").glob("*.json"))) < 3 and driver.poll() is None and time.monotonic() < deadline:
+        while len(recorded(output)) < 3 and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.wait(timeout=60)
     assert driver.returncode == -signal.SIGKILL
-    recorded = len(list((output / "_work" / "ledger").glob("*.json")))
-    assert 3 <= recorded < total and not (output / "train.index.json").exists()
+    before = recorded(output)
+    assert 3 <= len(before) < total and not (output / "train.index.json").exists()
     resumed = subprocess.run(command, env=env, capture_output=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     assert shard_digests(output) == reference["digests"]
     assert len(ledger(output)) == total
+    assert all(ledger(output)[entry["source_id"]][k] == entry[k] for entry in before for k in ("status", "reason", "clips"))
 
 
 def test_rethreshold_reselects_from_the_score_table_without_scoring(corpus, reference, tmp_path):
@@ -378,6 +398,7 @@ def test_every_shared_media_file_and_every_bad_file_is_accounted_for(media_dir, 
 
     PIL.Image.new("RGB", (32, 32), (9, 90, 200)).save(bad / "picture.png", format="PNG")
     (bad / "picture.png").rename(bad / "picture.mp4")
+    PIL.Image.new("RGB", (32, 32), (200, 90, 9)).save(bad / "picture.webm", format="PNG")
     (bad / "folder.mp4").mkdir()
     (bad / "broken-link.mp4").symlink_to(tmp_path / "nowhere.mp4")
     summary = run_curation(make_config(str(folder), tmp_path / "out"))
@@ -389,8 +410,15 @@ def test_every_shared_media_file_and_every_bad_file_is_accounted_for(media_dir, 
     reasons = {Path(e["uri"]).name: e["reason"] for e in entries.values()}
     assert reasons["bbaf2n.mpg"] == "no_window" and reasons["zero.mp4"] == "zero_bytes" and reasons["broken-link.mp4"] == "not_found"
     assert reasons["tears_of_steel_clip01.mp4"] == "no_audio_stream" and reasons["text.mp4"] == "corrupt"
+    assert reasons["picture.mp4"] == reasons["picture.webm"] == "not_a_video"  # a still image, whatever its name says
     statuses = {Path(e["uri"]).name: e["status"] for e in entries.values()}
-    assert statuses["picture.mp4"] == statuses["truncated.mp4"] == "failed"  # a still image has no audio; the cut film neither
+    assert statuses["truncated.mp4"] == "failed"  # the cut film has no audio stream
+    # GRID's 2.98-s clips hold no 3-s window, and say so; the report breaks down why videos have no clip.
+    details = {Path(e["uri"]).name: e["detail"] for e in entries.values()}
+    assert re.fullmatch(r"2\.9\d s long, shorter than one 3-s window", details["bbaf2n.mpg"]), details["bbaf2n.mpg"]
+    no_clip = [e for e in entries.values() if e["status"] == "zero_survivors"]
+    assert report["zero_survivor_reasons"] == dict(sorted(Counter(e["reason"] for e in no_clip).items())) and report["zero_survivor_reasons"]["no_window"] >= 1
+    assert "Why videos have no clip:" in (tmp_path / "out" / "report" / "report.md").read_text()
     assert statuses["big_buck_bunny_0_30.webm"] in ("done", "zero_survivors") and summary["failed"] >= 8
     assert summary["skipped_inputs"] == {"not_a_video": sum(1 for s in report["skipped_inputs"] if s["reason"] == "not_a_video"), "folder_with_video_suffix": 1}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ from avsync_ray.curation.windows import (
     psync_clip_starts,
     semantic_difference,
     windows_in_shots,
+    windows_of_clip,
 )
 
 NO_MODELS = {"filters": {"semantic": {"enabled": False}, "imagebind": {"enabled": False}, "sync": {"enabled": False}}}
@@ -71,7 +74,7 @@ def test_decide_reports_the_first_failed_rule_in_funnel_order():
     keep, reasons = decide(scores, cfg)
     assert keep.tolist() == [True, False, False, False, False]
     assert reasons == ["", "too_static", "too_sharp", "too_quiet", "too_static"]
-    counts = funnel(scores, reasons)
+    counts = funnel(Counter(reasons))
     assert counts["removed_by_pixel_diff"] == 3 and counts["removed_by_audio_peak"] == 1 and counts["kept"] == 1
 
 
@@ -97,3 +100,13 @@ def test_merge_overlapping_and_touching_windows_per_shot():
     assert merge_windows(windows, np.array([True] * 5 + [False]), max_seconds=4.0) == [Window(0, 0.0, 4.0), Window(0, 4.0, 7.5)]
     clip = Window(0, 0.0, 3.5)
     assert clip.covers(Window(0, 0.5, 3.5)) and not clip.covers(Window(1, 0.5, 3.5)) and not clip.covers(Window(0, 1.0, 4.0))
+
+
+def test_a_clip_is_made_of_its_kept_windows_only():
+    """Kept windows 0-3 s and 1-4 s overlap and merge into 0-4 s, which covers the rejected 0.5-3.5 s window: the
+    clip's metadata lists the two it was made of (shards/README.md), not the one a rule rejected."""
+    windows = [Window(0, 0.0, 3.0), Window(0, 0.5, 3.5), Window(0, 1.0, 4.0), Window(1, 4.0, 7.0)]
+    keep = np.array([True, False, True, False])
+    clips = merge_windows(windows, keep)
+    assert clips == [Window(0, 0.0, 4.0)] and clips[0].covers(windows[1])
+    assert windows_of_clip(clips[0], windows, keep) == [0, 2]

@@ -25,6 +25,7 @@ from local_cluster import REPO, LocalCluster
 from training_checks import optimizer_steps
 
 from avsync_ray.config.curate import CurateConfig
+from avsync_ray.curation import work
 from avsync_ray.curation.pipeline import run_curation
 from avsync_ray.faults import ENV_VAR as FAULTS_ENV_VAR
 from avsync_ray.synth import synthesize_corpus
@@ -113,7 +114,8 @@ def _video_tasks(cluster: LocalCluster, node_id: str, state: str | None = None) 
 
 def _assert_complete_and_identical(output: Path, reference: dict[str, str]) -> None:
     ledger = pq.read_table(output / "ledger.parquet").to_pylist()
-    assert sorted(row["source_id"] for row in ledger) == sorted(p.stem for p in output.joinpath("_work", "ledger").glob("*.json"))
+    stored = work.read_records(str(output), "videos", ["source_id"])["source_id"].to_pylist()
+    assert sorted(row["source_id"] for row in ledger) == sorted(stored)  # one stored record per video
     assert len(ledger) == len({row["source_id"] for row in ledger}) == VIDEOS  # every video, once
     assert {row["status"] for row in ledger} == {"done"}
     assert _digests(output) == reference

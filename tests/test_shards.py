@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import webdataset as wds
@@ -18,16 +19,20 @@ from avsync_ray.shards import (
     SCORE_TABLE_SCHEMA,
     ShardIndexError,
     iter_samples,
-    plan_bundles,
+    plan_shards,
     read_index,
     read_metadata,
     read_samples,
     sample_key,
     sample_metadata,
+    samples_in_range,
+    shard_order,
     shard_urls,
     tar_bytes,
+    tar_bytes_and_ranges,
     write_index,
     write_shard,
+    write_sourced_shard,
 )
 
 
@@ -37,11 +42,20 @@ def test_clip_keys_are_deterministic_and_dot_free():
     assert sample_key("a", 0.1234, 3.1239) == "a_0000123_0003124"
 
 
-def test_plan_bundles_targets_size_and_sample_count():
-    bundles = [(f"b{i}", 100, 2) for i in range(7)]
-    assert plan_bundles(bundles, target_bytes=250, max_samples=100) == [["b0", "b1", "b2"], ["b3", "b4", "b5"], ["b6"]]
-    assert plan_bundles(bundles, target_bytes=10_000, max_samples=4) == [["b0", "b1"], ["b2", "b3"], ["b4", "b5"], ["b6"]]
-    assert plan_bundles([("big", 10_000, 50), ("small", 10, 1)], 100, 10) == [["big"], ["small"]]
+def test_plan_shards_targets_size_and_sample_count():
+    lengths = np.full(7, 100)
+    assert plan_shards(lengths, target_bytes=250, max_samples=100).tolist() == [0, 0, 0, 1, 1, 1, 2]
+    assert plan_shards(lengths, target_bytes=10_000, max_samples=2).tolist() == [0, 0, 1, 1, 2, 2, 3]
+    assert plan_shards(np.array([10_000, 10]), 100, 10).tolist() == [0, 1]  # a clip above the target makes its own shard
+    assert plan_shards(np.zeros(0, dtype=np.int64), 100, 10).tolist() == []
+
+
+def test_shard_order_is_a_hash_of_the_key_and_mixes_labels():
+    keys = sorted(f"{label}-{n:03d}-0123456789_0000000_0003000" for label in ("dog", "lion", "rain") for n in range(40))
+    ordered = [keys[i] for i in shard_order(iter(keys), len(keys))]
+    assert ordered == sorted(keys, key=lambda k: hashlib.sha1(k.encode()).hexdigest())
+    # three labels in label order become mixed: every third of the order holds all three
+    assert all({k.split("-")[0] for k in ordered[lo : lo + 40]} == {"dog", "lion", "rain"} for lo in (0, 40, 80))
 
 
 def test_tars_are_deterministic_and_readable_by_webdataset(tmp_path):
@@ -77,6 +91,26 @@ def test_write_shard_leaves_nothing_behind_when_its_samples_fail(tmp_path):
     with pytest.raises(RuntimeError):
         write_shard(str(tmp_path / "train-000000.tar"), failing())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shard_assembled_from_byte_ranges_of_bundles_is_the_tar_of_those_samples(tmp_path):
+    samples = _samples(5)
+    data, ranges = tar_bytes_and_ranges(samples[:3])
+    (tmp_path / "a.tar").write_bytes(data)
+    data_b, ranges_b = tar_bytes_and_ranges(samples[3:])
+    (tmp_path / "b.tar").write_bytes(data_b)
+    picks = [("b.tar", 1), ("a.tar", 0), ("a.tar", 2), ("b.tar", 0)]
+    spans = {"a.tar": ranges, "b.tar": ranges_b}
+    keys = [samples[3 + i if name == "b.tar" else i]["__key__"] for name, i in picks]
+    result = write_sourced_shard(str(tmp_path), "train", 0, keys, [str(tmp_path / name) for name, _ in picks],
+                                 [spans[name][i][0] for name, i in picks], [spans[name][i][1] for name, i in picks])  # fmt: skip
+    expected = tar_bytes([samples[3 + i if name == "b.tar" else i] for name, i in picks])
+    assert (tmp_path / "train-000000.tar").read_bytes() == expected and result["entry"]["nsamples"] == 4
+    assert result["entry"]["sha256"] == hashlib.sha256(expected).hexdigest()
+    for key, offset, length in zip(keys, result["offsets"], result["lengths"]):  # where each sample is in the shard
+        assert [s["__key__"] for s in samples_in_range(expected[offset : offset + length])] == [key]
+    with pytest.raises(ValueError, match="does not hold sample"):  # a range that is not the recorded sample's
+        write_sourced_shard(str(tmp_path), "train", 1, [keys[0]], [str(tmp_path / "a.tar")], [ranges[1][0]], [ranges[1][1]])
 
 
 def test_read_samples_round_trips_what_the_reader_gives_back(tmp_path):

@@ -69,3 +69,15 @@ def test_what_a_folder_holds_besides_videos_is_reported(tree):
     listing = list_inputs(str(tree), EXTENSIONS)
     assert set(listing.skipped) == {SkippedInput(str(tree / "notes.txt"), "not_a_video"), SkippedInput(str(tree / "folder.mp4"), "folder_with_video_suffix")}
     assert str(tree / "broken.mp4") in [s.uri for s in listing.sources]  # a broken link is a source: the ledger says not found
+
+
+def test_an_object_store_listing_finds_the_same_without_per_object_details():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for relative in ("dog_barking/a.mp4", "notes.txt", "odd.mp4/inner.mp4", "nested/deep/c.mpg"):
+        fs.pipe_file(f"/listing/{relative}", b"x")
+    listing = list_inputs("memory://listing", EXTENSIONS)
+    assert [s.uri for s in listing.sources] == [f"memory:///listing/{r}" for r in ("dog_barking/a.mp4", "nested/deep/c.mpg", "odd.mp4/inner.mp4")]
+    assert set(listing.skipped) == {SkippedInput("memory:///listing/notes.txt", "not_a_video"), SkippedInput("memory:///listing/odd.mp4", "folder_with_video_suffix")}
+    fs.rm("/listing", recursive=True)

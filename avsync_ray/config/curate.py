@@ -81,6 +81,9 @@ class ShardsConfig(StrictModel):
         "faster", description="x264 speed/size trade-off of the clip mp4s"
     )
     max_clip_s: float | None = Field(None, gt=0, description="split merged clips longer than this")
+    order: Literal["hash", "key"] = Field(
+        "hash", description="hash: clips ordered across shards by the SHA-1 of their key (mixes labels and sources); key: by key (a video's clips together)"
+    )
 
     @field_validator("short_side")
     @classmethod
@@ -108,6 +111,9 @@ class CurateConfig(StrictModel):
     imagebind_actor: ActorConfig = Field(ActorConfig(), description="actor pool of the semantic/ImageBind stage")
     sync_actor: ActorConfig = Field(ActorConfig(), description="actor pool of the P_sync stage")
     shards: ShardsConfig = Field(ShardsConfig(), description="clip encoding and WebDataset shards")
+    keep_staged_clips: bool = Field(
+        False, description="keep each video's clip bundle under _work/clips/ after the shards commit (off: the shards are the only copy)"
+    )
     tracking: CurationTracking = CURATION_TRACKING
     ray: RayConfig = Field(RayConfig(), description="Ray")
 

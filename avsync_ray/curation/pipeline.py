@@ -1,34 +1,40 @@
 """``avsync curate`` on Ray Data: the only curation module that imports Ray.
 
-    scoring:  sources -> scan (CPU task: shots, windows, cheap scores; yields the windows chunk by chunk)
-                      -> embedding scorer (actor pool: semantic difference, ImageBind IA/IT)
-                      -> sync scorer (actor pool: P_sync)
-                      -> record (CPU task: the chunk's scores, stored)
-    clips:    scanned sources -> materialize (CPU task: thresholds, merge, encode clips; bundle + scores + ledger)
-    then: score table, ledger table, shards (Ray tasks), index, stats, report, MLflow run.
+    scoring:  pending sources -> scan (CPU task per video: shots, windows, cheap scores; yields the windows chunk by
+                                 chunk)
+                              -> embedding scorer (actor pool: semantic difference, ImageBind IA/IT)
+                              -> sync scorer (actor pool: P_sync)
+                              -> chunk records, stored in parts of many chunks
+    clips:    scanned videos  -> materialize (CPU task per video: thresholds, merge, encode clips into its bundle)
+                              -> video records, stored in parts of many videos
+    then: ledger and score table (from the video records), shards (Ray tasks, in the order of a hash of each clip's
+    key, from the staged bundles), index (the commit), stats, report, MLflow run; then the staged bundles go.
 
-A task holds one chunk of a video's windows (10 s of window starts, with the frames and audio they sample) or
-the clip being encoded (with the encoded bytes of the video's clips until its bundle is written), never a whole
-video's frames, so hour-long sources curate in bounded memory. Each video is one
-block of the scan, so retries, progress and resume are per video. A video with a ledger entry is done (clips
-staged, zero survivors, or failed with a reason) and is skipped by a rerun; a video whose scan and chunks are
-stored goes straight to its clips. The shards are then rebuilt from the staged bundles in a fixed order, so an
-interrupted and an uninterrupted run end with the same bytes, on any number of nodes.
+What the driver does per video is small and constant: it lists the input, reads the stored parts (about N / 1,000
+objects for N videos; :mod:`avsync_ray.curation.work`), puts the pending videos into Ray Data in blocks of 1,000
+(split on the workers into one video per task, so each video is retried alone), and computes tables and the report
+with Arrow. A task holds one chunk of a video's windows (10 s of window starts, with the frames and audio they
+sample) or the clip being encoded, never a whole video's frames, so hour-long sources curate in bounded memory.
+
+A video with a stored video record is done (clips staged, zero survivors, or failed with a reason) and is skipped
+by a rerun (a storage error is retried); a video whose scan is stored goes straight to its clips. The shards are
+rebuilt from the bundles in a fixed order, so an interrupted and an uninterrupted run end with the same bytes, on
+any number of nodes; a rerun that changes no clip leaves the committed shards as they are.
 """
 
 from __future__ import annotations
 
-import collections
+import hashlib
 import logging
 import math
 import os
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
+import pyarrow.compute as pc
 import ray
 from ray.util.annotations import RayDeprecationWarning
 
@@ -36,33 +42,48 @@ from avsync_ray import faults
 from avsync_ray.batch_jobs import actor_placement
 from avsync_ray.config.base import ConfigError, dump_config, load_config, save_config
 from avsync_ray.config.curate import CurateConfig
-from avsync_ray.curation import report as report_module
+from avsync_ray.curation import report as report_module, work
+from avsync_ray.curation.records import (
+    SHARD_CLIPS_SCHEMA,
+    VIDEO_SCHEMA,
+    clip_table,
+    final_ids,
+    latest_videos,
+    ledger_table,
+    record_table,
+    scanned_ids,
+    scanned_videos,
+    score_table,
+    video_record,
+)
 from avsync_ray.curation.scorers import EmbeddingScorer, SyncScorer
 from avsync_ray.curation.stages import (
-    LEDGER_SCHEMA,
-    WORK,
-    chunk_name,
+    chunk_record,
     curation_id,
     materialize_video,
-    record_chunk,
-    record_video,
     rematerialize_video,
     scan_video,
     scoring_id,
     setting_differences,
-    write_parquet,
 )
 from avsync_ray.errors import InputError
 from avsync_ray.ray_runtime import ResourceRequest, actor_request, init_ray, require_resources
-from avsync_ray.shards import SCORE_TABLE_SCHEMA, plan_bundles, shard_stats, write_bundled_shard, write_index
+from avsync_ray.shards import index_uri, plan_shards, shard_order, shard_stats, write_index, write_sourced_shard
 from avsync_ray.sources import list_inputs
-from avsync_ray.storage import exists, filesystem, join_uri, list_files, uri_prefix, write_json_atomic
+from avsync_ray.storage import exists, filesystem, join_uri, read_json, uri_prefix, write_json_atomic, write_parquet
 from avsync_ray.tracking import log_curation_run
 
 logger = logging.getLogger(__name__)
 # A task killed by a crash (a worker process dying) is retried this many times before the video is recorded
 # as failed with reason 'worker_crashed'.
 TASK_RETRIES = 3
+INPUT_BLOCK = 1000  # videos per block the driver hands to Ray Data
+CONFIG_NAME = "curate.config.yaml"  # the resolved config of the output's latest run
+LIGHT_COLUMNS = ["source_id", "status", "reason", "scoring_id", "generation"]
+
+
+class CurationError(InputError):
+    """The output folder cannot continue this run (it holds videos curated with other settings)."""
 
 
 def _map_task(ds: ray.data.Dataset, fn, flat: bool = False, **fn_kwargs) -> ray.data.Dataset:
@@ -74,36 +95,26 @@ def _map_task(ds: ray.data.Dataset, fn, flat: bool = False, **fn_kwargs) -> ray.
         return (ds.flat_map if flat else ds.map)(fn, fn_kwargs=fn_kwargs, num_cpus=1, max_retries=TASK_RETRIES)
 
 
-CONFIG_NAME = "curate.config.yaml"  # the resolved config of the output's latest run
+def _store(ds: ray.data.Dataset, writer, output: str, count: int) -> ray.data.Dataset:
+    """Records stored by ``writer`` (:mod:`~avsync_ray.curation.work`) in parts of many records; its rows are
+    one per part."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RayDeprecationWarning)
+        return ds.map_batches(writer, batch_size=work.records_per_part(count), batch_format="numpy", fn_kwargs={"output": output},
+                              num_cpus=1, max_retries=TASK_RETRIES)  # fmt: skip
 
 
-class CurationError(InputError):
-    """The output folder cannot continue this run (it holds videos curated with other settings)."""
+def _videos(table: pa.Table) -> ray.data.Dataset:
+    """A table of videos as a Ray Dataset: the driver hands over blocks of ``INPUT_BLOCK`` videos, which the
+    workers split into one video per block, so that each video is its own task (retried, and failing, alone)."""
+    blocks = [table.slice(start, INPUT_BLOCK) for start in range(0, table.num_rows, INPUT_BLOCK)]
+    return ray.data.from_arrow(blocks).repartition(target_num_rows_per_block=1)
 
 
-def _json_records(folder: str) -> dict[str, dict]:
-    """Every ``<name>.json`` in ``folder``, by name (read concurrently: object stores serve many small files in
-    parallel)."""
-    import json
-
-    uris = list_files(folder, ".json")
-    if not uris:
-        return {}
-    fs, _ = filesystem(uris[0])
-    paths = [filesystem(uri)[1] for uri in uris]
-    contents = fs.cat(paths)
-    return {uri.rsplit("/", 1)[-1][: -len(".json")]: json.loads(contents[path]) for uri, path in zip(uris, paths)}
-
-
-def _ledger_entries(output: str) -> dict[str, dict]:
-    """Every recorded video, by source id (its ledger entry's file name)."""
-    return _json_records(join_uri(output, WORK, "ledger"))
-
-
-def _check_resumable(entries: dict[str, dict], config: CurateConfig, rethreshold: bool) -> None:
+def _check_resumable(recorded: pa.Table, config: CurateConfig, rethreshold: bool) -> None:
     """An output with recorded videos continues only with the settings that made them: the scores' (checked per
     video) and every other setting that changes a shard's bytes (against the output's saved config)."""
-    if not entries:
+    if not recorded.num_rows:
         return
     saved_uri = join_uri(config.output, CONFIG_NAME)
     differences = []
@@ -112,13 +123,13 @@ def _check_resumable(entries: dict[str, dict], config: CurateConfig, rethreshold
             differences = setting_differences(load_config(CurateConfig, path=saved_uri), config, rethreshold)
         except ConfigError:  # written by another version of this package: the per-video scoring ids still decide
             logger.warning("%s does not validate with this version; checking the scoring settings only", saved_uri)
-    other = {e["scoring_id"] for e in entries.values()} - {scoring_id(config)}
+    other = set(pc.unique(recorded["scoring_id"]).to_pylist()) - {scoring_id(config)}
     if other and not differences:
         differences = [f"the scoring settings (shots, windows or models; ids {sorted(other)}, this run {scoring_id(config)})"]
     if differences:
         hint = "" if rethreshold else ", or --rethreshold to change only thresholds"
         raise CurationError(
-            f"{config.output} holds {len(entries)} videos curated with other settings ({'; '.join(differences)}); "
+            f"{config.output} holds {recorded.num_rows} videos curated with other settings ({'; '.join(differences)}); "
             f"use those settings again, another output folder{hint}"
         )
 
@@ -141,10 +152,10 @@ def _actor_requests(config: CurateConfig) -> list[ResourceRequest]:
     return [actor_request(name, getattr(config, name)) for name, used in pools.items() if used]
 
 
-def _scoring(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
-    """The scoring graph on a dataset of sources (one video per block); its rows are the recorded chunks."""
+def _scoring(ds: ray.data.Dataset, config: CurateConfig, count: int) -> ray.data.Dataset:
+    """The scoring graph on a dataset of sources (one video per block); its rows are one per stored part."""
     plan = faults.plan_from_env()
-    scan = faults.video_task_with_faults(scan_video, plan, join_uri(config.output, WORK)) if plan else scan_video
+    scan = faults.video_task_with_faults(scan_video, plan, work.marker_dir(config.output)) if plan else scan_video
     ds = _map_task(ds, scan, flat=True, config=config)
     stages, length = config.filters, config.windows.length_s
     if stages.semantic.enabled or stages.imagebind.enabled:
@@ -153,90 +164,173 @@ def _scoring(ds: ray.data.Dataset, config: CurateConfig) -> ray.data.Dataset:
     if stages.sync.enabled:
         kwargs = {"sync": stages.sync, "actor": config.sync_actor, "window_length": length}
         ds = ds.map(SyncScorer, fn_constructor_kwargs=kwargs, **actor_placement(config.sync_actor))
-    return _map_task(ds, record_chunk, config=config)
+    return _store(_map_task(ds, chunk_record), work.store_chunk_records, config.output, count)
 
 
-def _drain(ds: ray.data.Dataset, total: int, verb: str) -> str:
-    """Run the graph; the driver only counts finished videos (their state is already on storage), with a progress
-    line every tenth of them. A scoring row is one chunk of a video (``chunk``, ``chunks``); others one video."""
-    rows: collections.Counter = collections.Counter()
-    finished, step = 0, math.ceil(total / 10)
+def _drain(ds: ray.data.Dataset, total: int, verb: str, failures: dict[str, str]) -> str:
+    """Run the graph; the driver only reads one row per stored part (the records are on storage), with a progress
+    line every tenth of the videos. A part that storage refused every retry adds its videos to ``failures``."""
+    finished, step, last = 0, math.ceil(total / 10), 0
     for row in ds.iter_rows():
-        rows[row["source_id"]] += 1
-        if rows[row["source_id"]] == max(1, row.get("chunks", 1)):
-            finished += 1
-            if finished % step == 0 or finished == total:
-                logger.info("%s %d of %d videos", verb, finished, total)
+        finished += int(row["videos"])
+        if row["error"]:
+            failures.update(dict.fromkeys(row["failed"].split("\n"), row["error"]))
+        if finished // step > last // step or (finished >= total > last):
+            logger.info("%s %d of %d videos", verb, min(finished, total), total)
+        last = finished
     try:
         return ds.stats()
     except Exception:  # noqa: BLE001 - stats are a report nicety
         return ""
 
 
-def _record_crashed(sources: list[dict], entries: dict[str, dict], config: CurateConfig) -> None:
-    """Videos whose tasks failed every retry (their worker kept dying) get a ledger entry, never silence."""
-    for source in sources:
-        if source["source_id"] not in entries:
-            counts = {"windows": 0, "kept": 0, "clips": 0, "decoded_frames": 0}
-            record_video(source, config, "failed", "worker_crashed", f"its task failed {TASK_RETRIES + 1} times", counts)
+def _record_missing(config: CurateConfig, pending: pa.Table, generation: int, failures: dict[str, str]) -> None:
+    """Videos of this run without a record of this run's ``generation``: their part could not be stored
+    (``storage_error``, retried by the next run), or their task failed every retry, its worker dying each time
+    (``worker_crashed``); never silence."""
+    stored = work.read_records(config.output, "videos", ["source_id", "generation"])
+    recorded = stored.filter(pc.equal(stored["generation"], generation))["source_id"].combine_chunks()
+    missing = pending.filter(pc.invert(pc.is_in(pending["source_id"], value_set=recorded)))
+    if not missing.num_rows:
+        return
+    rows = []
+    for source in missing.select(["source_id", "uri", "label"]).to_pylist():
+        error = failures.get(source["source_id"])
+        reason, detail = ("storage_error", error) if error else ("worker_crashed", f"its task failed {TASK_RETRIES + 1} times")
+        rows.append(video_record(**source, status="failed", reason=reason, detail=detail, scoring_id=scoring_id(config), generation=generation))
+    work.write_part(config.output, "videos", record_table(rows, VIDEO_SCHEMA))
+    logger.warning("%d videos could not be curated (recorded as failed: %s)", len(rows), sorted({r["reason"] for r in rows}))
 
 
-def _scanned(config: CurateConfig, sources: list[dict]) -> list[dict]:
-    """The sources whose scan and every chunk of it are stored (one listing of the chunks, the scans read at once)."""
-    scans = _json_records(join_uri(config.output, WORK, "scans"))
-    fs, path = filesystem(join_uri(config.output, WORK, "chunks"))
-    stored = {"/".join(p.rstrip("/").rsplit("/", 2)[-2:]) for p in fs.find(path)} if fs.exists(path) else set()
-    return [s for s in sources if s["source_id"] in scans and all(chunk_name(s["source_id"], n) in stored for n in scans[s["source_id"]]["chunks"])]
-
-
-def _score(config: CurateConfig, sources: list[dict], entries: dict[str, dict]) -> str:
-    pending = [s for s in sources if s["source_id"] not in entries]
-    logger.info("%d videos, %d already recorded, %d to curate", len(sources), len(sources) - len(pending), len(pending))
-    if not pending:
+def _score(config: CurateConfig, sources: pa.Table, recorded: pa.Table, generation: int) -> str:
+    pending = sources.filter(pc.invert(pc.is_in(sources["source_id"], value_set=final_ids(recorded))))
+    logger.info("%d videos, %d already recorded, %d to curate", sources.num_rows, sources.num_rows - pending.num_rows, pending.num_rows)
+    if not pending.num_rows:
         return ""
-    # A block that keeps failing (its worker dying) is dropped rather than fatal: its video then lacks a scan or a
-    # chunk, and is recorded as failed below, never lost silently.
+    # A block that keeps failing (its worker dying) is dropped rather than fatal: its video then has no record
+    # and is recorded as failed below, never lost silently.
     ray.data.DataContext.get_current().max_errored_blocks = -1
-    scanned = {s["source_id"] for s in _scanned(config, pending)}
-    to_scan = [s for s in pending if s["source_id"] not in scanned]
-    stats = []
-    if to_scan:
-        stats.append(_drain(_scoring(ray.data.from_items(to_scan, override_num_blocks=len(to_scan)), config), len(to_scan), "scored"))
-    ready = _scanned(config, pending)
-    if ready:
-        clips = _map_task(ray.data.from_items(ready, override_num_blocks=len(ready)), materialize_video, config=config)
-        stats.append(_drain(clips, len(ready), "curated"))
-    _record_crashed(pending, _ledger_entries(config.output), config)
+    scanned = scanned_ids(work.read_records(config.output, "chunks", ["source_id", "reason", "chunk", "chunks"]))
+    to_scan = pending.filter(pc.invert(pc.is_in(pending["source_id"], value_set=scanned)))
+    stats, failures = [], {}
+    if to_scan.num_rows:
+        stats.append(_drain(_scoring(_videos(to_scan), config, to_scan.num_rows), to_scan.num_rows, "scored", failures))
+    ready = scanned_videos(work.read_records(config.output, "chunks"))  # a fresh listing: the parts the tasks wrote
+    ready = ready.filter(pc.is_in(ready["source_id"], value_set=pending["source_id"]))
+    if ready.num_rows:
+        clips = _map_task(_videos(ready), materialize_video, config=config, generation=generation)
+        stats.append(_drain(_store(clips, work.store_video_records, config.output, ready.num_rows), ready.num_rows, "curated", failures))
+    _record_missing(config, pending, generation, failures)
+    work.remove_parts(work.part_uris(config.output, "chunks"))  # every listed video is recorded: the scans are spent
     return "\n".join(stats)
 
 
-def _rethreshold(config: CurateConfig, entries: dict[str, dict]) -> str:
-    scored = [e for e in entries.values() if e["windows"] > 0 and (e["status"] != "failed" or e["reason"] == "rethreshold_error")]
-    if not scored:
+def _clip_locations(config: CurateConfig, videos: pa.Table, committed: dict | None) -> pa.Table:
+    """``videos`` with ``clip_uri`` (and ``clip_offset``, ``clip_length``) saying where each clip's members are now:
+    the video's bundle, or, once the shards holding them committed and the bundles went, the committed shard."""
+    in_shards = committed is not None and committed["bundles"] == "removed"
+    located = {}
+    if in_shards and pc.any(pc.less_equal(videos["generation"], committed["generation"])).as_py():
+        table = work.read_parts([work.shard_clips_uri(config.output, committed["plan_id"])], SHARD_CLIPS_SCHEMA)
+        located = dict(zip(table["key"].to_pylist(), zip(table["shard"].to_pylist(), table["offset"].to_pylist(), table["length"].to_pylist())))
+    uris, offsets, lengths = [], [], []
+    for video in videos.select(["source_id", "generation", "clip_key", "clip_offset", "clip_length"]).to_pylist():
+        if in_shards and video["generation"] <= committed["generation"]:
+            found = [located[key] for key in video["clip_key"]]
+            uris.append([join_uri(config.output, shard) for shard, _, _ in found])
+            offsets.append([offset for _, offset, _ in found])
+            lengths.append([length for _, _, length in found])
+        else:
+            uris.append([work.bundle_uri(config.output, video["source_id"], video["generation"])] * len(video["clip_key"]))
+            offsets.append(video["clip_offset"])
+            lengths.append(video["clip_length"])
+    table = videos.drop_columns(["clip_offset", "clip_length"])
+    return table.append_column("clip_uri", pa.array(uris, pa.list_(pa.string()))).append_column(
+        "clip_offset", pa.array(offsets, pa.list_(pa.int64()))).append_column("clip_length", pa.array(lengths, pa.list_(pa.int64())))  # fmt: skip
+
+
+def _rematerialize(config: CurateConfig, videos: pa.Table, generation: int, committed: dict | None, verb: str) -> str:
+    """Re-apply thresholds to recorded videos, reading their current clips from where they are."""
+    ds = _map_task(_videos(_clip_locations(config, videos, committed)), rematerialize_video, config=config, generation=generation)
+    failures: dict[str, str] = {}
+    stats = _drain(_store(ds, work.store_video_records, config.output, videos.num_rows), videos.num_rows, verb, failures)
+    _record_missing(config, videos.select(["source_id", "uri", "label"]), generation, failures)
+    return stats
+
+
+def _rethreshold(config: CurateConfig, generation: int, committed: dict | None) -> str:
+    videos = latest_videos(work.read_records(config.output, "videos"))
+    retried = pc.is_in(videos["reason"], value_set=pa.array(["rethreshold_error", "storage_error"]))
+    scored = videos.filter(pc.and_(pc.greater(videos["windows"], 0), pc.or_(pc.not_equal(videos["status"], "failed"), retried)))
+    if not scored.num_rows:
         raise CurationError(f"{config.output} has no scored videos to re-threshold")
-    ds = ray.data.from_items(scored, override_num_blocks=len(scored))
-    ds = _map_task(ds, rematerialize_video, config=config)
-    return _drain(ds, len(scored), "re-thresholded")
+    ray.data.DataContext.get_current().max_errored_blocks = -1
+    return _rematerialize(config, scored, generation, committed, "re-thresholded")
 
 
-def _score_table(output: str) -> pa.Table:
-    fs, path = filesystem(join_uri(output, WORK, "scores"))
-    if not fs.exists(path):
-        return SCORE_TABLE_SCHEMA.empty_table()
-    table = pads.dataset(path, filesystem=fs, format="parquet", schema=SCORE_TABLE_SCHEMA).to_table()
-    return table.sort_by([("source_id", "ascending"), ("start", "ascending")])
+def _strings(column: pa.ChunkedArray, batch: int = 10_000):
+    """The values of a column, a batch at a time: never all of them as Python objects at once."""
+    for start in range(0, len(column), batch):
+        yield from column.slice(start, batch).to_pylist()
 
 
-def _assemble(config: CurateConfig, entries: dict[str, dict]) -> tuple[dict, dict]:
-    """Shards from the staged bundles (one Ray task per shard), then the index (the commit) and stats."""
-    bundles = list_files(join_uri(config.output, WORK, "clips"), ".tar")
-    fs = filesystem(bundles[0])[0] if bundles else None
-    sized = [(uri, fs.size(filesystem(uri)[1]), entries[uri.rsplit("/", 1)[-1][: -len(".tar")]]["clips"]) for uri in bundles]
-    plan = plan_bundles(sized, config.shards.target_size_mb * 2**20, config.shards.max_samples)
-    writer = ray.remote(num_cpus=1)(write_bundled_shard)
-    shardlist = ray.get([writer.remote(config.output, config.shards.split, number, uris) for number, uris in enumerate(plan)])
-    index = write_index(config.output, config.shards.split, shardlist, {"curation_id": curation_id(config)})
-    return index, shard_stats(config.output, index)
+def _plan_id(config: CurateConfig, clips: pa.Table) -> str:
+    """What the shards hold, in order: the settings that make their bytes, every clip's key and size."""
+    digest = hashlib.sha256(curation_id(config).encode())
+    for key, length in zip(_strings(clips["key"]), _strings(clips["length"])):
+        digest.update(f"\n{key} {length}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _write_shards(config: CurateConfig, clips: pa.Table, plan_id: str) -> dict:
+    """One Ray task per shard, each fetching its clips' members from their bundles; then where each clip is in
+    the shards, and the index (the commit)."""
+    split = config.shards.split
+    numbers = plan_shards(clips["length"].to_numpy(), config.shards.target_size_mb * 2**20, config.shards.max_samples)
+    bounds = np.flatnonzero(np.r_[True, numbers[1:] != numbers[:-1], True]) if len(numbers) else np.zeros(1, dtype=np.int64)
+    writer = ray.remote(num_cpus=1)(write_sourced_shard)
+    refs = []
+    for number, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        part = clips.slice(lo, hi - lo)
+        uris = [work.bundle_uri(config.output, s, g) for s, g in zip(part["source_id"].to_pylist(), part["generation"].to_pylist())]
+        refs.append(writer.remote(config.output, split, number, part["key"].to_pylist(), uris, part["offset"].to_pylist(), part["length"].to_pylist()))
+    results = ray.get(refs)
+    located = pa.table({
+        "key": clips["key"], "shard": pa.array(np.repeat([r["entry"]["url"] for r in results], [r["entry"]["nsamples"] for r in results]).tolist(), pa.string()),
+        "offset": pa.array([o for r in results for o in r["offsets"]], pa.int64()), "length": pa.array([n for r in results for n in r["lengths"]], pa.int64()),
+    })  # fmt: skip
+    write_parquet(work.shard_clips_uri(config.output, plan_id), located.cast(SHARD_CLIPS_SCHEMA))
+    return write_index(config.output, split, [r["entry"] for r in results], {"curation_id": curation_id(config), "plan_id": plan_id})
+
+
+def _assemble(config: CurateConfig, generation: int, committed: dict | None) -> tuple[pa.Table, dict, pa.Table]:
+    """The recorded videos, the shards (rewritten only when their clips changed; clips of committed shards
+    whose bundles went are staged again first), the index, and the clips; then the staged bundles go."""
+    uris = work.part_uris(config.output, "videos")
+    records = work.read_parts(uris, VIDEO_SCHEMA)
+    videos = latest_videos(records)
+    superseded = records.num_rows > 2 * videos.num_rows  # most stored records are old (re-thresholds, retries)
+    del records
+    clips = clip_table(videos)  # by key
+    if config.shards.order == "hash":
+        clips = clips.take(pa.array(shard_order(_strings(clips["key"]), clips.num_rows)))
+    plan_id = _plan_id(config, clips)
+    uri = index_uri(config.output, config.shards.split)
+    index = read_json(uri) if exists(uri) else None
+    if index is None or index.get("plan_id") != plan_id:
+        if committed is not None and committed["bundles"] == "removed":
+            unstaged = videos.filter(pc.and_(pc.greater(videos["clips"], 0), pc.less_equal(videos["generation"], committed["generation"])))
+            if unstaged.num_rows:  # the clips changed: the committed shards are rewritten, so their clips are staged first
+                _rematerialize(config, unstaged, generation, committed, "staged again")
+                return _assemble(config, generation, None)
+        index = _write_shards(config, clips, plan_id)
+    kept = None
+    if config.keep_staged_clips:
+        kept = sorted({work.bundle_uri(config.output, s, g) for s, g in zip(_strings(clips["source_id"]), _strings(clips["generation"]))})
+    work.commit(config.output, plan_id, pc.max(clips["generation"]).as_py() if clips.num_rows else -1, kept)
+    if superseded:
+        work.compact_videos(config.output, uris, videos)
+    return videos, index, clips
 
 
 def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
@@ -248,22 +342,31 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
         raise InputError(f"no input videos found at {config.input} (extensions {config.video_extensions})")
     if listing.skipped:
         logger.warning("%d entries of the input are not videos and are skipped (listed in the report)", len(listing.skipped))
-    sources = [asdict(s) for s in listing.sources]
-    recorded = _ledger_entries(config.output)
+    sources = pa.table({name: [getattr(s, name) for s in listing.sources] for name in ("uri", "source_id", "label")})
+    skipped = listing.skipped
+    del listing  # the Python objects of every video: the Arrow table holds what the run needs
+    work.prepare(config.output)
+    recorded = latest_videos(work.read_records(config.output, "videos", LIGHT_COLUMNS))
     _check_resumable(recorded, config, rethreshold)  # before the saved config is replaced
+    generation = (pc.max(recorded["generation"]).as_py() + 1) if recorded.num_rows else 0
+    committed = work.read_committed(config.output)
     init_ray(config.ray)
     if not rethreshold:  # rethresholding runs no model
         require_resources(_actor_requests(config), config.ray)
     save_config(config, join_uri(config.output, CONFIG_NAME))
-    ray_stats = _rethreshold(config, recorded) if rethreshold else _score(config, sources, recorded)
-    entries = _ledger_entries(config.output)
-    scores = _score_table(config.output)
+    ray_stats = _rethreshold(config, generation, committed) if rethreshold else _score(config, sources, recorded, generation)
+    videos, index, clips = _assemble(config, generation, committed)
+    scores = score_table(videos)
     write_parquet(join_uri(config.output, "scores.parquet"), scores)
-    write_parquet(join_uri(config.output, "ledger.parquet"), pa.Table.from_pylist(sorted(entries.values(), key=lambda e: e["source_id"]), schema=LEDGER_SCHEMA))
-    index, stats = _assemble(config, entries)
+    write_parquet(join_uri(config.output, "ledger.parquet"), ledger_table(videos))
+    stats = shard_stats(index, clips)
     write_json_atomic(join_uri(config.output, f"{config.shards.split}.stats.json"), stats)
-    report = report_module.build_report(config, scores, list(entries.values()), index, stats, ray_stats, listing.skipped)
+    report = report_module.build_report(config, scores, ledger_table(videos), index, stats, ray_stats, skipped)
     summary = report_module.summarize(report, time.perf_counter() - started)
-    summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config), sources) if config.tracking.enabled else None
+    if config.tracking.enabled:  # the listed videos, a batch at a time (never all as Python objects)
+        listed = (row for batch in sources.to_batches(10_000) for row in batch.to_pylist())
+        summary["mlflow_run_id"] = log_curation_run(config, report, summary, index, dump_config(config), listed)
+    else:
+        summary["mlflow_run_id"] = None
     write_json_atomic(join_uri(config.output, "report", "summary.json"), summary)
     return summary

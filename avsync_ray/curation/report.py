@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.windows import SCORE_RULES, funnel, rules
@@ -36,32 +37,40 @@ def _histogram_png(name: str, values: np.ndarray, minimum: float | None, maximum
     return buffer.getvalue()
 
 
-def build_report(config: CurateConfig, scores: pa.Table, ledger: list[dict], index: dict, stats: dict, ray_stats: str, skipped_inputs=()) -> dict:
-    """Write ``<output>/report/`` (report.json, report.md, one histogram PNG per score, Ray Data stats).
+def _counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """How often each value occurs (Arrow's value counts), sorted by value."""
+    pairs = pc.value_counts(column).to_pylist() if len(column) else []
+    return {item["values"]: item["counts"] for item in sorted(pairs, key=lambda item: item["values"])}
+
+
+def _reasons_of(ledger: pa.Table, status: str) -> dict[str, int]:
+    return _counts(ledger.filter(pc.equal(ledger["status"], status))["reason"])
+
+
+def build_report(config: CurateConfig, scores: pa.Table, ledger: pa.Table, index: dict, stats: dict, ray_stats: str, skipped_inputs=()) -> dict:
+    """Write ``<output>/report/`` (report.json, report.md, one histogram PNG per score, Ray Data stats), from the
+    score table and the ledger with Arrow compute (no Python row per window or video).
     ``skipped_inputs`` are the input folder's entries that are not videos (:class:`~avsync_ray.sources.SkippedInput`)."""
     folder = join_uri(config.output, "report")
-    columns = scores.to_pydict() if scores.num_rows else {}
-    reasons = columns.get("reason", [])
-    counts = funnel({name: np.asarray(columns.get(name, [])) for name in SCORE_RULES}, reasons)
+    reasons = _counts(scores["reason"])
     active = rules(config)
     histograms = {}
     for name in SCORE_RULES:
-        values = np.asarray(columns.get(name, []), dtype=np.float64)
+        values = scores[name].to_numpy()
         values = values[~np.isnan(values)]
         if len(values):
             rule = active[name]
             png = _histogram_png(name, values, rule.min if rule.enabled else None, rule.max if rule.enabled else None)
             write_bytes_atomic(join_uri(folder, f"hist_{name}.png"), png)
             histograms[name] = f"hist_{name}.png"
-    outcomes = Counter(entry["status"] for entry in ledger)
-    failures = Counter(entry["reason"] for entry in ledger if entry["status"] == "failed")
     report = {
-        "funnel": counts,
+        "funnel": funnel(reasons),
         "clips": index["nsamples"],
         "shards": len(index["shardlist"]),
-        "videos": {"total": len(ledger), **outcomes},
-        "failure_reasons": dict(sorted(failures.items())),
-        "window_reasons": dict(sorted(Counter(r for r in reasons if r).items())),
+        "videos": {"total": ledger.num_rows, **_counts(ledger["status"])},
+        "failure_reasons": _reasons_of(ledger, "failed"),
+        "zero_survivor_reasons": _reasons_of(ledger, "zero_survivors"),
+        "window_reasons": {reason: count for reason, count in reasons.items() if reason},
         "thresholds": {name: rule.model_dump() for name, rule in active.items()},
         "skipped_rules": [name for name, rule in active.items() if not rule.enabled],
         "stats": stats,
@@ -86,6 +95,8 @@ def _markdown(report: dict) -> str:
     lines += [f"- {status}: {count}" for status, count in report["videos"].items()]
     if report["failure_reasons"]:
         lines += ["", "Failure reasons:", ""] + [f"- {reason}: {count}" for reason, count in report["failure_reasons"].items()]
+    if report["zero_survivor_reasons"]:
+        lines += ["", "Why videos have no clip:", ""] + [f"- {reason}: {count}" for reason, count in report["zero_survivor_reasons"].items()]
     if report["skipped_inputs"]:
         lines += ["", "Input entries that are not videos (not curated):", ""] + [f"- {s['uri']} ({s['reason']})" for s in report["skipped_inputs"]]
     lines += ["", "## Score histograms", ""] + [f"![{name}]({png})" for name, png in report["histograms"].items()]

@@ -4,51 +4,56 @@ Memory does not grow with a video's length: nothing holds a video's frames or it
 
 ``scan_video``: a first pass over the file for the shots (every frame through the detector), then a second that
 keeps only what the windows sample, yielding the windows chunk by chunk (:mod:`avsync_ray.curation.chunks`) with
-their cheap scores and the frames and audio the model stages read. It records the video's scan first.
-``record_chunk``: a scored chunk's windows, stored.
+their cheap scores and the frames and audio the model stages read.
+``chunk_record``: a scored chunk as its record (:data:`~avsync_ray.curation.records.CHUNK_SCHEMA`), which the
+pipeline stores with others in one part.
 ``materialize_video``: thresholds, merging, clip encoding (one more pass, converting only the frames inside a
-clip, streamed into its encoder), and the video's durable state: its clip bundle, score rows and ledger entry,
-written in that order so the ledger entry marks a fully recorded video.
+clip, streamed into its encoder): writes the video's clip bundle and returns its video record (ledger entry,
+windows, clips), which the pipeline stores after the bundle, so a stored record marks a fully recorded video.
 ``rematerialize_video``: the same from stored scores with new thresholds (no model runs).
+
+A storage request that keeps failing after every retry (:mod:`avsync_ray.storage`) records the video as failed
+with reason ``storage_error``; the next run curates it again.
 """
 
 from __future__ import annotations
 
-import io
 import json
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 
-import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from avsync_ray.config.curate import CurateConfig
+from avsync_ray.curation import work
 from avsync_ray.curation.chunks import ChunkPlan, Sampling, cheap_scores, plan_chunks
+from avsync_ray.curation.records import CHUNK_SCHEMA, VIDEO_SCHEMA, from_ipc, record_table, scanned_videos, to_ipc, video_record
 from avsync_ray.curation.shots import ShotDetector
-from avsync_ray.curation.windows import SCORE_RULES, Window, clip_audio_span, decide, merge_windows, rules, windows_in_shots
-from avsync_ray.media import MediaError, MediaErrorReason, encode_wav, probe
+from avsync_ray.curation.windows import (
+    SCORE_RULES,
+    Window,
+    clip_audio_span,
+    decide,
+    merge_windows,
+    rules,
+    windows_in_shots,
+    windows_of_clip,
+)
+from avsync_ray.media import MediaError, MediaErrorReason, encode_wav, is_still_image, probe
 from avsync_ray.media.audio import TARGET_SAMPLE_RATE
 from avsync_ray.media.encoding import Mp4Encoder
 from avsync_ray.media.reader import AudioBlock, WholeFileReader
 from avsync_ray.nested import content_id, flatten
-from avsync_ray.shards import SCORE_TABLE_SCHEMA, read_samples, sample_key, sample_metadata, tar_bytes
-from avsync_ray.storage import exists, join_uri, local_copy, read_json, remove, write_bytes_atomic, write_json_atomic
+from avsync_ray.shards import sample_key, sample_metadata, samples_in_range, tar_bytes_and_ranges
+from avsync_ray.storage import is_transient, local_copy, read_ranges, write_bytes_atomic
 
-WORK = "_work"
-# One row per source video (``ledger.parquet``; each video's entry is ``_work/ledger/<id>.json``).
-LEDGER_SCHEMA = pa.schema(
-    [("source_id", pa.string()), ("uri", pa.string()), ("label", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-     ("detail", pa.string()), ("scoring_id", pa.string()), ("windows", pa.int64()), ("kept", pa.int64()), ("clips", pa.int64()),
-     ("decoded_frames", pa.int64())]
-)  # fmt: skip
 MODEL_SCORES = ("semantic_diff", "ia", "it", "psync_a2v", "psync_v2a")
+WINDOW_COLUMNS = ("window_shot", "window_start", "window_end", *SCORE_RULES)
 
 
-def work_uri(output: str, kind: str, source_id: str) -> str:
-    extension = {"ledger": "json", "scans": "json", "scores": "parquet", "clips": "tar"}[kind]
-    return join_uri(output, WORK, kind, f"{source_id}.{extension}")
+def _failure_reason(error: Exception, otherwise: str) -> str:
+    """``storage_error`` for a storage request that failed every retry (the next run tries the video again)."""
+    return "storage_error" if is_transient(error) else otherwise
 
 
 MODEL_FIELDS = ("enabled", "checkpoint", "classifier", "model", "preset")
@@ -112,10 +117,9 @@ def _sampling(config: CurateConfig, audio_start: float) -> Sampling:
 
 
 def _scan_record(status: str = "ok", reason: str = "", detail: str = "", **found) -> dict:
-    """A video's scan: its status and what the first pass found (fps, decoded frames, where video and audio start
-    and end, the window count, its chunk numbers)."""
-    return {"status": status, "reason": reason, "detail": detail, "fps": 0.0, "decoded_frames": 0, "video_end": 0.0,
-            "audio_start": 0.0, "windows": 0, "chunks": [], **found}  # fmt: skip
+    """What the first pass found about a video (its status, fps, decoded frames, where video and audio start and
+    end), as every chunk row of the video carries it."""
+    return {"status": status, "reason": reason, "detail": detail, "fps": 0.0, "decoded_frames": 0, "video_end": 0.0, "audio_start": 0.0, **found}
 
 
 def _first_pass(source: dict, path: str, config: CurateConfig):
@@ -124,25 +128,30 @@ def _first_pass(source: dict, path: str, config: CurateConfig):
     info = probe(path)
     if info.video is None:
         raise MediaError(source["uri"], MediaErrorReason.NO_VIDEO_STREAM)
+    if is_still_image(info):
+        raise MediaError(source["uri"], MediaErrorReason.NOT_A_VIDEO, f"a {info.video.codec} image with a video file's name")
     if info.audio is None:
         raise MediaError(source["uri"], MediaErrorReason.NO_AUDIO_STREAM)
     durations = [d for d in (info.video.duration, info.audio.duration, info.duration) if d]
     if not durations:
         raise MediaError(source["uri"], MediaErrorReason.CORRUPT, "no duration")
-    duration = min(durations)
+    duration, length = min(durations), config.windows.length_s
     if config.max_duration_s and duration > config.max_duration_s:
         return _scan_record("failed", "too_long", f"{duration:.1f} s > max_duration_s={config.max_duration_s}"), [], None, info
-    if duration < config.windows.length_s:
-        return _scan_record(fps=float(info.video.fps)), [], None, info  # no window fits: nothing to decode
+    if duration < length:  # no window fits: nothing to decode
+        return _scan_record(fps=float(info.video.fps), detail=f"{duration:.2f} s long, shorter than one {length:g}-s window"), [], None, info
     fps = float(info.video.fps or 25.0)
     detector = ShotDetector(fps, config.shots)
     reader = WholeFileReader(path, size=_decode_size(info, config))
     for item in reader:
         detector.push(item.rgb())
     summary = reader.summary
-    windows = windows_in_shots(detector.shots(summary.frame_times, duration), config.windows.length_s, config.windows.stride_s)
+    shots = detector.shots(summary.frame_times, duration)
+    windows = windows_in_shots(shots, length, config.windows.stride_s)
+    longest = max((end - start for start, end in shots), default=0.0)
+    detail = "" if windows else f"no shot is as long as one {length:g}-s window (the longest is {longest:.2f} s)"
     found = {"fps": fps, "decoded_frames": summary.num_decoded_frames, "video_end": summary.video_end, "audio_start": summary.audio_start}
-    return _scan_record(windows=len(windows), **found), windows, summary.frame_times, info
+    return _scan_record(detail=detail, **found), windows, summary.frame_times, info
 
 
 class AudioBuffer:
@@ -169,15 +178,14 @@ class AudioBuffer:
             self.blocks, self.start = [joined[cut:].copy()], self.start + cut  # a copy: the dropped samples are freed
 
 
-def _row(source: dict, number: int, chunks: int, windows: list[Window], pixel: np.ndarray, peak: np.ndarray, frames: list[np.ndarray],
-         frame_times: np.ndarray, audio: np.ndarray, audio_start: float, audio_offset: int) -> dict:  # fmt: skip
-    """A Ray Data row of the scoring graph: chunk ``number`` of the video's ``chunks``, its windows with their cheap
-    scores, and what the model stages read (the frames, their times, the audio from track sample ``audio_offset``)."""
+def _row(source: dict, record: dict, number: int, chunks: int, windows: list[Window], pixel: np.ndarray, peak: np.ndarray,
+         frames: list[np.ndarray], frame_times: np.ndarray, audio: np.ndarray, audio_offset: int) -> dict:  # fmt: skip
+    """A Ray Data row of the scoring graph: the video's scan ``record``, chunk ``number`` of its ``chunks``, the
+    chunk's windows with their cheap scores, and what the model stages read (the frames, their times, the audio
+    from track sample ``audio_offset``)."""
     return {
         **source,
-        "status": "ok",
-        "reason": "",
-        "detail": "",
+        **record,
         "chunk": number,
         "chunks": chunks,
         "window_shot": np.array([w.shot for w in windows], dtype=np.int64),
@@ -189,24 +197,22 @@ def _row(source: dict, number: int, chunks: int, windows: list[Window], pixel: n
         "frames": np.stack(frames) if frames else np.zeros((0, 2, 2, 3), dtype=np.uint8),
         "frame_times": np.asarray(frame_times, dtype=np.float64),
         "audio": np.asarray(audio, dtype=np.float32),
-        "audio_start": float(audio_start),
         "audio_offset": int(audio_offset),
-        "decoded_frames": 0,  # the frames this pass has decoded when it yields the row
     }
 
 
-def _chunk_row(source: dict, plan: ChunkPlan, chunks: int, windows: list[Window], frames: dict[int, np.ndarray], audio: np.ndarray,
-               frame_times: np.ndarray, sampling: Sampling) -> dict:  # fmt: skip
+def _chunk_row(source: dict, record: dict, plan: ChunkPlan, chunks: int, windows: list[Window], frames: dict[int, np.ndarray],
+               audio: np.ndarray, frame_times: np.ndarray, sampling: Sampling) -> dict:  # fmt: skip
     starts = np.array([w.start for w in windows])
     pixel, peak = cheap_scores(plan, starts, frames, audio, sampling)
     reads_audio = sampling.imagebind or sampling.sync  # the stages read audio only for IA and P_sync
-    return _row(source, plan.number, chunks, [windows[i] for i in plan.windows], pixel, peak, [frames[i] for i in plan.model_frames],
-                frame_times[plan.model_frames], audio if reads_audio else np.zeros(0, dtype=np.float32), sampling.audio_start, plan.audio[0])  # fmt: skip
+    return _row(source, record, plan.number, chunks, [windows[i] for i in plan.windows], pixel, peak, [frames[i] for i in plan.model_frames],
+                frame_times[plan.model_frames], audio if reads_audio else np.zeros(0, dtype=np.float32), plan.audio[0])  # fmt: skip
 
 
-def _no_chunk_row(source: dict) -> dict:
-    """The one row of a video without windows (or whose scan failed): it only tells the driver the video is scanned."""
-    return _row(source, -1, 0, [], np.zeros(0), np.zeros(0), [], np.zeros(0), np.zeros(0, dtype=np.float32), 0.0, 0)
+def _no_chunk_row(source: dict, record: dict) -> dict:
+    """The one row of a video without windows, or whose scan failed (``record`` says which)."""
+    return _row(source, record, -1, 0, [], np.zeros(0), np.zeros(0), [], np.zeros(0), np.zeros(0, dtype=np.float32), 0)
 
 
 def _second_pass(source: dict, path: str, config: CurateConfig, record: dict, windows: list[Window], frame_times: np.ndarray,
@@ -222,7 +228,7 @@ def _second_pass(source: dict, path: str, config: CurateConfig, record: dict, wi
     def next_row() -> dict:
         nonlocal frames
         plan = pending.popleft()
-        row = _chunk_row(source, plan, len(plans), windows, frames, audio.take(*plan.audio), frame_times, sampling)
+        row = _chunk_row(source, record, plan, len(plans), windows, frames, audio.take(*plan.audio), frame_times, sampling)
         # Chunks follow their first window's start, which is also their earliest read: the next chunk reads
         # nothing before its first frame and sample.
         first = pending[0].frames[0] if pending else last_frame + 1
@@ -238,89 +244,58 @@ def _second_pass(source: dict, path: str, config: CurateConfig, record: dict, wi
             if item.index in wanted:
                 frames[item.index] = item.rgb()
         while pending and last_frame >= pending[0].frames[-1] and audio.end >= pending[0].audio[1]:
-            yield {**next_row(), "decoded_frames": last_frame + 1}
+            yield {**next_row(), "decoded_frames": record["decoded_frames"] + last_frame + 1}  # both passes so far
         if not pending:
             return  # nothing after the last chunk is read (the first pass checked the whole file)
     while pending:  # the end of the file: the last chunks' audio may end before what they would read
-        yield {**next_row(), "decoded_frames": last_frame + 1}
+        yield {**next_row(), "decoded_frames": record["decoded_frames"] + last_frame + 1}
 
 
 def scan_video(source: dict, config: CurateConfig) -> Iterator[dict]:
     """Scan one source video: its shots, windows and cheap scores, as rows of bounded size (one per chunk of
-    windows) for the model stages. Writes the video's scan record (``_work/scans/<id>.json``: status, timing,
-    chunk numbers) before the first chunk; a failure is recorded there with its reason, never raised."""
+    windows) for the model stages. A video without windows, or whose scan fails, yields one row with its status
+    and reason (never raises)."""
+    source = {k: source[k] for k in ("uri", "source_id", "label")}
     try:
         with local_copy(source["uri"]) as path:
             record, windows, frame_times, info = _first_pass(source, path, config)
             plans = plan_chunks(np.array([w.start for w in windows]), frame_times, _sampling(config, record["audio_start"])) if windows else []
-            record["chunks"] = [plan.number for plan in plans]
-            write_json_atomic(work_uri(config.output, "scans", source["source_id"]), record)
             if plans:
                 yield from _second_pass(source, path, config, record, windows, frame_times, plans, info)
                 return
     except MediaError as error:
-        write_json_atomic(work_uri(config.output, "scans", source["source_id"]), _scan_record("failed", error.reason.value, error.detail))
+        record = _scan_record("failed", error.reason.value, error.detail)
     except Exception as error:  # noqa: BLE001 - e.g. a shot detector crash: recorded, the run goes on
-        write_json_atomic(work_uri(config.output, "scans", source["source_id"]), _scan_record("failed", "prepare_error", repr(error)[:500]))
-    yield _no_chunk_row(source)
+        record = _scan_record("failed", _failure_reason(error, "prepare_error"), repr(error)[:500])
+    yield _no_chunk_row(source, record)
 
 
-def chunk_name(source_id: str, number: int) -> str:
-    """A scored chunk's file, relative to ``_work/chunks``."""
-    return f"{source_id}/{number:06d}.parquet"
-
-
-def chunk_uri(output: str, source_id: str, number: int) -> str:
-    return join_uri(output, WORK, "chunks", chunk_name(source_id, number))
-
-
-def record_chunk(row: dict, config: CurateConfig) -> dict:
-    """Store a scored chunk's windows (their scores, or the stage failure that stopped them); returns what the
-    driver counts (the video, the chunk, how many chunks the video has)."""
-    progress = {"source_id": row["source_id"], "chunk": int(row["chunk"]), "chunks": int(row["chunks"])}
-    if progress["chunk"] < 0:
-        return progress
-    table = pa.table(
-        {"shot": np.asarray(row["window_shot"], dtype=np.int64), "start": np.asarray(row["window_start"], dtype=np.float64),
-         "end": np.asarray(row["window_end"], dtype=np.float64), **{name: np.asarray(row[name], dtype=np.float64) for name in SCORE_RULES}},
-    ).replace_schema_metadata({"status": row["status"], "reason": row["reason"], "detail": row["detail"], "decoded_frames": str(row["decoded_frames"])})  # fmt: skip
-    write_parquet(chunk_uri(config.output, row["source_id"], progress["chunk"]), table)
-    return progress
+def chunk_record(row: dict) -> dict:
+    """A scored chunk row as its record (its windows' scores, or the stage failure that stopped them), without the
+    frames and audio the model stages read: ``{"source_id", "chunk", "chunks", "record"}`` (Arrow IPC bytes)."""
+    fields = {name: row[name] for name in CHUNK_SCHEMA.names if not name.startswith("window_") and name not in SCORE_RULES}
+    lists = {"window_shot": row["window_shot"], "window_start": row["window_start"], "window_end": row["window_end"], **{n: row[n] for n in SCORE_RULES}}
+    return {"source_id": row["source_id"], "chunk": int(row["chunk"]), "chunks": int(row["chunks"]), "record": to_ipc(record_table([{**fields, **lists}], CHUNK_SCHEMA))}
 
 
 # ------------------------------------------------------------------------------------------------ finalize
 
 
-def _windows_table(row: dict, windows: list[Window], keep: np.ndarray, reasons: list[str], clips: list[Window], config: CurateConfig) -> pa.Table:
-    """One row per window (:data:`~avsync_ray.shards.SCORE_TABLE_SCHEMA`): every score, keep flag, reason, and
-    the clip it went into."""
-    skipped = ",".join(name for name, rule in rules(config).items() if not rule.enabled)
-    clip_of = []
-    for window in windows:
-        inside = [sample_key(row["source_id"], clip.start, clip.end) for clip in clips if clip.covers(window)]
-        clip_of.append(inside[0] if inside else "")
-    count = len(windows)
-    return pa.table(
-        {
-            "source_id": [row["source_id"]] * count,
-            "uri": [row["uri"]] * count,
-            "label": [row["label"]] * count,
-            "shot": np.array([w.shot for w in windows], dtype=np.int64),
-            "start": np.array([w.start for w in windows], dtype=np.float64),
-            "end": np.array([w.end for w in windows], dtype=np.float64),
-            **{name: np.asarray(row[name], dtype=np.float64) for name in SCORE_RULES},
-            "keep": np.asarray(keep, dtype=bool),
-            "reason": reasons,
-            "skipped_rules": [skipped] * count,
-            "clip": clip_of if keep.any() else [""] * count,
-        },
-        schema=SCORE_TABLE_SCHEMA,
-    )
+def _clip_of(source_id: str, windows: list[Window], keep: np.ndarray, clips: list[Window]) -> list[str]:
+    """The clip each kept window was merged into ('' for a rejected window, or a kept one that a ``max_clip_s``
+    cut left in no single piece)."""
+    out = []
+    for window, kept in zip(windows, keep):
+        inside = [sample_key(source_id, clip.start, clip.end) for clip in clips if kept and clip.covers(window)]
+        out.append(inside[0] if inside else "")
+    return out
 
 
-def _sample_json(source: dict, clip: Window, windows: pa.Table, fps: float, frames: int, size: tuple[int, int], config: CurateConfig) -> bytes:
-    inside = [r for r in windows.to_pylist() if clip.covers(Window(r["shot"], r["start"], r["end"]))]
-    scores = {name: [r[name] for r in inside] for name in SCORE_RULES}
+def _sample_json(source: dict, clip: Window, made_of: list[int], windows: list[Window], scores: dict[str, np.ndarray], fps: float,
+                 frames: int, size: tuple[int, int], config: CurateConfig) -> bytes:  # fmt: skip
+    """The clip's metadata: ``windows`` lists the kept windows it was merged from (``made_of``, indices into the
+    video's windows), and ``scores`` summarises those."""
+    chosen = {name: scores[name][made_of] for name in SCORE_RULES}
     return sample_metadata(
         key=sample_key(source["source_id"], clip.start, clip.end),
         source_uri=source["uri"],
@@ -331,8 +306,8 @@ def _sample_json(source: dict, clip: Window, windows: pa.Table, fps: float, fram
         num_frames=frames,
         size=size,
         sample_rate=TARGET_SAMPLE_RATE,
-        windows=[{"start": r["start"], "end": r["end"], **{n: _finite(r[n]) for n in SCORE_RULES}} for r in inside],
-        scores={n: None if np.isnan(v).any() else {"min": min(v), "mean": float(np.mean(v))} for n, v in scores.items()},
+        windows=[{"start": windows[i].start, "end": windows[i].end, **{n: _finite(scores[n][i]) for n in SCORE_RULES}} for i in made_of],
+        scores={n: None if np.isnan(v).any() else {"min": float(v.min()), "mean": float(np.mean(v))} for n, v in chosen.items()},
         thresholds={name: rule.model_dump() for name, rule in rules(config).items()},
         curation_id=curation_id(config),
     )
@@ -343,26 +318,16 @@ def _finite(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def record_video(source: dict, config: CurateConfig, status: str, reason: str, detail: str, counts: dict) -> dict:
-    entry = {"source_id": source["source_id"], "uri": source["uri"], "label": source["label"], "status": status,
-             "reason": reason, "detail": detail, "scoring_id": scoring_id(config), **counts}  # fmt: skip
-    write_json_atomic(work_uri(config.output, "ledger", source["source_id"]), entry)
-    return entry
-
-
-def write_parquet(uri: str, table: pa.Table) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    write_bytes_atomic(uri, buffer.getvalue())
-
-
-def _write_state(source: dict, config: CurateConfig, samples: list[dict], table: pa.Table) -> None:
-    clips_uri = work_uri(config.output, "clips", source["source_id"])
-    if samples:
-        write_bytes_atomic(clips_uri, tar_bytes(samples))
-    else:
-        remove(clips_uri)
-    write_parquet(work_uri(config.output, "scores", source["source_id"]), table)
+def _video_record(video: dict, config: CurateConfig, generation: int, status: str, reason: str = "", detail: str = "", **fields) -> dict:
+    """The video's record (:data:`~avsync_ray.curation.records.VIDEO_SCHEMA`) as ``{"source_id", "record"}`` for
+    the part writer; ``fields`` sets its counts, windows and clips (none by default)."""
+    record = video_record(**{
+        **{name: video[name] for name in ("source_id", "uri", "label", "fps", "video_end", "audio_start")},
+        "status": status, "reason": reason, "detail": detail, "scoring_id": scoring_id(config), "generation": generation,
+        "decoded_frames": int(video["decoded_frames"]), "skipped_rules": ",".join(name for name, rule in rules(config).items() if not rule.enabled),
+        **fields,
+    })  # fmt: skip
+    return {"source_id": video["source_id"], "record": to_ipc(record_table([record], VIDEO_SCHEMA))}
 
 
 def _select_clips(scores: dict[str, np.ndarray], shots, starts, ends, config: CurateConfig) -> tuple[list[Window], np.ndarray, list[str], list[Window]]:
@@ -372,10 +337,12 @@ def _select_clips(scores: dict[str, np.ndarray], shots, starts, ends, config: Cu
     return windows, keep, reasons, merge_windows(windows, keep, config.shards.max_clip_s)
 
 
-def _record_outcome(source: dict, config: CurateConfig, windows: list[Window], keep: np.ndarray, samples: list[dict], decoded_frames: int) -> dict:
-    status, reason = ("done", "") if samples else ("zero_survivors", "all_windows_rejected" if windows else "no_window")
-    counts = {"windows": len(windows), "kept": int(keep.sum()), "clips": len(samples), "decoded_frames": decoded_frames}
-    return record_video(source, config, status, reason, "", counts)
+def _zero_survivors_detail(windows: list[Window], reasons: list[str], scan_detail: str) -> tuple[str, str]:
+    """(reason, detail) of a video without clips: no window at all (why, from the scan), or every window
+    rejected (how many for each reason)."""
+    if not windows:
+        return "no_window", scan_detail
+    return "all_windows_rejected", ", ".join(f"{reason}: {count}" for reason, count in sorted(Counter(reasons).items()))
 
 
 def _clip_samples(path: str, clips: list[Window], config: CurateConfig, info, fps: float, video_end: float, audio_start: float) -> tuple[list[tuple], int]:
@@ -424,91 +391,82 @@ def _clip_samples(path: str, clips: list[Window], config: CurateConfig, info, fp
     return done, decoded
 
 
-def _materialize(source: dict, columns: dict, config: CurateConfig, old: dict[str, dict], scan: dict) -> dict:
+def _materialize(video: dict, config: CurateConfig, generation: int, old: dict[str, tuple]) -> dict:
     """Thresholds, merging, the clips (those in ``old`` keep their media, the others are encoded from one more
-    pass over the source) and the video's state, ledger entry last."""
-    scores = {name: np.asarray(columns[name], dtype=np.float64) for name in SCORE_RULES}
-    windows, keep, reasons, clips = _select_clips(scores, columns["shot"], columns["start"], columns["end"], config)
-    table = _windows_table({**source, **scores}, windows, keep, reasons, clips, config)
+    pass over the source), the clip bundle written, and the video's record."""
+    source = {k: video[k] for k in ("uri", "source_id", "label")}
+    scores = {name: np.asarray(video[name], dtype=np.float64) for name in SCORE_RULES}
+    windows, keep, reasons, clips = _select_clips(scores, video["window_shot"], video["window_start"], video["window_end"], config)
     keys = [sample_key(source["source_id"], clip.start, clip.end) for clip in clips]
-    media = {key: _stored_media(old[key]) for key in keys if key in old}
+    media = {key: old[key] for key in keys if key in old}
     new = [clip for clip, key in zip(clips, keys) if key not in media]
+    decoded = int(video["decoded_frames"])
     if new:
         with local_copy(source["uri"]) as path:
-            info = probe(path)
-            timing = scan if scan.get("video_end") else _timing(path, info, config)
-            encoded, decoded = _clip_samples(path, new, config, info, timing["fps"], timing["video_end"], timing["audio_start"])
-        scan = {**scan, "decoded_frames": scan.get("decoded_frames", 0) + decoded}
-        media.update({sample_key(source["source_id"], clip.start, clip.end): (timing["fps"], *done) for clip, done in zip(new, encoded)})
+            encoded, clip_decoded = _clip_samples(path, new, config, probe(path), video["fps"], video["video_end"], video["audio_start"])
+        decoded += clip_decoded
+        media.update({sample_key(source["source_id"], clip.start, clip.end): (video["fps"], *done) for clip, done in zip(new, encoded)})
     samples = []
     for clip, key in zip(clips, keys):
         fps, mp4, wav, frames, size = media[key]
-        samples.append({"__key__": key, "json": _sample_json(source, clip, table, fps, frames, tuple(size), config), "mp4": mp4, "wav": wav})
-    _write_state(source, config, samples, table)
-    return _record_outcome(source, config, windows, keep, samples, scan.get("decoded_frames", 0))
+        made_of = windows_of_clip(clip, windows, keep)
+        samples.append({"__key__": key, "json": _sample_json(source, clip, made_of, windows, scores, fps, frames, tuple(size), config), "mp4": mp4, "wav": wav})
+    ranges = []
+    if samples:
+        data, ranges = tar_bytes_and_ranges(samples)
+        write_bytes_atomic(work.bundle_uri(config.output, source["source_id"], generation), data)
+    status, reason, detail = ("done", "", "") if samples else ("zero_survivors", *_zero_survivors_detail(windows, reasons, video["detail"]))
+    return _video_record(
+        video, config, generation, status, reason, detail, windows=len(windows), kept=int(keep.sum()), clips=len(samples), decoded_frames=decoded,
+        **{name: video[name] for name in WINDOW_COLUMNS}, window_keep=keep.tolist(), window_reason=reasons,
+        window_clip=_clip_of(source["source_id"], windows, keep, clips), clip_key=keys, clip_shot=[c.shot for c in clips],
+        clip_start=[c.start for c in clips], clip_end=[c.end for c in clips], clip_offset=[o for o, _ in ranges], clip_length=[n for _, n in ranges],
+    )  # fmt: skip
 
 
 def _stored_media(sample: dict) -> tuple:
-    """(fps, mp4, wav, frame count, size) of a clip already in the video's bundle."""
+    """(fps, mp4, wav, frame count, size) of a clip already encoded (read back from a bundle or a shard)."""
     meta = json.loads(sample["json"])
     return meta["fps"], sample["mp4"], sample["wav"], meta["num_frames"], tuple(meta["size"])
 
 
-def _timing(path: str, info, config: CurateConfig) -> dict:
-    """fps, video end and audio start of an output curated before scan records existed (one pass, no pixels)."""
-    reader = WholeFileReader(path, size=_decode_size(info, config))
-    for _ in reader:
-        pass
-    return {"fps": float(info.video.fps or 25.0), "video_end": reader.summary.video_end, "audio_start": reader.summary.audio_start}
-
-
-def materialize_video(source: dict, config: CurateConfig) -> dict:
-    """Apply thresholds to a scanned video's windows, merge, encode its clips and record it (ledger last)."""
-    source = {k: source[k] for k in ("uri", "source_id", "label")}
-    scan = read_json(work_uri(config.output, "scans", source["source_id"]))
-    failed = {"windows": 0, "kept": 0, "clips": 0, "decoded_frames": scan["decoded_frames"]}
-    if scan["status"] != "ok":
-        return record_video(source, config, "failed", scan["reason"], scan["detail"], failed)
-    tables = []
-    for number in scan["chunks"]:
-        with fsspec.open(chunk_uri(config.output, source["source_id"], number), "rb") as handle:
-            tables.append(pq.read_table(handle))
-    metas = [{k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()} for table in tables]
-    for meta in metas:
-        if meta.get("status", "ok") != "ok":
-            return record_video(source, config, "failed", meta["reason"], meta["detail"], failed)
-    # Frames decoded: the shots' pass, the chunks' pass (up to the last chunk), then the clips' pass.
-    scan = {**scan, "decoded_frames": scan["decoded_frames"] + max((int(m.get("decoded_frames", 0)) for m in metas), default=0)}
-    columns = pa.concat_tables(tables).to_pydict() if tables else {name: [] for name in ("shot", "start", "end", *SCORE_RULES)}
+def materialize_video(video: dict, config: CurateConfig, generation: int) -> dict:
+    """Apply thresholds to a scanned video's windows (a row of
+    :func:`~avsync_ray.curation.records.scanned_videos`), merge, encode its clips into its bundle and return its
+    record; a failure is recorded, never raised."""
+    if video["status"] != "ok":
+        return _video_record(video, config, generation, "failed", video["reason"], video["detail"])
     try:
-        entry = _materialize(source, columns, config, {}, scan)
+        return _materialize(video, config, generation, {})
     except Exception as error:  # noqa: BLE001 - recorded, the run goes on
-        return record_video(source, config, "failed", "finalize_error", repr(error)[:500], {**failed, "windows": len(columns["start"])})
-    remove(join_uri(config.output, WORK, "chunks", source["source_id"]), recursive=True)  # the scores are in the video's table now
-    return entry
+        return _video_record(video, config, generation, "failed", _failure_reason(error, "finalize_error"), repr(error)[:500], windows=len(video["window_start"]))
 
 
 # ------------------------------------------------------------------------------------------------ rethreshold
 
 
-def rematerialize_video(entry: dict, config: CurateConfig) -> dict:
-    """Re-apply ``config``'s thresholds to a video's stored scores. Clips that existed before keep their encoded
-    media (only their JSON changes); new clip spans are decoded and encoded again. A failure is recorded (reason
-    ``rethreshold_error``), and a later ``--rethreshold`` tries the video again."""
-    source = {k: entry[k] for k in ("uri", "source_id", "label")}
+def rematerialize_video(video: dict, config: CurateConfig, generation: int) -> dict:
+    """Re-apply ``config``'s thresholds to a recorded video's scores (a video record whose ``clip_uri``,
+    ``clip_offset`` and ``clip_length`` say where its current clips' members are: its bundle, or a committed
+    shard). Clips that existed before keep their encoded media (only their JSON changes); new clip spans are
+    decoded and encoded again. A failure is recorded with the video's windows unchanged (reason
+    ``rethreshold_error``, or ``storage_error``), and a later ``--rethreshold`` tries the video again."""
     try:
-        with fsspec.open(work_uri(config.output, "scores", source["source_id"]), "rb") as handle:
-            columns = pq.read_table(handle).to_pydict()
-        clips_uri = work_uri(config.output, "clips", source["source_id"])
-        old = {s["__key__"]: s for s in read_samples(clips_uri)} if exists(clips_uri) else {}
-        scan_uri = work_uri(config.output, "scans", source["source_id"])
-        scan = read_json(scan_uri) if exists(scan_uri) else {"decoded_frames": entry.get("decoded_frames", 0)}
-        return _materialize(source, columns, config, old, {**scan, "decoded_frames": entry.get("decoded_frames", 0)})
-    except Exception as error:  # noqa: BLE001 - recorded in the ledger, the run goes on
-        counts = {"windows": entry["windows"], "kept": 0, "clips": 0, "decoded_frames": entry.get("decoded_frames", 0)}
-        return record_video(source, config, "failed", "rethreshold_error", repr(error)[:500], counts)
+        ends = [o + n for o, n in zip(video["clip_offset"], video["clip_length"])]
+        old = {}
+        for data in read_ranges(list(video["clip_uri"]), list(video["clip_offset"]), ends):
+            old.update({sample["__key__"]: _stored_media(sample) for sample in samples_in_range(data)})
+        return _materialize(video, config, generation, old)
+    except Exception as error:  # noqa: BLE001 - recorded, the run goes on
+        unchanged = {name: video[name] for name in (*WINDOW_COLUMNS, "window_keep", "window_reason", "window_clip")}
+        return _video_record(video, config, generation, "failed", _failure_reason(error, "rethreshold_error"), repr(error)[:500],
+                             windows=int(video["windows"]), **unchanged)  # fmt: skip
 
 
-def read_ledger(output: str, source_id: str) -> dict | None:
-    uri = work_uri(output, "ledger", source_id)
-    return read_json(uri) if exists(uri) else None
+def curate_video(source: dict, config: CurateConfig, generation: int = 0) -> dict:
+    """One video through every step in this process, as the tasks run them (scan, chunk records, clips), without
+    Ray and without model stages: its video record as a dict, its bundle (if it has clips) written. For tests,
+    benchmarks and looking at one video."""
+    chunks = from_ipc([chunk_record(row)["record"] for row in scan_video(source, config)], CHUNK_SCHEMA)
+    video = scanned_videos(chunks).to_pylist()[0]
+    return from_ipc([materialize_video(video, config, generation)["record"]], VIDEO_SCHEMA).to_pylist()[0]

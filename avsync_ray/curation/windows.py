@@ -192,13 +192,20 @@ def decide(scores: dict[str, np.ndarray], config: CurateConfig) -> tuple[np.ndar
     return keep, reasons
 
 
-def funnel(scores: dict[str, np.ndarray], keep_reasons: list[str]) -> dict[str, int]:
-    """How many windows each rule removed, in order (a window counts against its first failed rule)."""
-    counts = {"windows": len(keep_reasons)}
+def funnel(reason_counts: dict[str, int]) -> dict[str, int]:
+    """How many windows each rule removed, in order, from the count of windows per reason ('' for kept; a window
+    counts against its first failed rule)."""
+    counts = {"windows": sum(reason_counts.values())}
     for name in SCORE_RULES:
-        counts[f"removed_by_{name}"] = sum(reason in REASONS[name] for reason in keep_reasons)
-    counts["kept"] = sum(not reason for reason in keep_reasons)
+        counts[f"removed_by_{name}"] = sum(reason_counts.get(reason, 0) for reason in set(REASONS[name]))
+    counts["kept"] = reason_counts.get("", 0)
     return counts
+
+
+def windows_of_clip(clip: Window, windows: list[Window], keep: np.ndarray) -> list[int]:
+    """The kept windows a clip was merged from (indices into ``windows``): a rejected window that its span happens to
+    cover (between two kept ones that overlap) is not one of them."""
+    return [index for index, window in enumerate(windows) if keep[index] and clip.covers(window)]
 
 
 def merge_windows(windows: list[Window], keep: np.ndarray, max_seconds: float | None = None) -> list[Window]:

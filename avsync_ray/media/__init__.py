@@ -1,7 +1,15 @@
 """Media I/O: the only package that touches PyAV (probe, one-pass decode, mp4/wav encode) and the mel front end."""
 
 from avsync_ray.media.audio import DEFAULT_MEL, TARGET_SAMPLE_RATE, MelConfig, resample, to_mono, waveform_to_mel
-from avsync_ray.media.container import AudioInfo, MediaInfo, MicrosecondTimestamps, VideoInfo, microsecond_timestamps, probe
+from avsync_ray.media.container import (
+    AudioInfo,
+    MediaInfo,
+    MicrosecondTimestamps,
+    VideoInfo,
+    is_still_image,
+    microsecond_timestamps,
+    probe,
+)
 from avsync_ray.media.decoding import DecodedAV, DecodeLimits, decode, first_frame, load_audio
 from avsync_ray.media.encoding import Mp4Encoder, encode_mp4, encode_wav
 from avsync_ray.media.errors import MediaError, MediaErrorReason
@@ -27,6 +35,7 @@ __all__ = [
     "encode_mp4",
     "encode_wav",
     "first_frame",
+    "is_still_image",
     "load_audio",
     "load_image",
     "microsecond_timestamps",

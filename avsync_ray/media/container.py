@@ -139,6 +139,12 @@ def probe(uri: Source, max_pixels: int | None = None) -> MediaInfo:
         return media_info(uri, container, size)
 
 
+def is_still_image(info: MediaInfo) -> bool:
+    """A picture, not a video: FFmpeg read the file with an image demuxer (``png_pipe``, ``jpeg_pipe``, ``image2``,
+    ...), whatever its name says."""
+    return info.video is not None and (info.format_name == "image2" or info.format_name.endswith("_pipe"))
+
+
 @dataclass(frozen=True)
 class MicrosecondTimestamps:
     """A file's timing as torchvision's video_reader (the official evaluation's reader) sees it: each timestamp

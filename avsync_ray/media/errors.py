@@ -11,6 +11,7 @@ class MediaErrorReason(str, Enum):
     CORRUPT = "corrupt"
     TRUNCATED = "truncated"
     NO_VIDEO_STREAM = "no_video_stream"
+    NOT_A_VIDEO = "not_a_video"  # a readable file that is no video, e.g. a still image with a video file's name
     NO_AUDIO_STREAM = "no_audio_stream"
     OUT_OF_RANGE = "out_of_range"
     TOO_LARGE = "too_large"

@@ -2,7 +2,15 @@
 (``writer``) and read (``reader``). Every producer (curation, precompute, synth) and consumer (training,
 evaluation, the demo) goes through it; ``shards/README.md`` is its user-facing spec."""
 
-from avsync_ray.shards.reader import ShardIndexError, index_uri, iter_samples, read_index, read_samples, shard_urls
+from avsync_ray.shards.reader import (
+    ShardIndexError,
+    index_uri,
+    iter_samples,
+    read_index,
+    read_samples,
+    samples_in_range,
+    shard_urls,
+)
 from avsync_ray.shards.schema import (
     AUDIO_MEMBER,
     AUDIO_TOKENS_MEMBER,
@@ -17,13 +25,15 @@ from avsync_ray.shards.schema import (
     sample_metadata,
 )
 from avsync_ray.shards.writer import (
-    plan_bundles,
+    plan_shards,
     shard_name,
+    shard_order,
     shard_stats,
     tar_bytes,
-    write_bundled_shard,
+    tar_bytes_and_ranges,
     write_index,
     write_shard,
+    write_sourced_shard,
 )
 
 __all__ = [
@@ -38,17 +48,20 @@ __all__ = [
     "ShardIndexError",
     "index_uri",
     "iter_samples",
-    "plan_bundles",
+    "plan_shards",
     "read_index",
     "read_metadata",
     "read_samples",
+    "samples_in_range",
     "sample_key",
     "sample_metadata",
     "shard_name",
+    "shard_order",
     "shard_stats",
     "shard_urls",
     "tar_bytes",
-    "write_bundled_shard",
+    "tar_bytes_and_ranges",
     "write_index",
     "write_shard",
+    "write_sourced_shard",
 ]

@@ -3,7 +3,9 @@ consumer uses (training streams, precompute, evaluation, the demo, curation's ow
 
 from __future__ import annotations
 
+import io
 import logging
+import tarfile
 from collections.abc import Iterable, Iterator
 
 import fsspec
@@ -65,3 +67,11 @@ def read_samples(uri: str) -> list[dict]:
     """Every sample of one tar (a shard or a staged bundle), in order."""
     return list(iter_samples([uri]))
 
+
+
+def samples_in_range(data: bytes) -> list[dict]:
+    """The samples whose members fill ``data``, a byte range of a tar cut at member boundaries (what
+    :func:`~avsync_ray.shards.writer.tar_bytes_and_ranges` records for each sample)."""
+    stream = io.BytesIO(bytes(data) + b"\0" * 2 * tarfile.BLOCKSIZE)  # the end-of-archive marker the range lacks
+    members = tar_file_expander([{"url": "<range>", "stream": stream}], handler=reraise_exception)
+    return [{k: v for k, v in sample.items() if k != "__url__"} for sample in group_by_keys(members, handler=reraise_exception)]

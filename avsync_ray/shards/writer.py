@@ -1,17 +1,24 @@
 """Writing shards: deterministic tars (fixed member metadata and order, so the same samples always give the same
-bytes), written atomically with their size and checksum, size-targeted shard plans, the index, and stats."""
+bytes), written atomically with their size and checksum, the order and size-targeted plan of the clips in the
+shards, shards assembled from byte ranges of other tars, the index, and stats."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import webdataset as wds
 
-from avsync_ray.shards.reader import index_uri, iter_samples
-from avsync_ray.shards.schema import SCHEMA_VERSION, read_metadata
-from avsync_ray.storage import join_uri, list_files, open_atomic, remove, write_json_atomic
+from avsync_ray.shards.reader import index_uri, samples_in_range
+from avsync_ray.shards.schema import SCHEMA_VERSION
+from avsync_ray.storage import join_uri, list_files, open_atomic, read_ranges, remove, write_json_atomic
+
+# How many clips a shard task fetches at once (concurrent ranged reads; bounds what the task holds).
+FETCH_WINDOW = 32
 
 INDEX_KIND = "wids-shard-index-v1"
 
@@ -24,12 +31,21 @@ def tar_writer(stream) -> wds.TarWriter:
 
 def tar_bytes(samples: Iterable[dict]) -> bytes:
     """Samples as one deterministic tar, in memory (e.g. a video's staged clip bundle)."""
+    return tar_bytes_and_ranges(samples)[0]
+
+
+def tar_bytes_and_ranges(samples: Iterable[dict]) -> tuple[bytes, list[tuple[int, int]]]:
+    """Samples as one deterministic tar, in memory, and the byte range ``(offset, length)`` of each sample's
+    members in it (what :func:`samples_in_range` reads back)."""
     buffer = io.BytesIO()
     writer = tar_writer(buffer)
+    ranges = []
     for sample in samples:
+        start = writer.tarstream.offset
         writer.write(sample)
+        ranges.append((start, writer.tarstream.offset - start))
     writer.close()
-    return buffer.getvalue()
+    return buffer.getvalue(), ranges
 
 
 class _HashingStream:
@@ -50,49 +66,76 @@ class _HashingStream:
         return self.handle.write(data)
 
 
-def write_shard(uri: str, samples: Iterable[dict]) -> dict:
-    """Stream ``samples`` (in order) into the tar at ``uri`` (any fsspec URI), under a temporary name moved into
-    place at the end; returns its index entry ``{url, nsamples, filesize, sha256}``. ``samples`` may be a
-    generator that drops what it cannot make (precompute records those skips itself)."""
-    count = 0
+def _write_tar(uri: str, samples: Iterable[dict]) -> tuple[dict, list[tuple[int, int]]]:
+    """Stream ``samples`` into the tar at ``uri`` (atomically); its index entry and each sample's byte range."""
+    count, ranges = 0, []
     with open_atomic(uri) as handle:
         stream = _HashingStream(handle)
         writer = tar_writer(stream)
         try:
             for sample in samples:
+                start = writer.tarstream.offset
                 writer.write(sample)
+                ranges.append((start, writer.tarstream.offset - start))
                 count += 1
             writer.close()
         except BaseException:
             stream.discard()
             raise
-    return {"url": uri.rsplit("/", 1)[-1], "nsamples": count, "filesize": stream.size, "sha256": stream.digest.hexdigest()}
+    return {"url": uri.rsplit("/", 1)[-1], "nsamples": count, "filesize": stream.size, "sha256": stream.digest.hexdigest()}, ranges
+
+
+def write_shard(uri: str, samples: Iterable[dict]) -> dict:
+    """Stream ``samples`` (in order) into the tar at ``uri`` (any fsspec URI), written atomically (see
+    :func:`~avsync_ray.storage.open_atomic`); returns its index entry ``{url, nsamples, filesize, sha256}``.
+    ``samples`` may be a generator that drops what it cannot make (precompute records those skips itself)."""
+    return _write_tar(uri, samples)[0]
 
 
 def shard_name(split: str, number: int) -> str:
     return f"{split}-{number:06d}.tar"
 
 
-def plan_bundles(bundles: list[tuple[str, int, int]], target_bytes: float, max_samples: int) -> list[list[str]]:
-    """Group per-video bundles ``(uri, bytes, clips)``, in order, into shards: a shard is closed once it reaches
-    ``target_bytes`` or would exceed ``max_samples``. A video's clips stay together (so shards can be written in
-    parallel, each from whole bundles); a single bundle larger than the target makes its own shard."""
-    shards: list[list[str]] = []
-    size = count = 0
-    for uri, bundle_bytes, clips in bundles:
-        if shards and size < target_bytes and count + clips <= max_samples:
-            shards[-1].append(uri)
-        else:
-            shards.append([uri])
-            size = count = 0
-        size += bundle_bytes
-        count += clips
-    return shards
+def shard_order(keys: Iterable[str], count: int) -> np.ndarray:
+    """The order of the ``count`` clips of ``keys`` (given sorted) in the shards: by the SHA-1 of their key (its
+    first 64 bits; ties, which practically never happen, by key), which mixes labels and sources across the shards
+    and depends on nothing but the keys (the same on a rerun, a resume or another cluster). Eight bytes per clip."""
+    digests = np.fromiter((int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") for key in keys), dtype=np.uint64, count=count)
+    return np.argsort(digests, kind="stable")
 
 
-def write_bundled_shard(output: str, split: str, number: int, bundle_uris: list[str]) -> dict:
-    """Concatenate staged bundles into shard ``number`` of ``split``; returns its index entry."""
-    return write_shard(join_uri(output, shard_name(split, number)), iter_samples(bundle_uris))
+def plan_shards(lengths: np.ndarray, target_bytes: float, max_samples: int) -> np.ndarray:
+    """The shard number of each clip of byte size ``lengths`` (clips in shard order): a shard is closed once it
+    reaches ``target_bytes`` or would exceed ``max_samples``."""
+    numbers = np.zeros(len(lengths), dtype=np.int64)
+    number = size = count = 0
+    for index, length in enumerate(np.asarray(lengths).tolist()):
+        if count and (size >= target_bytes or count >= max_samples):
+            number, size, count = number + 1, 0, 0
+        numbers[index] = number
+        size += length
+        count += 1
+    return numbers
+
+
+def _fetched_samples(keys: list[str], uris: list[str], offsets: list[int], lengths: list[int]) -> Iterator[dict]:
+    """The samples at those byte ranges, in order, fetched ``FETCH_WINDOW`` at a time; each must hold its key."""
+    for lo in range(0, len(keys), FETCH_WINDOW):
+        hi = lo + FETCH_WINDOW
+        datas = read_ranges(uris[lo:hi], offsets[lo:hi], [o + n for o, n in zip(offsets[lo:hi], lengths[lo:hi])])
+        for key, uri, data in zip(keys[lo:hi], uris[lo:hi], datas):
+            samples = samples_in_range(data)
+            if [s["__key__"] for s in samples] != [key]:
+                raise ValueError(f"{uri} does not hold sample {key} at the recorded byte range (it holds {[s['__key__'] for s in samples]})")
+            yield samples[0]
+
+
+def write_sourced_shard(output: str, split: str, number: int, keys: list[str], uris: list[str], offsets: list[int], lengths: list[int]) -> dict:
+    """Shard ``number`` of ``split`` made of the samples at those byte ranges of other tars (staged bundles), in
+    that order; returns ``{"entry": <index entry>, "offsets": [...], "lengths": [...]}`` (where each sample is in
+    the shard)."""
+    entry, ranges = _write_tar(join_uri(output, shard_name(split, number)), _fetched_samples(keys, uris, offsets, lengths))
+    return {"entry": entry, "offsets": [o for o, _ in ranges], "lengths": [n for _, n in ranges]}
 
 
 def write_index(output: str, split: str, shardlist: list[dict], extra: dict) -> dict:
@@ -116,22 +159,15 @@ def write_index(output: str, split: str, shardlist: list[dict], extra: dict) -> 
     return index
 
 
-def shard_stats(output: str, index: dict) -> dict:
-    """Counts and durations per label, from the committed shards' metadata members."""
-    labels: dict[str, dict] = {}
+def shard_stats(index: dict, clips: pa.Table) -> dict:
+    """Counts and durations per label of the clips the shards were written from (a table with ``label``,
+    ``source_id``, ``start`` and ``end`` per clip), with Arrow's group-by: no shard is read."""
+    labels = {}
     seconds = 0.0
-    for sample in iter_samples(join_uri(output, entry["url"]) for entry in index["shardlist"]):
-        meta = read_metadata(sample)
-        duration = meta["span"]["end"] - meta["span"]["start"]
-        seconds += duration
-        stats = labels.setdefault(meta["label"], {"clips": 0, "seconds": 0.0, "sources": set()})
-        stats["clips"] += 1
-        stats["seconds"] += duration
-        stats["sources"].add(meta["source"]["source_id"])
-    return {
-        "split": index["name"],
-        "shards": len(index["shardlist"]),
-        "clips": index["nsamples"],
-        "hours": round(seconds / 3600, 4),
-        "labels": {k: {"clips": v["clips"], "seconds": round(v["seconds"], 3), "sources": len(v["sources"])} for k, v in sorted(labels.items())},
-    }
+    if clips.num_rows:
+        table = clips.append_column("seconds", pc.subtract(clips["end"], clips["start"]))
+        seconds = pc.sum(table["seconds"]).as_py()
+        grouped = table.group_by("label").aggregate([("seconds", "count"), ("seconds", "sum"), ("source_id", "count_distinct")]).sort_by("label")
+        labels = {row["label"]: {"clips": row["seconds_count"], "seconds": round(row["seconds_sum"], 3), "sources": row["source_id_count_distinct"]}
+                  for row in grouped.to_pylist()}  # fmt: skip
+    return {"split": index["name"], "shards": len(index["shardlist"]), "clips": index["nsamples"], "hours": round(seconds / 3600, 4), "labels": labels}
