@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import resource
@@ -248,6 +249,8 @@ def main() -> None:
         return
     from moto.server import ThreadedMotoServer
     from s3_proxy import S3Proxy
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log: a line per request
 
     moto_port = _free_port()
     credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
