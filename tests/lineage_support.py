@@ -7,17 +7,25 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 from mlflow.tracking import MlflowClient
 
 from avsync_ray.config.base import load_config
 from avsync_ray.config.curate import CurateConfig
 from avsync_ray.lineage import shard_dataset
 from avsync_ray.mlflow_models import log_export
-from avsync_ray.shards import read_index, shard_stats
-from avsync_ray.storage import write_json_atomic
+from avsync_ray.shards import iter_samples, read_index, read_metadata, shard_stats
+from avsync_ray.storage import join_uri, write_json_atomic
 from avsync_ray.tracking import TrainingTracker, log_curation_run
 
 REGISTERED = "tiny-avsyncd"  # the registered model of the session's store (conftest.py: lineage_registry)
+
+
+def _clips(shards: str, index: dict) -> pa.Table:
+    """The clip table curation hands to ``shard_stats``, read back from the shards' metadata."""
+    metadata = [read_metadata(sample) for sample in iter_samples(join_uri(shards, entry["url"]) for entry in index["shardlist"])]
+    return pa.table({"label": [m["label"] for m in metadata], "source_id": [m["source"]["source_id"] for m in metadata],
+                     "start": [float(m["span"]["start"]) for m in metadata], "end": [float(m["span"]["end"]) for m in metadata]})  # fmt: skip
 
 
 def lineage_store(root: Path, shards_root: Path, folders: dict[int, Path], name: str, aliases: dict[str, int]) -> dict:
@@ -29,7 +37,8 @@ def lineage_store(root: Path, shards_root: Path, folders: dict[int, Path], name:
     uri = f"sqlite:///{root}/mlruns.db"
     shards = str(root / "shards")
     shutil.copytree(shards_root, shards)
-    stats = shard_stats(shards, read_index(shards, "train"))
+    index = read_index(shards, "train")
+    stats = shard_stats(index, _clips(shards, index))
     write_json_atomic(f"{shards}/train.stats.json", stats)
     (root / "shards" / "report").mkdir()
     (root / "shards" / "report" / "report.md").write_text("# curation\n")
@@ -41,7 +50,7 @@ def lineage_store(root: Path, shards_root: Path, folders: dict[int, Path], name:
         "filters.imagebind.enabled": False, "filters.sync.enabled": False,
     })  # fmt: skip
     report = {"skipped_rules": ["semantic_diff", "ia", "it", "psync_a2v", "psync_v2a"], "funnel": {"windows": 8}, "stats": stats}
-    curation = log_curation_run(curate, report, {"videos": 8, "skipped_inputs": {}}, read_index(shards, "train"), "input: corpus\n", sources)
+    curation = log_curation_run(curate, report, {"videos": 8, "skipped_inputs": {}}, index, "input: corpus\n", sources)
 
     # Training: rank 0's tracker, as the training loop opens it.
     steps = max(folders)

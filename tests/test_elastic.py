@@ -124,7 +124,9 @@ def _assert_complete_and_identical(output: Path, reference: dict[str, str]) -> N
 def test_curation_survives_a_worker_node_killed_mid_run(cluster, corpus, reference, tmp_path):
     worker = cluster.add_node()
     output = tmp_path / "out"
-    driver = _start_curation(cluster, corpus, output, slow_video_s=3.0)
+    # 5 s per video: the state API sees a task's RUNNING a second or more late on a loaded machine, and the kill
+    # must land while the worker's tasks run
+    driver = _start_curation(cluster, corpus, output, slow_video_s=5.0)
     try:
         _wait_until(lambda: _video_tasks(cluster, worker.node_id, "RUNNING"), driver, "video task running on the worker node")
         cluster.kill_node(worker)
