@@ -122,7 +122,8 @@ def _assert_complete_and_identical(output: Path, reference: dict[str, str]) -> N
 
 
 # Slow suite: inside the full fast suite (and only there) the scan tasks all ran on the head, so the worker node
-# had no task to lose; alone, and after the cluster and curation modules, it passes. Not yet understood.
+# had no task to lose (it fails after tests/test_c*.py, test_demo.py and test_devices.py too); alone, and right
+# after test_cluster_jobs.py, it passes. Not yet understood.
 @pytest.mark.slow
 def test_curation_survives_a_worker_node_killed_mid_run(cluster, corpus, reference, tmp_path):
     worker = cluster.add_node()
