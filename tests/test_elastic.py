@@ -121,7 +121,7 @@ def _assert_complete_and_identical(output: Path, reference: dict[str, str]) -> N
     assert _digests(output) == reference
 
 
-# Slow suite: inside the full fast suite (and only there) the scan tasks all ran on the head, so the worker node
+# Slow suite: inside the full fast suite the scan tasks all ran on the head, so the worker node
 # had no task to lose (it fails after tests/test_c*.py, test_demo.py and test_devices.py too); alone, and right
 # after test_cluster_jobs.py, it passes. Not yet understood.
 @pytest.mark.slow
