@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,12 +41,6 @@ sys.path.insert(0, str(REPO / "tests"))  # the proxy is shared with the tests
 
 PUT_CLASS, GET_CLASS = ("PUT", "POST", "LIST"), ("GET", "HEAD")
 PRICE = {"put": 0.005 / 1000, "get": 0.0004 / 1000}  # USD per request, S3 standard
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def curate_config(inputs: str, output: str):
@@ -247,12 +240,13 @@ def main() -> None:
     if args.driver:
         print(json.dumps(driver(*args.driver)))
         return
+    from local_cluster import free_ports
     from moto.server import ThreadedMotoServer
     from s3_proxy import S3Proxy
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log: a line per request
 
-    moto_port = _free_port()
+    (moto_port,) = free_ports(1)
     credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update(credentials, AWS_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}")  # set-up goes straight to moto
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)

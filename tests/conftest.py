@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from local_cluster import free_ports
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -106,17 +107,9 @@ def write_official_unet():
     return write
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        return probe_socket.getsockname()[1]
-
-
 # S3 tests talk to a local moto server through a loopback proxy that counts requests and can throttle
 # (tests/s3_proxy.py); the variables are set before Ray starts so its workers inherit them.
-MOTO_PORT, PROXY_PORT = _free_port(), _free_port()
+MOTO_PORT, PROXY_PORT = free_ports(2)  # probed together: two probes one after the other may get the same port
 os.environ.update(
     AWS_ENDPOINT_URL=f"http://127.0.0.1:{PROXY_PORT}",
     AWS_ACCESS_KEY_ID="testing",
