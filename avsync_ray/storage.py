@@ -170,6 +170,45 @@ def write_parquet(uri: str, table: pa.Table) -> None:
     write_bytes_atomic(uri, parquet_bytes(table))
 
 
+PARQUET_ROW_GROUP = 65_536  # rows per row group of a Parquet file written a batch at a time
+
+
+class RowGroupWriter:
+    """Parquet written a table at a time in row groups of exactly ``rows`` rows (the last one fewer): the file's
+    bytes depend on its rows alone, never on how they were batched."""
+
+    def __init__(self, sink, schema: pa.Schema, rows: int = PARQUET_ROW_GROUP):
+        self._writer, self._rows = pq.ParquetWriter(sink, schema), rows
+        self._pending: list[pa.Table] = []
+        self._count = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._count += table.num_rows
+        while self._count >= self._rows:
+            self._flush(self._rows)
+
+    def _flush(self, rows: int) -> None:
+        pending = pa.concat_tables(self._pending)
+        self._writer.write_table(pending.slice(0, rows), row_group_size=rows)
+        self._pending, self._count = [pending.slice(rows)], self._count - rows
+
+    def close(self) -> None:
+        if self._count:
+            self._flush(self._count)
+        self._writer.close()
+
+
+@contextlib.contextmanager
+def parquet_writer(uri: str, schema: pa.Schema, rows: int = PARQUET_ROW_GROUP):
+    """A :class:`RowGroupWriter` whose file appears at ``uri`` whole when the block ends without an error
+    (:func:`open_atomic`: one upload on object stores)."""
+    with open_atomic(uri) as handle:
+        writer = RowGroupWriter(handle, schema, rows)
+        yield writer
+        writer.close()
+
+
 def read_json(uri: str):
     with fsspec.open(uri, "r") as handle:
         return json.load(handle)

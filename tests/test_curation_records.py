@@ -3,12 +3,16 @@ record counts, when a video's scan is complete, the ledger, score and clip table
 
 from __future__ import annotations
 
+import io
 import math
 import re
+from collections import Counter
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
-from avsync_ray.curation import work
+from avsync_ray.curation import report, spill, work
 from avsync_ray.curation.records import (
     CHUNK_SCHEMA,
     SCORE_LISTS,
@@ -26,6 +30,7 @@ from avsync_ray.curation.records import (
     video_record,
 )
 from avsync_ray.shards import SCORE_TABLE_SCHEMA
+from avsync_ray.storage import RowGroupWriter
 
 SCORES = [name for name, _ in SCORE_LISTS]
 
@@ -139,6 +144,59 @@ def test_compaction_keeps_the_latest_records_and_removes_the_superseded_parts(tm
     for generation in range(3):  # e.g. a run and two re-thresholds
         work.write_part(output, "videos", record_table([video(f"v{i}", generation) for i in range(5)], VIDEO_SCHEMA))
     uris = work.part_uris(output, "videos")
-    work.compact_videos(output, uris, latest_videos(work.read_parts(uris, VIDEO_SCHEMA)))
+    work.compact_videos(output, uris, [latest_videos(work.read_parts(uris, VIDEO_SCHEMA))])
     after = work.read_records(output, "videos")
     assert after.num_rows == 5 and set(after["generation"].to_pylist()) == {2} and len(work.part_uris(output, "videos")) == 1
+
+
+def test_a_ranked_spill_gives_every_row_back_sorted_a_range_of_ranks_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(spill, "MIN_RANKS", 4)
+    ranks = np.random.default_rng(0).permutation(10)
+    table = pa.table({"key": [f"k{r:02d}" for r in ranks], "rank": ranks})
+    store = spill.RankedSpill(str(tmp_path), 10)
+    store.add("t", table.slice(0, 6), ranks[:6])
+    store.add("t", table.slice(6), ranks[6:])
+    ranges = list(store.sorted_tables("t", [("key", "ascending")]))
+    assert [t["rank"].to_pylist() for t in ranges] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert list(tmp_path.iterdir()) == []  # each file goes once read
+
+
+def test_the_streamed_ledger_and_score_table_are_the_whole_tables_bytes_and_the_report_counts(tmp_path, monkeypatch):
+    """The finalize writes ledger.parquet and scores.parquet from the parts a part at a time (spilled by rank, a
+    few videos per range here): the same bytes as the tables built from every record at once, with the report's
+    counts and histograms of those tables."""
+    from avsync_ray.curation import pipeline
+
+    monkeypatch.setattr(spill, "MIN_RANKS", 3)
+    output = str(tmp_path / "out")
+    work.prepare(output)
+    rng = np.random.default_rng(1)
+    records = []
+    for generation in range(2):  # a re-threshold supersedes half of the videos
+        for i in range(0 if generation == 0 else 5, 10):
+            starts = [1.0, 0.0, 1.0][: i % 4]  # equal starts keep their window order
+            row = video(f"v{(i * 7) % 10}", generation, "done" if i % 3 else "zero_survivors", "" if i % 3 else "all_windows_rejected", windows=starts)
+            row.update({name: rng.random(len(starts)).tolist() for name in SCORES}, window_reason=["", "too_static", ""][: len(starts)])
+            records.append(row)
+    table = record_table(records, VIDEO_SCHEMA)
+    for lo in range(0, table.num_rows, 4):
+        work.write_part(output, "videos", table.slice(lo, 4))
+    stored = work.read_records(output, "videos")  # the parts' order: the reference reads them so too
+
+    recorded = pipeline._Recorded.read(output)
+    tally = pipeline._write_tables(output, recorded)
+
+    for name, reference in (("ledger", ledger_table(stored)), ("scores", score_table(stored))):
+        expected = io.BytesIO()
+        writer = RowGroupWriter(expected, reference.schema)
+        writer.write(reference)
+        writer.close()
+        assert (tmp_path / "out" / f"{name}.parquet").read_bytes() == expected.getvalue()
+    ledger, scores = ledger_table(stored), score_table(stored)
+    assert tally.videos == ledger.num_rows == 10 and dict(tally.statuses) == Counter(ledger["status"].to_pylist())
+    assert dict(tally.window_reasons) == Counter(scores["reason"].to_pylist())
+    assert dict(tally.zero_survivor_reasons) == {"all_windows_rejected": Counter(ledger["status"].to_pylist())["zero_survivors"]}
+    for name in SCORES:
+        values = scores[name].to_numpy()
+        assert np.array_equal(tally.histograms[name], np.histogram(values, report.HISTOGRAM_BINS)[0])
+    assert recorded.superseded is False and len(recorded.ranks) == table.num_rows

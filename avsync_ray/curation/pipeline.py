@@ -28,8 +28,11 @@ import hashlib
 import logging
 import math
 import os
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,19 +47,24 @@ from avsync_ray.config.base import ConfigError, dump_config, load_config, save_c
 from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation import report as report_module, work
 from avsync_ray.curation.records import (
+    LEDGER_ORDER,
+    LEDGER_SCHEMA,
+    SCORE_ORDER,
     SHARD_CLIPS_SCHEMA,
     VIDEO_SCHEMA,
     clip_table,
     final_ids,
+    latest_rows,
     latest_videos,
-    ledger_table,
+    ledger_rows,
     record_table,
     scanned_ids,
     scanned_videos,
-    score_table,
+    score_rows,
     video_record,
 )
 from avsync_ray.curation.scorers import EmbeddingScorer, SyncScorer
+from avsync_ray.curation.spill import RankedSpill
 from avsync_ray.curation.stages import (
     chunk_record,
     curation_id,
@@ -69,8 +77,18 @@ from avsync_ray.curation.stages import (
 from avsync_ray.errors import InputError
 from avsync_ray.ray_runtime import ResourceRequest, actor_request, init_ray, require_resources
 from avsync_ray.shards import index_uri, plan_shards, shard_order, shard_stats, write_index, write_sourced_shard
+from avsync_ray.shards.schema import SCORE_TABLE_SCHEMA
 from avsync_ray.sources import list_inputs
-from avsync_ray.storage import exists, filesystem, join_uri, read_json, uri_prefix, write_json_atomic, write_parquet
+from avsync_ray.storage import (
+    exists,
+    filesystem,
+    join_uri,
+    parquet_writer,
+    read_json,
+    uri_prefix,
+    write_json_atomic,
+    write_parquet,
+)
 from avsync_ray.tracking import log_curation_run
 
 logger = logging.getLogger(__name__)
@@ -303,34 +321,102 @@ def _write_shards(config: CurateConfig, clips: pa.Table, plan_id: str) -> dict:
     return write_index(config.output, split, [r["entry"] for r in results], {"curation_id": curation_id(config), "plan_id": plan_id})
 
 
-def _assemble(config: CurateConfig, generation: int, committed: dict | None) -> tuple[pa.Table, dict, pa.Table]:
+# What the finalize reads of every stored video record: enough to choose the latest records and plan the shards.
+PLAN_COLUMNS = ["source_id", "label", "generation", "clips", "clip_key", "clip_start", "clip_end", "clip_offset", "clip_length"]
+READ_RECORDS = 2000  # whole video records fetched at once
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """The stored video records as the finalize reads them: the parts, the records each holds, and per stored
+    record (in the parts' order) its rank among the latest records in source-id order (-1: superseded); with the
+    latest records' :data:`PLAN_COLUMNS`. The whole records are read part by part (:meth:`latest`), never held."""
+
+    uris: list[str]
+    sizes: np.ndarray
+    ranks: np.ndarray
+    videos: pa.Table
+
+    @classmethod
+    def read(cls, output: str) -> _Recorded:
+        uris = work.part_uris(output, "videos")
+        parts = list(work.iter_parts(uris, VIDEO_SCHEMA, PLAN_COLUMNS))
+        records = pa.concat_tables(parts) if parts else pa.schema([VIDEO_SCHEMA.field(n) for n in PLAN_COLUMNS]).empty_table()
+        rows = latest_rows(records) if records.num_rows else np.zeros(0, dtype=np.int64)
+        ranks = np.full(records.num_rows, -1, dtype=np.int64)
+        ranks[rows] = np.arange(len(rows))
+        return cls(uris, np.array([part.num_rows for part in parts], dtype=np.int64), ranks, records.take(pa.array(rows)))
+
+    @property
+    def superseded(self) -> bool:
+        """Most stored records are old (re-thresholds, retries): the parts are worth compacting."""
+        return len(self.ranks) > 2 * self.videos.num_rows
+
+    def latest(self) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        """Each part's latest records, whole, with their ranks; about :data:`READ_RECORDS` records in memory."""
+        batch = max(1, min(work.READ_BATCH, READ_RECORDS // max(1, int(self.sizes.max(initial=1)))))
+        starts = np.r_[0, np.cumsum(self.sizes)]
+        for number, part in enumerate(work.iter_parts(self.uris, VIDEO_SCHEMA, batch=batch)):
+            ranks = self.ranks[starts[number] : starts[number + 1]]
+            chosen = np.flatnonzero(ranks >= 0)
+            yield part.take(pa.array(chosen)), ranks[chosen]
+
+
+def _unstaged(videos: pa.Table, committed: dict) -> pa.Array:
+    """Which of ``videos`` have clips only in the committed shards (their bundles went)."""
+    return pc.and_(pc.greater(videos["clips"], 0), pc.less_equal(videos["generation"], committed["generation"]))
+
+
+def _assemble(config: CurateConfig, generation: int, committed: dict | None) -> tuple[_Recorded, dict, pa.Table]:
     """The recorded videos, the shards (rewritten only when their clips changed; clips of committed shards
     whose bundles went are staged again first), the index, and the clips; then the staged bundles go."""
-    uris = work.part_uris(config.output, "videos")
-    records = work.read_parts(uris, VIDEO_SCHEMA)
-    videos = latest_videos(records)
-    superseded = records.num_rows > 2 * videos.num_rows  # most stored records are old (re-thresholds, retries)
-    del records
-    clips = clip_table(videos)  # by key
+    recorded = _Recorded.read(config.output)
+    clips = clip_table(recorded.videos)  # by key
     if config.shards.order == "hash":
         clips = clips.take(pa.array(shard_order(_strings(clips["key"]), clips.num_rows)))
     plan_id = _plan_id(config, clips)
     uri = index_uri(config.output, config.shards.split)
     index = read_json(uri) if exists(uri) else None
     if index is None or index.get("plan_id") != plan_id:
-        if committed is not None and committed["bundles"] == "removed":
-            unstaged = videos.filter(pc.and_(pc.greater(videos["clips"], 0), pc.less_equal(videos["generation"], committed["generation"])))
-            if unstaged.num_rows:  # the clips changed: the committed shards are rewritten, so their clips are staged first
-                _rematerialize(config, unstaged, generation, committed, "staged again")
-                return _assemble(config, generation, None)
+        if committed is not None and committed["bundles"] == "removed" and pc.any(_unstaged(recorded.videos, committed)).as_py():
+            # the clips changed: the committed shards are rewritten, so their clips are staged first
+            unstaged = pa.concat_tables([videos.filter(_unstaged(videos, committed)) for videos, _ in recorded.latest()])
+            _rematerialize(config, unstaged, generation, committed, "staged again")
+            return _assemble(config, generation, None)
         index = _write_shards(config, clips, plan_id)
     kept = None
     if config.keep_staged_clips:
         kept = sorted({work.bundle_uri(config.output, s, g) for s, g in zip(_strings(clips["source_id"]), _strings(clips["generation"]))})
     work.commit(config.output, plan_id, pc.max(clips["generation"]).as_py() if clips.num_rows else -1, kept)
-    if superseded:
-        work.compact_videos(config.output, uris, videos)
-    return videos, index, clips
+    return recorded, index, clips
+
+
+def _write_tables(output: str, recorded: _Recorded) -> report_module.Tally:
+    """``ledger.parquet`` and ``scores.parquet`` from the latest records, streamed: each part's records become
+    ledger and score rows spilled to local files by their video's rank, which come back in source-id order a
+    range of videos at a time into the two files; the report's numbers are counted on the way."""
+    with tempfile.TemporaryDirectory(prefix="avsync-tables-") as folder:
+        spill = RankedSpill(folder, recorded.videos.num_rows)
+        try:
+            ranges = {}
+            for videos, ranks in recorded.latest():
+                scores = score_rows(videos)
+                spill.add("ledger", ledger_rows(videos), ranks)
+                spill.add("scores", scores, np.repeat(ranks, pc.list_value_length(videos["window_start"]).to_numpy()))
+                ranges = report_module.merge_ranges(ranges, report_module.score_ranges(scores))
+            tally = report_module.Tally(ranges)
+            with parquet_writer(join_uri(output, "ledger.parquet"), LEDGER_SCHEMA) as ledger:
+                for table in spill.sorted_tables("ledger", LEDGER_ORDER):
+                    ledger.write(table)
+                    tally.add_ledger(table)
+            with parquet_writer(join_uri(output, "scores.parquet"), SCORE_TABLE_SCHEMA) as scores:
+                for table in spill.sorted_tables("scores", SCORE_ORDER):
+                    table = table.drop_columns(["window"])
+                    scores.write(table)
+                    tally.add_scores(table)
+        finally:
+            spill.close()
+    return tally
 
 
 def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
@@ -355,14 +441,14 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
         require_resources(_actor_requests(config), config.ray)
     save_config(config, join_uri(config.output, CONFIG_NAME))
     ray_stats = _rethreshold(config, generation, committed) if rethreshold else _score(config, sources, recorded, generation)
-    videos, index, clips = _assemble(config, generation, committed)
-    scores = score_table(videos)
-    write_parquet(join_uri(config.output, "scores.parquet"), scores)
-    ledger = ledger_table(videos)
-    write_parquet(join_uri(config.output, "ledger.parquet"), ledger)
+    del recorded  # the finalize reads the records again, as the tasks left them
+    recorded, index, clips = _assemble(config, generation, committed)
+    tally = _write_tables(config.output, recorded)
+    if recorded.superseded:
+        work.compact_videos(config.output, recorded.uris, (videos for videos, _ in recorded.latest()))
     stats = shard_stats(index, clips)
     write_json_atomic(join_uri(config.output, f"{config.shards.split}.stats.json"), stats)
-    report = report_module.build_report(config, scores, ledger, index, stats, ray_stats, skipped)
+    report = report_module.build_report(config, tally, index, stats, ray_stats, skipped)
     summary = report_module.summarize(report, time.perf_counter() - started)
     if config.tracking.enabled:  # the listed videos, a batch at a time (never all as Python objects)
         listed = (row for batch in sources.to_batches(10_000) for row in batch.to_pylist())

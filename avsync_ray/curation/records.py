@@ -51,6 +51,10 @@ CLIP_TABLE_SCHEMA = pa.schema(
 # Where each clip of the committed shards is (``_work/shards/<plan id>.parquet``).
 SHARD_CLIPS_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("offset", pa.int64()), ("length", pa.int64())])
 
+# The order of the rows of ledger.parquet and of scores.parquet (``window``: see :func:`score_rows`).
+LEDGER_ORDER = [("source_id", "ascending")]
+SCORE_ORDER = [("source_id", "ascending"), ("start", "ascending"), ("window", "ascending")]
+
 # Reasons a recorded video is curated again by the next run (the failure may not happen again).
 RETRIED_REASONS = ("storage_error",)
 
@@ -98,13 +102,18 @@ def _first_of_groups(column: pa.ChunkedArray) -> np.ndarray:
     return np.flatnonzero(_changes(column))
 
 
-def latest_videos(videos: pa.Table) -> pa.Table:
-    """One record per video: the one of the highest generation (ties: the first read), sorted by source id."""
-    if not videos.num_rows:
-        return videos
-    order = videos.append_column("_row", pa.array(np.arange(videos.num_rows)))
+def latest_rows(videos: pa.Table) -> np.ndarray:
+    """The row of each video's latest record: the one of the highest generation (ties: the first read), in
+    source-id order. Reads ``source_id`` and ``generation`` only, so the records can be chosen before they are
+    read whole."""
+    order = pa.table({"source_id": videos["source_id"], "generation": videos["generation"], "_row": pa.array(np.arange(videos.num_rows))})
     order = order.sort_by([("source_id", "ascending"), ("generation", "descending"), ("_row", "ascending")])
-    return order.take(pa.array(_first_of_groups(order["source_id"]))).drop_columns(["_row"])
+    return order["_row"].to_numpy()[_first_of_groups(order["source_id"])]
+
+
+def latest_videos(videos: pa.Table) -> pa.Table:
+    """One record per video (:func:`latest_rows`), sorted by source id."""
+    return videos.take(pa.array(latest_rows(videos))) if videos.num_rows else videos
 
 
 def final_ids(videos: pa.Table) -> pa.Array:
@@ -178,18 +187,30 @@ def _flatten(videos: pa.Table, lists: list[str], repeated: list[str], names: dic
     return pa.table(columns)
 
 
+def ledger_rows(videos: pa.Table) -> pa.Table:
+    """The ledger entries of video records, as they come."""
+    return videos.select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
+
+
 def ledger_table(videos: pa.Table) -> pa.Table:
-    """``ledger.parquet``: one row per recorded video, sorted by source id."""
-    return latest_videos(videos).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
+    """``ledger.parquet``: one row per recorded video, sorted by source id (:data:`LEDGER_ORDER`)."""
+    return ledger_rows(latest_videos(videos))
+
+
+def score_rows(videos: pa.Table) -> pa.Table:
+    """The windows of video records as rows of the score table, video by video in window order, with ``window``:
+    a row's place in its video (what orders windows with equal starts, see :data:`SCORE_ORDER`)."""
+    names = {"window_shot": "shot", "window_start": "start", "window_end": "end", "window_keep": "keep", "window_reason": "reason", "window_clip": "clip"}
+    lists = ["window_shot", "window_start", "window_end", *SCORE_NAMES, "window_keep", "window_reason", "window_clip"]
+    table = _flatten(videos, lists, ["source_id", "uri", "label", "skipped_rules"], names).select(SCORE_TABLE_SCHEMA.names).cast(SCORE_TABLE_SCHEMA)
+    offsets = videos["window_start"].combine_chunks().offsets.to_numpy() if videos.num_rows else np.zeros(1, dtype=np.int32)
+    window = np.arange(table.num_rows) - np.repeat(offsets[:-1] - offsets[0], np.diff(offsets))
+    return table.append_column("window", pa.array(window, pa.int64()))
 
 
 def score_table(videos: pa.Table) -> pa.Table:
     """``scores.parquet``: every window of every recorded video (:data:`SCORE_TABLE_SCHEMA`), by source and start."""
-    names = {"window_shot": "shot", "window_start": "start", "window_end": "end", "window_keep": "keep", "window_reason": "reason", "window_clip": "clip"}
-    lists = ["window_shot", "window_start", "window_end", *SCORE_NAMES, "window_keep", "window_reason", "window_clip"]
-    table = _flatten(latest_videos(videos), lists, ["source_id", "uri", "label", "skipped_rules"], names)
-    table = table.select(SCORE_TABLE_SCHEMA.names).cast(SCORE_TABLE_SCHEMA)
-    return table.sort_by([("source_id", "ascending"), ("start", "ascending")])
+    return score_rows(latest_videos(videos)).sort_by(SCORE_ORDER).drop_columns(["window"])
 
 
 def clip_table(videos: pa.Table) -> pa.Table:

@@ -4,6 +4,7 @@ with the thresholds drawn, video outcomes, and Ray Data's execution stats."""
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 
 import numpy as np
@@ -14,19 +15,21 @@ from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation.windows import SCORE_RULES, funnel, rules
 from avsync_ray.storage import join_uri, write_bytes_atomic, write_json_atomic
 
+HISTOGRAM_BINS = 40
 
-def _histogram_png(name: str, values: np.ndarray, minimum: float | None, maximum: float | None) -> bytes:
+
+def _histogram_png(name: str, edges: np.ndarray, counts: np.ndarray, minimum: float | None, maximum: float | None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5, 3), dpi=100)
-    axis.hist(values, bins=40, color="#4878a8")
+    axis.hist(edges[:-1], bins=edges, weights=counts, color="#4878a8")  # the bars of ``hist(values, bins=edges)``
     for bound, style in ((minimum, "--"), (maximum, ":")):
         if bound is not None:
             axis.axvline(bound, color="#c44e52", linestyle=style, label=f"{'min' if style == '--' else 'max'} {bound:g}")
-    axis.set_title(f"{name} ({len(values)} windows)")
+    axis.set_title(f"{name} ({int(counts.sum())} windows)")
     axis.set_xlabel(name)
     if minimum is not None or maximum is not None:
         axis.legend()
@@ -37,39 +40,79 @@ def _histogram_png(name: str, values: np.ndarray, minimum: float | None, maximum
     return buffer.getvalue()
 
 
-def _counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
-    """How often each value occurs (Arrow's value counts), sorted by value."""
-    pairs = pc.value_counts(column).to_pylist() if len(column) else []
-    return {item["values"]: item["counts"] for item in sorted(pairs, key=lambda item: item["values"])}
+def _counts(column: pa.ChunkedArray | pa.Array) -> Counter:
+    """How often each value occurs (Arrow's value counts)."""
+    return Counter({item["values"]: item["counts"] for item in pc.value_counts(column).to_pylist()} if len(column) else {})
 
 
-def _reasons_of(ledger: pa.Table, status: str) -> dict[str, int]:
-    return _counts(ledger.filter(pc.equal(ledger["status"], status))["reason"])
+def _sorted(counter: Counter) -> dict:
+    return dict(sorted(counter.items()))
 
 
-def build_report(config: CurateConfig, scores: pa.Table, ledger: pa.Table, index: dict, stats: dict, ray_stats: str, skipped_inputs=()) -> dict:
+def score_ranges(scores: pa.Table) -> dict[str, tuple[float, float]]:
+    """Each score's smallest and largest value among ``scores``' windows (NaN: not scored, left out)."""
+    ranges = {}
+    for name in SCORE_RULES:
+        bounds = pc.min_max(scores[name]).as_py() if scores.num_rows else {"min": None}
+        if bounds["min"] is not None and not math.isnan(bounds["min"]):
+            ranges[name] = (bounds["min"], bounds["max"])
+    return ranges
+
+
+def merge_ranges(ranges: dict[str, tuple[float, float]], more: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    merged = dict(ranges)
+    for name, (low, high) in more.items():
+        merged[name] = (min(low, merged[name][0]), max(high, merged[name][1])) if name in merged else (low, high)
+    return merged
+
+
+class Tally:
+    """The report's numbers, counted a batch of rows at a time (Arrow compute per batch, merged): window reasons,
+    video outcomes, and each score's histogram, in :data:`HISTOGRAM_BINS` equal bins between the score's smallest
+    and largest value (``ranges``, from :func:`score_ranges` over every window first), as one histogram of all
+    the values would have them."""
+
+    def __init__(self, ranges: dict[str, tuple[float, float]]):
+        self.ranges = ranges
+        self.histograms = {name: np.zeros(HISTOGRAM_BINS, dtype=np.int64) for name in ranges}
+        self.edges = {name: np.histogram_bin_edges([], HISTOGRAM_BINS, bounds) for name, bounds in ranges.items()}
+        self.window_reasons, self.statuses, self.failure_reasons, self.zero_survivor_reasons = Counter(), Counter(), Counter(), Counter()
+        self.videos = 0
+
+    def add_scores(self, scores: pa.Table) -> None:
+        self.window_reasons.update(_counts(scores["reason"]))
+        for name, counts in self.histograms.items():
+            values = scores[name].to_numpy()
+            counts += np.histogram(values[~np.isnan(values)], HISTOGRAM_BINS, self.ranges[name])[0]
+
+    def add_ledger(self, ledger: pa.Table) -> None:
+        self.videos += ledger.num_rows
+        self.statuses.update(_counts(ledger["status"]))
+        self.failure_reasons.update(_counts(ledger.filter(pc.equal(ledger["status"], "failed"))["reason"]))
+        self.zero_survivor_reasons.update(_counts(ledger.filter(pc.equal(ledger["status"], "zero_survivors"))["reason"]))
+
+
+def build_report(config: CurateConfig, tally: Tally, index: dict, stats: dict, ray_stats: str, skipped_inputs=()) -> dict:
     """Write ``<output>/report/`` (report.json, report.md, one histogram PNG per score, Ray Data stats), from the
-    score table and the ledger with Arrow compute (no Python row per window or video).
-    ``skipped_inputs`` are the input folder's entries that are not videos (:class:`~avsync_ray.sources.SkippedInput`)."""
+    :class:`Tally` of the score table and the ledger. ``skipped_inputs`` are the input folder's entries that are
+    not videos (:class:`~avsync_ray.sources.SkippedInput`)."""
     folder = join_uri(config.output, "report")
-    reasons = _counts(scores["reason"])
+    reasons = _sorted(tally.window_reasons)
     active = rules(config)
     histograms = {}
     for name in SCORE_RULES:
-        values = scores[name].to_numpy()
-        values = values[~np.isnan(values)]
-        if len(values):
+        if name in tally.histograms:
             rule = active[name]
-            png = _histogram_png(name, values, rule.min if rule.enabled else None, rule.max if rule.enabled else None)
+            png = _histogram_png(name, tally.edges[name], tally.histograms[name], rule.min if rule.enabled else None, rule.max if rule.enabled else None)
             write_bytes_atomic(join_uri(folder, f"hist_{name}.png"), png)
             histograms[name] = f"hist_{name}.png"
     report = {
         "funnel": funnel(reasons),
         "clips": index["nsamples"],
         "shards": len(index["shardlist"]),
-        "videos": {"total": ledger.num_rows, **_counts(ledger["status"])},
-        "failure_reasons": _reasons_of(ledger, "failed"),
-        "zero_survivor_reasons": _reasons_of(ledger, "zero_survivors"),
+        "videos": {"total": tally.videos, **_sorted(tally.statuses)},
+        "failure_reasons": _sorted(tally.failure_reasons),
+        "zero_survivor_reasons": _sorted(tally.zero_survivor_reasons),
         "window_reasons": {reason: count for reason, count in reasons.items() if reason},
         "thresholds": {name: rule.model_dump() for name, rule in active.items()},
         "skipped_rules": [name for name, rule in active.items() if not rule.enabled],

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -118,14 +119,19 @@ def part_uris(output: str, kind: str) -> list[str]:
     return find_files(work_uri(output, kind), ".parquet")
 
 
+def iter_parts(uris: list[str], schema: pa.Schema, columns: list[str] | None = None, batch: int = READ_BATCH) -> Iterator[pa.Table]:
+    """The records of each of those parts (``columns`` only, when given), part by part in the order of ``uris``,
+    ``batch`` parts fetched at once."""
+    wanted = schema if columns is None else pa.schema([schema.field(name) for name in columns])
+    for lo in range(0, len(uris), batch):
+        for data in read_many(uris[lo : lo + batch]):
+            yield pq.read_table(io.BytesIO(data), columns=columns).cast(wanted)
+
+
 def read_parts(uris: list[str], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     """The records of those parts (``columns`` only, when given), in the order of ``uris``."""
-    wanted = schema if columns is None else pa.schema([schema.field(name) for name in columns])
-    tables = []
-    for lo in range(0, len(uris), READ_BATCH):
-        for data in read_many(uris[lo : lo + READ_BATCH]):
-            tables.append(pq.read_table(io.BytesIO(data), columns=columns).cast(wanted))
-    return pa.concat_tables(tables) if tables else wanted.empty_table()
+    tables = list(iter_parts(uris, schema, columns))
+    return pa.concat_tables(tables) if tables else (schema if columns is None else pa.schema([schema.field(n) for n in columns])).empty_table()
 
 
 def read_records(output: str, kind: str, columns: list[str] | None = None) -> pa.Table:
@@ -136,11 +142,20 @@ def remove_parts(uris: list[str]) -> None:
     remove_many(uris)
 
 
-def compact_videos(output: str, uris: list[str], latest: pa.Table) -> None:
-    """Store the ``latest`` video records (read from the parts ``uris``) in full parts and remove those parts, so
-    that later runs read N / 1,000 parts again after re-thresholds and retries superseded many records. A run
-    stopped in between leaves both, and a record stored twice counts once."""
-    written = {write_part(output, "videos", latest.slice(start, PART_RECORDS)) for start in range(0, latest.num_rows, PART_RECORDS)}
+def compact_videos(output: str, uris: list[str], latest: Iterable[pa.Table]) -> None:
+    """Store the ``latest`` video records (read from the parts ``uris``, a table at a time) in full parts and remove
+    those parts, so that later runs read N / 1,000 parts again after re-thresholds and retries superseded many
+    records. A run stopped in between leaves both, and a record stored twice counts once."""
+    written, pending, rows = set(), [], 0
+    for table in latest:
+        pending.append(table)
+        rows += table.num_rows
+        while rows >= PART_RECORDS:
+            full = pa.concat_tables(pending)
+            written.add(write_part(output, "videos", full.slice(0, PART_RECORDS)))
+            pending, rows = [full.slice(PART_RECORDS)], rows - PART_RECORDS
+    if rows:
+        written.add(write_part(output, "videos", pa.concat_tables(pending)))
     remove_many(sorted(set(uris) - written))
 
 
