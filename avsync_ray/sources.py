@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv
 import pyarrow.parquet
 
 from avsync_ray.errors import InputError
-from avsync_ray.storage import find_paths, is_object_store, join_uri, uri_prefix
+from avsync_ray.storage import is_object_store, iter_paths, join_uri, uri_prefix
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,13 @@ class SkippedInput:
     reason: str  # "not_a_video" (another extension), "folder_with_video_suffix"
 
 
+# The listed videos, a row each, sorted by URI.
+SOURCE_SCHEMA = pa.schema([("uri", pa.string()), ("source_id", pa.string()), ("label", pa.string())])
+
+
 @dataclass(frozen=True)
 class InputListing:
-    sources: list[Source]
+    sources: pa.Table  # SOURCE_SCHEMA: Arrow columns, never a Python object per video
     skipped: list[SkippedInput]
 
 
@@ -62,30 +70,25 @@ def _manifest(uri: str) -> list[Source]:
 
 
 def list_inputs(inputs: str | list[str], extensions: list[str]) -> InputListing:
-    """Every input video, sorted by URI, and what an input folder holds besides videos. A folder is searched
-    recursively for ``extensions``; the label is the parent folder's name unless a manifest gives one. A path
-    that does not exist is an error (a glob may match nothing)."""
+    """Every input video (:data:`SOURCE_SCHEMA`, sorted by URI), and what an input folder holds besides videos. A
+    folder is searched recursively for ``extensions``, page by page of its listing into Arrow columns; the label
+    is the parent folder's name unless a manifest gives one. A path that does not exist is an error (a glob may
+    match nothing)."""
     if isinstance(inputs, str) and inputs.endswith((".csv", ".parquet")):
-        return InputListing(_unique(_manifest(inputs)), [])
-    sources, skipped = [], []
+        return InputListing(_unique([_table(_manifest(inputs))]), [])
+    tables, skipped = [], []
     suffixes = tuple(e.lower() for e in extensions)
     for item in [inputs] if isinstance(inputs, str) else inputs:
         fs, path = fsspec.core.url_to_fs(item)
         prefix = uri_prefix(fs)
         if fs.isdir(path):
-            root = path.rstrip("/")
-            found = []
-            for entry_path, kind in _entries(fs, root):
-                video_suffix = entry_path.lower().endswith(suffixes)
-                if entry_path.rstrip("/") == root:
-                    continue
-                if kind == "directory":
-                    if video_suffix:
-                        skipped.append(SkippedInput(f"{prefix}{entry_path}", "folder_with_video_suffix"))
-                elif video_suffix:  # files, and broken links, which end in the ledger as not found
-                    found.append(entry_path)
-                else:
-                    skipped.append(SkippedInput(f"{prefix}{entry_path}", "not_a_video"))
+            root, not_videos = path.rstrip("/"), set()
+            for files, folders in _pages(fs, root):
+                not_videos.update(SkippedInput(f"{prefix}{folder}", "folder_with_video_suffix") for folder in folders if folder.lower().endswith(suffixes))
+                not_videos.update(SkippedInput(f"{prefix}{file}", "not_a_video") for file in files if not file.lower().endswith(suffixes))
+                # files, and broken links, which end in the ledger as not found
+                tables.append(_listed([file for file in files if file.lower().endswith(suffixes)], prefix, root))
+            skipped += sorted(not_videos, key=lambda entry: entry.uri)
         else:
             root = path.rsplit("/", 1)[0] if "/" in path else ""
             if any(c in path for c in "*?["):
@@ -94,21 +97,34 @@ def list_inputs(inputs: str | list[str], extensions: list[str]) -> InputListing:
                 found = [path]
             else:
                 raise InputError(f"input {item}: no such file or folder")
-        for found_path in found:
-            relative = found_path[len(root) :].lstrip("/") if root and found_path.startswith(root) else found_path
-            label = PurePosixPath(found_path).parent.name
-            sources.append(Source(f"{prefix}{found_path}", source_id_for(relative), label))
-    return InputListing(_unique(sources), skipped)
+            tables.append(_listed(found, prefix, root))
+    return InputListing(_unique(tables), skipped)
 
 
-def _entries(fs, root: str) -> list[tuple[str, str]]:
-    """(path, 'file' or 'directory') of everything under ``root``, sorted. On object stores, one listing of the
-    keys (folders are the keys' prefixes), without the per-object details a detailed listing holds."""
+def _listed(paths: list[str], prefix: str, root: str) -> pa.Table:
+    """Found video files as sources (ids from their path relative to ``root``)."""
+    sources = []
+    for found in paths:
+        relative = found[len(root) :].lstrip("/") if root and found.startswith(root) else found
+        sources.append(Source(f"{prefix}{found}", source_id_for(relative), PurePosixPath(found).parent.name))
+    return _table(sources)
+
+
+def _table(sources: list[Source]) -> pa.Table:
+    return pa.table({name: [getattr(source, name) for source in sources] for name in SOURCE_SCHEMA.names}, schema=SOURCE_SCHEMA)
+
+
+def _pages(fs, root: str) -> Iterator[tuple[list[str], list[str]]]:
+    """(file paths, folder paths) under ``root``, a page of the listing at a time (a folder may come again in a
+    later page). On object stores, the keys (folders are the keys' prefixes) without the per-object details a
+    detailed listing holds; elsewhere, a folder at a time."""
     if is_object_store(fs):
-        files = find_paths(fs, root)
-        folders = {parent for file in files for parent in _parents(file, root)}
-        return sorted([(file, "file") for file in files] + [(folder, "directory") for folder in folders])
-    return sorted((entry_path, info["type"]) for entry_path, info in fs.find(root, withdirs=True, detail=True).items())
+        for page in iter_paths(fs, root):
+            files = [file for file in page if file.rstrip("/") != root]
+            yield files, sorted({parent for file in files for parent in _parents(file, root)})
+        return
+    for folder, folders, files in fs.walk(root):
+        yield [f"{folder}/{name}" for name in files], [f"{folder}/{name}" for name in folders]
 
 
 def _parents(path: str, root: str) -> list[str]:
@@ -117,13 +133,17 @@ def _parents(path: str, root: str) -> list[str]:
 
 
 def list_sources(inputs: str | list[str], extensions: list[str]) -> list[Source]:
-    """The videos of :func:`list_inputs`."""
-    return list_inputs(inputs, extensions).sources
+    """The videos of :func:`list_inputs`, as :class:`Source` objects (for listings small enough to hold so)."""
+    return [Source(**row) for row in list_inputs(inputs, extensions).sources.to_pylist()]
 
 
-def _unique(sources: list[Source]) -> list[Source]:
-    unique = {source.uri: source for source in sources}
-    ids = [source.source_id for source in unique.values()]
-    if len(set(ids)) != len(ids):
+def _unique(tables: list[pa.Table]) -> pa.Table:
+    """The sources sorted by URI, a URI listed twice once (its last listing); two URIs may not share an id."""
+    table = pa.concat_tables(tables) if tables else SOURCE_SCHEMA.empty_table()
+    table = table.append_column("_order", pa.array(np.arange(table.num_rows))).sort_by([("uri", "ascending"), ("_order", "ascending")])
+    uris = table["uri"].combine_chunks()
+    last = np.r_[pc.not_equal(uris.slice(0, len(uris) - 1), uris.slice(1)).to_numpy(zero_copy_only=False), True] if len(uris) else []
+    table = table.filter(pa.array(last, pa.bool_())).drop_columns(["_order"])
+    if pc.count_distinct(table["source_id"]).as_py() != table.num_rows:
         raise InputError("two inputs map to the same source id; give explicit ids in a manifest")
-    return sorted(unique.values(), key=lambda source: source.uri)
+    return table

@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import fsspec
@@ -254,23 +254,35 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return sorted(f"{uri_prefix(fs)}{p}" for p in fs.ls(path, detail=False) if p.endswith(suffix))
 
 
-def find_paths(fs, path: str) -> list[str]:
-    """The paths of ``fs`` of every file under ``path`` ([] when absent). On S3, page by page from the listing
-    (one request per 1,000 keys), keeping only the keys: s3fs's ``find`` holds every object's details (about
-    1 KB each) until the whole listing is in."""
+LIST_PAGE = 1000  # keys per listing request on S3 (its most)
+
+
+def iter_paths(fs, path: str) -> Iterator[list[str]]:
+    """The paths of ``fs`` of every file under ``path`` (none when absent), a page at a time. On S3, the
+    listing's pages (one request per 1,000 keys), keeping only the keys: s3fs's ``find`` holds every object's
+    details (about 1 KB each) until the whole listing is in. Elsewhere, one page."""
     if _protocol(fs) not in ("s3", "s3a"):
-        return fs.find(path)
+        yield fs.find(path)
+        return
     bucket, _, prefix = fs._strip_protocol(path).partition("/")
-    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
+    request = {"Bucket": bucket, "Prefix": f"{prefix.rstrip('/')}/" if prefix else "", "MaxKeys": LIST_PAGE}
 
-    async def keys() -> list[str]:
+    async def page(token: str | None) -> dict:
         await fs.set_session()
-        found = []
-        async for page in fs.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            found.extend(f"{bucket}/{item['Key']}" for item in page.get("Contents", ()) if not item["Key"].endswith("/"))
-        return found
+        return await fs.s3.list_objects_v2(**request, **({"ContinuationToken": token} if token else {}))
 
-    return fsspec.asyn.sync(fs.loop, keys)
+    token = None
+    while True:
+        listed = fsspec.asyn.sync(fs.loop, page, token)
+        yield [f"{bucket}/{item['Key']}" for item in listed.get("Contents", ()) if not item["Key"].endswith("/")]
+        token = listed.get("NextContinuationToken")
+        if not listed.get("IsTruncated") or not token:
+            return
+
+
+def find_paths(fs, path: str) -> list[str]:
+    """The paths of ``fs`` of every file under ``path`` ([] when absent): :func:`iter_paths`' pages joined."""
+    return [found for page in iter_paths(fs, path) for found in page]
 
 
 def find_files(uri: str, suffix: str = "") -> list[str]:

@@ -68,7 +68,7 @@ def test_what_a_folder_holds_besides_videos_is_reported(tree):
     (tree / "broken.mp4").symlink_to(tree / "nowhere.mp4")
     listing = list_inputs(str(tree), EXTENSIONS)
     assert set(listing.skipped) == {SkippedInput(str(tree / "notes.txt"), "not_a_video"), SkippedInput(str(tree / "folder.mp4"), "folder_with_video_suffix")}
-    assert str(tree / "broken.mp4") in [s.uri for s in listing.sources]  # a broken link is a source: the ledger says not found
+    assert str(tree / "broken.mp4") in listing.sources["uri"].to_pylist()  # a broken link is a source: the ledger says not found
 
 
 def test_an_object_store_listing_finds_the_same_without_per_object_details():
@@ -78,6 +78,29 @@ def test_an_object_store_listing_finds_the_same_without_per_object_details():
     for relative in ("dog_barking/a.mp4", "notes.txt", "odd.mp4/inner.mp4", "nested/deep/c.mpg"):
         fs.pipe_file(f"/listing/{relative}", b"x")
     listing = list_inputs("memory://listing", EXTENSIONS)
-    assert [s.uri for s in listing.sources] == [f"memory:///listing/{r}" for r in ("dog_barking/a.mp4", "nested/deep/c.mpg", "odd.mp4/inner.mp4")]
+    assert listing.sources["uri"].to_pylist() == [f"memory:///listing/{r}" for r in ("dog_barking/a.mp4", "nested/deep/c.mpg", "odd.mp4/inner.mp4")]
     assert set(listing.skipped) == {SkippedInput("memory:///listing/notes.txt", "not_a_video"), SkippedInput("memory:///listing/odd.mp4", "folder_with_video_suffix")}
     fs.rm("/listing", recursive=True)
+
+
+def test_an_s3_listing_is_read_page_by_page_into_the_same_sources(s3_server, s3_proxy, monkeypatch):
+    """The input listing streams the listing's pages into Arrow columns (here 2 keys a page): the same sources,
+    ids, labels and skipped entries as one listing of everything, one LIST request per page."""
+    import fsspec
+
+    from avsync_ray import storage
+
+    root = f"{s3_server}/paged"
+    relative = ["dog_barking/a.mp4", "dog_barking/b.mp4", "cat/c.mp4", "notes.txt", "odd.mp4/inner.mp4", "nested/deep/d.mpg"]
+    fsspec.filesystem("s3").pipe({f"{root}/{r}".removeprefix("s3://"): b"x" for r in relative})
+    whole = list_inputs(root, EXTENSIONS)
+    monkeypatch.setattr(storage, "LIST_PAGE", 2)
+    s3_proxy.reset()
+    paged = list_inputs(root, EXTENSIONS)
+    assert s3_proxy.counts["LIST"] == 1 + 3  # whether the input is a folder, then six keys, two a page
+    assert paged.sources.equals(whole.sources) and paged.skipped == whole.skipped
+    assert paged.sources.to_pylist() == [
+        {"uri": f"{root}/{r}", "source_id": source_id_for(r), "label": r.split("/")[-2]}
+        for r in sorted(r for r in relative if not r.endswith(".txt"))
+    ]
+    assert paged.skipped == [SkippedInput(f"{root}/notes.txt", "not_a_video"), SkippedInput(f"{root}/odd.mp4", "folder_with_video_suffix")]

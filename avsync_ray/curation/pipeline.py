@@ -424,13 +424,11 @@ def run_curation(config: CurateConfig, rethreshold: bool = False) -> dict:
     started = time.perf_counter()
     _check_output(config.output)
     listing = list_inputs(config.input, config.video_extensions)
-    if not listing.sources:
+    sources, skipped = listing.sources, listing.skipped
+    if not sources.num_rows:
         raise InputError(f"no input videos found at {config.input} (extensions {config.video_extensions})")
-    if listing.skipped:
-        logger.warning("%d entries of the input are not videos and are skipped (listed in the report)", len(listing.skipped))
-    sources = pa.table({name: [getattr(s, name) for s in listing.sources] for name in ("uri", "source_id", "label")})
-    skipped = listing.skipped
-    del listing  # the Python objects of every video: the Arrow table holds what the run needs
+    if skipped:
+        logger.warning("%d entries of the input are not videos and are skipped (listed in the report)", len(skipped))
     work.prepare(config.output)
     recorded = latest_videos(work.read_records(config.output, "videos", LIGHT_COLUMNS))
     _check_resumable(recorded, config, rethreshold)  # before the saved config is replaced
