@@ -320,8 +320,13 @@ def local_folder(uri: str):
 
 
 def remove(uri: str, recursive: bool = False) -> None:
-    """Delete a file (or a folder and what it holds, with ``recursive``) if it exists."""
+    """Delete a file (or a folder and what it holds, with ``recursive``) if it exists. A folder on an object
+    store goes a listing page at a time (its keys never all held, nor their details)."""
     fs, path = filesystem(uri)
+    if recursive and is_object_store(fs):
+        for page in iter_paths(fs, path):
+            remove_many([f"{uri_prefix(fs)}{found}" for found in page])
+        return
     if fs.exists(path):
         fs.rm(path, recursive=recursive)
 

@@ -60,3 +60,17 @@ def test_retry_gives_up_with_a_storage_error_and_lets_other_errors_through():
     with pytest.raises(FileNotFoundError):
         retry_storage(lambda: (_ for _ in ()).throw(FileNotFoundError("gone")), "reading", attempts=3, backoff_s=0.0)
     assert not is_transient(PermissionError("denied")) and is_transient(ConnectionResetError("Connection reset by peer"))
+
+
+def test_an_s3_folder_is_removed_a_listing_page_at_a_time(s3_server, s3_proxy, monkeypatch):
+    from avsync_ray import storage
+
+    fs = fsspec.filesystem("s3")
+    fs.pipe({f"{s3_server}/storage/gone/{k:02d}/v.tar".removeprefix("s3://"): b"x" for k in range(5)})
+    fs.pipe_file(f"{s3_server}/storage/gone-not/kept.tar".removeprefix("s3://"), b"x")  # a sibling sharing the prefix stays
+    monkeypatch.setattr(storage, "LIST_PAGE", 2)
+    s3_proxy.reset()
+    storage.remove(f"{s3_server}/storage/gone", recursive=True)
+    assert s3_proxy.counts["LIST"] == 3 and s3_proxy.counts["POST"] == 3  # a page listed, then its keys deleted in one request
+    fs.invalidate_cache()
+    assert not fs.exists(f"{s3_server}/storage/gone") and fs.exists(f"{s3_server}/storage/gone-not/kept.tar")

@@ -314,8 +314,9 @@ def _write_shards(config: CurateConfig, clips: pa.Table, plan_id: str) -> dict:
         refs.append(writer.remote(config.output, split, number, part["key"].to_pylist(), uris, part["offset"].to_pylist(), part["length"].to_pylist()))
     results = ray.get(refs)
     located = pa.table({
-        "key": clips["key"], "shard": pa.array(np.repeat([r["entry"]["url"] for r in results], [r["entry"]["nsamples"] for r in results]).tolist(), pa.string()),
-        "offset": pa.array([o for r in results for o in r["offsets"]], pa.int64()), "length": pa.array([n for r in results for n in r["lengths"]], pa.int64()),
+        "key": clips["key"], "shard": pa.array(np.repeat([r["entry"]["url"] for r in results], [r["entry"]["nsamples"] for r in results]), pa.string()),
+        "offset": pa.array(np.concatenate([np.asarray(r["offsets"], np.int64) for r in results] or [np.zeros(0, np.int64)])),
+        "length": pa.array(np.concatenate([np.asarray(r["lengths"], np.int64) for r in results] or [np.zeros(0, np.int64)])),
     })  # fmt: skip
     write_parquet(work.shard_clips_uri(config.output, plan_id), located.cast(SHARD_CLIPS_SCHEMA))
     return write_index(config.output, split, [r["entry"] for r in results], {"curation_id": curation_id(config), "plan_id": plan_id})
