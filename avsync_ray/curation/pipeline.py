@@ -47,6 +47,7 @@ from avsync_ray.config.base import ConfigError, dump_config, load_config, save_c
 from avsync_ray.config.curate import CurateConfig
 from avsync_ray.curation import report as report_module, work
 from avsync_ray.curation.records import (
+    CHUNK_SCHEMA,
     LEDGER_ORDER,
     LEDGER_SCHEMA,
     SCORE_ORDER,
@@ -96,6 +97,7 @@ logger = logging.getLogger(__name__)
 # as failed with reason 'worker_crashed'.
 TASK_RETRIES = 3
 INPUT_BLOCK = 1000  # videos per block the driver hands to Ray Data
+READ_RECORDS = 2000  # whole records (every window's scores) fetched from storage at once
 CONFIG_NAME = "curate.config.yaml"  # the resolved config of the output's latest run
 LIGHT_COLUMNS = ["source_id", "status", "reason", "scoring_id", "generation"]
 
@@ -122,11 +124,38 @@ def _store(ds: ray.data.Dataset, writer, output: str, count: int) -> ray.data.Da
                               num_cpus=1, max_retries=TASK_RETRIES)  # fmt: skip
 
 
-def _videos(table: pa.Table) -> ray.data.Dataset:
-    """A table of videos as a Ray Dataset: the driver hands over blocks of ``INPUT_BLOCK`` videos, which the
-    workers split into one video per block, so that each video is its own task (retried, and failing, alone)."""
-    blocks = [table.slice(start, INPUT_BLOCK) for start in range(0, table.num_rows, INPUT_BLOCK)]
-    return ray.data.from_arrow(blocks).repartition(target_num_rows_per_block=1)
+def _blocks(table: pa.Table) -> list[pa.Table]:
+    return [table.slice(start, INPUT_BLOCK) for start in range(0, table.num_rows, INPUT_BLOCK)]
+
+
+def _videos(blocks: list[pa.Table] | list[ray.ObjectRef]) -> ray.data.Dataset:
+    """Videos as a Ray Dataset: the driver hands over blocks of ``INPUT_BLOCK`` videos (tables, or tables already
+    in the object store), which the workers split into one video per block, so that each video is its own task
+    (retried, and failing, alone)."""
+    dataset = ray.data.from_arrow_refs(blocks) if blocks and isinstance(blocks[0], ray.ObjectRef) else ray.data.from_arrow(blocks)
+    return dataset.repartition(target_num_rows_per_block=1)
+
+
+def _scanned(output: str, pending: pa.Table) -> tuple[list[ray.ObjectRef], int]:
+    """The pending videos whose scan is stored (rows of :func:`scanned_videos`), put in the object store in blocks
+    of ``INPUT_BLOCK``; with their count. The chunk records are read part by part and spilled by their video's
+    place in ``pending``, then grouped a range of videos at a time: the driver never holds every video's windows."""
+    uris = work.part_uris(output, "chunks")  # a fresh listing: the parts the tasks wrote
+    refs, count = [], 0
+    with tempfile.TemporaryDirectory(prefix="avsync-scans-") as folder:
+        spill = RankedSpill(folder, pending.num_rows)
+        try:
+            for part in work.iter_parts(uris, CHUNK_SCHEMA, batch=max(1, READ_RECORDS // work.records_per_part(pending.num_rows))):
+                ranks = pc.index_in(part["source_id"], value_set=pending["source_id"])
+                listed = pc.is_valid(ranks)
+                spill.add("chunks", part.filter(listed), ranks.filter(listed).to_numpy())
+            for chunks in spill.sorted_tables("chunks"):
+                videos = scanned_videos(chunks)
+                refs += [ray.put(block) for block in _blocks(videos)]
+                count += videos.num_rows
+        finally:
+            spill.close()
+    return refs, count
 
 
 def _check_resumable(recorded: pa.Table, config: CurateConfig, rethreshold: bool) -> None:
@@ -232,12 +261,12 @@ def _score(config: CurateConfig, sources: pa.Table, recorded: pa.Table, generati
     to_scan = pending.filter(pc.invert(pc.is_in(pending["source_id"], value_set=scanned)))
     stats, failures = [], {}
     if to_scan.num_rows:
-        stats.append(_drain(_scoring(_videos(to_scan), config, to_scan.num_rows), to_scan.num_rows, "scored", failures))
-    ready = scanned_videos(work.read_records(config.output, "chunks"))  # a fresh listing: the parts the tasks wrote
-    ready = ready.filter(pc.is_in(ready["source_id"], value_set=pending["source_id"]))
-    if ready.num_rows:
+        stats.append(_drain(_scoring(_videos(_blocks(to_scan)), config, to_scan.num_rows), to_scan.num_rows, "scored", failures))
+    ready, count = _scanned(config.output, pending)
+    if count:
         clips = _map_task(_videos(ready), materialize_video, config=config, generation=generation)
-        stats.append(_drain(_store(clips, work.store_video_records, config.output, ready.num_rows), ready.num_rows, "curated", failures))
+        stats.append(_drain(_store(clips, work.store_video_records, config.output, count), count, "curated", failures))
+    del ready  # the blocks leave the object store once the run has them
     _record_missing(config, pending, generation, failures)
     work.remove_parts(work.part_uris(config.output, "chunks"))  # every listed video is recorded: the scans are spent
     return "\n".join(stats)
@@ -269,7 +298,7 @@ def _clip_locations(config: CurateConfig, videos: pa.Table, committed: dict | No
 
 def _rematerialize(config: CurateConfig, videos: pa.Table, generation: int, committed: dict | None, verb: str) -> str:
     """Re-apply thresholds to recorded videos, reading their current clips from where they are."""
-    ds = _map_task(_videos(_clip_locations(config, videos, committed)), rematerialize_video, config=config, generation=generation)
+    ds = _map_task(_videos(_blocks(_clip_locations(config, videos, committed))), rematerialize_video, config=config, generation=generation)
     failures: dict[str, str] = {}
     stats = _drain(_store(ds, work.store_video_records, config.output, videos.num_rows), videos.num_rows, verb, failures)
     _record_missing(config, videos.select(["source_id", "uri", "label"]), generation, failures)
@@ -324,7 +353,6 @@ def _write_shards(config: CurateConfig, clips: pa.Table, plan_id: str) -> dict:
 
 # What the finalize reads of every stored video record: enough to choose the latest records and plan the shards.
 PLAN_COLUMNS = ["source_id", "label", "generation", "clips", "clip_key", "clip_start", "clip_end", "clip_offset", "clip_length"]
-READ_RECORDS = 2000  # whole video records fetched at once
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,10 @@ class RankedSpill:
                 self._writers[key] = pa.ipc.new_file(self._path(*key), table.schema, options=_OPTIONS)
             self._writers[key].write_table(table.slice(lo, hi - lo))
 
-    def sorted_tables(self, name: str, order: list[tuple[str, str]]) -> Iterator[pa.Table]:
+    def sorted_tables(self, name: str, order: list[tuple[str, str]] | None = None) -> Iterator[pa.Table]:
         """The rows spilled as ``name``, a range of ranks at a time in rank order, each range sorted by ``order``
-        (which must agree with the ranks); each file is removed once read."""
+        when given (a whole output is in order when ``order`` agrees with the ranks); each file is removed once
+        read."""
         for number in range(self.files):
             writer = self._writers.pop((name, number), None)
             if writer is None:
@@ -57,7 +58,7 @@ class RankedSpill:
             with pa.OSFile(self._path(name, number)) as source:
                 table = pa.ipc.open_file(source).read_all()
             os.remove(self._path(name, number))
-            yield table.sort_by(order)
+            yield table.sort_by(order) if order else table
 
     def close(self) -> None:
         for writer in self._writers.values():
