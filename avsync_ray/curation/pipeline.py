@@ -343,7 +343,7 @@ def _write_shards(config: CurateConfig, clips: pa.Table, plan_id: str) -> dict:
         refs.append(writer.remote(config.output, split, number, part["key"].to_pylist(), uris, part["offset"].to_pylist(), part["length"].to_pylist()))
     results = ray.get(refs)
     located = pa.table({
-        "key": clips["key"], "shard": pa.array(np.repeat([r["entry"]["url"] for r in results], [r["entry"]["nsamples"] for r in results]), pa.string()),
+        "key": clips["key"], "shard": pa.array(np.repeat(np.array([r["entry"]["url"] for r in results], object), [r["entry"]["nsamples"] for r in results]), pa.string()),
         "offset": pa.array(np.concatenate([np.asarray(r["offsets"], np.int64) for r in results] or [np.zeros(0, np.int64)])),
         "length": pa.array(np.concatenate([np.asarray(r["lengths"], np.int64) for r in results] or [np.zeros(0, np.int64)])),
     })  # fmt: skip
