@@ -170,7 +170,7 @@ def write_parquet(uri: str, table: pa.Table) -> None:
     write_bytes_atomic(uri, parquet_bytes(table))
 
 
-PARQUET_ROW_GROUP = 65_536  # rows per row group of a Parquet file written a batch at a time
+PARQUET_ROW_GROUP = 8192  # rows per row group of a Parquet file written a batch at a time (a few MB held)
 
 
 class RowGroupWriter:

@@ -97,7 +97,6 @@ logger = logging.getLogger(__name__)
 # as failed with reason 'worker_crashed'.
 TASK_RETRIES = 3
 INPUT_BLOCK = 1000  # videos per block the driver hands to Ray Data
-READ_RECORDS = 2000  # whole records (every window's scores) fetched from storage at once
 CONFIG_NAME = "curate.config.yaml"  # the resolved config of the output's latest run
 LIGHT_COLUMNS = ["source_id", "status", "reason", "scoring_id", "generation"]
 
@@ -145,7 +144,7 @@ def _scanned(output: str, pending: pa.Table) -> tuple[list[ray.ObjectRef], int]:
     with tempfile.TemporaryDirectory(prefix="avsync-scans-") as folder:
         spill = RankedSpill(folder, pending.num_rows)
         try:
-            for part in work.iter_parts(uris, CHUNK_SCHEMA, batch=max(1, READ_RECORDS // work.records_per_part(pending.num_rows))):
+            for part in work.iter_parts(uris, CHUNK_SCHEMA):
                 ranks = pc.index_in(part["source_id"], value_set=pending["source_id"])
                 listed = pc.is_valid(ranks)
                 spill.add("chunks", part.filter(listed), ranks.filter(listed).to_numpy())
@@ -382,10 +381,9 @@ class _Recorded:
         return len(self.ranks) > 2 * self.videos.num_rows
 
     def latest(self) -> Iterator[tuple[pa.Table, np.ndarray]]:
-        """Each part's latest records, whole, with their ranks; about :data:`READ_RECORDS` records in memory."""
-        batch = max(1, min(work.READ_BATCH, READ_RECORDS // max(1, int(self.sizes.max(initial=1)))))
+        """Each part's latest records, whole, with their ranks, part by part."""
         starts = np.r_[0, np.cumsum(self.sizes)]
-        for number, part in enumerate(work.iter_parts(self.uris, VIDEO_SCHEMA, batch=batch)):
+        for number, part in enumerate(work.iter_parts(self.uris, VIDEO_SCHEMA)):
             ranks = self.ranks[starts[number] : starts[number + 1]]
             chosen = np.flatnonzero(ranks >= 0)
             yield part.take(pa.array(chosen)), ranks[chosen]

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-# Ranks per file: at least this many, and at most this many files (two open per name and range at 2M videos
-# stays far from the open-file limit).
-MIN_RANKS, MAX_FILES = 2000, 128
+# Ranks per file: at least this many (a few MB of rows for videos), and at most this many files per name (far
+# from the open-file limit, whatever the corpus).
+MIN_RANKS, MAX_FILES = 500, 128
 _OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 

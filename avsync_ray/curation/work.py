@@ -47,7 +47,8 @@ RECORDS = {"chunks": CHUNK_SCHEMA, "videos": VIDEO_SCHEMA}
 # Records per part: at most this many (N / 1,000 objects at scale), and about 100 parts in a small run, so that a
 # run stopped early has stored most of what it finished.
 PART_RECORDS, MIN_PARTS = 1000, 100
-READ_BATCH = 64  # parts fetched at once
+READ_BATCH = 64  # parts fetched at once, at most
+READ_RECORDS = 2000  # records fetched at once, about (whole video records hold every window's scores)
 
 
 class LayoutError(InputError):
@@ -119,13 +120,19 @@ def part_uris(output: str, kind: str) -> list[str]:
     return find_files(work_uri(output, kind), ".parquet")
 
 
-def iter_parts(uris: list[str], schema: pa.Schema, columns: list[str] | None = None, batch: int = READ_BATCH) -> Iterator[pa.Table]:
-    """The records of each of those parts (``columns`` only, when given), part by part in the order of ``uris``,
-    ``batch`` parts fetched at once."""
+def iter_parts(uris: list[str], schema: pa.Schema, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The records of each of those parts (``columns`` only, when given), part by part in the order of ``uris``.
+    Parts are fetched several at once, about :data:`READ_RECORDS` records (judged from the parts read so far, at
+    most :data:`READ_BATCH` parts), so that what is in memory does not grow with the parts' size or number."""
     wanted = schema if columns is None else pa.schema([schema.field(name) for name in columns])
-    for lo in range(0, len(uris), batch):
-        for data in read_many(uris[lo : lo + batch]):
-            yield pq.read_table(io.BytesIO(data), columns=columns).cast(wanted)
+    start, batch, largest = 0, 1, 1
+    while start < len(uris):
+        for data in read_many(uris[start : start + batch]):
+            table = pq.read_table(io.BytesIO(data), columns=columns).cast(wanted)
+            largest = max(largest, table.num_rows)
+            yield table
+        start += batch
+        batch = max(1, min(READ_BATCH, READ_RECORDS // largest))
 
 
 def read_parts(uris: list[str], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
