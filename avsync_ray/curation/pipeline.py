@@ -7,13 +7,16 @@
                               -> chunk records, stored in parts of many chunks
     clips:    scanned videos  -> materialize (CPU task per video: thresholds, merge, encode clips into its bundle)
                               -> video records, stored in parts of many videos
-    then: ledger and score table (from the video records), shards (Ray tasks, in the order of a hash of each clip's
-    key, from the staged bundles), index (the commit), stats, report, MLflow run; then the staged bundles go.
+    then: shards (Ray tasks, in the order of a hash of each clip's key, from the staged bundles), index (the
+    commit), the staged bundles go; ledger and score table (streamed from the video records), stats, report,
+    MLflow run.
 
-What the driver does per video is small and constant: it lists the input, reads the stored parts (about N / 1,000
-objects for N videos; :mod:`avsync_ray.curation.work`), puts the pending videos into Ray Data in blocks of 1,000
-(split on the workers into one video per task, so each video is retried alone), and computes tables and the report
-with Arrow. A task holds one chunk of a video's windows (10 s of window starts, with the frames and audio they
+What the driver does per video is small and constant: it lists the input page by page into Arrow columns, reads
+the stored parts (about N / 1,000 objects for N videos, a few thousand records at a time;
+:mod:`avsync_ray.curation.work`), puts the pending videos into Ray Data in blocks of 1,000 (split on the workers
+into one video per task, so each video is retried alone), and writes the ledger and score table a range of videos
+at a time (:mod:`avsync_ray.curation.spill`), counting the report with Arrow on the way. It holds a few narrow
+columns per video (ids, generations, the clip table), never every record's windows. A task holds one chunk of a video's windows (10 s of window starts, with the frames and audio they
 sample) or the clip being encoded, never a whole video's frames, so hour-long sources curate in bounded memory.
 
 A video with a stored video record is done (clips staged, zero survivors, or failed with a reason) and is skipped
