@@ -44,6 +44,25 @@ class ActorStage:
     field: str = "actor"  # the config field of ``actor`` (errors name it)
 
 
+class StageChain:
+    """One actor running several stages' callables in order on each batch (:func:`colocated`)."""
+
+    def __init__(self, stages: list[tuple[type, dict]]):
+        self.stages = [cls(**kwargs) for cls, kwargs in stages]
+
+    def __call__(self, batch: dict) -> dict:
+        for stage in self.stages:
+            batch = stage(batch)
+        return batch
+
+
+def colocated(stages: list[ActorStage], actor: ActorConfig, batch_size: int, field: str) -> ActorStage:
+    """``stages`` as one actor stage: every actor of one pool holds all of their models and runs a batch through
+    each in turn. No stage's pool idles while another is the bottleneck (each actor does whatever work its batch
+    has), and rows never travel between pools; the price is each actor holding every stage's models."""
+    return ActorStage(StageChain, {"stages": [(stage.cls, stage.kwargs) for stage in stages]}, actor, batch_size, field)
+
+
 @dataclass
 class BatchJob:
     """Items -> (optional) ``expand`` of each item into rows -> actor stages in order -> the rows."""

@@ -456,8 +456,11 @@ def metric(
     imagebind: Annotated[Optional[str], typer.Option(help="imagebind_huge.pth (alignsync).")] = None,
     imagebind_preset: Annotated[str, typer.Option(help="ImageBind size matching --imagebind.")] = "imagebind-huge",
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+    set_: set_option("limits.max_video_s=60") = None,
 ):
-    """Synchronisation metrics of one pair, as JSON (values are fractions; `percent` is x100)."""
+    """Synchronisation metrics of one pair, as JSON (values are fractions; `percent` is x100). Every file is decoded
+    only within `limits` (those of `avsync generate`), whatever its header claims."""
+    from avsync_ray.config.sampling import PairConfig
     from avsync_ray.devices import resolve_device
     from avsync_ray.metrics.pair_metrics import load_imagebind, pair_metric
     from avsync_ray.models.sync_classifier import load_sync_classifier
@@ -469,7 +472,8 @@ def metric(
     target = resolve_device(device)
     model = load_sync_classifier(classifier, target)
     embedder = load_imagebind(imagebind, imagebind_preset, target) if name is MetricName.alignsync else None
-    result = pair_metric(name.value, model, audio, video, ref_audio=ref_audio, ref_video=ref_video, imagebind=embedder)
+    limits = load_config(PairConfig, overrides=set_ or []).limits
+    result = pair_metric(name.value, model, audio, video, ref_audio=ref_audio, ref_video=ref_video, imagebind=embedder, limits=limits)
     return {"audio": audio, "video": video, **result}
 
 

@@ -153,8 +153,9 @@ def _evaluate(out: Path, models: Path, test_shards: Path, config: DemoConfig) ->
 
     networks = write_tiny_feature_networks(out / "feature_networks", config.seed)
     sampling = config.generate
-    actors = {f"{actor}.{key}": value for actor in ("generate_actor", "feature_actor")
-              for key, value in (("num_gpus", 0.0), ("num_cpus", 0.5), ("device", sampling.device))}  # fmt: skip
+    # Two actors that each generate and score: on a small machine one pool beats two that wait on each other.
+    actors = {"colocate": True, "generate_actor.concurrency": 2, "generate_actor.num_gpus": 0.0, "generate_actor.num_cpus": 0.5,
+              "generate_actor.device": sampling.device}  # fmt: skip
     eval_config = load_config(EvalConfig, "eval", values={
         "model": str(models / "avsyncd"), "test": str(test_shards), "output": str(out / "eval"),
         "sweep.audio_guidance_scale": [1.0, sampling.audio_guidance_scale], "baselines": ["static", "no_audio"],

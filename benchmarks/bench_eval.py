@@ -7,14 +7,15 @@ Both paths do the same work on the same clips: decode the real clips, generate, 
 generated clips with every network of ``--metrics``. CPU: the tiny pipeline and tiny random feature networks
 (the FID Inception at its real size, whose layout fixes every shape).
 
-    python benchmarks/bench_eval.py --videos 4 --steps 5 --pools 1:1 1:2
-    python benchmarks/bench_eval.py --preset full --device cuda --videos 8 --steps 50 --size 256 --pools 1:1 2:2
+    python benchmarks/bench_eval.py --videos 4 --steps 5 --pools 1:1 2
+    python benchmarks/bench_eval.py --preset full --device cuda --videos 8 --steps 50 --size 256 --pools 1:1 2:2 2
 
-``--pools G:F`` runs the job with G generating and F feature actors. ``--start warm`` times both paths in this
-process after everything is imported (the serial loop's imports are then free, an actor's are not); ``--start
-cold`` times each path as a person runs it, from a fresh process: ``python`` running the serial loop (as the
-official scripts are run) against ``avsync eval`` joining the Ray this benchmark started (no ``ray start`` in the
-clock), so both pay their imports and network loading; ``both`` does both.
+``--pools G:F`` runs the job with G generating and F feature actors; ``--pools N`` with N actors that each generate
+and score (``colocate: true``). ``--start warm`` times both paths in this process after everything is imported
+(the serial loop's imports are then free, an actor's are not); ``--start cold`` times each path as a person runs
+it, from a fresh process: ``python`` running the serial loop (as the official scripts are run) against ``avsync
+eval`` joining the Ray this benchmark started (no ``ray start`` in the clock), so both pay their imports and
+network loading; ``both`` does both.
 
     python benchmarks/bench_eval.py --statistics --settings 2 --clips 450 --categories 15 --samples 32
 
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--pools", nargs="+", default=["1:1", "1:2"], help="generating:feature actors of each Ray Data run")
+    parser.add_argument("--pools", nargs="+", default=["1:1", "1:2", "2"], help="generating:feature actors of each Ray Data run, or N colocated actors")
     parser.add_argument("--start", choices=["warm", "cold", "both"], default="both")
     parser.add_argument("--metrics", default="fid,fvd,ia,it,relsync,alignsync")
     parser.add_argument("--preset", choices=["tiny", "full"], default="tiny")
@@ -183,13 +184,13 @@ def main() -> None:
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
 
     def config(out: str, generating: int, scoring: int, address: str | None = None) -> EvalConfig:
-        actors = generating + scoring
+        actors = generating + scoring  # scoring == 0: the generating actors score too (colocate)
         share = max(0.25, (cpus - 1) / actors)  # leave a CPU for the decode tasks
         gpu_share = gpus / actors if gpus else 0
-        pools = {"generate_actor": generating, "feature_actor": scoring}
+        pools = {"generate_actor": generating, "feature_actor": max(scoring, 1)}
         overrides = [*(f"features.{k}={v}" for k, v in networks.items()), f"features.sync_classifier={work / 'classifier'}",
                      f"metrics=[{args.metrics}]", f"sampling.height={args.size}", f"sampling.width={args.size}",
-                     f"sampling.num_inference_steps={args.steps}", "bootstrap.samples=0", "frechet=eigen", "tracking.enabled=false",
+                     f"sampling.num_inference_steps={args.steps}", "bootstrap.samples=0", "frechet=eigen", "tracking.enabled=false", f"colocate={scoring == 0}",
                      f"cache={work / out / 'cache'}", f"ray.num_cpus={cpus}", "ray.progress_bars=false", *([f"ray.address={address}"] if address else []),
                      *(f"{a}.{k}" for a, n in pools.items() for k in (f"num_gpus={gpu_share}", f"num_cpus={share}", f"concurrency={n}", f"dtype={args.dtype}"))]  # fmt: skip
         return load_config(EvalConfig, "eval", overrides=overrides, values={"model": str(work / "model"), "test": str(work / "shards"),
@@ -200,7 +201,10 @@ def main() -> None:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         return time.perf_counter() - start
 
-    pools = [tuple(int(n) for n in pool.split(":")) for pool in args.pools]
+    def label(generating: int, scoring: int) -> str:
+        return f"{generating}:{scoring}" if scoring else f"{generating} colocated"
+
+    pools = [(int(pool), 0) if ":" not in pool else tuple(int(n) for n in pool.split(":")) for pool in args.pools]
     torch.set_num_threads(cpus)
     init_ray(config("ray", 1, 1).ray)  # started before any clock runs
     clips = args.videos * 3
@@ -212,7 +216,7 @@ def main() -> None:
         for generating, scoring in pools:
             start = time.perf_counter()
             run_eval(config(f"ray-warm-{generating}-{scoring}", generating, scoring))
-            seconds["warm"][f"{generating}:{scoring}"] = time.perf_counter() - start
+            seconds["warm"][label(generating, scoring)] = time.perf_counter() - start
     if args.start in ("cold", "both"):
         import ray
 
@@ -221,7 +225,7 @@ def main() -> None:
         for generating, scoring in pools:
             out = f"ray-cold-{generating}-{scoring}"
             path = save_config(config(out, generating, scoring, address), work / f"{out}.yaml")
-            seconds["cold"][f"{generating}:{scoring}"] = timed_process([sys.executable, "-m", "avsync_ray", "eval", str(work / "model"), str(work / "shards"),
+            seconds["cold"][label(generating, scoring)] = timed_process([sys.executable, "-m", "avsync_ray", "eval", str(work / "model"), str(work / "shards"),
                                                                         "--out", str(work / out), "--config", path])  # fmt: skip
     result = {
         "device": torch.cuda.get_device_name() if gpus else f"cpu ({cpus} cores)",

@@ -1,8 +1,9 @@
 """``avsync eval`` on Ray Data end to end (tiny model, tiny feature networks): a sweep writes the tables, plots,
 per-clip table and nested MLflow runs; a rerun regenerates and rescores nothing and reuses the real-clip features;
-a deleted clip is the only one regenerated; other settings in the same folder and bad weight files are refused up
-front; a setting whose every clip fails is reported undefined and the command exits 1 after writing everything;
-the summary's Ray tasks give the serial numbers; a driver killed mid-generation on S3 resumes exactly."""
+a deleted clip is the only one regenerated; one colocated pool gives the two pools' numbers; other settings in the
+same folder and bad weight files are refused up front; a setting whose every clip fails is reported undefined and
+the command exits 1 after writing everything; the summary's Ray tasks give the serial numbers; a driver killed
+mid-generation on S3 resumes exactly."""
 
 from __future__ import annotations
 
@@ -121,6 +122,16 @@ def test_a_rerun_regenerates_only_missing_clips_and_reuses_real_features(first_r
     assert _flat(once_more["metrics"]) == pytest.approx(_flat(again["metrics"]), rel=1e-9)
     static = {k: v for k, v in _flat(again["metrics"]).items() if k[0] == "baseline-static"}
     assert static == pytest.approx({k: v for k, v in _flat(summary["metrics"]).items() if k[0] == "baseline-static"}, rel=1e-5)
+
+
+def test_one_colocated_pool_gives_the_two_pools_numbers(first_run, eval_setup, tmp_path):
+    """``colocate``: two actors that each generate and score (with a fresh real-feature cache, so they score the
+    real clips too) make every clip and give the two pools' metrics."""
+    summary, _ = first_run
+    config = _config(eval_setup, tmp_path / "out", "colocate=true", "generate_actor.concurrency=2", f"cache={tmp_path / 'cache'}", "tracking.enabled=false")
+    colocated = run_eval(config)
+    assert colocated["generated"] == summary["generated"] and colocated["clips"] == summary["clips"] and not colocated["real_features_cached"]
+    assert _flat(colocated["metrics"]) == pytest.approx(_flat(summary["metrics"]), rel=1e-4)
 
 
 def test_other_settings_and_bad_weights_are_refused_before_any_work(first_run, eval_setup, tmp_path):

@@ -255,6 +255,14 @@ def test_metric_refuses_media_too_short_in_one_line(files, tiny_classifier_dir, 
     _one_line_error(result, *fragments)
 
 
+def test_metric_decodes_within_the_limits(files, tiny_classifier_dir):
+    """Decodes stop at `limits` (a video is read only as far as its 2 s, so its length limit is the decode's)."""
+    base = ["metric", "score", "--classifier", str(tiny_classifier_dir), "--audio", str(files / "sound.wav"), "--video", str(files / "video.mp4")]
+    _one_line_error(runner.invoke(app, [*base, "--set", "limits.max_video_pixels=1000"]), "video", "limits.max_video_pixels")
+    _one_line_error(runner.invoke(app, [*base, "--set", "limits.max_audio_s=1"]), "audio", "limits.max_audio_s")
+    _one_line_error(runner.invoke(app, [*base, "--set", "limits.max_frames=1"]), "limits.max_frames")  # not a field
+
+
 def test_metric_warns_of_silent_or_short_audio_as_generate_does(files, tiny_classifier_dir, caplog):
     for audio in ("quiet.wav", "short.wav"):
         result = runner.invoke(app, ["metric", "score", "--classifier", str(tiny_classifier_dir), "--audio", str(files / audio), "--video", str(files / "video.mp4")])

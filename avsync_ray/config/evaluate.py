@@ -94,6 +94,11 @@ class EvalConfig(StrictModel):
     feature_batch_size: int = Field(8, ge=1, description="clips per feature-network call")
     generate_actor: ActorConfig = Field(ActorConfig(num_gpus=1.0), description="the generating actors (one pipeline each)")
     feature_actor: ActorConfig = Field(ActorConfig(num_gpus=1.0), description="the feature actors (every feature network, once each)")
+    colocate: bool = Field(
+        False,
+        description="one actor pool generates and scores (generate_actor's placement and generate_batch_size, feature_actor's dtype): each actor "
+        "holds the pipeline and the feature networks, so no pool idles on the other; for CPUs, and GPUs that hold both",
+    )
     tracking: EvalTracking = EVAL_TRACKING
     ray: RayConfig = Field(RayConfig(), description="Ray")
 

@@ -50,6 +50,12 @@ class InputLimits(StrictModel):
         return self
 
 
+class PairConfig(StrictModel):
+    """``avsync metric``: the bounds on the files of the pair it scores (the generating commands' defaults)."""
+
+    limits: InputLimits = Field(InputLimits(), description="bounds on the audio and video files")
+
+
 class GenerateConfig(SamplingConfig):
     """``avsync generate``: sampling settings (defaults are the official demo's) and where the model runs."""
 

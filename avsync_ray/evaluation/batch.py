@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import ray
 
 from avsync_ray import faults
-from avsync_ray.batch_jobs import ActorStage, BatchJob, log_batch_run, shard_sample_rows
+from avsync_ray.batch_jobs import ActorStage, BatchJob, colocated, log_batch_run, shard_sample_rows
 from avsync_ray.config.base import save_config
 from avsync_ray.config.evaluate import EvalConfig, EvalSyncConfig
 from avsync_ray.errors import IncompleteResultError, WorkFailedError
@@ -143,16 +143,19 @@ def run_eval(config: EvalConfig) -> dict:
          "slow_clip_s": (faults.plan_from_env() or faults.FaultPlan()).slow_clip_s},
         config.generate_actor, config.generate_batch_size, "generate_actor",
     )  # fmt: skip
+    # Colocated, the scorer runs in the generating actor, on its device, with the feature networks' own dtype.
+    scoring_actor = config.generate_actor.model_copy(update={"dtype": config.feature_actor.dtype}) if config.colocate else config.feature_actor
     scorer = ActorStage(
         ClipScorer,
-        {"features": config.features.model_dump(), "metrics": config.metrics, "protocol": config.protocol, "actor": config.feature_actor,
+        {"features": config.features.model_dump(), "metrics": config.metrics, "protocol": config.protocol, "actor": scoring_actor,
          "num_frames": config.sampling.num_frames, "fps": config.sampling.fps, "real_folder": real_folder},
         config.feature_actor, config.feature_batch_size, "feature_actor",
     )  # fmt: skip
+    stages = [colocated([generator, scorer], config.generate_actor, config.generate_batch_size, "generate_actor")] if config.colocate else [generator, scorer]
     job = BatchJob(
         items=[item.to_row() for item in items],
         expand=functools.partial(clip_jobs, config=config.model_dump(mode="json"), seeds={s.name: s.sampling.seed for s in settings}, stored=stored),
-        stages=[generator, scorer],
+        stages=stages,
         ray_config=config.ray,
     )  # fmt: skip
     rows = job.run()
