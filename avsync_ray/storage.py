@@ -173,40 +173,28 @@ def write_parquet(uri: str, table: pa.Table) -> None:
 PARQUET_ROW_GROUP = 8192  # rows per row group of a Parquet file written a batch at a time (a few MB held)
 
 
-class RowGroupWriter:
-    """Parquet written a table at a time in row groups of exactly ``rows`` rows (the last one fewer): the file's
-    bytes depend on its rows alone, never on how they were batched."""
-
-    def __init__(self, sink, schema: pa.Schema, rows: int = PARQUET_ROW_GROUP):
-        self._writer, self._rows = pq.ParquetWriter(sink, schema), rows
-        self._pending: list[pa.Table] = []
-        self._count = 0
-
-    def write(self, table: pa.Table) -> None:
-        self._pending.append(table)
-        self._count += table.num_rows
-        while self._count >= self._rows:
-            self._flush(self._rows)
-
-    def _flush(self, rows: int) -> None:
-        pending = pa.concat_tables(self._pending)
-        self._writer.write_table(pending.slice(0, rows), row_group_size=rows)
-        self._pending, self._count = [pending.slice(rows)], self._count - rows
-
-    def close(self) -> None:
-        if self._count:
-            self._flush(self._count)
-        self._writer.close()
+def fixed_batches(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The rows of ``tables`` again, in tables of exactly ``rows`` rows (the last one fewer): what comes out depends
+    on the rows alone, never on how they came batched."""
+    pending, count = [], 0
+    for table in tables:
+        pending.append(table)
+        count += table.num_rows
+        while count >= rows:
+            joined = pa.concat_tables(pending)
+            yield joined.slice(0, rows)
+            pending, count = [joined.slice(rows)], count - rows
+    if count:
+        yield pa.concat_tables(pending)
 
 
-@contextlib.contextmanager
-def parquet_writer(uri: str, schema: pa.Schema, rows: int = PARQUET_ROW_GROUP):
-    """A :class:`RowGroupWriter` whose file appears at ``uri`` whole when the block ends without an error
-    (:func:`open_atomic`: one upload on object stores)."""
-    with open_atomic(uri) as handle:
-        writer = RowGroupWriter(handle, schema, rows)
-        yield writer
-        writer.close()
+def write_parquet_batches(uri: str, schema: pa.Schema, tables: Iterable[pa.Table], rows: int = PARQUET_ROW_GROUP) -> None:
+    """Parquet of ``tables`` (read one at a time) in row groups of exactly ``rows`` rows, so that the file's bytes
+    depend on its rows alone; the file appears at ``uri`` whole once every table is in (:func:`open_atomic`: one
+    upload on object stores)."""
+    with open_atomic(uri) as handle, pq.ParquetWriter(handle, schema) as writer:
+        for group in fixed_batches(tables, rows):
+            writer.write_table(group, row_group_size=rows)
 
 
 def read_json(uri: str):

@@ -3,7 +3,6 @@ record counts, when a video's scan is complete, the ledger, score and clip table
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections import Counter
@@ -30,7 +29,7 @@ from avsync_ray.curation.records import (
     video_record,
 )
 from avsync_ray.shards import SCORE_TABLE_SCHEMA
-from avsync_ray.storage import RowGroupWriter
+from avsync_ray.storage import write_parquet_batches
 
 SCORES = [name for name, _ in SCORE_LISTS]
 
@@ -187,11 +186,9 @@ def test_the_streamed_ledger_and_score_table_are_the_whole_tables_bytes_and_the_
     tally = pipeline._write_tables(output, recorded)
 
     for name, reference in (("ledger", ledger_table(stored)), ("scores", score_table(stored))):
-        expected = io.BytesIO()
-        writer = RowGroupWriter(expected, reference.schema)
-        writer.write(reference)
-        writer.close()
-        assert (tmp_path / "out" / f"{name}.parquet").read_bytes() == expected.getvalue()
+        expected = tmp_path / f"{name}-whole.parquet"
+        write_parquet_batches(str(expected), reference.schema, [reference])
+        assert (tmp_path / "out" / f"{name}.parquet").read_bytes() == expected.read_bytes()
     ledger, scores = ledger_table(stored), score_table(stored)
     assert tally.videos == ledger.num_rows == 10 and dict(tally.statuses) == Counter(ledger["status"].to_pylist())
     assert dict(tally.window_reasons) == Counter(scores["reason"].to_pylist())

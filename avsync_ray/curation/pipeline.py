@@ -87,11 +87,11 @@ from avsync_ray.storage import (
     exists,
     filesystem,
     join_uri,
-    parquet_writer,
     read_json,
     uri_prefix,
     write_json_atomic,
     write_parquet,
+    write_parquet_batches,
 )
 from avsync_ray.tracking import log_curation_run
 
@@ -372,7 +372,7 @@ class _Recorded:
     def read(cls, output: str) -> _Recorded:
         uris = work.part_uris(output, "videos")
         parts = list(work.iter_parts(uris, VIDEO_SCHEMA, PLAN_COLUMNS))
-        records = pa.concat_tables(parts) if parts else pa.schema([VIDEO_SCHEMA.field(n) for n in PLAN_COLUMNS]).empty_table()
+        records = pa.concat_tables(parts) if parts else work.columns_schema(VIDEO_SCHEMA, PLAN_COLUMNS).empty_table()
         rows = latest_rows(records) if records.num_rows else np.zeros(0, dtype=np.int64)
         ranks = np.full(records.num_rows, -1, dtype=np.int64)
         ranks[rows] = np.arange(len(rows))
@@ -421,6 +421,13 @@ def _assemble(config: CurateConfig, generation: int, committed: dict | None) -> 
     return recorded, index, clips
 
 
+def _counted(tables: Iterator[pa.Table], count) -> Iterator[pa.Table]:
+    """``tables``, each given to ``count`` (the report's tally) on its way to the file."""
+    for table in tables:
+        count(table)
+        yield table
+
+
 def _write_tables(output: str, recorded: _Recorded) -> report_module.Tally:
     """``ledger.parquet`` and ``scores.parquet`` from the latest records, streamed: each part's records become
     ledger and score rows spilled to local files by their video's rank, which come back in source-id order a
@@ -435,15 +442,10 @@ def _write_tables(output: str, recorded: _Recorded) -> report_module.Tally:
                 spill.add("scores", scores, np.repeat(ranks, pc.list_value_length(videos["window_start"]).to_numpy()))
                 ranges = report_module.merge_ranges(ranges, report_module.score_ranges(scores))
             tally = report_module.Tally(ranges)
-            with parquet_writer(join_uri(output, "ledger.parquet"), LEDGER_SCHEMA) as ledger:
-                for table in spill.sorted_tables("ledger", LEDGER_ORDER):
-                    ledger.write(table)
-                    tally.add_ledger(table)
-            with parquet_writer(join_uri(output, "scores.parquet"), SCORE_TABLE_SCHEMA) as scores:
-                for table in spill.sorted_tables("scores", SCORE_ORDER):
-                    table = table.drop_columns(["window"])
-                    scores.write(table)
-                    tally.add_scores(table)
+            ledger = _counted(spill.sorted_tables("ledger", LEDGER_ORDER), tally.add_ledger)
+            write_parquet_batches(join_uri(output, "ledger.parquet"), LEDGER_SCHEMA, ledger)
+            scores = _counted((table.drop_columns(["window"]) for table in spill.sorted_tables("scores", SCORE_ORDER)), tally.add_scores)
+            write_parquet_batches(join_uri(output, "scores.parquet"), SCORE_TABLE_SCHEMA, scores)
         finally:
             spill.close()
     return tally

@@ -31,6 +31,7 @@ from avsync_ray.storage import (
     StorageError,
     exists,
     find_files,
+    fixed_batches,
     join_uri,
     parquet_bytes,
     read_json,
@@ -120,11 +121,16 @@ def part_uris(output: str, kind: str) -> list[str]:
     return find_files(work_uri(output, kind), ".parquet")
 
 
+def columns_schema(schema: pa.Schema, columns: list[str] | None) -> pa.Schema:
+    """``schema`` with only ``columns`` (all, when None): what reading those columns of records gives."""
+    return schema if columns is None else pa.schema([schema.field(name) for name in columns])
+
+
 def iter_parts(uris: list[str], schema: pa.Schema, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """The records of each of those parts (``columns`` only, when given), part by part in the order of ``uris``.
     Parts are fetched several at once, about :data:`READ_RECORDS` records (judged from the parts read so far, at
     most :data:`READ_BATCH` parts), so that what is in memory does not grow with the parts' size or number."""
-    wanted = schema if columns is None else pa.schema([schema.field(name) for name in columns])
+    wanted = columns_schema(schema, columns)
     start, batch, largest = 0, 1, 1
     while start < len(uris):
         for data in read_many(uris[start : start + batch]):
@@ -138,7 +144,7 @@ def iter_parts(uris: list[str], schema: pa.Schema, columns: list[str] | None = N
 def read_parts(uris: list[str], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     """The records of those parts (``columns`` only, when given), in the order of ``uris``."""
     tables = list(iter_parts(uris, schema, columns))
-    return pa.concat_tables(tables) if tables else (schema if columns is None else pa.schema([schema.field(n) for n in columns])).empty_table()
+    return pa.concat_tables(tables) if tables else columns_schema(schema, columns).empty_table()
 
 
 def read_records(output: str, kind: str, columns: list[str] | None = None) -> pa.Table:
@@ -153,16 +159,7 @@ def compact_videos(output: str, uris: list[str], latest: Iterable[pa.Table]) -> 
     """Store the ``latest`` video records (read from the parts ``uris``, a table at a time) in full parts and remove
     those parts, so that later runs read N / 1,000 parts again after re-thresholds and retries superseded many
     records. A run stopped in between leaves both, and a record stored twice counts once."""
-    written, pending, rows = set(), [], 0
-    for table in latest:
-        pending.append(table)
-        rows += table.num_rows
-        while rows >= PART_RECORDS:
-            full = pa.concat_tables(pending)
-            written.add(write_part(output, "videos", full.slice(0, PART_RECORDS)))
-            pending, rows = [full.slice(PART_RECORDS)], rows - PART_RECORDS
-    if rows:
-        written.add(write_part(output, "videos", pa.concat_tables(pending)))
+    written = {write_part(output, "videos", part) for part in fixed_batches(latest, PART_RECORDS)}
     remove_many(sorted(set(uris) - written))
 
 
