@@ -15,8 +15,8 @@ import argparse
 import asyncio
 import io
 import os
-import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +32,9 @@ from avsync_ray.config.serve import ServeConfig
 from avsync_ray.media import encode_wav
 from avsync_ray.serve.app import deploy, deploy_config
 from avsync_ray.synth import generate_clip
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' port prober
+from local_cluster import free_ports  # noqa: E402
 
 
 def request_files(size: int) -> dict:
@@ -124,9 +127,7 @@ def main() -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    with socket.socket() as probe:  # a free loopback port
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    (port,) = free_ports(1)
     base = [f"http.port={port}", "sync_classifier.source=null", f"limits.max_sync_steps={args.steps}", f"limits.max_active_jobs={4 * args.concurrency}",
             "deployments.ingress.num_cpus=0", f"deployments.model.max_ongoing_requests={max(8, 2 * args.batch_size)}"]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import socket
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,12 +30,6 @@ def mp4(seconds: float, size: int = 64, audio: bool = True) -> bytes:
     frames = np.random.default_rng(1).integers(0, 255, (int(seconds * 6), size, size, 3), dtype=np.uint8)
     waveform = (0.3 * np.sin(np.arange(int(seconds * 16000)) / 5)).astype(np.float32) if audio else None
     return encode_mp4(frames, 6, waveform, 16000, preset="ultrafast")
-
-
-def free_port() -> int:
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        return probe_socket.getsockname()[1]
 
 
 @contextlib.contextmanager

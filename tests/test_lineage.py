@@ -220,9 +220,9 @@ def test_runs_models_and_compare_print_the_lineage_and_the_metrics(store, tmp_pa
 @contextlib.contextmanager
 def mlflow_server(uri: str, log: Path):
     """`mlflow server` on a free loopback port, one worker, no job runner; yields its URL once it answers."""
-    from serve_support import free_port
+    from local_cluster import free_ports
 
-    port = free_port()
+    (port,) = free_ports(1)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with open(log, "wb") as output:

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from local_cluster import free_ports
 from schemathesis.checks import not_a_server_error
-from serve_support import free_port, mp4, png, serving, wav
+from serve_support import mp4, png, serving, wav
 
 from avsync_ray.config.base import load_config
 from avsync_ray.config.serve import ServeConfig
@@ -69,7 +70,7 @@ def published_schema() -> dict:
 @pytest.fixture(scope="module")
 def app(ray_session, registry, tmp_path_factory):
     """The app, its replicas' temp folder their own (TMPDIR), to see what they leave there."""
-    port = free_port()
+    (port,) = free_ports(1)
     temp = tmp_path_factory.mktemp("replica_tmp")
     with serving(app_config(port, registry["uri"]), env_vars={"AVSYNC_SERVE_TEST_TOKEN": TOKEN, "TMPDIR": str(temp)}) as serve_config:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as client:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from browser_support import FLAGS, chromium
-from serve_support import free_port, serving
+from local_cluster import free_ports
+from serve_support import serving
 
 from avsync_ray.config.base import load_config
 from avsync_ray.config.serve import ServeConfig
@@ -24,7 +25,7 @@ INGRESS_QUEUED = 8  # a page's parallel loads (Swagger UI's script, styles, icon
 
 @pytest.fixture(scope="module")
 def page_app(ray_session):
-    port = free_port()
+    (port,) = free_ports(1)
     config = load_config(ServeConfig, "serve", overrides=[
         f"http.port={port}", f"sampling.num_inference_steps={STEPS}", "sync_classifier.source=null", "deployments.ingress.num_cpus=0.1",
         f"deployments.ingress.max_ongoing_requests={INGRESS_ONGOING}", f"deployments.ingress.max_queued_requests={INGRESS_QUEUED}",
