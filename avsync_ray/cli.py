@@ -208,6 +208,9 @@ def curate(
     set_: set_option("filters.audio_peak.min=0.05") = None,
 ):
     """Curate raw audio-video into filtered WebDataset shards, on Ray Data (resumes where it stopped)."""
+    from avsync_ray.ray_runtime import use_system_arrow_pool
+
+    use_system_arrow_pool()  # before the pipeline imports pyarrow
     from avsync_ray.curation.pipeline import run_curation
 
     cfg = _verb_config(ctx)

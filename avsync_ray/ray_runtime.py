@@ -62,6 +62,27 @@ def quiet_ray_internals() -> None:
         logging.getLogger(name).setLevel(level)
 
 
+ARROW_POOL_ENV_VAR = "ARROW_DEFAULT_MEMORY_POOL"
+
+
+def use_system_arrow_pool() -> None:
+    """Give this (driver) process's Arrow memory to the C library's malloc instead of Arrow's default pool
+    (mimalloc), which keeps much of what each step freed: a curate driver's memory grew with the corpus by the
+    largest tables of its steps (listing, finalize) though what it held at the end did not. Arrow reads the choice
+    once, when pyarrow loads, so this is called before anything imports it, and does nothing after (or when the
+    user chose a pool). The variable is then removed again: a local Ray's workers would inherit it, and they keep
+    Arrow's default, as on a cluster."""
+    if "pyarrow" in sys.modules or ARROW_POOL_ENV_VAR in os.environ:
+        return
+    os.environ[ARROW_POOL_ENV_VAR] = "system"
+    try:
+        import pyarrow
+
+        pyarrow.default_memory_pool()
+    finally:
+        del os.environ[ARROW_POOL_ENV_VAR]
+
+
 def is_verbose(config: RayConfig) -> bool:
     return config.verbose or os.environ.get(VERBOSE_ENV_VAR) == "1"
 

@@ -140,10 +140,16 @@ def list_sources(inputs: str | list[str], extensions: list[str]) -> list[Source]
 def _unique(tables: list[pa.Table]) -> pa.Table:
     """The sources sorted by URI, a URI listed twice once (its last listing); two URIs may not share an id."""
     table = pa.concat_tables(tables) if tables else SOURCE_SCHEMA.empty_table()
-    table = table.append_column("_order", pa.array(np.arange(table.num_rows))).sort_by([("uri", "ascending"), ("_order", "ascending")])
-    uris = table["uri"].combine_chunks()
-    last = np.r_[pc.not_equal(uris.slice(0, len(uris) - 1), uris.slice(1)).to_numpy(zero_copy_only=False), True] if len(uris) else []
-    table = table.filter(pa.array(last, pa.bool_())).drop_columns(["_order"])
+    if not _strictly_increasing(table["uri"]):  # one folder on an object store is listed in key order already
+        table = table.append_column("_order", pa.array(np.arange(table.num_rows))).sort_by([("uri", "ascending"), ("_order", "ascending")])
+        uris = table["uri"].combine_chunks()
+        last = np.r_[pc.not_equal(uris.slice(0, len(uris) - 1), uris.slice(1)).to_numpy(zero_copy_only=False), True]
+        table = table.filter(pa.array(last, pa.bool_())).drop_columns(["_order"])
     if pc.count_distinct(table["source_id"]).as_py() != table.num_rows:
         raise InputError("two inputs map to the same source id; give explicit ids in a manifest")
     return table
+
+
+def _strictly_increasing(values: pa.ChunkedArray) -> bool:
+    """Each value above the one before it (so sorted, and none twice)."""
+    return len(values) < 2 or pc.all(pc.less(values.slice(0, len(values) - 1), values.slice(1))).as_py()

@@ -133,6 +133,9 @@ class PeakMemory:
 
 def driver(inputs: str, output: str) -> dict:
     """In this fresh process: ``avsync curate inputs output``, timing what the driver waits on Ray for."""
+    from avsync_ray.ray_runtime import use_system_arrow_pool
+
+    use_system_arrow_pool()  # as ``avsync curate`` does, before pyarrow loads
     import pyarrow as pa
     import ray
 

@@ -100,3 +100,21 @@ def test_convert_official_assembles_a_pipeline_that_generates(tiny_components, t
          "--out", str(tmp_path / "out.mp4"), "--steps", "2", "--set", "height=32", "--set", "width=32"],
     )  # fmt: skip
     assert generated.exit_code == 0, generated.output
+
+
+def test_the_curate_driver_takes_arrow_memory_from_malloc_and_leaves_workers_the_default():
+    """``avsync curate``'s driver process: Arrow's system pool (mimalloc kept what the driver's steps freed, so its
+    memory grew with the corpus), without passing the choice on to the workers; a pool the user chose wins."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import os; from avsync_ray.ray_runtime import use_system_arrow_pool; use_system_arrow_pool(); import pyarrow; "
+        "print(pyarrow.default_memory_pool().backend_name, os.environ.get('ARROW_DEFAULT_MEMORY_POOL'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    chosen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert chosen == ["system", "None"]
+    user = subprocess.run([sys.executable, "-c", probe], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}, capture_output=True, text=True, check=True)
+    assert user.stdout.split() == ["mimalloc", "mimalloc"]

@@ -35,6 +35,12 @@ def test_glob_and_uri_list(tree):
     assert len(both) == 2
 
 
+def test_a_uri_list_comes_back_sorted_with_a_uri_listed_twice_once(tree):
+    a, b = str(tree / "dog_barking" / "a.mp4"), str(tree / "dog_barking" / "b.mp4")
+    assert [s.uri for s in list_sources([b, a, b], EXTENSIONS)] == [a, b]
+    assert [s.uri for s in list_sources([a, b], EXTENSIONS)] == [a, b]  # already in order: kept as listed
+
+
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
 def test_manifests_give_labels_and_ids(tree, kind):
     rows = [{"uri": "dog_barking/a.mp4", "label": "dog barking", "id": "clip-1"}, {"uri": str(tree / "lions roaring" / "a.mp4"), "label": "lions", "id": None}]
