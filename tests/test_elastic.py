@@ -121,12 +121,12 @@ def _assert_complete_and_identical(output: Path, reference: dict[str, str]) -> N
     assert _digests(output) == reference
 
 
-# Slow suite: inside the full fast suite the scan tasks all ran on the head, so the worker node
-# had no task to lose (it fails after tests/test_c*.py, test_demo.py and test_devices.py too); alone, and right
-# after test_cluster_jobs.py, it passes. Not yet understood.
+# Slow suite (about 1.5 min). With a worker node of one or two CPUs, some runs had every scan task on the head (the
+# driver's node: Ray Data ran them one at a time there and gave the worker only the short record-writing tasks),
+# so no scan was in flight on the worker when it was killed; a worker of four CPUs takes scans side by side.
 @pytest.mark.slow
 def test_curation_survives_a_worker_node_killed_mid_run(cluster, corpus, reference, tmp_path):
-    worker = cluster.add_node()
+    worker = cluster.add_node(num_cpus=4)
     output = tmp_path / "out"
     # 5 s per video: the state API sees a task's RUNNING a second or more late on a loaded machine, and the kill
     # must land while the worker's tasks run
