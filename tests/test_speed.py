@@ -174,14 +174,19 @@ def test_compiled_unet_trains_exactly_as_eager_inside_the_engine(tmp_path, gloo_
 
 @pytest.mark.slow
 def test_inductor_compiled_unet_trains_like_eager_inside_the_engine(tmp_path, gloo_world_of_one):
-    """Inductor's forward and backward kernels: the same losses and weights within float32 rounding."""
+    """Inductor's forward and backward kernels: the same losses, and the same weights within float32 rounding but
+    for a few elements whose gradient is at rounding level: AdamW divides each gradient by its own running RMS, so
+    such an element takes a step whose size depends on that rounding, and eager and Inductor round differently."""
     config = _avsyncd_config(tmp_path)
     eager_losses, eager_weights = _avsyncd_steps(config, 2, "inductor")
     compiled = config.model_copy(update={"deepspeed": config.deepspeed.model_copy(update={"compile": True})})
     losses, weights = _avsyncd_steps(compiled, 2, "inductor")
     np.testing.assert_allclose(losses, eager_losses, rtol=1e-4)
+    step = config.optimizer.lr  # about what one AdamW step moves an element
     for name, value in eager_weights.items():
-        torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=step, msg=name)  # 0.08 steps at most here
+    beyond_rounding = sum(int((~torch.isclose(weights[name], value, rtol=1e-3, atol=1e-5)).sum()) for name, value in eager_weights.items())
+    assert beyond_rounding <= 1e-4 * sum(value.numel() for value in eager_weights.values())  # 11 of 1.07M here
 
 
 def test_compile_is_an_avsyncd_setting(tmp_path):
