@@ -227,10 +227,10 @@ def test_a_driver_killed_mid_generation_on_s3_resumes_exactly(eval_setup, ray_se
     finally:
         driver.wait(timeout=60)
     assert driver.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 60  # the job's actor processes end with their driver (and may write until then)
-    while any(p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::MapWorker") for p in psutil.process_iter(["cmdline"])):
-        assert time.monotonic() < deadline, "the killed job's actors still run"
-        time.sleep(0.2)
+    # the job's actor processes end with their driver (and may write until then)
+    actors = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::MapWorker")]
+    _, alive = psutil.wait_procs(actors, timeout=60)
+    assert not alive, "the killed job's actors still run"
     fs, _ = filesystem(out)
     kept = {uri: fs.info(uri)["ETag"] for uri in list_files(folder, ".mp4")}
     assert 2 <= len(kept) < 6 and not list_files(f"{out}/report")
