@@ -1,8 +1,28 @@
-"""Devices and dtypes by the names configs use: one place for every command, actor and worker (no Ray here)."""
+"""Devices and dtypes by the names configs use, and the lock every model loader holds: one place for every
+command, actor and worker (no Ray here)."""
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import torch
+
+# Building a model is not thread-safe: diffusers' and accelerate's loaders build modules on the meta device by
+# patching torch.nn for the whole process while they run, and seeded builds draw from the global RNG. Every loader
+# a batch job's stage calls holds this lock, so the threads of a job run in process each load their own models.
+MODEL_LOADING_LOCK = threading.RLock()
+
+
+def loads_model(fn):
+    """Decorates a function that builds or loads a model: it runs under :data:`MODEL_LOADING_LOCK`."""
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with MODEL_LOADING_LOCK:
+            return fn(*args, **kwargs)
+
+    return locked
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -87,6 +87,12 @@ def is_verbose(config: RayConfig) -> bool:
     return config.verbose or os.environ.get(VERBOSE_ENV_VAR) == "1"
 
 
+def starts_local_ray(config: RayConfig) -> bool:
+    """Whether :func:`init_ray` starts a Ray on this machine: without an address it never attaches to another Ray
+    that happens to run here, but inside a Ray Job (RAY_ADDRESS set by the job's cluster) it joins that cluster."""
+    return config.address is None and not os.environ.get("RAY_ADDRESS")
+
+
 def init_ray(config: RayConfig) -> None:
     """Join ``config.address`` (or the cluster a Ray Job runs in) or start a local Ray just for this command,
     its workers with this process's storage credentials; then apply the output settings above."""
@@ -104,9 +110,7 @@ def init_ray(config: RayConfig) -> None:
             runtime_env["env_vars"] = env
         if not verbose:
             runtime_env["worker_process_setup_hook"] = f"{__name__}.quiet_ray_internals"
-        # Without an address, never attach to another Ray that happens to run on this machine; inside a Ray Job
-        # (RAY_ADDRESS set by the job's cluster) join that cluster.
-        address = config.address or (None if os.environ.get("RAY_ADDRESS") else "local")
+        address = "local" if starts_local_ray(config) else config.address
         kwargs = dict(address=address, runtime_env=runtime_env or None, include_dashboard=False)
         if address == "local" and config.num_cpus:
             kwargs["num_cpus"] = config.num_cpus

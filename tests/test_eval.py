@@ -36,7 +36,7 @@ def eval_setup(tmp_path_factory, synthetic_shards, tiny_model_dir):
         f"features.sync_classifier={root / 'classifier'}", f"metrics={METRICS}", "sampling.height=64", "sampling.width=64",
         "sampling.num_inference_steps=2", "max_videos=2", "baselines=[static]", "bootstrap.samples=20", "frechet=eigen",
         "generate_actor.num_gpus=0", "feature_actor.num_gpus=0", "generate_actor.num_cpus=0.5", "feature_actor.num_cpus=0.5",
-        f"cache={root / 'cache'}", f"tracking.uri=sqlite:///{root / 'mlruns.db'}", "ray.progress_bars=false",
+        f"cache={root / 'cache'}", f"tracking.uri=sqlite:///{root / 'mlruns.db'}", "ray.progress_bars=false", "ray.in_process=false",
     ]  # fmt: skip
     return {"root": root, "overrides": overrides, "model": str(tiny_model_dir), "shards": str(synthetic_shards["root"])}
 
@@ -132,6 +132,22 @@ def test_one_colocated_pool_gives_the_two_pools_numbers(first_run, eval_setup, t
     colocated = run_eval(config)
     assert colocated["generated"] == summary["generated"] and colocated["clips"] == summary["clips"] and not colocated["real_features_cached"]
     assert _flat(colocated["metrics"]) == pytest.approx(_flat(summary["metrics"]), rel=1e-4)
+
+
+def test_the_job_run_in_process_makes_the_same_clips_and_numbers(first_run, eval_setup, tmp_path):
+    """``ray.in_process`` (what a job this small gets by default on one machine): two threads that each generate
+    and score make every clip of the Ray Data run and give its metrics and every clip's scores (to the round-off
+    of other batches: a pipeline call batches the clips it is given)."""
+    summary, first_out = first_run
+    out = tmp_path / "out"
+    in_process = run_eval(_config(eval_setup, out, "ray.in_process=true", "colocate=true", "generate_actor.concurrency=2", f"cache={tmp_path / 'cache'}",
+                                  "tracking.enabled=false"))  # fmt: skip
+    assert in_process["generated"] == summary["generated"] and in_process["clips"] == summary["clips"] and not in_process["real_features_cached"]
+    assert _flat(in_process["metrics"]) == pytest.approx(_flat(summary["metrics"]), rel=1e-4)
+    assert sorted(p.relative_to(out) for p in out.rglob("*.mp4")) == sorted(p.relative_to(first_out) for p in first_out.rglob("*.mp4"))
+    scores = [{(r["variant"], r["key"]): [r[m] for m in ("ia", "it", "relsync", "alignsync", "sync_score")] for r in pq.read_table(folder / "per_clip.parquet").to_pylist()}
+              for folder in (out, first_out)]  # fmt: skip
+    assert scores[0].keys() == scores[1].keys() and all(v == pytest.approx(scores[1][k], rel=1e-3, abs=1e-5) for k, v in scores[0].items())
 
 
 def test_other_settings_and_bad_weights_are_refused_before_any_work(first_run, eval_setup, tmp_path):

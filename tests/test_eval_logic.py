@@ -36,7 +36,7 @@ def _config(**values) -> EvalConfig:
 
 def test_three_clips_per_video_at_the_official_starts(synthetic_shards):
     url = shard_urls(str(synthetic_shards["root"]), "test")[0]
-    rows = eval_video_rows(EvalInput(shard=url, take=2).to_row(), 12, 6.0, (64, 64), 3)
+    rows = list(eval_video_rows(EvalInput(shard=url, take=2).to_row(), 12, 6.0, (64, 64), 3))
     assert len(rows) == 2 and set(rows[0]) == set(ROW_FIELDS)  # one row per test video: its clips share a FID forward
     for video_row in rows:
         video, clips = video_row["video"], video_clips(video_row)
@@ -45,7 +45,7 @@ def test_three_clips_per_video_at_the_official_starts(synthetic_shards):
         frames, audio = clips[1]["frames"], clips[1]["audio"]
         assert frames.shape == (12, 64, 64, 3) and frames.dtype == np.float32 and 0 <= frames.min() and frames.max() <= 1
         assert audio.shape == (32000,) and video_row["category"] == "sync"
-    assert eval_video_rows(EvalInput(shard=url, take=2).to_row(), 12, 6.0, (64, 64), 3, wanted=lambda video: video == rows[1]["video"]) == rows[1:]
+    assert list(eval_video_rows(EvalInput(shard=url, take=2).to_row(), 12, 6.0, (64, 64), 3, wanted=lambda video: video == rows[1]["video"])) == rows[1:]
 
 
 def test_a_bad_or_short_video_is_one_error_row(synthetic_shards, tmp_path):
@@ -53,14 +53,14 @@ def test_a_bad_or_short_video_is_one_error_row(synthetic_shards, tmp_path):
 
     corrupt = "sync-s0-00005_0000000_0006000"
     url = [u for u in shard_urls(str(synthetic_shards["root"]), "train") if u.endswith("000001.tar")][0]
-    rows = eval_video_rows(EvalInput(shard=url).to_row(), 12, 6.0, (64, 64), 3)
+    rows = list(eval_video_rows(EvalInput(shard=url).to_row(), 12, 6.0, (64, 64), 3))
     bad = [r for r in rows if r["video"] == corrupt]
     assert len(bad) == 1 and bad[0]["clip"] == -1 and "MediaError" in bad[0]["error"]
     assert len(rows) == 1 + 3 and all(len(video_clips(r)) == 3 for r in rows if not r["error"])  # the other three videos give their clips
     with pytest.raises(ValueError, match="needs 2.000 s"):
         clip_starts(1.5)
     synthesize_shards(tmp_path, "test", 1, seed=0)
-    rows = eval_video_rows(EvalInput(shard=shard_urls(str(tmp_path), "test")[0]).to_row(), 12, 1.5, (64, 64), 3)  # 8-s clips of 6-s videos
+    rows = list(eval_video_rows(EvalInput(shard=shard_urls(str(tmp_path), "test")[0]).to_row(), 12, 1.5, (64, 64), 3))  # 8-s clips of 6-s videos
     assert len(rows) == 1 and rows[0]["error"].startswith("ClipTooShortError")
 
 
@@ -72,7 +72,7 @@ def test_a_raw_test_video_past_the_limits_is_one_error_row_decoded_no_further(tm
 
     (tmp_path / "lying.mkv").write_bytes(lying_mkv(header_s=2.0, holds_s=30.0))
     item = EvalInput(uri=str(tmp_path / "lying.mkv"), key="lying", label="ball").to_row()
-    rows = eval_video_rows(item, 12, 6.0, (64, 64), 3, InputLimits(max_video_s=10))
+    rows = list(eval_video_rows(item, 12, 6.0, (64, 64), 3, InputLimits(max_video_s=10)))
     assert len(rows) == 1 and "too long" in rows[0]["error"] and "more than 10 s of audio decoded" in rows[0]["error"], rows
     (video,) = eval_video_rows(item, 12, 6.0, (64, 64), 3)  # within the default limits: 30 s of test video, three clips
     assert not video["error"] and len(video_clips(video)) == 3
@@ -123,7 +123,7 @@ def test_a_rerun_plans_only_what_storage_lacks(synthetic_shards, monkeypatch):
     seeds = {"model": 0, "baseline-static": 0}
     first, second = [[f"{r['video']}_clip-{k:02d}" for k in range(3)] for r in eval_video_rows(item, 12, 6.0, (64, 64), 3)]
     nothing = StoredClips(frozenset(), {name: frozenset() for name in seeds}, {name: frozenset() for name in seeds})
-    jobs = clip_jobs(item, config, seeds, nothing)
+    jobs = list(clip_jobs(item, config, seeds, nothing))
     assert sum(j["variant"] == "gt" for j in jobs) == 2 and sum(j["generate"] for j in jobs) == 2 * 3 * 2  # a real row per video
     every = frozenset(first + second)
     # The first video is done; of the second, the real features are stored, one model clip has its mp4 but no features, one has neither.
@@ -136,7 +136,7 @@ def test_a_rerun_plans_only_what_storage_lacks(synthetic_shards, monkeypatch):
         return original(raw, source, start, **kwargs)
 
     monkeypatch.setattr(clips_module, "avsyncd_clip", counting)
-    jobs = clip_jobs(item, config, seeds, stored)
+    jobs = list(clip_jobs(item, config, seeds, stored))
     assert [(j["key"], j["variant"], j["generate"]) for j in jobs] == [(second[1], "model", False), (second[2], "model", True)]
     assert len(decoded) == 3 and not jobs[0]["image"] and jobs[1]["image"]  # only the second video is decoded; conditioning only to generate
 
@@ -160,7 +160,7 @@ def test_which_clips_exist_is_listed_afresh_on_s3(s3_server):
 
 def _jobs(synthetic_shards, settings, count=2, generate=lambda key: True):
     url = shard_urls(str(synthetic_shards["root"]), "test")[0]
-    video_row = eval_video_rows(EvalInput(shard=url, take=1).to_row(), 12, 6.0, (64, 64), 3)[0]
+    video_row = next(eval_video_rows(EvalInput(shard=url, take=1).to_row(), 12, 6.0, (64, 64), 3))
     clips = video_clips(video_row)[:count]
     jobs = [generation_row(c, video_row, name, clip_seed(0, video_row["video"], c["clip"]), generate(c["key"]))
             for c in clips for name in settings]  # fmt: skip
@@ -267,7 +267,7 @@ def test_official_fid_features_equal_the_official_recipe_at_any_batching(synthet
     torch.save(random_fid_inception_state_dict(seed=0), weights)
     frames, fps = 3, 6.0  # 2 test videos x 2 clips x 3 frames, and 2 generated mp4s: the FID Inception is full size
     url = shard_urls(str(synthetic_shards["root"]), "test")[0]
-    videos = eval_video_rows(EvalInput(shard=url, take=2).to_row(), frames, fps, (64, 64), 2)
+    videos = list(eval_video_rows(EvalInput(shard=url, take=2).to_row(), frames, fps, (64, 64), 2))
     rng = np.random.default_rng(0)
     generated = []
     for index in range(2):

@@ -142,19 +142,22 @@ def test_training_refuses_features_made_for_other_settings(encoders, tmp_path):
 
 
 def test_precompute_and_train_on_ray(ray_session, synthetic_shards, tmp_path):
-    """Ray Data writes the featurized shards and commits their index; a run on them trains (on the stored
-    features) and a run with other encoders is refused by its workers."""
+    """Ray Data writes the featurized shards and commits their index (run in process, the job writes the same
+    shards); a run on them trains (on the stored features) and a run with other encoders is refused by its workers."""
     from avsync_ray.training.launcher import launch
     from avsync_ray.training.loops import AVSyncDTask
 
     out = tmp_path / "precomputed"
-    summary = run_precompute(_precompute_config(synthetic_shards["root"], out, f"tracking.uri=sqlite:///{tmp_path}/mlruns.db", "ray.progress_bars=false"))
+    summary = run_precompute(_precompute_config(synthetic_shards["root"], out, f"tracking.uri=sqlite:///{tmp_path}/mlruns.db", "ray.progress_bars=false",
+                                                "ray.in_process=false"))  # fmt: skip
     index = read_index(str(out), "train")
     source = read_index(str(synthetic_shards["root"]), "train")
     assert summary["samples"] == index["nsamples"] == source["nsamples"] - 1 and summary["skipped"] == 1
     assert [s["key"] for s in index["skipped_samples"]] == [synthetic_shards["corrupt_key"]]
     assert [e["url"] for e in index["shardlist"]] == [e["url"] for e in source["shardlist"]]
     assert index[pre.FEATURES_KEY]["height"] == 32 and summary["mlflow_run_id"]
+    run_precompute(_precompute_config(synthetic_shards["root"], tmp_path / "in-process", "tracking.enabled=false", "ray.in_process=true"))
+    assert [e["sha256"] for e in read_index(str(tmp_path / "in-process"), "train")["shardlist"]] == [e["sha256"] for e in index["shardlist"]]
 
     overrides = [f"data.root={out}", f"run.storage_path={tmp_path}/runs", "tracking.enabled=false", "height=32", "width=32", "precomputed=true"]
     config = load_config(TrainConfig, "train-tiny", overrides=[*overrides, "max_steps=2", "scaling.num_workers=1", "deepspeed.zero_stage=0"])

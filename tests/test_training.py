@@ -183,14 +183,19 @@ def test_registered_classifier_serves_through_mlflow(resumed_run, classifier_run
         resolve_model("models:/tiny-sync@champion", tracking)
 
 
-def test_eval_sync_scores_every_held_out_clip(exported_classifier, classifier_run, synthetic_shards):
+def test_eval_sync_scores_every_held_out_clip_on_ray_and_in_process(exported_classifier, classifier_run, synthetic_shards):
     from avsync_ray.evaluation.batch import run_eval_sync
 
-    overrides = [f"tracking.uri={classifier_run['tracking']}", "ray.progress_bars=false"]
-    config = load_config(EvalSyncConfig, "eval-sync", overrides=overrides, values={"classifier": str(exported_classifier[0]), "data.root": str(synthetic_shards["root"])})
-    evaluation = run_eval_sync(config, out=str(classifier_run["tmp"] / "eval.json"))
+    runs = {}
+    for in_process in (False, True):
+        overrides = [f"tracking.uri={classifier_run['tracking']}", "ray.progress_bars=false", f"ray.in_process={in_process}"]
+        config = load_config(EvalSyncConfig, "eval-sync", overrides=overrides, values={"classifier": str(exported_classifier[0]), "data.root": str(synthetic_shards["root"])})
+        out = classifier_run["tmp"] / f"eval-{in_process}.json"
+        runs[in_process] = run_eval_sync(config, out=str(out)), json.loads(out.read_text())["per_clip"]
+    evaluation = runs[False][0]
     assert evaluation["clips"] == 4 and evaluation["skipped"] == 0
     assert 0 <= evaluation["a2v_accuracy"] <= 1 and 0 <= evaluation["v2a_accuracy"] <= 1
+    assert runs[True][1] == runs[False][1]  # every clip's scores, the same in process
 
 
 def test_avsyncd_training_zero3_preview_and_export(ray_session, s3_server, synthetic_shards, tmp_path, monkeypatch):

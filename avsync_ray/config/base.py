@@ -153,6 +153,18 @@ class RayConfig(StrictModel):
     )
 
 
+class BatchJobRayConfig(RayConfig):
+    """Ray for a batch job (``eval``, ``eval-sync``, ``precompute``), which runs in this process when it is small."""
+
+    in_process: bool | None = Field(
+        None,
+        description="run the job in this process, each actor of its pools a thread (the threads share ray.num_cpus, default every CPU), "
+        "instead of on Ray Data actors (whose processes each import torch and load their models first); None: when it would run on a "
+        "local Ray, its actors use no GPU and it has at most in_process_max_size clips or samples",
+    )
+    in_process_max_size: int = Field(32, ge=0, description="the largest job (clips or samples) that in_process: None runs in this process")
+
+
 def _read_yaml(source, name: str) -> dict[str, Any]:
     """The mapping a YAML document holds; a syntax error is a :class:`ConfigError` naming ``name`` and where."""
     try:

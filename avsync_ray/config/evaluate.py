@@ -6,7 +6,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from avsync_ray.config.base import VIDEO_EXTENSIONS, ActorConfig, PathOrURI, RayConfig, StrictModel, job_tracking, missing_input
+from avsync_ray.config.base import (
+    VIDEO_EXTENSIONS,
+    ActorConfig,
+    BatchJobRayConfig,
+    PathOrURI,
+    StrictModel,
+    job_tracking,
+    missing_input,
+)
 from avsync_ray.config.sampling import InputLimits, SamplingConfig
 from avsync_ray.config.train import ShardsInput
 
@@ -24,7 +32,7 @@ class EvalSyncConfig(StrictModel):
     batch_size: int = Field(8, ge=1, description="test clips per model call")
     actor: ActorConfig = Field(ActorConfig(), description="the scoring actors")
     tracking: EvalSyncTracking = EVAL_SYNC_TRACKING
-    ray: RayConfig = Field(RayConfig(), description="Ray")
+    ray: BatchJobRayConfig = Field(BatchJobRayConfig(), description="Ray")
 
 
 EvalTracking, EVAL_TRACKING = job_tracking("avsync/eval", "MLflow: one parent run, a nested run per setting and baseline")
@@ -100,7 +108,7 @@ class EvalConfig(StrictModel):
         "holds the pipeline and the feature networks, so no pool idles on the other; for CPUs, and GPUs that hold both",
     )
     tracking: EvalTracking = EVAL_TRACKING
-    ray: RayConfig = Field(RayConfig(), description="Ray")
+    ray: BatchJobRayConfig = Field(BatchJobRayConfig(), description="Ray")
 
     @field_validator("sweep")
     @classmethod

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from avsync_ray.config.base import (
     ActorConfig,
+    BatchJobRayConfig,
     PathOrURI,
     PixelSize,
     RayConfig,
@@ -196,7 +197,7 @@ class PrecomputeConfig(AVSyncDInputs):
     batch_size: int = Field(8, ge=1, description="windows per encoder call")
     actor: ActorConfig = Field(ActorConfig(), description="the encoding actors (one shard at a time each)")
     tracking: PrecomputeTracking = PRECOMPUTE_TRACKING
-    ray: RayConfig = Field(RayConfig(), description="Ray")
+    ray: BatchJobRayConfig = Field(BatchJobRayConfig(), description="Ray")
 
     @model_validator(mode="after")
     def _encoders_in_training_precision(self):

@@ -34,7 +34,7 @@ from avsync_ray.evaluation.plan import (
 )
 from avsync_ray.evaluation.report import METRIC_KEYS, report_header, write_report
 from avsync_ray.evaluation.scoring import ClipScorer, check_feature_networks
-from avsync_ray.evaluation.statistics import SummaryOptions, summarize_evaluation
+from avsync_ray.evaluation.statistics import SerialRunner, SummaryOptions, summarize_evaluation
 from avsync_ray.evaluation.sync_eval import SyncEvaluator, eval_spec, summarize
 from avsync_ray.metrics.protocol import fid_batch_statistics
 from avsync_ray.metrics.video_metrics import LABELS
@@ -42,7 +42,7 @@ from avsync_ray.models.feature_networks import FID_FEATURE_DIM, FVD_FEATURE_DIM
 from avsync_ray.nested import content_id
 from avsync_ray.pipelines.loading import check_pipeline_folder
 from avsync_ray.pipelines.sampling import with_model_size
-from avsync_ray.shards import shard_urls
+from avsync_ray.shards import read_index, shard_urls
 from avsync_ray.storage import filesystem, join_uri, write_json_atomic
 from avsync_ray.tracking import resolve_model
 
@@ -55,6 +55,7 @@ def run_eval_sync(config: EvalSyncConfig, out: str | None = None) -> dict:
         stages=[ActorStage(SyncEvaluator, {"classifier": config.classifier, "actor": config.actor, "spec": eval_spec(config),
                                            "tolerance": config.tolerance}, config.actor, config.batch_size)],  # fmt: skip
         ray_config=config.ray,
+        size=read_index(config.data.root, config.data.split)["nsamples"],
     )
     results = sorted(job.run(), key=lambda row: row["key"])
     summary = {"classifier": config.classifier, "shards": config.data.root, "split": config.data.split, **summarize(results)}
@@ -152,11 +153,13 @@ def run_eval(config: EvalConfig) -> dict:
         config.feature_actor, config.feature_batch_size, "feature_actor",
     )  # fmt: skip
     stages = [colocated([generator, scorer], config.generate_actor, config.generate_batch_size, "generate_actor")] if config.colocate else [generator, scorer]
+    videos = sum(item.take if item.shard else 1 for item in items)
     job = BatchJob(
         items=[item.to_row() for item in items],
         expand=functools.partial(clip_jobs, config=config.model_dump(mode="json"), seeds={s.name: s.sampling.seed for s in settings}, stored=stored),
         stages=stages,
         ray_config=config.ray,
+        size=videos * config.clips_per_video * len(settings),
     )  # fmt: skip
     rows = job.run()
 
@@ -186,7 +189,8 @@ def run_eval(config: EvalConfig) -> dict:
                               f"{join_uri(config.output, 'per_clip.parquet')}")  # fmt: skip
 
     setting_uris = {name: [after[name].features[k] for k in keys] for name, keys in scored.items()}
-    summary = summarize_evaluation(list(real_state.features.values()), setting_uris, options, RayRunner(), no_clips)
+    runner = SerialRunner() if job.in_process else RayRunner()
+    summary = summarize_evaluation(list(real_state.features.values()), setting_uris, options, runner, no_clips)
     entries = [{"name": s.name, "kind": s.kind, "swept": s.swept, "summary": summary.settings[s.name]} for s in settings]
     entries.append({"name": GT, "kind": GT, "swept": {}, "summary": summary.gt})
     header = report_header(config, source.version, provenance, summary, FID_FEATURE_DIM, FVD_FEATURE_DIM)

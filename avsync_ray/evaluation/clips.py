@@ -12,7 +12,7 @@ generation script converts it) with that clip's audio, one row per clip and sett
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,12 +82,11 @@ def eval_video_rows(
     clips_per_video: int,
     limits: InputLimits | None = None,
     wanted: Callable[[str], bool] | None = None,
-) -> list[dict]:
+) -> Iterator[dict]:
     """One real row per test video of an input item (its clips, see :data:`ROW_FIELDS`), or one ``error`` row
     per video that cannot be decoded, is outside ``limits`` (default :class:`InputLimits`) or is shorter than a clip
-    (the whole video is then left out, with its reason). Videos for which ``wanted(video key)`` is false are not
-    decoded and give no row."""
-    rows = []
+    (the whole video is then left out, with its reason), each as soon as its video is decoded. Videos for which
+    ``wanted(video key)`` is false are not decoded and give no row."""
     clip_seconds = num_frames / fps
     for video, raw, source in _videos(item, limits or InputLimits()):
         if wanted is not None and not wanted(video):
@@ -97,13 +96,12 @@ def eval_video_rows(
             starts = clip_starts(src.duration, clip_seconds, clips_per_video)
             clips = [avsyncd_clip(raw, src, float(start), num_frames=num_frames, fps=fps, size=size) for start in starts]
         except SAMPLE_ERRORS as exc:
-            rows.append(row(video=video, key=video, variant=GT, error=f"{type(exc).__name__}: {exc}"[:500]))
+            yield row(video=video, key=video, variant=GT, error=f"{type(exc).__name__}: {exc}"[:500])
             continue
         frames = np.stack([clip["video"].permute(1, 2, 3, 0).numpy().astype(np.float32) for clip in clips])  # (C, T, H, W, 3) in [0, 1]
         audio = np.stack([clip["audio"].numpy().astype(np.float32) for clip in clips])
-        rows.append(row(key=video, video=video, category=clips[0]["prompt"], variant=GT, starts=to_bytes(np.asarray(starts, dtype=np.float64)),
-                        frames=to_bytes(frames), audio=to_bytes(audio)))  # fmt: skip
-    return rows
+        yield row(key=video, video=video, category=clips[0]["prompt"], variant=GT, starts=to_bytes(np.asarray(starts, dtype=np.float64)),
+                  frames=to_bytes(frames), audio=to_bytes(audio))  # fmt: skip
 
 
 def video_clips(video_row: dict) -> list[dict]:
@@ -137,28 +135,27 @@ class StoredClips:
     scored: dict[str, frozenset[str]]
 
 
-def clip_jobs(item: dict, config: dict, seeds: dict[str, int], stored: StoredClips) -> list[dict]:
+def clip_jobs(item: dict, config: dict, seeds: dict[str, int], stored: StoredClips) -> Iterator[dict]:
     """``expand`` of the eval job: an input item -> the real row of each test video whose real features are not all
     stored, and a row per clip and setting whose mp4 or features are missing (``seeds``: setting -> its base seed;
-    ``config``: the run's config as JSON). A video with nothing missing is not even decoded."""
+    ``config``: the run's config as JSON), video by video as each is decoded. A video with nothing missing is not
+    even decoded."""
     sampling, per_video = config["sampling"], config["clips_per_video"]
 
     def wanted(video: str) -> bool:
         keys = [clip_key(video, index) for index in range(per_video)]
         return any(k not in stored.real or any(k not in stored.scored[name] for name in seeds) for k in keys)
 
-    jobs = []
     size, limits = (sampling["height"], sampling["width"]), InputLimits.model_validate(config["limits"])
     for video_row in eval_video_rows(item, sampling["num_frames"], sampling["fps"], size, per_video, limits, wanted):
         if video_row["error"]:
-            jobs.append(video_row)
+            yield video_row
             continue
         clips = video_clips(video_row)
         if any(clip["key"] not in stored.real for clip in clips):
-            jobs.append(video_row)
+            yield video_row
         for name, base in seeds.items():
             for clip in clips:
                 if clip["key"] not in stored.scored[name]:
                     seed = base if config["clip_seeds"] == "shared" else clip_seed(base, video_row["video"], clip["clip"])
-                    jobs.append(generation_row(clip, video_row, name, seed, generate=clip["key"] not in stored.made[name]))
-    return jobs
+                    yield generation_row(clip, video_row, name, seed, generate=clip["key"] not in stored.made[name])

@@ -24,6 +24,8 @@ import torch
 import torchvision
 from torch import nn
 
+from avsync_ray.devices import loads_model
+
 FID_FEATURE_DIM = 2048
 FVD_FEATURE_DIM = 400
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -96,6 +98,7 @@ def _read_state_dict(path: Path, field: str, what: str) -> dict:
     return state
 
 
+@loads_model
 def load_fid_inception(path: str | Path, field: str = "features.fid_inception", batch_statistics: bool = False) -> FIDInception:
     """The FID Inception with the weights at ``path`` (pytorch-fid's key layout), frozen; its BatchNorm uses the
     running statistics, or each forward's batch statistics with ``batch_statistics`` (see :class:`FIDInception`)."""
@@ -108,6 +111,7 @@ def load_fid_inception(path: str | Path, field: str = "features.fid_inception", 
     return FIDInception(net, batch_statistics)
 
 
+@loads_model
 def load_i3d(path: str | Path, field: str = "features.i3d") -> torch.jit.ScriptModule:
     """StyleGAN-V's TorchScript I3D at ``path``, in eval mode."""
     path = Path(path)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode, functional as TF
 
+from avsync_ray.devices import loads_model
 from avsync_ray.media.frames import to_float_frames
 
 AUDIO, VISION, TEXT = "audio", "vision", "text"
@@ -242,6 +243,7 @@ class ImageBind(nn.Module):
         self.eval()
 
     @classmethod
+    @loads_model
     def from_checkpoint(
         cls, path: str | Path, preset: str = "imagebind-huge", modalities: Sequence[str] = MODALITIES
     ) -> "ImageBind":

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import InterpolationMode, functional as TF
 
+from avsync_ray.devices import loads_model
 from avsync_ray.media.audio import DEFAULT_MEL, waveform_to_mel
 from avsync_ray.media.frames import to_float_frames
 from avsync_ray.models.imagebind import IMAGE_MEAN, IMAGE_STD
@@ -234,6 +235,7 @@ class SyncClassifier(ModelMixin, ConfigMixin):
         return self.score_embeddings(audio_embeds, video_embeds)
 
 
+@loads_model
 def load_sync_classifier(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SyncClassifier:
     """A trained classifier, frozen in eval mode on ``device`` in ``dtype``: our saved folder (``config.json`` +
     safetensors, what ``avsync export`` writes) or the official ``modules/`` folder with its three sub-folders."""

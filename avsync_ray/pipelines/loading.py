@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from avsync_ray.devices import resolve_device, torch_dtype
+from avsync_ray.devices import loads_model, resolve_device, torch_dtype
 from avsync_ray.pipelines.pipeline_avsyncd import AVSyncDPipeline
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def quiet_loading_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
+@loads_model
 def load_pipeline(model_dir: str | Path, device: str = "auto", dtype: str = "float32") -> AVSyncDPipeline:
     """An :class:`AVSyncDPipeline` folder (``avsync init-model``, ``convert-official`` or ``export`` output) on
     ``device`` in ``dtype``, with its progress bar off (callers report progress their own way)."""

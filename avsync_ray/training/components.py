@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from avsync_ray.config.train import AVSyncDModelSettings, SyncModelSettings
-from avsync_ray.devices import torch_dtype
+from avsync_ray.devices import loads_model, torch_dtype
 from avsync_ray.models.audio_encoder import ImageBindAudioEncoder
 from avsync_ray.models.sync_classifier import SyncClassifier, load_sync_classifier
 from avsync_ray.models.unet_avsyncd import AVSyncDUNet3DModel
@@ -60,6 +60,7 @@ def build_avsyncd_pipeline(settings: AVSyncDModelSettings, seed: int = 0) -> AVS
     return pipe
 
 
+@loads_model
 def build_frozen_encoders(settings: AVSyncDModelSettings, seed: int = 0) -> tuple[AutoencoderKL, ImageBindAudioEncoder]:
     """Only the VAE and the audio encoder of the pipeline :func:`build_avsyncd_pipeline` builds (what ``avsync
     precompute`` runs), without loading or inflating a UNet."""

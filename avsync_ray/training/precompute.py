@@ -24,7 +24,7 @@ def run_precompute(config: PrecomputeConfig) -> dict:
         for entry in source["shardlist"]
     ]
     stage = ActorStage(ShardPrecomputer, {"config": config.model_dump(mode="json")}, config.actor, batch_size=1)
-    results = BatchJob(items=rows, stages=[stage], ray_config=config.ray).run()
+    results = BatchJob(items=rows, stages=[stage], ray_config=config.ray, size=sum(row["nsamples"] for row in rows)).run()
     fingerprints = {row["encoders"] for row in results}
     if len(fingerprints) != 1:
         raise RuntimeError(f"the encoding actors built {len(fingerprints)} different encoders; check model.init and seed")
