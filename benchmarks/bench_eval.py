@@ -11,7 +11,8 @@ generated clips with every network of ``--metrics``. CPU: the tiny pipeline and 
     python benchmarks/bench_eval.py --preset full --device cuda --videos 8 --steps 50 --size 256 --pools 1:1 2:2 2
 
 ``--pools G:F`` runs the job with G generating and F feature actors; ``--pools N`` with N actors that each generate
-and score (``colocate: true``). ``--start warm`` times both paths in this process after everything is imported
+and score (``colocate: true``); ``--pools threads:N`` in the command's own process, N threads that each generate
+and score (``ray.in_process``, which a small job on one machine gets by default; cold, no Ray at all). ``--start warm`` times both paths in this process after everything is imported
 (the serial loop's imports are then free, an actor's are not); ``--start cold`` times each path as a person runs
 it, from a fresh process: ``python`` running the serial loop (as the official scripts are run) against ``avsync
 eval`` joining the Ray this benchmark started (no ``ray start`` in the clock), so both pay their imports and
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,8 +149,10 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--pools", nargs="+", default=["1:1", "1:2", "2"], help="generating:feature actors of each Ray Data run, or N colocated actors")
+    parser.add_argument("--pools", nargs="+", default=["1:1", "1:2", "2", "threads:2"],
+                        help="generating:feature actors of each Ray Data run, N colocated actors, or threads:N in process")
     parser.add_argument("--start", choices=["warm", "cold", "both"], default="both")
+    parser.add_argument("--repeats", type=int, default=1, help="time the serial loop and every job this many times, in turn")
     parser.add_argument("--metrics", default="fid,fvd,ia,it,relsync,alignsync")
     parser.add_argument("--preset", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: each actor pool gets a GPU share")
@@ -183,7 +187,7 @@ def main() -> None:
     cpus = os.cpu_count() or 2
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
 
-    def config(out: str, generating: int, scoring: int, address: str | None = None) -> EvalConfig:
+    def config(out: str, generating: int, scoring: int, address: str | None = None, in_process: bool = False) -> EvalConfig:
         actors = generating + scoring  # scoring == 0: the generating actors score too (colocate)
         share = max(0.25, (cpus - 1) / actors)  # leave a CPU for the decode tasks
         gpu_share = gpus / actors if gpus else 0
@@ -192,6 +196,7 @@ def main() -> None:
                      f"metrics=[{args.metrics}]", f"sampling.height={args.size}", f"sampling.width={args.size}",
                      f"sampling.num_inference_steps={args.steps}", "bootstrap.samples=0", "frechet=eigen", "tracking.enabled=false", f"colocate={scoring == 0}",
                      f"cache={work / out / 'cache'}", f"ray.num_cpus={cpus}", "ray.progress_bars=false", *([f"ray.address={address}"] if address else []),
+                     f"ray.in_process={in_process}",
                      *(f"{a}.{k}" for a, n in pools.items() for k in (f"num_gpus={gpu_share}", f"num_cpus={share}", f"concurrency={n}", f"dtype={args.dtype}"))]  # fmt: skip
         return load_config(EvalConfig, "eval", overrides=overrides, values={"model": str(work / "model"), "test": str(work / "shards"),
                                                                              "output": str(work / out)})  # fmt: skip
@@ -201,32 +206,45 @@ def main() -> None:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         return time.perf_counter() - start
 
-    def label(generating: int, scoring: int) -> str:
-        return f"{generating}:{scoring}" if scoring else f"{generating} colocated"
+    def label(generating: int, scoring: int, in_process: bool) -> str:
+        return f"{generating} threads" if in_process else f"{generating}:{scoring}" if scoring else f"{generating} colocated"
 
-    pools = [(int(pool), 0) if ":" not in pool else tuple(int(n) for n in pool.split(":")) for pool in args.pools]
+    def pool(spec: str) -> tuple[int, int, bool]:
+        if spec.startswith("threads:"):
+            return int(spec.split(":")[1]), 0, True
+        return (int(spec), 0, False) if ":" not in spec else (*(int(n) for n in spec.split(":")), False)
+
+    pools = [pool(spec) for spec in args.pools]
     torch.set_num_threads(cpus)
     init_ray(config("ray", 1, 1).ray)  # started before any clock runs
     clips = args.videos * 3
-    seconds: dict[str, dict[str, float]] = {}
-    if args.start in ("warm", "both"):
-        start = time.perf_counter()
-        clips = serial_loop(config("serial-warm", 1, 1))
-        seconds["warm"] = {"serial": time.perf_counter() - start}
-        for generating, scoring in pools:
+    seconds: dict[str, dict[str, list[float]]] = {}
+    for repeat in range(args.repeats):  # the serial loop and each job in turn, so a slow spell of the machine hits all of them
+        if args.start in ("warm", "both"):
+            runs = seconds.setdefault("warm", {})
             start = time.perf_counter()
-            run_eval(config(f"ray-warm-{generating}-{scoring}", generating, scoring))
-            seconds["warm"][label(generating, scoring)] = time.perf_counter() - start
-    if args.start in ("cold", "both"):
-        import ray
+            clips = serial_loop(config(f"serial-warm-{repeat}", 1, 1))
+            runs.setdefault("serial", []).append(time.perf_counter() - start)
+            for generating, scoring, in_process in pools:
+                name = label(generating, scoring, in_process)
+                start = time.perf_counter()
+                run_eval(config(f"warm-{name}-{repeat}".replace(" ", "-"), generating, scoring, in_process=in_process))
+                runs.setdefault(name, []).append(time.perf_counter() - start)
+        if args.start in ("cold", "both"):
+            import ray
 
-        address = ray.get_runtime_context().gcs_address
-        seconds["cold"] = {"serial": timed_process([sys.executable, __file__, "--serial-config", save_config(config("serial-cold", 1, 1), work / "serial.yaml")])}
-        for generating, scoring in pools:
-            out = f"ray-cold-{generating}-{scoring}"
-            path = save_config(config(out, generating, scoring, address), work / f"{out}.yaml")
-            seconds["cold"][label(generating, scoring)] = timed_process([sys.executable, "-m", "avsync_ray", "eval", str(work / "model"), str(work / "shards"),
-                                                                        "--out", str(work / out), "--config", path])  # fmt: skip
+            address = ray.get_runtime_context().gcs_address
+            runs = seconds.setdefault("cold", {})
+            serial = save_config(config(f"serial-cold-{repeat}", 1, 1), work / f"serial-{repeat}.yaml")
+            runs.setdefault("serial", []).append(timed_process([sys.executable, __file__, "--serial-config", serial]))
+            for generating, scoring, in_process in pools:
+                name = label(generating, scoring, in_process)
+                out = f"cold-{name}-{repeat}".replace(" ", "-")
+                path = save_config(config(out, generating, scoring, None if in_process else address, in_process), work / f"{out}.yaml")
+                runs.setdefault(name, []).append(timed_process([sys.executable, "-m", "avsync_ray", "eval", str(work / "model"), str(work / "shards"),
+                                                                "--out", str(work / out), "--config", path]))  # fmt: skip
+    # Each repeat's ratio against the serial run just before it: the spread is what a person should expect.
+    ratios = {start: {name: [s / t for s, t in zip(runs["serial"], times)] for name, times in runs.items() if name != "serial"} for start, runs in seconds.items()}
     result = {
         "device": torch.cuda.get_device_name() if gpus else f"cpu ({cpus} cores)",
         "preset": args.preset,
@@ -235,9 +253,11 @@ def main() -> None:
         "steps": args.steps,
         "size": args.size,
         "metrics": args.metrics,
+        "repeats": args.repeats,
         "seconds": seconds,
-        "clips_per_s": {start: {path: clips / s for path, s in runs.items()} for start, runs in seconds.items()},
-        "speedup_vs_serial": {start: {path: runs["serial"] / s for path, s in runs.items() if path != "serial"} for start, runs in seconds.items()},
+        "clips_per_s": {start: {path: clips / statistics.median(times) for path, times in runs.items()} for start, runs in seconds.items()},
+        "speedup_vs_serial": {start: {path: {"median": statistics.median(r), "min": min(r), "max": max(r)} for path, r in runs.items()}
+                              for start, runs in ratios.items()},  # fmt: skip
     }
     report({**result, "load_average": os.getloadavg()}, args.out)
 
