@@ -138,13 +138,15 @@ def run_in_process(
 
 
 def _require_gpus_here(stages: list[ActorStage]) -> None:
-    """Refuse, naming the setting, a job run in process whose actors ask for GPUs this machine does not have."""
+    """Refuse, naming the setting, a job run in process whose actors need a GPU (by ``num_gpus`` or a CUDA
+    ``device``, as :func:`~avsync_ray.ray_runtime.actor_request` reads them) on a machine that has none."""
     import torch
 
     for stage in stages:
-        if stage.actor.num_gpus and not torch.cuda.is_available():
-            raise InputError(f"{stage.field}.num_gpus is {stage.actor.num_gpus:g} but this machine has no GPU, and ray.in_process runs the job "
-                             "here (set it to false to run on the cluster, or num_gpus to 0)")  # fmt: skip
+        asks = actor_request(stage.field, stage.actor).fields.get("GPU")
+        if asks and not torch.cuda.is_available():
+            raise InputError(f"{asks}: this machine has no GPU, and ray.in_process runs the job here (set it to false to run on the cluster, "
+                             "or ask for no GPU)")  # fmt: skip
 
 
 @dataclass

@@ -124,11 +124,12 @@ def test_a_stages_error_ends_the_job_and_the_batches_not_started_are_dropped():
     assert len(stage.calls) <= 3
 
 
-def test_a_job_in_process_asking_for_a_gpu_this_machine_lacks_is_refused_naming_the_setting(monkeypatch):
+@pytest.mark.parametrize(("actor", "named"), [(ActorConfig(num_gpus=1), r"feature_actor\.num_gpus=1"), (ActorConfig(device="cuda"), r"feature_actor\.device=cuda")])
+def test_a_job_in_process_asking_for_a_gpu_this_machine_lacks_is_refused_naming_the_setting(monkeypatch, actor, named):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    stage = ActorStage(Recorder, {"name": "a"}, ActorConfig(num_gpus=1), 1, "feature_actor")
+    stage = ActorStage(Recorder, {"name": "a"}, actor, 1, "feature_actor")
     job = BatchJob(items=[{"x": 1, "seen": ""}], stages=[stage], ray_config=BatchJobRayConfig(in_process=True))
-    with pytest.raises(InputError, match=r"feature_actor\.num_gpus is 1 but this machine has no GPU"):
+    with pytest.raises(InputError, match=rf"{named}: this machine has no GPU"):
         job.run()
     assert not Recorder.built
 
