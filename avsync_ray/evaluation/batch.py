@@ -49,13 +49,14 @@ from avsync_ray.tracking import resolve_model
 
 def run_eval_sync(config: EvalSyncConfig, out: str | None = None) -> dict:
     """Score every clip of the test shards; returns (and logs to MLflow, writes to ``out``) the summary."""
+    index = read_index(config.data.root, config.data.split)
     job = BatchJob(
-        items=[{"url": url} for url in shard_urls(config.data.root, config.data.split)],
+        items=[{"url": url} for url in shard_urls(config.data.root, config.data.split, index)],
         expand=shard_sample_rows,
         stages=[ActorStage(SyncEvaluator, {"classifier": config.classifier, "actor": config.actor, "spec": eval_spec(config),
                                            "tolerance": config.tolerance}, config.actor, config.batch_size)],  # fmt: skip
         ray_config=config.ray,
-        size=read_index(config.data.root, config.data.split)["nsamples"],
+        size=index["nsamples"],
     )
     results = sorted(job.run(), key=lambda row: row["key"])
     summary = {"classifier": config.classifier, "shards": config.data.root, "split": config.data.split, **summarize(results)}

@@ -33,9 +33,10 @@ def read_index(root: str, split: str) -> dict:
     return read_json(uri)
 
 
-def shard_urls(root: str, split: str) -> list[str]:
-    """Every shard the index lists (the index is the commit point, so only committed shards)."""
-    urls = [join_uri(root, entry["url"]) for entry in read_index(root, split)["shardlist"]]
+def shard_urls(root: str, split: str, index: dict | None = None) -> list[str]:
+    """Every shard the index lists (the index is the commit point, so only committed shards); ``index``: the
+    split's index if the caller has read it already."""
+    urls = [join_uri(root, entry["url"]) for entry in (read_index(root, split) if index is None else index)["shardlist"]]
     if not urls:
         raise ShardIndexError(f"{index_uri(root, split)} lists no shards")
     return urls
